@@ -1,0 +1,18 @@
+"""Errors that dgan reports to users as one line naming the file and the problem."""
+
+
+class InputError(ValueError):
+    """Bad user input: a missing, unreadable, corrupt or unsuitable file or argument.
+
+    The message is one line, ``"<path>: <problem>"`` when a file is involved, so the command-line
+    tools print it as it is, without a traceback.
+    """
+
+    def __init__(self, problem, path=None):
+        self.path = None if path is None else str(path)
+        self.problem = str(problem)
+        super().__init__(self.problem if path is None else f"{self.path}: {self.problem}")
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or Inf; the last good checkpoint is kept."""

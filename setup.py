@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="dgan",
+    version="0.1.0",
+    description="Unsupervised cross-modal 3D deformable image registration with Deform-GAN",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["dgan", "dgan.*"]),
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "tf-keras>=2.16,<2.22",
+        "voxelmorph==0.2",
+        "neurite==0.2",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "nibabel>=5.0",
+        "nilearn>=0.10",
+        "matplotlib>=3.7",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "tensorflow-serving-api>=2.16"],
+        "ants": ["antspyx>=0.4"],
+    },
+    entry_points={
+        "console_scripts": [
+            "dgan-register=dgan.register:main",
+            "dgan-export=dgan.export:main",
+        ]
+    },
+)
