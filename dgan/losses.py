@@ -1,0 +1,244 @@
+"""Deform-GAN's loss terms (Zhang et al. 2020, arXiv:2002.11430), as pure functions and Keras layers.
+
+Every function takes tensors of shape (B, X, Y, Z, C) (C = 1 for images, 3 for a flow field) and
+returns one value per batch element, shape (B,), in the dtype of its input. Reduction over the
+batch happens in exactly one place, :class:`dgan.model.DeformGAN`, so the values stay correct
+under ``tf.distribute``.
+
+Similarities (higher is better, in [0, 1]):
+
+- :func:`local_gradient_similarity`, the paper's L_LG. For every voxel p, each spatial derivative
+  of image I (central differences, edge-replicated) is summed over an n^3 neighbourhood, giving a
+  vector v(I, p) in R^3, normalised as n(I, p) = v / (|v| + eps). Then
+  ``L_LG(R, F) = mean_p |n(R, p) . n(F, p)|``. The paper sums over voxels; we take the mean so
+  that the weights beta and mu do not depend on the volume size. The absolute value makes it
+  invariant to an intensity map a * I + b (a != 0), which is what makes it cross-modal.
+- :func:`local_cross_correlation`, L_LCC: the squared local correlation coefficient over an
+  n^3 window (zero-padded), averaged over voxels, as in VoxelMorph's NCC.
+
+Losses (lower is better): ``1 - similarity`` for both, :func:`smoothness` (alpha's term),
+:func:`l1` (lambda's term) and the least-squares GAN losses :func:`discriminator_loss` and
+:func:`generator_adversarial_loss`. We use the least-squares objective (Mao et al. 2017), as
+CycleGAN does for medical image translation, rather than the cross-entropy cGAN objective of
+pix2pix: its gradients do not vanish when D wins early, which matters with batch size 1 and a
+PatchGAN over 3D volumes. D is conditioned on the moved image F(phi), as in pix2pix.
+"""
+
+import numpy as np
+
+from .compat import keras, tf
+
+#: The paper's best neighbourhood size for the local gradient (n = 7).
+DEFAULT_LG_WINDOW = 7
+#: VoxelMorph's window for local cross-correlation.
+DEFAULT_LCC_WINDOW = 9
+#: The eps in n = v / (|v| + eps).
+DEFAULT_LG_EPS = 1e-5
+#: The eps in cc = cross^2 / (var_R var_F + eps).
+DEFAULT_LCC_EPS = 1e-5
+
+
+def _check_window(window):
+    if int(window) != window or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd positive integer, got {window}")
+    return int(window)
+
+
+def box_sum(x, window):
+    """Sum of ``x`` over a ``window``^3 neighbourhood of every voxel, zero-padded at the borders.
+
+    :param x: shape = (B, X, Y, Z, C)
+    :return: shape = (B, X, Y, Z, C)
+    """
+    window = _check_window(window)
+    if window == 1:
+        return x
+    shape = tf.shape(x)
+    channels = x.shape[-1]
+    # channels into the batch axis, so one single-channel kernel serves them all
+    x = tf.transpose(x, [0, 4, 1, 2, 3])  # (B, C, X, Y, Z)
+    x = tf.reshape(x, [-1, shape[1], shape[2], shape[3], 1])  # (B*C, X, Y, Z, 1)
+    ones = tf.ones([window], dtype=x.dtype)
+    for axis in range(3):  # separable: three 1D sums instead of one window^3 kernel
+        kernel_shape = [1, 1, 1, 1, 1]
+        kernel_shape[axis] = window
+        x = tf.nn.conv3d(x, tf.reshape(ones, kernel_shape), [1] * 5, padding="SAME")
+    x = tf.reshape(x, [shape[0], channels, shape[1], shape[2], shape[3]])
+    return tf.transpose(x, [0, 2, 3, 4, 1])
+
+
+def spatial_gradient(image):
+    """Central differences of a single-channel image along x, y, z, edge-replicated at borders.
+
+    d_x I(p) = (I(p + e_x) - I(p - e_x)) / 2, with I extended by its edge values.
+
+    :param image: shape = (B, X, Y, Z, 1)
+    :return: shape = (B, X, Y, Z, 3)
+    """
+    if image.shape[-1] != 1:
+        raise ValueError(f"expected a single-channel image, got {image.shape[-1]} channels")
+    padded = tf.pad(image, [[0, 0], [1, 1], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    half = tf.constant(0.5, image.dtype)
+    return tf.concat(
+        [
+            half * (padded[:, 2:, 1:-1, 1:-1] - padded[:, :-2, 1:-1, 1:-1]),
+            half * (padded[:, 1:-1, 2:, 1:-1] - padded[:, 1:-1, :-2, 1:-1]),
+            half * (padded[:, 1:-1, 1:-1, 2:] - padded[:, 1:-1, 1:-1, :-2]),
+        ],
+        axis=-1,
+    )
+
+
+def local_gradient_direction(image, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS):
+    """n(I, p) = v / (|v| + eps), v = the spatial gradient of I summed over a window^3 neighbourhood.
+
+    |v| is computed as sqrt(|v|^2 + tiny) so that its gradient stays finite where v = 0
+    (flat or all-zero images); tiny is the dtype's smallest normal number.
+
+    :param image: shape = (B, X, Y, Z, 1)
+    :return: shape = (B, X, Y, Z, 3)
+    """
+    v = box_sum(spatial_gradient(image), window)
+    tiny = tf.constant(np.finfo(image.dtype.as_numpy_dtype).tiny, image.dtype)
+    norm = tf.sqrt(tf.reduce_sum(tf.square(v), axis=-1, keepdims=True) + tiny)
+    return v / (norm + tf.constant(eps, image.dtype))
+
+
+def local_gradient_similarity(fixed, moving, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS):
+    """L_LG(R, F) = mean over voxels p of |n(R, p) . n(F, p)|, in [0, 1].
+
+    :param fixed: R, shape = (B, X, Y, Z, 1)
+    :param moving: F, shape = (B, X, Y, Z, 1)
+    :return: shape = (B,)
+    """
+    dot = tf.reduce_sum(
+        local_gradient_direction(fixed, window, eps) * local_gradient_direction(moving, window, eps),
+        axis=-1,
+    )
+    return tf.reduce_mean(tf.abs(dot), axis=[1, 2, 3])
+
+
+def local_cross_correlation(fixed, moving, window=DEFAULT_LCC_WINDOW, eps=DEFAULT_LCC_EPS):
+    """L_LCC(R, F) = mean over voxels of cross^2 / (var_R * var_F + eps), in [0, 1].
+
+    With sums S over the window^3 neighbourhood (zero-padded) and N = window^3:
+    cross = S(RF) - S(R) S(F) / N, var_R = S(R^2) - S(R)^2 / N (clamped at 0), likewise var_F.
+
+    :param fixed: R, shape = (B, X, Y, Z, 1)
+    :param moving: F, shape = (B, X, Y, Z, 1)
+    :return: shape = (B,)
+    """
+    window = _check_window(window)
+    count = tf.constant(float(window**3), fixed.dtype)
+    sums = box_sum(
+        tf.concat([fixed, moving, fixed * fixed, moving * moving, fixed * moving], axis=-1), window
+    )
+    s_r, s_f, s_rr, s_ff, s_rf = tf.unstack(sums, axis=-1)
+    zero = tf.constant(0.0, fixed.dtype)
+    cross = s_rf - s_r * s_f / count
+    var_r = tf.maximum(s_rr - s_r * s_r / count, zero)
+    var_f = tf.maximum(s_ff - s_f * s_f / count, zero)
+    cc = cross * cross / (var_r * var_f + tf.constant(eps, fixed.dtype))
+    return tf.reduce_mean(cc, axis=[1, 2, 3])
+
+
+def smoothness(flow):
+    """alpha's term, sum |grad phi|^2: sum over axes d and components c of mean_p (D_d phi_c)^2.
+
+    D_d is the forward difference along axis d over the voxels where it is defined. For a linear
+    field phi(x) = A x the value is ||A||_F^2; for a constant field it is 0.
+
+    :param flow: shape = (B, X, Y, Z, 3)
+    :return: shape = (B,)
+    """
+    terms = [
+        flow[:, 1:] - flow[:, :-1],
+        flow[:, :, 1:] - flow[:, :, :-1],
+        flow[:, :, :, 1:] - flow[:, :, :, :-1],
+    ]
+    return tf.add_n([tf.reduce_sum(tf.reduce_mean(tf.square(d), axis=[1, 2, 3]), -1) for d in terms])
+
+
+def l1(a, b):
+    """Mean absolute difference per example, lambda's term L1(F'(phi), R).
+
+    :return: shape = (B,)
+    """
+    return tf.reduce_mean(tf.abs(a - b), axis=list(range(1, a.shape.rank)))
+
+
+#: Least-squares GAN targets for D's scores.
+REAL_LABEL = 1.0
+FAKE_LABEL = 0.0
+
+
+def discriminator_loss(real_scores, fake_scores):
+    """LSGAN loss for D: 0.5 * mean (D(real) - 1)^2 + 0.5 * mean D(fake)^2 over patches.
+
+    :param real_scores: D(F(phi), R), shape = (B, ...)
+    :param fake_scores: D(F(phi), F'(phi)), shape = (B, ...)
+    :return: shape = (B,)
+    """
+    axes = list(range(1, real_scores.shape.rank))
+    half = tf.constant(0.5, real_scores.dtype)
+    real = tf.reduce_mean(tf.square(real_scores - REAL_LABEL), axis=axes)
+    fake = tf.reduce_mean(tf.square(fake_scores - FAKE_LABEL), axis=axes)
+    return half * (real + fake)
+
+
+def generator_adversarial_loss(fake_scores):
+    """LSGAN loss for G: mean over patches of (D(F(phi), F'(phi)) - 1)^2.
+
+    :return: shape = (B,)
+    """
+    return tf.reduce_mean(tf.square(fake_scores - REAL_LABEL), axis=list(range(1, fake_scores.shape.rank)))
+
+
+class LocalGradientSimilarity(keras.layers.Layer):
+    """Keras layer for :func:`local_gradient_similarity`: ``[R, F]`` -> L_LG, shape (B,)."""
+
+    def __init__(self, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS, **kwargs):
+        super().__init__(**kwargs)
+        self.window = _check_window(window)
+        self.eps = float(eps)
+
+    def build(self, input_shape):
+        _check_image_pair(self, input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        fixed, moving = inputs
+        return local_gradient_similarity(fixed, moving, self.window, self.eps)
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window, "eps": self.eps}
+
+
+class LocalCrossCorrelation(keras.layers.Layer):
+    """Keras layer for :func:`local_cross_correlation`: ``[R, F]`` -> L_LCC, shape (B,)."""
+
+    def __init__(self, window=DEFAULT_LCC_WINDOW, eps=DEFAULT_LCC_EPS, **kwargs):
+        super().__init__(**kwargs)
+        self.window = _check_window(window)
+        self.eps = float(eps)
+
+    def build(self, input_shape):
+        _check_image_pair(self, input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        fixed, moving = inputs
+        return local_cross_correlation(fixed, moving, self.window, self.eps)
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window, "eps": self.eps}
+
+
+def _check_image_pair(layer, input_shape):
+    if len(input_shape) != 2:
+        raise ValueError(f"{layer.name} takes [fixed, moving], got {len(input_shape)} inputs")
+    a, b = (tf.TensorShape(s) for s in input_shape)
+    if a.rank != 5 or not a.is_compatible_with(b) or a[-1] != 1:
+        raise ValueError(
+            f"{layer.name} takes two single-channel volumes of shape (B, X, Y, Z, 1), got {a} and {b}"
+        )

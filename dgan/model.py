@@ -1,0 +1,205 @@
+"""``DeformGAN``: Deform-GAN's alternating training of D, G and T (Zhang et al. 2020, arXiv:2002.11430).
+
+One :meth:`DeformGAN.train_step` on a batch of unpaired (F = moving, R = fixed) volumes:
+
+1. D, with T and G frozen: minimise the least-squares GAN loss telling the real pair
+   (F(phi), R) from the generated pair (F(phi), F'(phi)).
+2. G, with T and D frozen: minimise
+   ``L_G = L_adv(D(F(phi), F'(phi))) + mu * (1 - L_LG(F'(phi), F(phi))) + lambda * L1(F'(phi), R)``.
+3. T, with G and D frozen (gradients flow through G into T, but only T changes): minimise
+   ``L_T = (1 - L_LCC(R, F'(phi))) + beta * (1 - L_LG(R, F(phi))) + alpha * sum |grad phi|^2``.
+
+This is the paper's objective with each similarity S written as the loss 1 - S (S in [0, 1]),
+which changes no gradient. Each loss is computed per example and averaged over the *global*
+batch with ``tf.nn.compute_average_loss``, so the step gives the same update on one device and
+under ``tf.distribute`` strategies.
+"""
+
+from dataclasses import asdict, dataclass
+
+from . import losses
+from .compat import keras, tf
+from .networks import build_discriminator, build_generator, build_registration_net
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The paper's loss weights and window sizes.
+
+    :param alpha: weight of the smoothness term sum |grad phi|^2 in L_T
+    :param beta: weight of the local-gradient term L_LG(R, F(phi)) in L_T
+    :param mu: weight of the local-gradient term L_LG(F'(phi), F(phi)) in L_G
+    :param lam: lambda, weight of L1(F'(phi), R) in L_G
+    :param lg_window: n, the local-gradient neighbourhood (n^3 voxels); 7 is the paper's best
+    :param lcc_window: the local cross-correlation window
+    """
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    mu: float = 1.0
+    lam: float = 10.0
+    lg_window: int = losses.DEFAULT_LG_WINDOW
+    lcc_window: int = losses.DEFAULT_LCC_WINDOW
+
+    def to_dict(self):
+        return asdict(self)
+
+
+#: The names under which train_step and test_step report each loss term.
+LOSS_NAMES = (
+    "d_loss",
+    "g_loss",
+    "g_adv",
+    "g_lg",
+    "g_l1",
+    "t_loss",
+    "t_lcc",
+    "t_lg",
+    "t_smooth",
+)
+
+
+class DeformGAN(keras.Model):
+    """Deform-GAN: the registration network T, the generator G and the discriminator D.
+
+    Calling the model (and so ``predict``) runs T alone: ``{"moving", "fixed"}`` ->
+    ``{"moved", "flow"}``. :attr:`registration_model` is T itself, for export.
+
+    :param registration_net: T, from :func:`dgan.networks.build_registration_net`
+    :param generator: G, from :func:`dgan.networks.build_generator`
+    :param discriminator: D, from :func:`dgan.networks.build_discriminator`
+    """
+
+    def __init__(self, registration_net, generator, discriminator, **kwargs):
+        kwargs.setdefault("name", "deform_gan")
+        super().__init__(**kwargs)
+        self.registration_net = registration_net
+        self.generator = generator
+        self.discriminator = discriminator
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+
+    @classmethod
+    def from_config_object(cls, network_config):
+        """Build T, G and D from a :class:`dgan.networks.NetworkConfig`."""
+        return cls(
+            build_registration_net(network_config),
+            build_generator(network_config),
+            build_discriminator(network_config),
+        )
+
+    @property
+    def registration_model(self):
+        """T alone: ``{"moving", "fixed"}`` -> ``{"moved", "flow"}``."""
+        return self.registration_net
+
+    def compile(self, t_optimizer, g_optimizer, d_optimizer, weights=None, **kwargs):
+        """One optimizer per network; ``weights`` is a :class:`LossWeights` (the paper's symbols)."""
+        super().compile(**kwargs)
+        self.t_optimizer = t_optimizer
+        self.g_optimizer = g_optimizer
+        self.d_optimizer = d_optimizer
+        self.loss_config = weights or LossWeights()
+        # create the optimizers' slots now, outside any replica context, so that a checkpoint
+        # restores them before the first step
+        for optimizer, net in self._pairs():
+            optimizer.build(net.trainable_variables)
+
+    def _pairs(self):
+        return (
+            (self.d_optimizer, self.discriminator),
+            (self.g_optimizer, self.generator),
+            (self.t_optimizer, self.registration_net),
+        )
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def call(self, inputs, training=False):
+        return self.registration_net(inputs, training=training)
+
+    # --- the loss terms, per example -------------------------------------------------------
+
+    def discriminator_terms(self, moved, translated, fixed, training):
+        real = self.discriminator([moved, fixed], training=training)
+        fake = self.discriminator([moved, translated], training=training)
+        return {"d_loss": losses.discriminator_loss(real, fake)}
+
+    def generator_terms(self, moved, fixed, training):
+        w = self.loss_config
+        translated = self.generator(moved, training=training)
+        fake = self.discriminator([moved, translated], training=False)
+        terms = {
+            "g_adv": losses.generator_adversarial_loss(fake),
+            "g_lg": 1.0 - losses.local_gradient_similarity(translated, moved, w.lg_window),
+            "g_l1": losses.l1(translated, fixed),
+        }
+        terms["g_loss"] = terms["g_adv"] + w.mu * terms["g_lg"] + w.lam * terms["g_l1"]
+        return terms
+
+    def registration_terms(self, moving, fixed, training):
+        w = self.loss_config
+        out = self.registration_net({"moving": moving, "fixed": fixed}, training=training)
+        moved, flow = out["moved"], out["flow"]
+        translated = self.generator(moved, training=False)
+        terms = {
+            "t_lcc": 1.0 - losses.local_cross_correlation(fixed, translated, w.lcc_window),
+            "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
+            "t_smooth": losses.smoothness(flow),
+        }
+        terms["t_loss"] = terms["t_lcc"] + w.beta * terms["t_lg"] + w.alpha * terms["t_smooth"]
+        return terms, moved, translated
+
+    # --- the three updates -----------------------------------------------------------------
+
+    def _update(self, tape, loss, optimizer, net):
+        gradients = tape.gradient(loss, net.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, net.trainable_variables))
+
+    def train_d(self, moving, fixed):
+        """Step 1: update D only."""
+        out = self.registration_net({"moving": moving, "fixed": fixed}, training=False)
+        moved = out["moved"]
+        translated = self.generator(moved, training=False)
+        with tf.GradientTape() as tape:
+            terms = self.discriminator_terms(moved, translated, fixed, training=True)
+            loss = tf.nn.compute_average_loss(terms["d_loss"])
+        self._update(tape, loss, self.d_optimizer, self.discriminator)
+        return terms
+
+    def train_g(self, moving, fixed):
+        """Step 2: update G only."""
+        moved = self.registration_net({"moving": moving, "fixed": fixed}, training=False)["moved"]
+        with tf.GradientTape() as tape:
+            terms = self.generator_terms(moved, fixed, training=True)
+            loss = tf.nn.compute_average_loss(terms["g_loss"])
+        self._update(tape, loss, self.g_optimizer, self.generator)
+        return terms
+
+    def train_t(self, moving, fixed):
+        """Step 3: update T only."""
+        with tf.GradientTape() as tape:
+            terms, _, _ = self.registration_terms(moving, fixed, training=True)
+            loss = tf.nn.compute_average_loss(terms["t_loss"])
+        self._update(tape, loss, self.t_optimizer, self.registration_net)
+        return terms
+
+    def train_step(self, data):
+        moving, fixed = data["moving"], data["fixed"]
+        terms = {}
+        terms.update(self.train_d(moving, fixed))
+        terms.update(self.train_g(moving, fixed))
+        terms.update(self.train_t(moving, fixed))
+        return self._report(terms)
+
+    def test_step(self, data):
+        moving, fixed = data["moving"], data["fixed"]
+        terms, moved, translated = self.registration_terms(moving, fixed, training=False)
+        terms.update(self.generator_terms(moved, fixed, training=False))
+        terms.update(self.discriminator_terms(moved, translated, fixed, training=False))
+        return self._report(terms)
+
+    def _report(self, terms):
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}

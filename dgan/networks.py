@@ -1,0 +1,151 @@
+"""Deform-GAN's three networks (Zhang et al. 2020, arXiv:2002.11430): T, G and D.
+
+- T, the registration network: VoxelMorph's U-Net on the concatenated (moving, fixed) pair, a 3x3x3
+  convolution to a dense field, optionally integrated as a stationary velocity field (VoxelMorph's
+  diffeomorphic ``VecInt`` scaling and squaring), then VoxelMorph's ``SpatialTransformer``.
+  Inputs ``moving`` (F) and ``fixed`` (R), shape (B, X, Y, Z, 1); outputs ``moved`` = F(phi)
+  (B, X, Y, Z, 1) and ``flow`` = phi (B, X, Y, Z, 3): a displacement in voxels, 'ij' indexing,
+  moved(p) = moving(p + flow(p)).
+- G, the generator: VoxelMorph's U-Net translating F(phi) into the fixed modality,
+  F'(phi) = G(F(phi)), with a sigmoid output (intensities are normalised to [0, 1]).
+- D, the discriminator: a 3D conditional PatchGAN (Isola et al. 2017). Inputs the condition
+  F(phi) and an image in the fixed modality (R, or G's F'(phi)); output one unbounded score per
+  patch, (B, x', y', z', 1).
+
+All three are plain functional Keras models whose layers are Keras or VoxelMorph layers, so they
+save and reload with :func:`custom_objects`.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+from .compat import keras, vxm
+
+#: VoxelMorph's default U-Net features: ([encoder], [decoder]).
+VXM_FEATURES = ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16))
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Sizes of T, G and D.
+
+    :param shape: the spatial shape (X, Y, Z) every network is built for
+    :param t_features: T's U-Net features, ([encoder], [decoder]) as in VoxelMorph
+    :param g_features: G's U-Net features, same form
+    :param d_features: D's feature count in its first layer, doubled at each stride
+    :param d_layers: D's number of strided 4x4x4 convolutions
+    :param int_steps: scaling-and-squaring steps for a diffeomorphic T; 0 gives a plain
+        displacement field, as in the paper
+    """
+
+    shape: tuple
+    t_features: tuple = VXM_FEATURES
+    g_features: tuple = VXM_FEATURES
+    d_features: int = 16
+    d_layers: int = 3
+    int_steps: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        object.__setattr__(self, "t_features", _as_features(self.t_features))
+        object.__setattr__(self, "g_features", _as_features(self.g_features))
+        if len(self.shape) != 3:
+            raise ValueError(f"shape must have three spatial sizes, got {self.shape}")
+        multiple = self.multiple
+        if any(s % multiple for s in self.shape):
+            raise ValueError(
+                f"shape {self.shape} must be divisible by {multiple} (the U-Nets down-sample "
+                f"{multiple}x); pad or crop the volumes"
+            )
+        if min(self.shape) < multiple * 2:
+            raise ValueError(f"shape {self.shape} is too small: at least {2 * multiple} per axis")
+
+    @property
+    def multiple(self):
+        """Every spatial size must be a multiple of this: 2 ** (number of down-samplings)."""
+        return 2 ** max(len(self.t_features[0]), len(self.g_features[0]), self.d_layers)
+
+    def to_dict(self):
+        return {k: _as_lists(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, config):
+        return cls(**config)
+
+
+def _as_features(features):
+    encoder, decoder = features
+    return tuple(int(f) for f in encoder), tuple(int(f) for f in decoder)
+
+
+def _as_lists(value):
+    return [_as_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def _unet(inputs, features, name):
+    """VoxelMorph's U-Net over the channel-concatenation of ``inputs``; returns its output tensor."""
+    feeder = keras.Model(inputs, list(inputs), name=f"{name}_inputs")
+    encoder, decoder = features
+    unet = vxm.networks.Unet(input_model=feeder, nb_features=[list(encoder), list(decoder)], name=name)
+    return unet.output
+
+
+def build_registration_net(config, name="registration_net"):
+    """T: (moving F, fixed R) -> (moved F(phi), flow phi). See the module docstring."""
+    moving = keras.Input((*config.shape, 1), name="moving")
+    fixed = keras.Input((*config.shape, 1), name="fixed")
+    # two inputs into the U-Net, so VoxelMorph concatenates them
+    features = _unet([moving, fixed], config.t_features, f"{name}_unet")
+    init = keras.initializers.RandomNormal(mean=0.0, stddev=1e-5)
+    if config.int_steps > 0:
+        velocity = keras.layers.Conv3D(
+            3, 3, padding="same", kernel_initializer=init, name="velocity"
+        )(features)
+        flow = vxm.layers.VecInt(method="ss", int_steps=config.int_steps, name="flow")(velocity)
+    else:
+        flow = keras.layers.Conv3D(3, 3, padding="same", kernel_initializer=init, name="flow")(
+            features
+        )
+    moved = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="moved")(
+        [moving, flow]
+    )
+    return keras.Model({"moving": moving, "fixed": fixed}, {"moved": moved, "flow": flow}, name=name)
+
+
+def build_generator(config, name="generator"):
+    """G: F(phi) -> F'(phi), the moved image rendered in the fixed image's modality."""
+    moved = keras.Input((*config.shape, 1), name="moved")
+    feeder = keras.Model(moved, moved, name=f"{name}_inputs")
+    encoder, decoder = config.g_features
+    unet = vxm.networks.Unet(
+        input_model=feeder, nb_features=[list(encoder), list(decoder)], name=f"{name}_unet"
+    )
+    translated = keras.layers.Conv3D(1, 3, padding="same", activation="sigmoid", name="translated")(
+        unet.output
+    )
+    return keras.Model(moved, translated, name=name)
+
+
+def build_discriminator(config, name="discriminator"):
+    """D: (condition F(phi), image in the fixed modality) -> PatchGAN scores (B, x', y', z', 1)."""
+    condition = keras.Input((*config.shape, 1), name="condition")
+    image = keras.Input((*config.shape, 1), name="image")
+    x = keras.layers.Concatenate(name=f"{name}_pair")([condition, image])
+    for level in range(config.d_layers):
+        x = keras.layers.Conv3D(
+            config.d_features * 2**level, 4, strides=2, padding="same", name=f"{name}_conv_{level}"
+        )(x)
+        x = keras.layers.LeakyReLU(0.2, name=f"{name}_act_{level}")(x)
+    x = keras.layers.Conv3D(
+        config.d_features * 2**config.d_layers, 3, padding="same", name=f"{name}_conv_last"
+    )(x)
+    x = keras.layers.LeakyReLU(0.2, name=f"{name}_act_last")(x)
+    scores = keras.layers.Conv3D(1, 3, padding="same", name=f"{name}_scores")(x)
+    return keras.Model([condition, image], scores, name=name)
+
+
+def custom_objects():
+    """The non-Keras layers in T, G and D, for ``keras.models.load_model``."""
+    return {
+        "SpatialTransformer": vxm.layers.SpatialTransformer,
+        "VecInt": vxm.layers.VecInt,
+    }

@@ -1,0 +1,45 @@
+"""Shared test set-up: two logical CPU devices (for tf.distribute tests) and tiny networks."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dgan  # noqa: F401  (arranges Keras 2 before TensorFlow is used)
+from dgan.compat import tf
+
+# Two logical CPUs so MirroredStrategy can be tested on one machine; this must happen before
+# TensorFlow initialises its devices, i.e. before any test runs an op.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+
+#: ../shared/data beside the repository: real data, never committed.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data():
+    if not (SHARED_DATA / "brain_t1_aseg.npz").exists():
+        pytest.skip(f"real data not available: {SHARED_DATA}/brain_t1_aseg.npz is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def tiny_config():
+    from dgan.networks import NetworkConfig
+
+    return NetworkConfig(
+        (16, 16, 16),
+        t_features=((4, 8), (8, 8, 4)),
+        g_features=((4, 4), (4, 4)),
+        d_features=4,
+        d_layers=2,
+    )
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

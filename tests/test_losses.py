@@ -1,0 +1,212 @@
+"""The loss terms against an independent NumPy reference, hand-computed cases and their properties."""
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import sliding_window_view
+
+from dgan import losses
+from dgan.compat import keras, tf
+
+# --- an independent NumPy reference ---------------------------------------------------------
+
+
+def np_box_sum(x, n):
+    """Sum over an n^3 window around every voxel, zero-padded. x: (X, Y, Z)."""
+    r = n // 2
+    return sliding_window_view(np.pad(x, r), (n, n, n)).sum(axis=(-3, -2, -1))
+
+
+def np_gradient(x):
+    """Central differences with edge replication. x: (X, Y, Z) -> (X, Y, Z, 3)."""
+    p = np.pad(x, 1, mode="edge")
+    c = p[1:-1, 1:-1, 1:-1]
+    assert c.shape == x.shape
+    return np.stack(
+        [
+            (p[2:, 1:-1, 1:-1] - p[:-2, 1:-1, 1:-1]) / 2,
+            (p[1:-1, 2:, 1:-1] - p[1:-1, :-2, 1:-1]) / 2,
+            (p[1:-1, 1:-1, 2:] - p[1:-1, 1:-1, :-2]) / 2,
+        ],
+        axis=-1,
+    )
+
+
+def np_lg(a, b, n, eps=losses.DEFAULT_LG_EPS):
+    def direction(x):
+        g = np_gradient(x)
+        v = np.stack([np_box_sum(g[..., d], n) for d in range(3)], axis=-1)
+        return v / (np.linalg.norm(v, axis=-1, keepdims=True) + eps)
+
+    return np.mean(np.abs(np.sum(direction(a) * direction(b), axis=-1)))
+
+
+def np_lcc(a, b, n, eps=losses.DEFAULT_LCC_EPS):
+    count = n**3
+    s_a, s_b = np_box_sum(a, n), np_box_sum(b, n)
+    s_aa, s_bb, s_ab = np_box_sum(a * a, n), np_box_sum(b * b, n), np_box_sum(a * b, n)
+    cross = s_ab - s_a * s_b / count
+    var_a = np.maximum(s_aa - s_a**2 / count, 0)
+    var_b = np.maximum(s_bb - s_b**2 / count, 0)
+    return np.mean(cross**2 / (var_a * var_b + eps))
+
+
+def batch(*volumes):
+    """(X, Y, Z) arrays -> one float32 tensor (B, X, Y, Z, 1)."""
+    return tf.constant(np.stack(volumes)[..., None], tf.float32)
+
+
+def smooth_random(rng, shape, sigma=1.5):
+    from scipy.ndimage import gaussian_filter
+
+    return gaussian_filter(rng.random(shape), sigma)
+
+
+# --- agreement with the reference -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("window", [1, 3, 7])
+@pytest.mark.parametrize("shape", [(17, 20, 23), (12, 12, 12)])
+def test_local_gradient_matches_numpy(rng, window, shape):
+    a, b, c = (rng.random(shape) for _ in range(3))
+    got = losses.local_gradient_similarity(batch(a, c), batch(b, a), window).numpy()
+    want = [np_lg(a, b, window), np_lg(c, a, window)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 9])
+@pytest.mark.parametrize("shape", [(17, 20, 23), (10, 11, 9)])
+def test_local_cross_correlation_matches_numpy(rng, window, shape):
+    a, b = rng.random(shape), rng.random(shape)
+    mixed = 0.6 * a + 0.4 * b
+    got = losses.local_cross_correlation(batch(a, a), batch(b, mixed), window).numpy()
+    want = [np_lcc(a, b, window), np_lcc(a, mixed, window)]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_local_gradient_hand_computed():
+    # a(i, j, k) = i on a 4^3 grid; window 1. d_x a is 1 for i = 1, 2 and 0.5 at i = 0, 3
+    # (edge replication halves the border difference); d_y = d_z = 0. For b = -3a + 2 the
+    # directions are (+-g / (g + eps), 0, 0) and (-+3g / (3g + eps), 0, 0).
+    eps = losses.DEFAULT_LG_EPS
+    a = np.broadcast_to(np.arange(4.0)[:, None, None], (4, 4, 4))
+    b = -3 * a + 2
+    per_g = {g: g / (g + eps) * 3 * g / (3 * g + eps) for g in (1.0, 0.5)}
+    want = (per_g[1.0] + per_g[0.5]) / 2
+    got = losses.local_gradient_similarity(batch(a), batch(b), window=1).numpy()
+    np.testing.assert_allclose(got, [want], rtol=1e-6)
+    # a ramp along y is orthogonal everywhere: similarity 0
+    c = np.broadcast_to(np.arange(4.0)[None, :, None], (4, 4, 4))
+    assert losses.local_gradient_similarity(batch(a), batch(c), window=1).numpy()[0] == 0.0
+
+
+def test_local_cross_correlation_hand_computed():
+    # volumes of shape (3, 1, 1), window 3: the window at voxel 0 holds a = (0 pad, 1, 2) and
+    # b = (0 pad, 2, 3), the rest of its 27 places being zero padding.
+    eps = losses.DEFAULT_LCC_EPS
+    a = np.array([1.0, 2.0, 3.0]).reshape(3, 1, 1)
+    b = a + 1
+
+    def cc(wa, wb):
+        wa, wb = np.array(wa), np.array(wb)
+        cross = (wa * wb).sum() - wa.sum() * wb.sum() / 27
+        var_a = (wa * wa).sum() - wa.sum() ** 2 / 27
+        var_b = (wb * wb).sum() - wb.sum() ** 2 / 27
+        return cross**2 / (var_a * var_b + eps)
+
+    want = np.mean([cc([1, 2], [2, 3]), cc([1, 2, 3], [2, 3, 4]), cc([2, 3], [3, 4])])
+    got = losses.local_cross_correlation(batch(a), batch(b), window=3).numpy()
+    np.testing.assert_allclose(got, [want], rtol=1e-6)
+    assert abs(cc([1, 2], [2, 3]) - 0.98357) < 1e-4  # the first window, by hand
+
+
+# --- the properties the method relies on ----------------------------------------------------
+
+
+@pytest.mark.parametrize("scale, shift", [(3.0, 0.5), (0.5, -2.0), (-1.0, 1.0), (-4.0, 0.0)])
+def test_local_gradient_invariant_to_intensity_maps(rng, scale, shift):
+    a, b = smooth_random(rng, (20, 18, 16)), smooth_random(rng, (20, 18, 16))
+    base = losses.local_gradient_similarity(batch(a), batch(b)).numpy()
+    mapped = losses.local_gradient_similarity(batch(a), batch(scale * b + shift)).numpy()
+    np.testing.assert_allclose(mapped, base, atol=1e-4)
+    assert base[0] < 0.9  # two unrelated images are not similar
+
+
+def test_local_gradient_is_maximal_for_identical_images(rng):
+    a = smooth_random(rng, (16, 16, 16))
+    same = losses.local_gradient_similarity(batch(a), batch(a)).numpy()[0]
+    assert same > 0.999
+    for other in (smooth_random(rng, a.shape), np.roll(a, 2, axis=0), a + 0.3 * rng.random(a.shape)):
+        assert losses.local_gradient_similarity(batch(a), batch(other)).numpy()[0] < same
+
+
+def test_smoothness_constant_and_linear_fields():
+    grid = np.stack(np.meshgrid(*(np.arange(s, dtype=float) for s in (6, 7, 8)), indexing="ij"), -1)
+    constant = np.ones((6, 7, 8, 3)) * [1.0, -2.0, 0.5]
+    assert losses.smoothness(tf.constant(constant[None], tf.float32)).numpy()[0] == 0.0
+    a = np.array([[0.1, -0.2, 0.3], [0.0, 0.5, -0.1], [0.2, 0.2, 0.05]])
+    linear = grid @ a.T  # flow_c(x) = sum_d A_cd x_d
+    got = losses.smoothness(tf.constant(linear[None], tf.float32)).numpy()[0]
+    np.testing.assert_allclose(got, np.sum(a**2), rtol=1e-5)
+
+
+def test_gan_and_l1_losses_by_hand():
+    real = tf.constant([[1.0, 1.0], [0.0, 2.0]])
+    fake = tf.constant([[0.0, 0.0], [1.0, -1.0]])
+    np.testing.assert_allclose(losses.discriminator_loss(real, fake).numpy(), [0.0, 0.5 * (1.0 + 1.0)])
+    np.testing.assert_allclose(losses.generator_adversarial_loss(fake).numpy(), [1.0, (0 + 4) / 2])
+    a = tf.constant(np.arange(16.0).reshape(2, 2, 2, 2, 1), tf.float32)
+    np.testing.assert_allclose(losses.l1(a, a + 0.25).numpy(), [0.25, 0.25])
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, 0.37])
+def test_losses_finite_on_constant_images(value):
+    const = tf.fill([2, 12, 12, 12, 1], value)
+    with tf.GradientTape() as tape:
+        tape.watch(const)
+        total = tf.reduce_sum(
+            losses.local_gradient_similarity(const, const)
+            + losses.local_cross_correlation(const, const)
+            + losses.smoothness(tf.concat([const] * 3, -1))
+        )
+    gradient = tape.gradient(total, const)
+    assert np.isfinite(total.numpy())
+    assert np.all(np.isfinite(gradient.numpy()))
+    np.testing.assert_array_equal(losses.local_gradient_similarity(const, const).numpy(), [0.0, 0.0])
+
+
+def test_dtype_is_kept(rng):
+    a = tf.constant(rng.random((1, 8, 8, 8, 1)), tf.float64)
+    for value in (
+        losses.local_gradient_similarity(a, a, 3),
+        losses.local_cross_correlation(a, a, 3),
+        losses.smoothness(tf.concat([a] * 3, -1)),
+        losses.l1(a, a),
+    ):
+        assert value.dtype == tf.float64
+
+
+@pytest.mark.parametrize("window", [0, 2, -3, 4.5])
+def test_bad_window_refused(window):
+    with pytest.raises(ValueError, match="odd positive integer"):
+        losses.local_cross_correlation(tf.zeros([1, 8, 8, 8, 1]), tf.zeros([1, 8, 8, 8, 1]), window)
+
+
+@pytest.mark.parametrize("layer_class", [losses.LocalGradientSimilarity, losses.LocalCrossCorrelation])
+def test_loss_layers_config_round_trip_and_values(rng, layer_class):
+    layer = layer_class(window=5, eps=1e-4, name="similarity")
+    clone = layer_class.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    a, b = batch(rng.random((10, 10, 10))), batch(rng.random((10, 10, 10)))
+    fixed, moving = keras.Input((10, 10, 10, 1)), keras.Input((10, 10, 10, 1))
+    model = keras.Model([fixed, moving], clone([fixed, moving]))
+    function = {
+        losses.LocalGradientSimilarity: losses.local_gradient_similarity,
+        losses.LocalCrossCorrelation: losses.local_cross_correlation,
+    }[layer_class]
+    np.testing.assert_allclose(model([a, b]).numpy(), function(a, b, 5, 1e-4).numpy(), atol=1e-6)
+
+
+def test_loss_layer_refuses_wrong_inputs():
+    layer = losses.LocalCrossCorrelation()
+    with pytest.raises(ValueError, match="single-channel volumes"):
+        layer([keras.Input((8, 8, 8, 2)), keras.Input((8, 8, 8, 2))])

@@ -1,0 +1,77 @@
+"""T, G and D: shapes, the warp's exactness, save/reload and the shape checks."""
+
+import numpy as np
+import pytest
+
+from dgan.compat import keras
+from dgan.networks import (
+    NetworkConfig,
+    build_discriminator,
+    build_generator,
+    build_registration_net,
+    custom_objects,
+)
+
+
+def warp_with(net, moving, flow):
+    """Run only T's SpatialTransformer: moved = moving(p + flow(p))."""
+    transformer = net.get_layer("moved")
+    return transformer([moving[None, ..., None].astype("float32"), flow[None].astype("float32")]).numpy()[0, ..., 0]
+
+
+def test_shapes(tiny_config, rng):
+    t, g, d = (build(tiny_config) for build in (build_registration_net, build_generator, build_discriminator))
+    x = rng.random((2, 16, 16, 16, 1)).astype("float32")
+    out = t({"moving": x, "fixed": x})
+    assert out["moved"].shape == (2, 16, 16, 16, 1)
+    assert out["flow"].shape == (2, 16, 16, 16, 3)
+    assert g(x).shape == (2, 16, 16, 16, 1)
+    assert 0.0 <= g(x).numpy().min() and g(x).numpy().max() <= 1.0
+    assert d([x, x]).shape == (2, 4, 4, 4, 1)
+
+
+def test_zero_field_is_identity_and_integer_shift_is_exact(tiny_config):
+    net = build_registration_net(tiny_config)
+    grid = np.meshgrid(*(np.arange(16.0),) * 3, indexing="ij")
+    linear = 3 * grid[0] + grid[1] - 0.5 * grid[2]
+    np.testing.assert_allclose(warp_with(net, linear, np.zeros((16, 16, 16, 3))), linear, atol=1e-5)
+    shift = np.zeros((16, 16, 16, 3))
+    shift[..., 0], shift[..., 2] = 2.0, -1.0  # moved(p) = moving(p + (2, 0, -1))
+    moved = warp_with(net, linear, shift)
+    want = 3 * (grid[0] + 2) + grid[1] - 0.5 * (grid[2] - 1)
+    np.testing.assert_allclose(moved[:-2, :, 1:], want[:-2, :, 1:], atol=1e-4)
+    # a fractional shift interpolates a linear volume exactly too
+    shift[..., 0], shift[..., 2] = 0.25, 0.0
+    np.testing.assert_allclose(warp_with(net, linear, shift)[:-1], (linear + 0.75)[:-1], atol=1e-4)
+
+
+def test_diffeomorphic_option_integrates_the_field(tiny_config):
+    config = NetworkConfig(**{**tiny_config.__dict__, "int_steps": 4})
+    net = build_registration_net(config)
+    assert net.get_layer("flow").__class__.__name__ == "VecInt"
+    assert net.get_layer("velocity") is not None
+    x = np.zeros((1, 16, 16, 16, 1), "float32")
+    assert net({"moving": x, "fixed": x})["flow"].shape == (1, 16, 16, 16, 3)
+
+
+def test_registration_net_saves_and_reloads(tiny_config, rng, tmp_path):
+    net = build_registration_net(tiny_config)
+    x = {k: rng.random((1, 16, 16, 16, 1)).astype("float32") for k in ("moving", "fixed")}
+    net.get_layer("flow").set_weights([w + 0.01 * rng.standard_normal(w.shape) for w in net.get_layer("flow").get_weights()])
+    path = tmp_path / "t.keras"
+    net.save(path)
+    again = keras.models.load_model(path, custom_objects=custom_objects())
+    for key in ("moved", "flow"):
+        np.testing.assert_allclose(again(x)[key].numpy(), net(x)[key].numpy(), atol=1e-6)
+
+
+def test_config_round_trip_and_refusals():
+    config = NetworkConfig((32, 32, 48), t_features=((8, 8), (8, 8, 8)), d_layers=2)
+    assert NetworkConfig.from_dict(config.to_dict()) == config
+    assert config.multiple == 2 ** len(config.g_features[0])
+    with pytest.raises(ValueError, match="divisible by 16"):
+        NetworkConfig((30, 32, 32))
+    with pytest.raises(ValueError, match="three spatial sizes"):
+        NetworkConfig((32, 32))
+    with pytest.raises(ValueError, match="too small"):
+        NetworkConfig((16, 16, 16))
