@@ -18,6 +18,7 @@ setup(
         "nibabel>=5.0",
         "nilearn>=0.10",
         "matplotlib>=3.7",
+        "tensorboard>=2.16",
         "tqdm>=4.60",
     ],
     extras_require={

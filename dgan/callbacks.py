@@ -1,0 +1,134 @@
+"""Keras callbacks for a Deform-GAN run; one step per Keras "epoch" (``steps_per_epoch=1``).
+
+Keras's epoch index is therefore the step index: after epoch e, step e + 1 is complete.
+"""
+
+import csv
+import logging
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+
+from tqdm.auto import tqdm
+
+from .compat import keras, tf
+from .model import LOSS_NAMES
+
+logger = logging.getLogger(__name__)
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training as soon as any reported loss is NaN or Inf; remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.diverged = None  # (step, name, value) once a loss is not finite
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name, value in (logs or {}).items():
+            if not math.isfinite(float(value)):
+                self.diverged = (epoch + 1, name, float(value))
+                self.model.stop_training = True
+                logger.error("step %d: %s is %s; stopping", epoch + 1, name, value)
+                return
+
+
+class StopRequest(keras.callbacks.Callback):
+    """Ends training after the current step once :attr:`requested` is set (by Ctrl-C/SIGTERM)."""
+
+    def __init__(self):
+        super().__init__()
+        self.requested = threading.Event()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.requested.is_set():
+            logger.warning("step %d: stop requested; saving and ending the run", epoch + 1)
+            self.model.stop_training = True
+
+
+@contextmanager
+def stop_on_signals(stop_request, signals=(signal.SIGINT, signal.SIGTERM)):
+    """While inside, SIGINT/SIGTERM ask for a clean stop after the current step; a second
+    SIGINT interrupts at once. Signal handlers are only installed from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if stop_request.requested.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop_request.requested.set()
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class PeriodicCheckpoint(keras.callbacks.Callback):
+    """Saves a checkpoint every ``every`` steps unless the guard saw a NaN at that step.
+
+    :param save: a function ``save(step)`` writing all three networks and optimizers
+    """
+
+    def __init__(self, save, every, guard):
+        super().__init__()
+        self.save, self.every, self.guard = save, int(every), guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1
+        if self.guard.diverged is None and self.every > 0 and step % self.every == 0:
+            self.save(step)
+
+
+class LossLog(keras.callbacks.Callback):
+    """Writes every loss term at every step: TensorBoard scalars, ``losses.csv`` (appended, so a
+    resumed run continues it), a log line every ``log_every`` steps, and a tqdm progress bar."""
+
+    def __init__(self, writer, csv_path, total_steps, start_step, log_every=10, progress=True):
+        super().__init__()
+        self.writer, self.csv_path = writer, csv_path
+        self.log_every = max(1, int(log_every))
+        self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress,
+                        desc="training", unit="step", dynamic_ncols=True)
+        self._started = time.perf_counter()
+        self._start_step = start_step
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1
+        values = {name: float(logs[name]) for name in LOSS_NAMES if name in (logs or {})}
+        with self.writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(f"loss/{name}", value)
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as handle:
+            out = csv.writer(handle)
+            if new:
+                out.writerow(["step", *LOSS_NAMES])
+            out.writerow([step, *(f"{values.get(n, float('nan')):.6g}" for n in LOSS_NAMES)])
+        self.bar.update(1)
+        self.bar.set_postfix({k: f"{values[k]:.3f}" for k in ("d_loss", "g_loss", "t_loss") if k in values})
+        if step % self.log_every == 0:
+            rate = (time.perf_counter() - self._started) / max(1, step - self._start_step)
+            logger.info("step %d: %s (%.2f s/step)", step,
+                        ", ".join(f"{k} {v:.4f}" for k, v in values.items()), rate)
+
+    def on_train_end(self, logs=None):
+        self.bar.close()
+
+
+class PeriodicValidation(keras.callbacks.Callback):
+    """Calls ``validate(step)`` every ``every`` steps (it scores, logs and draws)."""
+
+    def __init__(self, validate, every, guard):
+        super().__init__()
+        self.validate, self.every, self.guard = validate, int(every), guard
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = epoch + 1
+        if self.guard.diverged is None and self.every > 0 and step % self.every == 0:
+            self.validate(step)

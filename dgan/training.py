@@ -1,0 +1,464 @@
+"""A Deform-GAN training run: data, model, checkpoints, resume, logs, validation, pictures, export.
+
+A run folder holds::
+
+    config.json          the resolved configuration (the run can be resumed from it alone)
+    train.log            readable log lines
+    losses.csv           every loss term at every step
+    checkpoints/         T, G, D and their three optimizers (the last ``keep_checkpoints``)
+    tensorboard/         scalars (every loss term, validation Dice) and image summaries
+    validation.png       a validation pair: fixed, moving, moved, translated, deformation grid
+    losses.png           the loss curves
+    results.json         validation Dice before (identity) and after registration, wall time
+    model/               the exported registration model (see :mod:`dgan.export`)
+
+The CLI ``train/train_dgan.py`` is a thin layer over :func:`train`.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import callbacks as cb
+from . import data as ddata
+from . import figures, metrics, synth
+from .compat import keras, tf
+from .errors import InputError, TrainingDiverged
+from .export import Preprocessing, save_model_folder
+from .io import atomic_write, load_volume
+from .model import LOSS_NAMES, DeformGAN, LossWeights
+from .networks import NetworkConfig
+
+logger = logging.getLogger(__name__)
+
+#: Keys of ``config.json`` that describe the data, the networks and the losses; a resumed run
+#: must not change them (the step budget, logging and output options may change).
+FROZEN_ON_RESUME = ("moving", "fixed", "shape", "spacing", "batch_size", "seed", "network", "loss")
+
+
+#: Small networks that train in minutes on two CPU cores at the demo size.
+DEMO_NETWORK = {
+    "t_features": [[16, 32, 32], [32, 32, 32, 16, 16]],
+    "g_features": [[8, 16, 16], [16, 16, 16, 8]],
+    "d_features": 8,
+    "d_layers": 3,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; written to ``config.json``.
+
+    ``moving``/``fixed`` are lists of scan specs (folders, globs, CSV files) for the two
+    modalities, unpaired; both None selects the embedded demo data (MNI152 T1 -> T2-like).
+    ``val_pairs`` is an optional CSV with columns moving, fixed, moving_labels, fixed_labels.
+    """
+
+    moving: list | None = None
+    fixed: list | None = None
+    val_pairs: str | None = None
+    shape: tuple = ddata.DEMO_SHAPE
+    spacing: float | None = ddata.DEMO_SPACING
+    steps: int = 200
+    batch_size: int = 1
+    lr_t: float = 1e-3
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    network: dict = field(default_factory=dict)
+    loss: dict = field(default_factory=dict)
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 3
+    validate_every: int = 50
+    log_every: int = 10
+    n_val: int = 4
+    seed: int = 0
+    strategy: str = "auto"
+
+    def __post_init__(self):
+        self.shape = tuple(int(s) for s in self.shape)
+        if self.moving is None:
+            self.network = {**DEMO_NETWORK, **self.network}
+        if (self.moving is None) != (self.fixed is None):
+            raise InputError("give both --moving and --fixed, or neither (to use the demo data)")
+        for name in ("steps", "batch_size", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+        self.network_config  # noqa: B018  (validates the shape against the networks)
+        self.loss_weights  # noqa: B018
+
+    @property
+    def network_config(self):
+        try:
+            return NetworkConfig(shape=self.shape, **self.network)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+
+    @property
+    def loss_weights(self):
+        return LossWeights(**self.loss)
+
+    @property
+    def uses_demo_data(self):
+        return self.moving is None
+
+    def to_dict(self):
+        out = dataclasses.asdict(self)
+        out["shape"] = list(self.shape)
+        out["network"] = {k: v for k, v in self.network_config.to_dict().items() if k != "shape"}
+        out["loss"] = self.loss_weights.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, config):
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in config.items() if k in known})
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    dice_identity: float
+    dice_registered: float
+    seconds: float
+    stopped_early: bool
+
+
+def new_run_dir(root="runs"):
+    """``runs/<timestamp>/``, made unique with a suffix when needed."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / stamp
+    k = 1
+    while path.exists():
+        path = Path(root) / f"{stamp}-{k}"
+        k += 1
+    return path
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+def _dataset_fn(config):
+    """A function ``(input_context or None, start_step) -> tf.data.Dataset`` for the run."""
+    if config.uses_demo_data:
+        def make(input_context, start_step):
+            return ddata.demo_dataset(config.batch_size, config.seed, start_step=start_step,
+                                      shape=config.shape, spacing=config.spacing,
+                                      input_context=input_context)
+        return make
+    moving = ddata.ScanSet(ddata.find_scans(config.moving), config.shape, config.spacing)
+    fixed = ddata.ScanSet(ddata.find_scans(config.fixed), config.shape, config.spacing)
+    logger.info("training data: %d moving and %d fixed scans (unpaired)", len(moving), len(fixed))
+
+    def make(input_context, start_step):
+        return ddata.make_dataset(moving, fixed, config.batch_size, config.seed,
+                                  start_step=start_step, input_context=input_context)
+    return make
+
+
+def validation_pairs(config):
+    """Validation pairs with labels: the demo's seeded pairs, or those of ``config.val_pairs``."""
+    if config.uses_demo_data:
+        return ddata.demo_validation_pairs(config.n_val, shape=config.shape, spacing=config.spacing)
+    if not config.val_pairs:
+        return []
+    pairs = []
+    for row in read_pair_csv(config.val_pairs):
+        pair = {}
+        for key, kind in (("moving", "image"), ("fixed", "image"),
+                          ("moving_labels", "labels"), ("fixed_labels", "labels")):
+            volume = load_volume(row[key], kind=kind)
+            image = row[key.split("_")[0]]
+            if kind == "labels":
+                reference = load_volume(image)
+                if volume.array.shape != reference.array.shape:
+                    raise InputError(
+                        f"label map of shape {volume.array.shape} does not match its image "
+                        f"{image} of shape {reference.array.shape}", row[key])
+            pair[key] = ddata.preprocess_volume(
+                volume, config.shape, config.spacing, order=0 if kind == "labels" else 1,
+                normalize=kind == "image").array
+        pairs.append(pair)
+    return pairs
+
+
+def read_pair_csv(path):
+    """Rows of a validation CSV with the columns moving, fixed, moving_labels, fixed_labels;
+    relative paths are relative to the CSV's folder."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    columns = ("moving", "fixed", "moving_labels", "fixed_labels")
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or any(c not in rows[0] for c in columns):
+        raise InputError(f"needs a header with the columns {', '.join(columns)}", path)
+    return [{c: str((path.parent / row[c]).resolve()) for c in columns} for row in rows]
+
+
+# --- validation ------------------------------------------------------------------------------
+
+
+def score_pairs(registration_net, generator, pairs):
+    """Register each pair; Dice of warped moving labels against fixed labels.
+
+    :return: (mean Dice registered, mean Dice identity, per-pair outputs of the first pair)
+    """
+    moving = np.stack([p["moving"] for p in pairs])[..., None]
+    fixed = np.stack([p["fixed"] for p in pairs])[..., None]
+    out = registration_net.predict({"moving": moving, "fixed": fixed}, batch_size=1, verbose=0)
+    registered, identity = [], []
+    for k, pair in enumerate(pairs):
+        warped = synth.warp(pair["moving_labels"], out["flow"][k], order=0)
+        registered.append(metrics.mean_dice(warped, pair["fixed_labels"]))
+        identity.append(metrics.mean_dice(pair["moving_labels"], pair["fixed_labels"]))
+    first = {
+        "fixed": pairs[0]["fixed"], "moving": pairs[0]["moving"],
+        "moved": out["moved"][0, ..., 0], "flow": out["flow"][0],
+        "translated": generator.predict(out["moved"][:1], verbose=0)[0, ..., 0],
+        "fixed_labels": pairs[0]["fixed_labels"],
+    }
+    return float(np.mean(registered)), float(np.mean(identity)), first
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def _strategy(name):
+    from .distribute import make_strategy
+
+    return make_strategy(name)
+
+
+def _is_chief(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "cluster_spec", None):
+        return True
+    spec = resolver.cluster_spec()
+    if not spec.as_dict():
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None or task_type == "chief":
+        return True
+    return task_type == "worker" and task_id == 0 and "chief" not in spec.jobs
+
+
+def _write_json(path, payload):
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2)
+            handle.write("\n")
+
+
+def resolve_config(config, run_dir, resume):
+    """The configuration to run with.
+
+    :param config: a :class:`TrainConfig` for a new run; for a resumed run, a dict of the
+        settings to change (the step budget, logging, checkpointing), or None
+    """
+    path = Path(run_dir) / "config.json"
+    if not resume:
+        if path.exists():
+            raise InputError("already holds a run; use --resume to continue it", run_dir)
+        return config
+    if not path.exists():
+        raise InputError("is not a dgan run folder (no config.json)", run_dir)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"unreadable run configuration: {error}", path) from None
+    merged = TrainConfig.from_dict(saved).to_dict()
+    for key, value in (config or {}).items():
+        value = json.loads(json.dumps(value))  # tuples as lists, as saved
+        saved_value = merged[key]
+        if isinstance(value, dict):
+            value = {**saved_value, **value}
+        if key in FROZEN_ON_RESUME and value != saved_value:
+            raise InputError(f"cannot change {key} when resuming (saved: {saved_value})", run_dir)
+        merged[key] = value
+    return TrainConfig.from_dict(merged)
+
+
+def _add_log_file(path):
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger("dgan")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def train(config, run_dir, resume=False, progress=True, extra_callbacks=()):
+    """Train Deform-GAN; see the module docstring for what the run folder receives.
+
+    :param config: :class:`TrainConfig`; with ``resume``, a dict of settings to change or None
+    :param run_dir: the run folder (created if needed)
+    :param resume: continue the run in ``run_dir`` at its last checkpoint, with the same
+        optimizer state and data order
+    :return: :class:`RunResult`
+    :raises InputError: bad data, configuration or checkpoint
+    :raises TrainingDiverged: a loss became NaN or Inf (the last good checkpoint is kept)
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    config = resolve_config(config, run_dir, resume)
+    strategy = _strategy(config.strategy)
+    chief = _is_chief(strategy)
+    # non-chief workers write to a scratch folder that is removed at the end
+    out_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="dgan-worker-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handler = _add_log_file(out_dir / "train.log")
+    try:
+        return _train(config, run_dir, out_dir, resume, strategy, chief, progress,
+                      extra_callbacks, started)
+    finally:
+        logging.getLogger("dgan").removeHandler(handler)
+        handler.close()
+        if not chief:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_callbacks, started):
+    logger.info("%s run in %s with %d replica(s)", "resuming" if resume else "starting",
+                run_dir, strategy.num_replicas_in_sync)
+    if chief:
+        _write_json(out_dir / "config.json", config.to_dict())
+    make_dataset = _dataset_fn(config)
+    pairs = validation_pairs(config)
+
+    with strategy.scope():
+        model = DeformGAN.from_config_object(config.network_config)
+        model.compile(
+            t_optimizer=keras.optimizers.Adam(config.lr_t),
+            g_optimizer=keras.optimizers.Adam(config.lr_g, beta_1=0.5),
+            d_optimizer=keras.optimizers.Adam(config.lr_d, beta_1=0.5),
+            weights=config.loss_weights,
+        )
+        checkpoint = tf.train.Checkpoint(
+            registration_net=model.registration_net, generator=model.generator,
+            discriminator=model.discriminator, t_optimizer=model.t_optimizer,
+            g_optimizer=model.g_optimizer, d_optimizer=model.d_optimizer,
+        )
+    manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "checkpoints"),
+                                         max_to_keep=config.keep_checkpoints)
+    if resume:
+        restore_latest(checkpoint, run_dir / "checkpoints")
+    start_step = int(model.t_optimizer.iterations.numpy())
+    if start_step >= config.steps:
+        logger.info("the run is already at step %d of %d", start_step, config.steps)
+
+    def save(step):
+        path = manager.save(checkpoint_number=step)
+        logger.info("step %d: checkpoint %s", step, path)
+
+    writer = tf.summary.create_file_writer(str(out_dir / "tensorboard"))
+    dice = {}
+
+    def validate(step):
+        if not pairs:
+            return
+        registered, identity, first = score_pairs(model.registration_net, model.generator, pairs)
+        dice.update(identity=identity, registered=registered)
+        logger.info("step %d: validation mean Dice %.4f (identity %.4f)", step, registered, identity)
+        with writer.as_default(step=step):
+            tf.summary.scalar("validation/dice", registered)
+            tf.summary.scalar("validation/dice_identity", identity)
+            for name in ("fixed", "moving", "moved", "translated"):
+                volume = first[name]
+                image = volume[:, :, volume.shape[2] // 2].T[::-1]
+                tf.summary.image(f"validation/{name}", image[None, ..., None], step=step)
+        if chief:
+            figures.save_pair_figure(
+                out_dir / "validation.png", first["fixed"], first["moving"], first["moved"],
+                first["flow"], first["translated"], fixed_labels=first["fixed_labels"],
+                title=f"step {step}: mean Dice {registered:.3f} (identity {identity:.3f})")
+
+    guard = cb.DivergenceGuard()
+    stop = cb.StopRequest()
+    callbacks = [
+        guard,
+        stop,
+        cb.LossLog(writer, out_dir / "losses.csv", config.steps, start_step, config.log_every,
+                   progress),
+        cb.PeriodicCheckpoint(save, config.checkpoint_every, guard),
+        cb.PeriodicValidation(validate, config.validate_every, guard),
+        *extra_callbacks,
+    ]
+    if strategy.num_replicas_in_sync > 1 or not chief:
+        from .distribute import distributed_dataset
+
+        dataset = distributed_dataset(strategy, make_dataset, start_step)
+    else:
+        dataset = make_dataset(None, start_step)
+    if start_step == 0:
+        validate(0)
+    with cb.stop_on_signals(stop):
+        if start_step < config.steps:
+            model.fit(dataset, steps_per_epoch=1, epochs=config.steps, initial_epoch=start_step,
+                      callbacks=callbacks, verbose=0)
+    step = int(model.t_optimizer.iterations.numpy())
+    if guard.diverged is not None:
+        at, name, value = guard.diverged
+        kept = manager.latest_checkpoint or "none"
+        raise TrainingDiverged(
+            f"{name} became {value} at step {at}; training stopped. Last good checkpoint kept: {kept}")
+    if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
+        save(step)
+    validate(step)
+    seconds = time.perf_counter() - started
+    if chief:
+        figures.save_curves(out_dir / "losses.png", read_loss_history(out_dir / "losses.csv"))
+        save_model_folder(model.registration_net, config.network_config,
+                          Preprocessing(config.shape, config.spacing), out_dir / "model")
+        _write_json(out_dir / "results.json", {
+            "step": step,
+            "validation_dice_identity": dice.get("identity"),
+            "validation_dice_registered": dice.get("registered"),
+            "seconds": round(seconds, 1),
+            "stopped_early": step < config.steps,
+        })
+    logger.info("finished at step %d in %.0f s", step, seconds)
+    return RunResult(run_dir, step, dice.get("identity", math.nan),
+                     dice.get("registered", math.nan), seconds, step < config.steps)
+
+
+def restore_latest(checkpoint, directory):
+    """Restore the newest checkpoint in ``directory``; a missing or corrupt one is an InputError."""
+    latest = tf.train.latest_checkpoint(str(directory))
+    if latest is None:
+        raise InputError("no checkpoint to resume from", directory)
+    try:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+    except (tf.errors.OpError, ValueError, AssertionError) as error:
+        problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"corrupt or incompatible checkpoint: {problem}", latest) from None
+    return latest
+
+
+def read_loss_history(path):
+    """``losses.csv`` -> {name: [(step, value), ...]}, finite values only."""
+    history = {name: [] for name in LOSS_NAMES}
+    if not Path(path).exists():
+        return history
+    import csv
+
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for name in LOSS_NAMES:
+                value = float(row.get(name, "nan"))
+                if math.isfinite(value):
+                    history[name].append((int(row["step"]), value))
+    return history
