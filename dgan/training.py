@@ -339,6 +339,7 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     make_dataset = _dataset_fn(config)
     pairs = validation_pairs(config)
 
+    keras.utils.set_random_seed(config.seed)  # reproducible initial weights
     with strategy.scope():
         model = DeformGAN.from_config_object(config.network_config)
         model.compile(
@@ -442,7 +443,7 @@ def restore_latest(checkpoint, directory):
         raise InputError("no checkpoint to resume from", directory)
     try:
         checkpoint.restore(latest).assert_existing_objects_matched()
-    except (tf.errors.OpError, ValueError, AssertionError) as error:
+    except (tf.errors.OpError, ValueError, AssertionError, IndexError, KeyError) as error:
         problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"corrupt or incompatible checkpoint: {problem}", latest) from None
     return latest

@@ -1,0 +1,409 @@
+"""Trained Deform-GAN registration networks on disk: the dgan model folder and TF Serving exports.
+
+Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) registers with T alone; G and D only shape T
+during training. This module stores T in two forms:
+
+- the **model folder**, written at the end of training by :func:`save_model_folder` and read by
+  :func:`load_model_folder` (and so by :mod:`dgan.register`)::
+
+      <folder>/
+        registration_net.keras   T as a Keras model file (tf_keras .keras format)
+        dgan_model.json          {"format": "dgan-model", "format_version": 1,
+                                  "network": NetworkConfig.to_dict(),
+                                  "preprocessing": {"shape": [X, Y, Z],
+                                                    "spacing": [sx, sy, sz] or null (native),
+                                                    "percentiles": [0.5, 99.5],
+                                                    "orientation": "RAS"}, ...}
+
+- a **TensorFlow Serving SavedModel**, written by :func:`export_saved_model` (CLI ``dgan-export``)
+  as ``<base>/<version>/saved_model.pb`` + ``variables/``, with one ``serving_default``
+  signature: float32 inputs ``moving`` and ``fixed``, shape (batch, X, Y, Z, 1); outputs
+  ``moved`` (batch, X, Y, Z, 1) and ``flow`` (batch, X, Y, Z, 3). It holds only TensorFlow ops and
+  variables, so it loads with TensorFlow alone (no dgan, voxelmorph or Keras import).
+
+The flow is a displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p)).
+Both writers are atomic: the folder is built beside its destination and renamed into place only
+when complete, so a crash never leaves a half-written model.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+
+from . import __version__
+from . import io as dio
+from .compat import keras, tf
+from .errors import InputError
+from .networks import NetworkConfig, build_registration_net, custom_objects
+
+#: Name of the Keras model file of T inside a model folder.
+MODEL_FILE = "registration_net.keras"
+#: Name of the description file inside a model folder.
+CONFIG_FILE = "dgan_model.json"
+#: Value of the "format" key of :data:`CONFIG_FILE`.
+FORMAT_NAME = "dgan-model"
+#: Version of the model-folder format written here; :func:`load_model_folder` reads this one.
+FORMAT_VERSION = 1
+#: Intensity percentiles mapped to 0 and 1 in training (:func:`dgan.io.normalize_intensity`).
+DEFAULT_PERCENTILES = (0.5, 99.5)
+#: Name of the TF Serving signature.
+SIGNATURE_NAME = "serving_default"
+#: Where an export keeps a copy of the model folder's description (ignored by TF Serving).
+SAVED_MODEL_DESCRIPTION = os.path.join("assets.extra", CONFIG_FILE)
+#: The flow convention, as stored in the description files.
+FLOW_CONVENTION = "displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p))"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How training prepared the volumes; registration prepares new scans the same way.
+
+    Training volumes were reoriented to RAS+ (:func:`dgan.io.to_canonical`), resampled to
+    ``spacing`` (:func:`dgan.io.resample_to_spacing`; None keeps each scan's own voxel size),
+    scaled with :func:`dgan.io.normalize_intensity` so that the ``percentiles`` go to 0 and 1,
+    and brought to ``shape``.
+
+    :param shape: the training volumes' spatial shape (X, Y, Z)
+    :param spacing: voxel size in millimetres, shape = (3,), or None (native)
+    :param percentiles: (low, high) intensity percentiles mapped to 0 and 1
+    """
+
+    shape: tuple
+    spacing: tuple | None = None
+    percentiles: tuple = DEFAULT_PERCENTILES
+
+    def __post_init__(self):
+        shape = tuple(int(s) for s in self.shape)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"shape must be three positive sizes, got {self.shape}")
+        spacing = self.spacing
+        if spacing is not None:
+            values = [float(s) for s in (spacing if _is_sequence(spacing) else [spacing] * 3)]
+            if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+                raise ValueError(f"spacing must be three positive millimetre sizes, got {spacing}")
+            spacing = tuple(values)
+        low, high = (float(p) for p in self.percentiles)
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(
+                f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}"
+            )
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "percentiles", (low, high))
+
+    def to_dict(self):
+        return {
+            "shape": list(self.shape),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "percentiles": list(self.percentiles),
+            "orientation": "RAS",
+        }
+
+    @classmethod
+    def from_dict(cls, config):
+        config = dict(config)
+        config.pop("orientation", None)
+        return cls(**config)
+
+
+def _is_sequence(value):
+    return isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelFolder:
+    """A loaded dgan model folder.
+
+    :param path: the folder
+    :param registration_net: T, a Keras model built for ``network_config.shape``
+    :param network_config: :class:`dgan.networks.NetworkConfig`
+    :param preprocessing: :class:`Preprocessing`
+    :param description: the parsed ``dgan_model.json``
+    """
+
+    path: str
+    registration_net: object
+    network_config: NetworkConfig
+    preprocessing: Preprocessing
+    description: dict
+
+
+# --- the model folder ---------------------------------------------------------------------------
+
+
+def _as_preprocessing(preprocessing, network_config):
+    if preprocessing is None:
+        return Preprocessing(shape=network_config.shape)
+    if isinstance(preprocessing, Preprocessing):
+        return preprocessing
+    return Preprocessing.from_dict(preprocessing)
+
+
+def _description(network_config, preprocessing):
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "dgan_version": __version__,
+        "network": network_config.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
+        "files": {"registration_net": MODEL_FILE},
+        "flow": FLOW_CONVENTION,
+    }
+
+
+def _spatial_input_shape(net, name):
+    """The spatial shape (X, Y, Z) of input ``name`` of a Keras model, or None."""
+    tensor = dict(zip(getattr(net, "input_names", None) or [], net.inputs)).get(name)
+    if tensor is None or len(tensor.shape) != 5 or None in tuple(tensor.shape)[1:4]:
+        return None
+    return tuple(int(s) for s in tuple(tensor.shape)[1:4])
+
+
+def _one_line(error):
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def save_model_folder(registration_net, network_config, preprocessing, path):
+    """Write T and its description as a dgan model folder, atomically.
+
+    The folder is built under a temporary name beside ``path`` and renamed into place when
+    complete; an existing folder at ``path`` is replaced only then.
+
+    :param registration_net: T, from :func:`dgan.networks.build_registration_net` (e.g.
+        ``DeformGAN.registration_model`` after training)
+    :param network_config: the :class:`~dgan.networks.NetworkConfig` T was built from
+    :param preprocessing: :class:`Preprocessing` or its dict (``shape``, ``spacing`` in mm or
+        None, ``percentiles``); None: ``network_config.shape``, native spacing, (0.5, 99.5)
+    :param path: the model folder to write
+    :return: ``path`` as a string
+    """
+    preprocessing = _as_preprocessing(preprocessing, network_config)
+    shape = _spatial_input_shape(registration_net, "moving")
+    if shape is not None and shape != network_config.shape:
+        raise ValueError(
+            f"registration_net takes volumes of shape {shape}, but network_config says "
+            f"{network_config.shape}"
+        )
+    description = _description(network_config, preprocessing)
+    path = os.fspath(path)
+    with dio.atomic_write(path) as tmp:
+        os.makedirs(tmp)
+        registration_net.save(os.path.join(tmp, MODEL_FILE))
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(description, f, indent=2)
+            f.write("\n")
+    return path
+
+
+def _read_description(path):
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise InputError(f"not a dgan model folder: {CONFIG_FILE} is missing", path)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            description = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(
+            f"not a dgan model folder: {CONFIG_FILE} is not valid JSON ({error})", path
+        ) from error
+    if not isinstance(description, dict) or description.get("format") != FORMAT_NAME:
+        raise InputError(
+            f"not a dgan model folder: {CONFIG_FILE} is not a dgan model description", path
+        )
+    version = description.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InputError(
+            f"{CONFIG_FILE} has format_version {version!r}; this dgan reads {FORMAT_VERSION}", path
+        )
+    try:
+        network_config = NetworkConfig.from_dict(description["network"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{CONFIG_FILE}: invalid or missing 'network' ({error})", path)
+    try:
+        preprocessing = Preprocessing.from_dict(description["preprocessing"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{CONFIG_FILE}: invalid or missing 'preprocessing' ({error})", path)
+    return description, network_config, preprocessing
+
+
+def load_model_folder(path):
+    """Read a dgan model folder written by :func:`save_model_folder`.
+
+    :param path: the model folder
+    :return: :class:`ModelFolder`
+    :raises InputError: ``"<folder>: <what is wrong>"`` for a missing folder, a missing, invalid
+        or unsupported ``dgan_model.json``, or missing or corrupt weights
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError("model folder not found", path)
+    if not os.path.isdir(path):
+        raise InputError("not a dgan model folder: a file, expected a folder", path)
+    description, network_config, preprocessing = _read_description(path)
+    model_path = os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(model_path):
+        raise InputError(f"not a dgan model folder: {MODEL_FILE} is missing", path)
+    try:
+        net = keras.models.load_model(model_path, custom_objects=custom_objects(), compile=False)
+    except Exception as error:  # zipfile, h5py and Keras raise many types for a corrupt file
+        raise InputError(f"{MODEL_FILE} cannot be loaded ({_one_line(error)})", path) from error
+    names = set(getattr(net, "output_names", None) or [])
+    shape = _spatial_input_shape(net, "moving")
+    if not {"moved", "flow"} <= names or shape != network_config.shape:
+        raise InputError(
+            f"{MODEL_FILE} is not a registration network for shape {network_config.shape} "
+            f"(outputs {sorted(names)}, input shape {shape})",
+            path,
+        )
+    return ModelFolder(
+        path=path,
+        registration_net=net,
+        network_config=network_config,
+        preprocessing=preprocessing,
+        description=description,
+    )
+
+
+def as_model_folder(model):
+    """A :class:`ModelFolder` from itself or from a folder path."""
+    return model if isinstance(model, ModelFolder) else load_model_folder(model)
+
+
+def registration_net_for_shape(model, shape):
+    """T with the trained weights, for volumes of another spatial shape.
+
+    T is fully convolutional, so its weights do not depend on the spatial shape: it is rebuilt
+    with :func:`dgan.networks.build_registration_net` for ``shape`` and the weights are copied.
+
+    :param model: :class:`ModelFolder` or a folder path
+    :param shape: (X, Y, Z), each a multiple of ``network_config.multiple`` and at least twice it
+    :return: a Keras model ``{"moving", "fixed"}`` (B, X, Y, Z, 1) -> ``{"moved", "flow"}``
+    :raises InputError: a shape the network cannot take
+    """
+    model = as_model_folder(model)
+    shape = tuple(int(s) for s in shape)
+    if shape == model.network_config.shape:
+        return model.registration_net
+    try:
+        config = dataclasses.replace(model.network_config, shape=shape)
+    except ValueError as error:
+        raise InputError(f"cannot build the registration network: {error}") from error
+    net = build_registration_net(config)
+    try:
+        net.set_weights(model.registration_net.get_weights())
+    except ValueError as error:
+        raise InputError(
+            f"the weights do not fit the network described in {CONFIG_FILE} ({error})", model.path
+        ) from error
+    return net
+
+
+# --- TF Serving ---------------------------------------------------------------------------------
+
+
+class _ServingModule(tf.Module):
+    """T's forward pass as a tf.function with a fixed input signature, for tf.saved_model.save.
+
+    Only T's variables are tracked (not the Keras model object), so the SavedModel holds plain
+    TensorFlow functions and variables and needs no Keras, voxelmorph or dgan class to load.
+    """
+
+    def __init__(self, net, shape):
+        super().__init__(name="dgan_registration")
+        self.registration_variables = list(net.weights)
+        spec = [None, *shape, 1]  # (batch, X, Y, Z, 1)
+
+        @tf.function(
+            input_signature=[
+                tf.TensorSpec(spec, tf.float32, name="moving"),
+                tf.TensorSpec(spec, tf.float32, name="fixed"),
+            ]
+        )
+        def serve(moving, fixed):
+            out = net({"moving": moving, "fixed": fixed}, training=False)
+            return {
+                "moved": tf.identity(out["moved"], name="moved"),  # (B, X, Y, Z, 1)
+                "flow": tf.identity(out["flow"], name="flow"),  # (B, X, Y, Z, 3), voxels
+            }
+
+        self.serve = serve
+
+
+def export_saved_model(model_folder, base_dir, version=1, shape=None, overwrite=False):
+    """Export T as a TensorFlow Serving SavedModel, ``<base_dir>/<version>/``.
+
+    Signature ``serving_default``: inputs ``moving``, ``fixed`` float32 (batch, X, Y, Z, 1),
+    already preprocessed as in training (see :class:`Preprocessing`, also copied to
+    ``assets.extra/dgan_model.json``); outputs ``moved`` (batch, X, Y, Z, 1) and ``flow``
+    (batch, X, Y, Z, 3), in voxels, moved(p) = moving(p + flow(p)).
+
+    :param model_folder: a dgan model folder (path) or :class:`ModelFolder`
+    :param base_dir: the model base path that TF Serving watches
+    :param version: positive integer version; the folder must not exist unless ``overwrite``
+    :param shape: (X, Y, Z) the signature takes; default: the training network's shape
+    :param overwrite: replace an existing version folder
+    :return: the version folder, a string
+    :raises InputError: bad model folder, version or shape; existing version without overwrite
+    """
+    model = as_model_folder(model_folder)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise InputError(f"version must be a positive integer, got {version!r}")
+    shape = model.network_config.shape if shape is None else tuple(int(s) for s in shape)
+    destination = os.path.join(os.fspath(base_dir), str(version))
+    if os.path.exists(destination) and not overwrite:
+        raise InputError(
+            "version folder already exists; pass --overwrite to replace it", destination
+        )
+    net = registration_net_for_shape(model, shape)
+    module = _ServingModule(net, shape)
+    description = dict(model.description)
+    description["serving"] = {"signature": SIGNATURE_NAME, "shape": list(shape)}
+    with dio.atomic_write(destination) as tmp:
+        tf.saved_model.save(module, tmp, signatures={SIGNATURE_NAME: module.serve})
+        extra = os.path.join(tmp, SAVED_MODEL_DESCRIPTION)
+        os.makedirs(os.path.dirname(extra), exist_ok=True)
+        with open(extra, "w", encoding="utf-8") as f:
+            json.dump(description, f, indent=2)
+            f.write("\n")
+    return destination
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="dgan-export",
+        description="Export a trained dgan model folder as a TensorFlow Serving SavedModel "
+        "(<base-dir>/<version>/saved_model.pb + variables/).",
+    )
+    add = parser.add_argument
+    add("--model", required=True, metavar="FOLDER", help="dgan model folder (from training)")
+    add("--base-dir", required=True, metavar="FOLDER", help="model base path served by TF Serving")
+    add("--version", type=int, default=1, metavar="N", help="model version folder (default 1)")
+    parser.add_argument(
+        "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
+        help="input spatial shape of the signature (default: the training shape)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
+    return parser
+
+
+def main(argv=None):
+    """``dgan-export``; returns the exit status (2 for bad input)."""
+    args = _parser().parse_args(argv)
+    try:
+        destination = export_saved_model(
+            args.model, args.base_dir, version=args.version, shape=args.shape,
+            overwrite=args.overwrite,
+        )
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"wrote {destination} (signature '{SIGNATURE_NAME}': moving, fixed -> moved, flow)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

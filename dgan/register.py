@@ -1,0 +1,430 @@
+"""Register scans with a trained Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) network T.
+
+Inference uses T alone: ``{"moving" F, "fixed" R}`` -> ``{"moved" F(phi), "flow" phi}``, loaded
+from a dgan model folder (:mod:`dgan.export`).
+
+- :meth:`Registrar.register_arrays`: arrays of any size on one voxel grid (one pair or a batch).
+  Intensities are scaled as in training (:func:`dgan.io.normalize_intensity`), the volumes are
+  zero-padded, centred, to the network's multiple (``NetworkConfig.multiple``), T runs at that
+  shape (rebuilt once per shape with the trained weights; weights do not depend on the shape)
+  and the flow is cropped back.
+- :meth:`Registrar.register_files` / :meth:`Registrar.register_volumes`: scans on their own grids.
+
+  1. The moving scan is resampled onto the fixed scan's grid through the two affines (world
+     coordinates).
+  2. Both are prepared as in training: reoriented to RAS+ and resampled to the training voxel
+     size (when the model has one): the *network grid*, with affine ``A_n``.
+  3. T predicts ``u_n``, a displacement in network voxels.
+  4. The field is brought back onto the fixed scan's own grid (affine ``A_f``): resampled at
+     each fixed voxel ``p`` (``q = A_n^-1 A_f p``) and its vectors converted to fixed voxels,
+     ``u_f(p) = M_f^-1 M_n u_n(q)`` (``M`` the 3x3 part of an affine). This is exact: both
+     describe the same world displacement ``d(x) = M_n u_n(A_n^-1 x)``.
+  5. The moving scan (and its labels, nearest neighbour) is sampled once, straight from its own
+     grid, at ``A_m^-1 A_f (p + u_f(p))``: full resolution on the fixed grid, in the moving
+     scan's own intensity units; 0 outside the moving scan.
+
+- ``dgan-register`` / ``python -m dgan.register``: the command line over the same code; outputs
+  carry the fixed scan's affine and header, so they overlay it in any viewer.
+
+Flow convention everywhere: displacement in voxels of the grid it lives on, 'ij' indexing
+(``flow[..., d]`` moves along voxel axis d), ``moved(p) = moving(p + flow(p))``.
+"""
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+
+import numpy as np
+from scipy import ndimage
+
+from . import io as dio
+from . import metrics, synth
+from .errors import InputError
+from .export import as_model_folder, registration_net_for_shape
+
+#: The flow file's NIfTI ``descrip`` (at most 80 characters) and intent name (at most 16).
+FLOW_DESCRIP = "dgan flow: voxels of this grid, ij, moved(p)=moving(p+flow(p))"
+FLOW_INTENT_NAME = "dgan_flow_vox"
+MOVED_DESCRIP = "dgan moved image (moving scan on this grid)"
+LABELS_DESCRIP = "dgan warped labels (moving labels on this grid)"
+
+#: Voxels per block when sampling on a full-resolution grid (bounds temporary memory).
+_BLOCK_VOXELS = 2**21
+#: Sample coordinates this close to a voxel centre are snapped onto it (rounding of affines).
+_SNAP = 1e-6
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayRegistration:
+    """Result of :meth:`Registrar.register_arrays`.
+
+    :param moved: the moving array warped, in its own intensity units: shape = input shape, float32
+    :param flow: displacement in voxels, shape = input shape + (3,), float32
+    """
+
+    moved: np.ndarray
+    flow: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class FileRegistration:
+    """Result of :meth:`Registrar.register_volumes`, everything on the fixed scan's grid.
+
+    :param moved: the moving scan, registered, shape = (X, Y, Z) of the fixed scan, float32
+    :param flow: displacement in fixed-grid voxels, shape = (X, Y, Z, 3), float32
+    :param labels: the moving labels, registered (nearest neighbour), (X, Y, Z) int32, or None
+    :param affine: the fixed scan's affine, shape = (4, 4)
+    :param header: the fixed scan's header (None for .npz files)
+    :param folding_fraction: fraction of voxels with det(I + grad flow) <= 0
+    :param network_affine: affine of the grid T ran on (RAS+, training spacing)
+    :param network_shape: shape of that grid, before padding
+    """
+
+    moved: np.ndarray
+    flow: np.ndarray
+    labels: np.ndarray | None
+    affine: np.ndarray
+    header: object
+    folding_fraction: float
+    network_affine: np.ndarray
+    network_shape: tuple
+
+
+class Registrar:
+    """Registers scans with the T of a dgan model folder.
+
+    :param model: a model folder path, or a :class:`dgan.export.ModelFolder`
+    :raises InputError: not a dgan model folder
+    """
+
+    def __init__(self, model):
+        self.model = as_model_folder(model)
+        self._nets = {}  # spatial shape -> T built for it
+
+    @property
+    def network_config(self):
+        return self.model.network_config
+
+    @property
+    def preprocessing(self):
+        return self.model.preprocessing
+
+    def network_for(self, shape):
+        """T for volumes of spatial ``shape`` (a valid padded shape), built once and cached."""
+        shape = tuple(int(s) for s in shape)
+        if shape not in self._nets:
+            self._nets[shape] = registration_net_for_shape(self.model, shape)
+        return self._nets[shape]
+
+    def padded_shape(self, shape):
+        """The smallest shape >= ``shape`` that T takes: multiples of ``multiple``, >= 2 of them."""
+        m = self.network_config.multiple
+        return tuple(max(-(-int(n) // m) * m, 2 * m) for n in shape)
+
+    def predict_flow(self, moving, fixed):
+        """T's flow for arrays on one grid: normalise, pad, predict, crop.
+
+        :param moving: shape = (B, X, Y, Z), finite
+        :param fixed: shape = (B, X, Y, Z)
+        :return: flow in voxels, shape = (B, X, Y, Z, 3), float32
+        """
+        low, high = self.preprocessing.percentiles
+        shape = moving.shape[1:]
+        target = self.padded_shape(shape)
+
+        def prepare(batch):  # (B, X, Y, Z) -> ((B, X', Y', Z', 1) scaled and padded, CropPad)
+            padded = [dio.crop_or_pad(dio.normalize_intensity(v, low, high), target) for v in batch]
+            return np.stack([array for array, _ in padded])[..., np.newaxis], padded[0][1]
+
+        moving_in, crop = prepare(moving)
+        fixed_in, _ = prepare(fixed)
+        out = self.network_for(target).predict(
+            {"moving": moving_in, "fixed": fixed_in}, batch_size=1, verbose=0
+        )
+        window = tuple(slice(-o, -o + n) for o, n in zip(crop.offset, shape))  # undo the padding
+        return np.asarray(out["flow"][(slice(None), *window)], dtype=np.float32)
+
+    def register_arrays(self, moving, fixed):
+        """Register arrays that share one voxel grid, of any size.
+
+        The arrays are taken as they are (orientation, voxel size); only the intensity scaling
+        and padding of training are applied. For scans with affines use :meth:`register_files`.
+
+        :param moving: shape = (X, Y, Z), or a batch (B, X, Y, Z)
+        :param fixed: same shape
+        :return: :class:`ArrayRegistration`: ``moved`` (shape of ``moving``, float32, the moving
+            intensities warped with edge values beyond the border, as voxelmorph's
+            SpatialTransformer) and ``flow`` (shape + (3,), voxels)
+        :raises InputError: wrong dimensions, different shapes, NaN or Inf values
+        """
+        moving = _check_array(moving, "moving")
+        fixed = _check_array(fixed, "fixed")
+        if moving.shape != fixed.shape:
+            raise InputError(f"moving and fixed differ in shape: {moving.shape} and {fixed.shape}")
+        single = moving.ndim == 3
+        moving_batch = moving[np.newaxis] if single else moving  # (B, X, Y, Z)
+        fixed_batch = fixed[np.newaxis] if single else fixed
+        flow = self.predict_flow(moving_batch, fixed_batch)  # (B, X, Y, Z, 3)
+        moved = np.stack([synth.warp(m, f) for m, f in zip(moving_batch, flow)])
+        if single:
+            return ArrayRegistration(moved=moved[0], flow=flow[0])
+        return ArrayRegistration(moved=moved, flow=flow)
+
+    def network_grid(self, volume):
+        """``volume`` prepared as in training: RAS+, resampled to the training voxel size.
+
+        :param volume: :class:`dgan.io.Volume`
+        :return: :class:`dgan.io.Volume` on the network grid
+        """
+        canonical = dio.to_canonical(volume)
+        spacing = self.preprocessing.spacing
+        return canonical if spacing is None else dio.resample_to_spacing(canonical, spacing)
+
+    def register_volumes(self, moving, fixed, moving_labels=None):
+        """Register a moving scan to a fixed scan on their own grids (see the module docstring).
+
+        :param moving: :class:`dgan.io.Volume`, any grid
+        :param fixed: :class:`dgan.io.Volume`; all outputs are on its grid
+        :param moving_labels: :class:`dgan.io.Volume` of labels (its own affine), or None
+        :return: :class:`FileRegistration`
+        """
+        on_fixed = dio.resample_to_grid(moving, fixed.affine, fixed.shape, order=1)
+        fixed_n = self.network_grid(fixed)
+        moving_n = self.network_grid(on_fixed)  # same grid: a function of affine and shape
+        flow_n = self.predict_flow(moving_n.array[np.newaxis], fixed_n.array[np.newaxis])[0]
+        flow = flow_to_grid(flow_n, fixed_n.affine, fixed.affine, fixed.shape)
+        moved = sample_through_world(moving, fixed.affine, flow, order=1)
+        labels = None
+        if moving_labels is not None:
+            labels = sample_through_world(moving_labels, fixed.affine, flow, order=0)
+        return FileRegistration(
+            moved=moved,
+            flow=flow,
+            labels=labels,
+            affine=fixed.affine,
+            header=fixed.header,
+            folding_fraction=metrics.folding_fraction(flow),
+            network_affine=fixed_n.affine,
+            network_shape=fixed_n.shape,
+        )
+
+    def register_files(self, moving_path, fixed_path, moving_labels=None):
+        """Register two scan files (NIfTI, MGZ or .npz); see :meth:`register_volumes`.
+
+        :param moving_path: the moving scan
+        :param fixed_path: the fixed scan; the outputs are on its grid
+        :param moving_labels: a label map of the moving scan (its own grid), or None
+        :return: :class:`FileRegistration`
+        :raises InputError: a missing, unreadable, non-3D, NaN or empty file
+        """
+        moving, fixed, labels = load_inputs(moving_path, fixed_path, moving_labels)
+        return self.register_volumes(moving, fixed, labels)
+
+
+def _check_array(array, name):
+    array = np.asarray(array)
+    if array.ndim not in (3, 4):
+        raise InputError(
+            f"expected a 3D array (X, Y, Z) or a batch (B, X, Y, Z), got shape {array.shape}", name
+        )
+    if not np.issubdtype(array.dtype, np.number):
+        raise InputError(f"values have the non-numeric type {array.dtype}", name)
+    array = array.astype(np.float32, copy=False)
+    bad = array.size - np.count_nonzero(np.isfinite(array))
+    if bad:
+        raise InputError(f"{bad} voxels are NaN or Inf", name)
+    return array
+
+
+def load_inputs(moving_path, fixed_path, moving_labels=None):
+    """Read and check the input files: (moving, fixed, labels or None) :class:`dgan.io.Volume`."""
+    moving = dio.load_volume(moving_path)
+    fixed = dio.load_volume(fixed_path)
+    labels = None if moving_labels is None else dio.load_volume(moving_labels, kind="labels")
+    return moving, fixed, labels
+
+
+def flow_to_grid(flow, flow_affine, target_affine, target_shape):
+    """Re-express a displacement field on another voxel grid of the same world.
+
+    ``out(p) = M_t^-1 M_s flow(q)`` with ``q = A_s^-1 A_t p`` (linear interpolation, edge values
+    beyond the border), so that ``A_t (p + out(p)) = A_s (q + flow(q))``: the same world
+    displacement, now in target voxels.
+
+    :param flow: shape = (X, Y, Z, 3), in voxels of its grid (affine ``flow_affine``)
+    :param flow_affine: shape = (4, 4)
+    :param target_affine: shape = (4, 4)
+    :param target_shape: (X', Y', Z')
+    :return: shape = (X', Y', Z', 3), float32, in target voxels
+    """
+    flow_affine = np.asarray(flow_affine, dtype=np.float64)
+    target_affine = np.asarray(target_affine, dtype=np.float64)
+    matrix = np.linalg.solve(flow_affine, target_affine)  # target voxel -> flow-grid voxel
+    if np.allclose(matrix, np.eye(4), rtol=0, atol=_SNAP) and tuple(target_shape) == flow.shape[:3]:
+        resampled = np.asarray(flow, dtype=np.float32)
+    else:
+        resampled = np.stack(
+            [
+                ndimage.affine_transform(
+                    np.asarray(flow[..., d], dtype=np.float32),
+                    matrix[:3, :3],
+                    offset=matrix[:3, 3],
+                    output_shape=tuple(int(n) for n in target_shape),
+                    order=1,
+                    mode="nearest",
+                )
+                for d in range(3)
+            ],
+            axis=-1,
+        )  # (X', Y', Z', 3) in flow-grid voxels
+    vectors = np.linalg.solve(target_affine[:3, :3], flow_affine[:3, :3])  # M_t^-1 M_s
+    return resampled @ vectors.T.astype(np.float32)
+
+
+def sample_through_world(volume, target_affine, flow, order=1):
+    """Sample a volume at ``A_v^-1 A_t (p + flow(p))`` for every voxel p of a target grid.
+
+    One interpolation straight from the volume's own grid; points more than half a voxel outside
+    it are 0 (``mode="grid-constant"``); coordinates within 1e-6 of a voxel centre are snapped.
+
+    :param volume: :class:`dgan.io.Volume`
+    :param target_affine: shape = (4, 4), of the grid ``flow`` lives on
+    :param flow: shape = (X, Y, Z, 3), in target voxels
+    :param order: 1 (trilinear, float32 output) for images, 0 (nearest, input dtype) for labels
+    :return: shape = (X, Y, Z)
+    """
+    matrix = np.linalg.solve(volume.affine, np.asarray(target_affine, dtype=np.float64))
+    shape = flow.shape[:3]
+    dtype = np.float32 if order > 0 else volume.array.dtype
+    out = np.empty(shape, dtype=dtype)
+    j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")  # (Y, Z)
+    rows = max(1, _BLOCK_VOXELS // (shape[1] * shape[2]))
+    for start in range(0, shape[0], rows):
+        stop = min(shape[0], start + rows)
+        i = np.arange(start, stop, dtype=np.float64)[:, None, None]
+        grid = np.stack(np.broadcast_arrays(i, j[None], k[None]), axis=-1)  # (n, Y, Z, 3)
+        points = grid + flow[start:stop]  # target voxels
+        coords = points @ matrix[:3, :3].T + matrix[:3, 3]  # volume voxels, (n, Y, Z, 3)
+        nearest = np.round(coords)
+        coords = np.where(np.abs(coords - nearest) < _SNAP, nearest, coords)
+        out[start:stop] = ndimage.map_coordinates(
+            volume.array, np.moveaxis(coords, -1, 0), output=dtype, order=order,
+            mode="grid-constant", cval=0,
+        )
+    return out
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _output_header(header, descrip, intent=None):
+    """A NIfTI header from the fixed scan's, with dgan's description and intent."""
+    import nibabel as nib  # header fields that dgan.io.save_volume does not set
+
+    out = nib.Nifti1Header() if header is None else nib.Nifti1Header.from_header(header)
+    out["descrip"] = descrip.encode("ascii")[:79]
+    out["aux_file"] = b""
+    out["cal_min"] = out["cal_max"] = 0  # the fixed scan's display window does not apply
+    if intent is None:
+        out.set_intent("none")
+    else:
+        out.set_intent(*intent)
+    return out
+
+
+def write_outputs(result, out_moved, out_flow, out_labels=None):
+    """Write a :class:`FileRegistration` as NIfTI with the fixed scan's affine and header.
+
+    All files are written under temporary names first and renamed into place together at the
+    end: after a failure no output is half-written and existing files are left as they were.
+    The flow file is 4D (X, Y, Z, 3), displacements in voxels of the fixed grid, 'ij',
+    moved(p) = moving(p + flow(p)); its header says so (``descrip``, intent "vector" named
+    :data:`FLOW_INTENT_NAME`).
+
+    :raises InputError: a bad output name, or a file that cannot be written
+    """
+    outputs = [  # (path, array, header)
+        (out_moved, result.moved, _output_header(result.header, MOVED_DESCRIP)),
+        (out_flow, result.flow,
+         _output_header(result.header, FLOW_DESCRIP, ("vector", (), FLOW_INTENT_NAME))),
+    ]
+    if out_labels is not None:
+        if result.labels is None:
+            raise InputError("no warped labels to write: no moving labels were given", out_labels)
+        outputs.append((out_labels, result.labels, _output_header(result.header, LABELS_DESCRIP)))
+    check_outputs(*(path for path, _, _ in outputs))
+    current = None
+    try:
+        with contextlib.ExitStack() as stack:
+            temporaries = [stack.enter_context(dio.atomic_write(path)) for path, _, _ in outputs]
+            for tmp, (path, array, header) in zip(temporaries, outputs):
+                current = path
+                dio.save_volume(tmp, array, result.affine, header=header)
+            current = None  # leaving the block renames every temporary file into place
+    except OSError as error:
+        problem = error.strerror or str(error) or type(error).__name__
+        raise InputError(f"cannot write the file ({problem})", current or out_moved) from error
+
+
+def check_outputs(*paths):
+    """Output names end in .nii/.nii.gz and are distinct (so a run fails before computing)."""
+    for path in paths:
+        if path is not None and dio.volume_suffix(path) not in dio.NIFTI_SUFFIXES:
+            raise InputError("an output must end in .nii or .nii.gz", path)
+    named = [os.path.abspath(p) for p in paths if p is not None]
+    if len(set(named)) != len(named):
+        raise InputError("the output files must be distinct")
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="dgan-register",
+        description="Register a moving scan to a fixed scan with a trained Deform-GAN model. "
+        "Outputs are NIfTI on the fixed scan's grid, with its affine and header. "
+        "The flow is 4D (X, Y, Z, 3): displacements in voxels of the fixed grid, 'ij' "
+        "indexing, moved(p) = moving(p + flow(p)).",
+    )
+    add = parser.add_argument
+    add("--model", required=True, metavar="FOLDER", help="dgan model folder (from training)")
+    add("--moving", required=True, metavar="PATH", help="moving scan (.nii, .nii.gz, .mgz, .npz)")
+    add("--fixed", required=True, metavar="PATH", help="fixed scan; outputs are on its grid")
+    add("--out-moved", required=True, metavar="PATH", help="registered moving scan (.nii[.gz])")
+    add("--out-flow", required=True, metavar="PATH", help="displacement field (.nii[.gz])")
+    add("--moving-labels", metavar="PATH", help="label map of the moving scan (its own grid)")
+    add("--out-labels", metavar="PATH", help="registered labels (.nii[.gz]); with --moving-labels")
+    return parser
+
+
+def main(argv=None):
+    """``dgan-register``; returns the exit status: 0, or 2 for bad input (message on stderr)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if (args.moving_labels is None) != (args.out_labels is None):
+        parser.error("--moving-labels and --out-labels must be given together")
+    start = time.perf_counter()
+    try:
+        check_outputs(args.out_moved, args.out_flow, args.out_labels)
+        moving, fixed, labels = load_inputs(args.moving, args.fixed, args.moving_labels)
+        registrar = Registrar(args.model)
+        result = registrar.register_volumes(moving, fixed, labels)
+        write_outputs(result, args.out_moved, args.out_flow, args.out_labels)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - start
+    print(
+        f"non-positive Jacobian determinant: {result.folding_fraction:.6f} of voxels "
+        f"({100 * result.folding_fraction:.4f}%)"
+    )
+    print(f"run time: {seconds:.2f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

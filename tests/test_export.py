@@ -1,0 +1,296 @@
+"""The dgan model folder and the TensorFlow Serving export (dgan.export)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from dgan import export
+from dgan.errors import InputError
+from dgan.export import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    Preprocessing,
+    export_saved_model,
+    load_model_folder,
+    registration_net_for_shape,
+    save_model_folder,
+)
+from dgan.networks import NetworkConfig, build_registration_net
+
+#: The same tiny T as the ``tiny_config`` fixture of conftest.py, for module-scoped fixtures.
+TINY = dict(t_features=((4, 8), (8, 8, 4)), g_features=((4, 4), (4, 4)), d_features=4, d_layers=2)
+
+
+def perturbed_net(config, seed=0):
+    """T with seeded random flow weights, so that its flow is about one voxel, not ~0."""
+    net = build_registration_net(config)
+    layer = net.get_layer("flow")
+    kernel, bias = layer.get_weights()
+    rng = np.random.default_rng(seed)
+    layer.set_weights([rng.normal(0, 0.05, kernel.shape).astype("float32"),
+                       rng.normal(0, 0.3, bias.shape).astype("float32")])
+    return net
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(model folder, the T saved in it)."""
+    config = NetworkConfig((16, 16, 16), **TINY)
+    path = tmp_path_factory.mktemp("model") / "dgan_model"
+    net = perturbed_net(config)
+    save_model_folder(net, config, {"shape": (16, 16, 16), "spacing": [2.0] * 3}, path)
+    return path, net
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained):
+    return trained[0]
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return load_model_folder(model_dir)
+
+
+def leftovers(folder):
+    """Hidden temporary files or folders that a writer left behind."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def inputs(batch=2, shape=(16, 16, 16), seed=1):
+    rng = np.random.default_rng(seed)
+    return (rng.random((batch, *shape, 1)).astype("float32"),
+            rng.random((batch, *shape, 1)).astype("float32"))
+
+
+# --- the model folder ---------------------------------------------------------------------------
+
+
+def test_model_folder_round_trip(trained, model):
+    model_dir, reference = trained
+    assert sorted(os.listdir(model_dir)) == [CONFIG_FILE, MODEL_FILE]
+    description = json.loads((model_dir / CONFIG_FILE).read_text())
+    assert description["format"] == "dgan-model" and description["format_version"] == 1
+    assert description["preprocessing"] == {
+        "shape": [16, 16, 16], "spacing": [2.0, 2.0, 2.0], "percentiles": [0.5, 99.5], "orientation": "RAS",
+    }
+    assert model.network_config == NetworkConfig((16, 16, 16), **TINY)
+    assert model.preprocessing == Preprocessing((16, 16, 16), (2.0, 2.0, 2.0), (0.5, 99.5))
+    for saved, original in zip(model.registration_net.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(saved, original)
+    moving, fixed = inputs()
+    got = model.registration_net.predict({"moving": moving, "fixed": fixed}, verbose=0)
+    want = reference.predict({"moving": moving, "fixed": fixed}, verbose=0)
+    np.testing.assert_allclose(got["flow"], want["flow"], atol=1e-6)
+    assert np.abs(got["flow"]).max() > 0.1  # the perturbation makes the flow non-trivial
+
+
+def test_native_spacing_is_null(tmp_path, tiny_config):
+    save_model_folder(build_registration_net(tiny_config), tiny_config, None, tmp_path / "m")
+    description = json.loads((tmp_path / "m" / CONFIG_FILE).read_text())
+    assert description["preprocessing"]["spacing"] is None
+    assert description["preprocessing"]["shape"] == [16, 16, 16]
+
+
+def test_save_replaces_an_existing_folder_only_when_complete(tmp_path, tiny_config, monkeypatch):
+    net = build_registration_net(tiny_config)
+    target = tmp_path / "m"
+    save_model_folder(net, tiny_config, None, target)
+    (target / "sentinel").write_text("old")
+    before = (target / CONFIG_FILE).read_text()
+
+    def crash(path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(net, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_model_folder(net, tiny_config, None, target)
+    assert (target / "sentinel").read_text() == "old"
+    assert (target / CONFIG_FILE).read_text() == before
+    assert leftovers(tmp_path) == []
+    monkeypatch.undo()
+    save_model_folder(net, tiny_config, {"shape": (16, 16, 16), "spacing": 1.5}, target)
+    assert not (target / "sentinel").exists()
+    assert load_model_folder(target).preprocessing.spacing == (1.5, 1.5, 1.5)
+    assert leftovers(tmp_path) == []
+
+
+def test_save_refuses_a_config_of_another_shape(tmp_path, tiny_config):
+    other = NetworkConfig((32, 16, 16), **TINY)
+    with pytest.raises(ValueError, match=r"\(16, 16, 16\).*\(32, 16, 16\)"):
+        save_model_folder(build_registration_net(tiny_config), other, None, tmp_path / "m")
+    assert not (tmp_path / "m").exists()
+
+
+def _break(folder, how, model_dir):
+    """Make ``folder`` a broken copy of the model folder, in one of several ways."""
+    if how == "missing":
+        return
+    if how == "a file":
+        folder.write_text("hello")
+        return
+    folder.mkdir()
+    if how == "empty":
+        return
+    model_bytes = (model_dir / MODEL_FILE).read_bytes()
+    description = json.loads((model_dir / CONFIG_FILE).read_text())
+    if how == "bad json":
+        (folder / CONFIG_FILE).write_text("{not json")
+    elif how == "not dgan json":
+        (folder / CONFIG_FILE).write_text('{"name": "something else"}')
+    elif how == "future version":
+        description["format_version"] = 99
+        (folder / CONFIG_FILE).write_text(json.dumps(description))
+    elif how == "bad network":
+        description["network"]["shape"] = [15, 16, 16]
+        (folder / CONFIG_FILE).write_text(json.dumps(description))
+    else:
+        (folder / CONFIG_FILE).write_text(json.dumps(description))
+    if how == "corrupt weights":
+        (folder / MODEL_FILE).write_bytes(model_bytes[: len(model_bytes) // 2])
+    elif how in ("bad json", "not dgan json", "future version", "bad network"):
+        (folder / MODEL_FILE).write_bytes(model_bytes)
+
+
+@pytest.mark.parametrize(
+    "how, message",
+    [
+        ("missing", "model folder not found"),
+        ("a file", "not a dgan model folder: a file, expected a folder"),
+        ("empty", "not a dgan model folder: dgan_model.json is missing"),
+        ("bad json", "not a dgan model folder: dgan_model.json is not valid JSON"),
+        ("not dgan json", "not a dgan model folder: dgan_model.json is not a dgan model description"),
+        ("future version", "dgan_model.json has format_version 99; this dgan reads 1"),
+        ("bad network", "dgan_model.json: invalid or missing 'network'"),
+        ("missing weights", "not a dgan model folder: registration_net.keras is missing"),
+        ("corrupt weights", "registration_net.keras cannot be loaded"),
+    ],
+)
+def test_not_a_model_folder(tmp_path, model_dir, how, message):
+    folder = tmp_path / "model"
+    _break(folder, how, model_dir)
+    with pytest.raises(InputError) as error:
+        load_model_folder(folder)
+    assert str(error.value).startswith(f"{folder}: {message}")
+    assert "\n" not in str(error.value)
+
+
+def test_rebuilt_for_another_shape_keeps_the_weights(model):
+    net = registration_net_for_shape(model, (32, 16, 24))
+    assert net.get_layer("flow").output.shape[1:4] == (32, 16, 24)
+    for rebuilt, trained in zip(net.get_weights(), model.registration_net.get_weights()):
+        np.testing.assert_array_equal(rebuilt, trained)
+    assert registration_net_for_shape(model, (16, 16, 16)) is model.registration_net
+    with pytest.raises(InputError, match="divisible by 4"):
+        registration_net_for_shape(model, (18, 16, 16))
+
+
+# --- TensorFlow Serving -------------------------------------------------------------------------
+
+#: Runs in a fresh interpreter with TensorFlow alone: loads the SavedModel, calls its signature
+#: directly, from a serialised gRPC PredictRequest and from a REST JSON body.
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    export_dir, data, out = sys.argv[1:4]
+    serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+    arrays = np.load(data)
+    moving, fixed = arrays["moving"], arrays["fixed"]
+    results = {}
+
+    direct = serve(moving=tf.constant(moving), fixed=tf.constant(fixed))
+    results.update({"direct_" + k: v.numpy() for k, v in direct.items()})
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "dgan"
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["moving"].CopyFrom(tf.make_tensor_proto(moving))
+    request.inputs["fixed"].CopyFrom(tf.make_tensor_proto(fixed))
+    parsed = predict_pb2.PredictRequest.FromString(request.SerializeToString())
+    grpc = serve(**{name: tf.constant(tf.make_ndarray(proto)) for name, proto in parsed.inputs.items()})
+    results.update({"grpc_" + k: v.numpy() for k, v in grpc.items()})
+
+    body = json.dumps({"signature_name": "serving_default",
+                       "inputs": {"moving": moving.tolist(), "fixed": fixed.tolist()}})
+    rest_inputs = json.loads(body)["inputs"]
+    rest = serve(**{name: tf.constant(np.asarray(v, dtype=np.float32)) for name, v in rest_inputs.items()})
+    results.update({"rest_" + k: v.numpy() for k, v in rest.items()})
+    np.savez(out, **results)
+
+    _, specs = serve.structured_input_signature
+    print(json.dumps({
+        "modules": {m: m in sys.modules for m in ("dgan", "voxelmorph", "neurite", "tf_keras")},
+        "inputs": {k: [list(s.shape), s.dtype.name] for k, s in specs.items()},
+        "outputs": {k: [list(s.shape), s.dtype.name] for k, s in serve.structured_outputs.items()},
+        "grpc_model": parsed.model_spec.name,
+    }))
+    """
+)
+
+
+def test_saved_model_serves_without_dgan(tmp_path, model_dir, model):
+    version_dir = export_saved_model(model_dir, tmp_path / "serving", version=3)
+    assert version_dir == str(tmp_path / "serving" / "3")
+    assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
+    assert os.path.isfile(os.path.join(version_dir, "variables", "variables.index"))
+    assert sorted(os.listdir(tmp_path / "serving")) == ["3"]  # no temporary folder left
+    with open(os.path.join(version_dir, export.SAVED_MODEL_DESCRIPTION)) as f:
+        assert json.load(f)["preprocessing"]["spacing"] == [2.0, 2.0, 2.0]
+
+    moving, fixed = inputs()
+    np.savez(tmp_path / "inputs.npz", moving=moving, fixed=fixed)
+    want = model.registration_net.predict({"moving": moving, "fixed": fixed}, verbose=0)
+    script = tmp_path / "serve.py"
+    script.write_text(FRESH_PROCESS)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    done = subprocess.run(
+        [sys.executable, str(script), version_dir, str(tmp_path / "inputs.npz"), str(tmp_path / "out.npz")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["modules"] == {"dgan": False, "voxelmorph": False, "neurite": False, "tf_keras": False}
+    assert report["inputs"] == {"moving": [[None, 16, 16, 16, 1], "float32"],
+                                "fixed": [[None, 16, 16, 16, 1], "float32"]}
+    assert report["outputs"] == {"moved": [[None, 16, 16, 16, 1], "float32"],
+                                 "flow": [[None, 16, 16, 16, 3], "float32"]}
+    assert report["grpc_model"] == "dgan"
+    served = np.load(tmp_path / "out.npz")
+    for route in ("direct", "grpc", "rest"):
+        for name in ("moved", "flow"):
+            np.testing.assert_allclose(served[f"{route}_{name}"], want[name], atol=1e-5, err_msg=f"{route} {name}")
+
+
+def test_export_cli_refuses_to_overwrite(tmp_path, model_dir, capsys):
+    base = tmp_path / "serving"
+    argv = ["--model", str(model_dir), "--base-dir", str(base), "--version", "2"]
+    assert export.main(argv) == 0
+    assert "wrote" in capsys.readouterr().out
+    variables = base / "2" / "variables" / "variables.index"
+    stamp = variables.stat().st_mtime_ns
+
+    assert export.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {base / '2'}: version folder already exists; pass --overwrite to replace it\n"
+    assert variables.stat().st_mtime_ns == stamp
+
+    assert export.main(argv + ["--overwrite", "--shape", "32", "16", "24"]) == 0
+    with open(base / "2" / export.SAVED_MODEL_DESCRIPTION) as f:
+        assert json.load(f)["serving"]["shape"] == [32, 16, 24]
+    assert sorted(os.listdir(base)) == ["2"]
+
+    assert export.main(["--model", str(tmp_path / "nothing"), "--base-dir", str(base)]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'nothing'}: model folder not found\n"
+    assert export.main(argv + ["--overwrite", "--shape", "18", "16", "16"]) == 2
+    assert "divisible by 4" in capsys.readouterr().err

@@ -1,0 +1,214 @@
+"""The training CLI, in-process through main(argv), on tiny demo volumes in tmp_path."""
+
+import json
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+
+from dgan import training
+from dgan.compat import keras, tf
+from dgan.errors import TrainingDiverged
+
+
+
+def load_cli():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "train" / "train_dgan.py"
+    spec = importlib.util.spec_from_file_location("train_dgan", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli = load_cli()
+
+TINY = ["--shape", "16", "16", "16", "--spacing", "12", "--t-features", "4,8/8,8,4",
+        "--g-features", "4,4/4,4", "--d-features", "4", "--lg-window", "3", "--lcc-window", "5",
+        "--no-progress"]
+
+
+def tiny_config(**changes):
+    settings = cli.settings_from_args(cli.parser().parse_args(TINY))
+    settings.update(changes)
+    return training.TrainConfig(**settings)
+
+
+def checkpoint_weights(path):
+    """{variable name: value} of the networks in a checkpoint (optimizer slots included)."""
+    reader = tf.train.load_checkpoint(str(path))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith("_CHECKPOINTABLE") and "save_counter" not in name}
+
+
+@pytest.fixture(scope="module")
+def three_step_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "three"
+    assert cli.main([*TINY, "--steps", "3", "--checkpoint-every", "2", "--validate-every", "2",
+                     "--out", str(run)]) == 0
+    return run
+
+
+def test_run_writes_every_output(three_step_run, capsys):
+    run = three_step_run
+    config = json.loads((run / "config.json").read_text())
+    assert config["steps"] == 3 and config["shape"] == [16, 16, 16]
+    assert config["loss"]["lg_window"] == 3 and config["network"]["d_features"] == 4
+    assert tf.train.latest_checkpoint(str(run / "checkpoints")).endswith("ckpt-3")
+    assert (run / "checkpoints" / "ckpt-2.index").exists()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for png in ("validation.png", "losses.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "model" / "dgan_model.json").exists()
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 3 and 0 < results["validation_dice_identity"] <= 1
+    lines = (run / "losses.csv").read_text().splitlines()
+    assert lines[0].startswith("step,d_loss") and [l.split(",")[0] for l in lines[1:]] == ["1", "2", "3"]
+    assert "validation mean Dice" in (run / "train.log").read_text()
+
+
+def test_resume_continues_like_an_uninterrupted_run(three_step_run, tmp_path):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(three_step_run, resumed)
+    assert cli.main(["--resume", str(resumed), "--steps", "5", "--no-progress"]) == 0
+    assert tf.train.latest_checkpoint(str(resumed / "checkpoints")).endswith("ckpt-5")
+    steps = [l.split(",")[0] for l in (resumed / "losses.csv").read_text().splitlines()[1:]]
+    assert steps == ["1", "2", "3", "4", "5"]
+    assert (resumed / "checkpoints" / "ckpt-3.index").exists()  # nothing overwritten
+
+    straight = tmp_path / "straight"
+    assert cli.main([*TINY, "--steps", "5", "--checkpoint-every", "100", "--out", str(straight)]) == 0
+    a = checkpoint_weights(tf.train.latest_checkpoint(str(resumed / "checkpoints")))
+    b = checkpoint_weights(tf.train.latest_checkpoint(str(straight / "checkpoints")))
+    assert a.keys() == b.keys()
+    optimizer_slots = [k for k in a if "optimizer" in k and k.endswith("VARIABLE_VALUE") and "iter" not in k]
+    assert optimizer_slots  # Adam's moments are in the checkpoint and were restored
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
+
+
+def test_resume_refuses_changed_data_settings(three_step_run, tmp_path, capsys):
+    resumed = tmp_path / "resumed"
+    shutil.copytree(three_step_run, resumed)
+    assert cli.main(["--resume", str(resumed), "--shape", "24", "24", "24"]) == 2
+    assert "cannot change shape when resuming" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_refused_with_its_name(three_step_run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(three_step_run, broken)
+    for index in (broken / "checkpoints").glob("ckpt-3.data-*"):
+        index.write_bytes(b"garbage")
+    assert cli.main(["--resume", str(broken), "--steps", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "ckpt-3" in err and "corrupt or incompatible checkpoint" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+class _SendSignal(keras.callbacks.Callback):
+    def __init__(self, at_step, signum):
+        super().__init__()
+        self.at_step, self.signum = at_step, signum
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.at_step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_a_loadable_checkpoint(tmp_path, signum):
+    run = tmp_path / "interrupted"
+    result = training.train(tiny_config(steps=50, checkpoint_every=100), run,
+                            progress=False, extra_callbacks=[_SendSignal(2, signum)])
+    assert result.stopped_early and result.step == 3  # the stop lands after the next step
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    assert latest.endswith("ckpt-3")
+    assert all(np.all(np.isfinite(v)) for v in checkpoint_weights(latest).values())
+    assert json.loads((run / "results.json").read_text())["stopped_early"] is True
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from dgan import losses
+
+    poison = tf.Variable(0.0)
+    original = losses.l1
+    monkeypatch.setattr(losses, "l1", lambda a, b: original(a, b) + tf.where(poison > 0, np.nan, 0.0))
+
+    class Poison(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 3:
+                poison.assign(1.0)
+
+    run = tmp_path / "nan"
+    with pytest.raises(TrainingDiverged, match=r"became nan at step 4.*ckpt-3"):
+        training.train(tiny_config(steps=10, checkpoint_every=1), run, progress=False,
+                       extra_callbacks=[Poison()])
+    latest = tf.train.latest_checkpoint(str(run / "checkpoints"))
+    assert latest.endswith("ckpt-3")
+    assert all(np.all(np.isfinite(v)) for v in checkpoint_weights(latest).values())
+    assert not (run / "model").exists()
+
+
+def _write_nifti(path, array, affine=np.eye(4)):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return str(path)
+
+
+@pytest.fixture
+def scans(tmp_path, rng):
+    from scipy.ndimage import gaussian_filter
+
+    good = gaussian_filter(rng.random((20, 20, 20)), 2).astype("float32")
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    files = {
+        "good": _write_nifti(folder / "good.nii.gz", good),
+        "flat": _write_nifti(folder / "flat.nii.gz", np.zeros((20, 20, 20), "float32")),
+        "twod": _write_nifti(folder / "twod.nii.gz", good[:, :, 0]),
+        "tiny": _write_nifti(folder / "tiny.nii.gz", good[:4, :4, :4], np.diag([12, 12, 12, 1.0])),
+    }
+    nan = good.copy()
+    nan[3, 4, 5] = np.nan
+    files["nan"] = _write_nifti(folder / "nan.nii.gz", nan)
+    corrupt = folder / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b" + b"not really gzip")
+    files["corrupt"] = str(corrupt)
+    files["labels_small"] = _write_nifti(folder / "labels.nii.gz", np.ones((10, 10, 10), "int16"))
+    return files
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("missing", "no files matched"),
+    ("corrupt", "corrupt.nii.gz"),
+    ("twod", "3D"),
+    ("nan", "NaN"),
+    ("flat", "empty"),
+])
+def test_bad_training_input_is_one_line_naming_the_file(scans, tmp_path, capsys, bad, message):
+    moving = str(tmp_path / "nothing" / "*.nii.gz") if bad == "missing" else scans[bad]
+    args = [*TINY, "--spacing", "0", "--moving", moving, "--fixed", scans["good"], "--steps", "1",
+            "--out", str(tmp_path / "run"), "--t-features", "4,8/8,8,4"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert message in err
+    assert ("nothing" if bad == "missing" else os.path.basename(scans[bad])) in err
+
+
+def test_too_small_shape_and_mismatched_labels_are_refused(scans, tmp_path, capsys):
+    assert cli.main([*TINY, "--shape", "8", "8", "8", "--out", str(tmp_path / "a")]) == 2
+    assert "too small" in capsys.readouterr().err
+    csv = tmp_path / "val.csv"
+    csv.write_text("moving,fixed,moving_labels,fixed_labels\n"
+                   f"{scans['good']},{scans['good']},{scans['labels_small']},{scans['labels_small']}\n")
+    args = [*TINY, "--spacing", "0", "--moving", scans["good"], "--fixed", scans["good"], "--val-pairs", str(csv),
+            "--out", str(tmp_path / "b"), "--steps", "1"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "labels.nii.gz" in err and "does not match" in err
