@@ -258,7 +258,7 @@ def atomic_write(path):
         raise
 
 
-def save_volume(path, array, affine, header=None):
+def save_volume(path, array, affine, header=None, description=None, intent=None):
     """Write a NIfTI file (``.nii`` or ``.nii.gz``) atomically.
 
     The affine goes to both the sform and the qform. NIfTI-1 stores it in float32, so an affine
@@ -270,6 +270,11 @@ def save_volume(path, array, affine, header=None):
     :param affine: shape = (4, 4), voxel indices to world millimetres; pass the fixed image's
         affine so that the output overlays it in a viewer
     :param header: optional nibabel header to start from (e.g. ``Volume.header``)
+    :param description: optional text for the header's ``descrip`` field (79 ASCII characters);
+        when given, the header's display window (cal_min/cal_max) and aux_file are cleared too,
+        since the output is not the scan the header came from
+    :param intent: optional NIfTI intent, e.g. ``("vector", (), "dgan_flow_vox")``; with
+        ``description`` and no intent, the intent is reset to none
     """
     path = os.fspath(path)
     if volume_suffix(path) not in NIFTI_SUFFIXES:
@@ -292,6 +297,13 @@ def save_volume(path, array, affine, header=None):
     image = nib.Nifti1Image(array, affine, header=header)
     image.set_data_dtype(array.dtype)
     image.header.set_slope_inter(1.0, 0.0)
+    if description is not None:
+        image.header["descrip"] = description.encode("ascii")[:79]
+        image.header["aux_file"] = b""
+        image.header["cal_min"] = image.header["cal_max"] = 0
+        image.header.set_intent("none")
+    if intent is not None:
+        image.header.set_intent(*intent)
     sform_code = int(image.header["sform_code"]) or 1
     qform_code = int(image.header["qform_code"]) or 1
     image.set_sform(affine, code=sform_code)
@@ -336,7 +348,8 @@ def resample_to_grid(volume, target_affine, target_shape, order=1):
 
     For every target voxel j, ``out[j] = volume(inv(A_volume) @ A_target @ j)``, interpolated
     with :func:`scipy.ndimage.affine_transform` (``map_coordinates`` on an affine map of
-    coordinates); points outside the volume are 0.
+    coordinates); points more than one voxel outside the volume are 0, points within one voxel
+    of its border take the border value.
 
     :param volume: :class:`Volume`, array shape = (X, Y, Z)
     :param target_affine: shape = (4, 4)
@@ -349,10 +362,13 @@ def resample_to_grid(volume, target_affine, target_shape, order=1):
     if order > 0 and not np.issubdtype(volume.array.dtype, np.floating):
         raise ValueError("interpolating an integer label map; use order=0")
     matrix = np.linalg.solve(volume.affine, target_affine)  # target voxel -> source voxel
+    # One edge-replicated voxel around the source: a voxel covers +-0.5 voxel around its
+    # centre, so target points a rounding error outside the first or last centre still get
+    # the edge value instead of 0 (beyond that margin, points are outside: 0).
     array = ndimage.affine_transform(
-        volume.array,
+        np.pad(volume.array, 1, mode="edge"),
         matrix[:3, :3],
-        offset=matrix[:3, 3],
+        offset=matrix[:3, 3] + 1.0,
         output_shape=target_shape,
         order=order,
         mode="constant",

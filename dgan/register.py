@@ -320,21 +320,6 @@ def sample_through_world(volume, target_affine, flow, order=1):
 # --- writing ------------------------------------------------------------------------------------
 
 
-def _output_header(header, descrip, intent=None):
-    """A NIfTI header from the fixed scan's, with dgan's description and intent."""
-    import nibabel as nib  # header fields that dgan.io.save_volume does not set
-
-    out = nib.Nifti1Header() if header is None else nib.Nifti1Header.from_header(header)
-    out["descrip"] = descrip.encode("ascii")[:79]
-    out["aux_file"] = b""
-    out["cal_min"] = out["cal_max"] = 0  # the fixed scan's display window does not apply
-    if intent is None:
-        out.set_intent("none")
-    else:
-        out.set_intent(*intent)
-    return out
-
-
 def write_outputs(result, out_moved, out_flow, out_labels=None):
     """Write a :class:`FileRegistration` as NIfTI with the fixed scan's affine and header.
 
@@ -346,23 +331,23 @@ def write_outputs(result, out_moved, out_flow, out_labels=None):
 
     :raises InputError: a bad output name, or a file that cannot be written
     """
-    outputs = [  # (path, array, header)
-        (out_moved, result.moved, _output_header(result.header, MOVED_DESCRIP)),
-        (out_flow, result.flow,
-         _output_header(result.header, FLOW_DESCRIP, ("vector", (), FLOW_INTENT_NAME))),
+    outputs = [  # (path, array, header description, intent)
+        (out_moved, result.moved, MOVED_DESCRIP, None),
+        (out_flow, result.flow, FLOW_DESCRIP, ("vector", (), FLOW_INTENT_NAME)),
     ]
     if out_labels is not None:
         if result.labels is None:
             raise InputError("no warped labels to write: no moving labels were given", out_labels)
-        outputs.append((out_labels, result.labels, _output_header(result.header, LABELS_DESCRIP)))
-    check_outputs(*(path for path, _, _ in outputs))
+        outputs.append((out_labels, result.labels, LABELS_DESCRIP, None))
+    check_outputs(*(path for path, *_ in outputs))
     current = None
     try:
         with contextlib.ExitStack() as stack:
-            temporaries = [stack.enter_context(dio.atomic_write(path)) for path, _, _ in outputs]
-            for tmp, (path, array, header) in zip(temporaries, outputs):
+            temporaries = [stack.enter_context(dio.atomic_write(path)) for path, *_ in outputs]
+            for tmp, (path, array, description, intent) in zip(temporaries, outputs):
                 current = path
-                dio.save_volume(tmp, array, result.affine, header=header)
+                dio.save_volume(tmp, array, result.affine, header=result.header,
+                                description=description, intent=intent)
             current = None  # leaving the block renames every temporary file into place
     except OSError as error:
         problem = error.strerror or str(error) or type(error).__name__

@@ -435,3 +435,18 @@ def test_normalize_intensity_of_constant_arrays():
     mask = np.zeros((3, 3, 3))
     mask[1, 1, 1] = 7.0
     np.testing.assert_array_equal(io.normalize_intensity(mask), mask / 7.0)
+
+
+def test_resample_onto_own_grid_keeps_every_voxel_for_random_affines():
+    """Rounding in inv(A) @ A must not push border voxels 'outside' (they used to become 0)."""
+    from dgan.io import Volume, resample_to_grid
+
+    rng = np.random.default_rng(7)
+    array = rng.random((9, 8, 7)).astype(np.float32) + 1.0
+    for _ in range(30):
+        q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+        affine = np.eye(4)
+        affine[:3, :3] = q * rng.uniform(0.7, 2.5, 3)
+        affine[:3, 3] = rng.uniform(-100, 100, 3)
+        out = resample_to_grid(Volume(array, affine), affine, array.shape).array
+        np.testing.assert_allclose(out, array, atol=1e-4)
