@@ -7,7 +7,8 @@ One :meth:`DeformGAN.train_step` on a batch of unpaired (F = moving, R = fixed) 
 2. G, with T and D frozen: minimise
    ``L_G = L_adv(D(F(phi), F'(phi))) + mu * (1 - L_LG(F'(phi), F(phi))) + lambda * L1(F'(phi), R)``.
 3. T, with G and D frozen (gradients flow through G into T, but only T changes): minimise
-   ``L_T = (1 - L_LCC(R, F'(phi))) + beta * (1 - L_LG(R, F(phi))) + alpha * sum |grad phi|^2``.
+   ``L_T = w * (1 - L_LCC(R, F'(phi))) + beta * (1 - L_LG(R, F(phi))) + alpha * sum |grad phi|^2``
+   where w = 1 as in the paper, or ramps up from 0 over ``lcc_warmup`` steps.
 
 This is the paper's objective with each similarity S written as the loss 1 - S (S in [0, 1]),
 which changes no gradient. Each loss is computed per example and averaged over the *global*
@@ -32,6 +33,9 @@ class LossWeights:
     :param lam: lambda, weight of L1(F'(phi), R) in L_G
     :param lg_window: n, the local-gradient neighbourhood (n^3 voxels); 7 is the paper's best
     :param lcc_window: the local cross-correlation window
+    :param lcc_warmup: T's L_LCC(R, F'(phi)) term is weighted min(1, step / lcc_warmup): while G
+        is untrained, F'(phi) is noise and so is the gradient it sends into T; the
+        modality-independent L_LG term guides T meanwhile. 0 (the paper) gives weight 1 throughout.
     """
 
     alpha: float = 1.0
@@ -40,6 +44,7 @@ class LossWeights:
     lam: float = 10.0
     lg_window: int = losses.DEFAULT_LG_WINDOW
     lcc_window: int = losses.DEFAULT_LCC_WINDOW
+    lcc_warmup: int = 0
 
     def to_dict(self):
         return asdict(self)
@@ -147,8 +152,18 @@ class DeformGAN(keras.Model):
             "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
             "t_smooth": losses.smoothness(flow),
         }
-        terms["t_loss"] = terms["t_lcc"] + w.beta * terms["t_lg"] + w.alpha * terms["t_smooth"]
+        lcc_weight = self.lcc_weight()
+        terms["t_loss"] = (lcc_weight * terms["t_lcc"] + w.beta * terms["t_lg"]
+                           + w.alpha * terms["t_smooth"])
         return terms, moved, translated
+
+    def lcc_weight(self):
+        """The weight of L_LCC in L_T at the current step (see :class:`LossWeights`)."""
+        warmup = self.loss_config.lcc_warmup
+        if warmup <= 0:
+            return 1.0
+        step = tf.cast(self.t_optimizer.iterations, tf.float32)
+        return tf.minimum(1.0, step / float(warmup))
 
     # --- the three updates -----------------------------------------------------------------
 

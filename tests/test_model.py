@@ -112,3 +112,16 @@ def test_predict_runs_registration_only(tiny_config, rng):
     assert set(out) == {"moved", "flow"}
     direct = model.registration_model.predict(data, verbose=0)
     np.testing.assert_allclose(out["flow"], direct["flow"], atol=1e-6)
+
+
+def test_lcc_warmup_ramps_the_lcc_weight_in_t_loss(tiny_config, rng):
+    keras.utils.set_random_seed(0)
+    model = DeformGAN.from_config_object(tiny_config)
+    weights = LossWeights(lg_window=3, lcc_window=5, lcc_warmup=4, beta=2.0, alpha=0.5)
+    model.compile(keras.optimizers.Adam(), keras.optimizers.Adam(), keras.optimizers.Adam(), weights)
+    data = make_batch(rng)
+    for step, expected_weight in ((0, 0.0), (2, 0.5), (4, 1.0), (9, 1.0)):
+        model.t_optimizer.iterations.assign(step)
+        terms, _, _ = model.registration_terms(data["moving"], data["fixed"], training=False)
+        want = expected_weight * terms["t_lcc"] + 2.0 * terms["t_lg"] + 0.5 * terms["t_smooth"]
+        np.testing.assert_allclose(terms["t_loss"].numpy(), want.numpy(), rtol=1e-6)

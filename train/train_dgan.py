@@ -48,6 +48,8 @@ def parser():
     opt.add_argument("--lambda", dest="lam", type=float, help="L1 weight in L_G")
     opt.add_argument("--lg-window", type=int, help="local-gradient neighbourhood n (default 7)")
     opt.add_argument("--lcc-window", type=int, help="LCC window (default 9)")
+    opt.add_argument("--lcc-warmup", type=int,
+                     help="ramp T's LCC weight from 0 to 1 over this many steps (0: paper, weight 1)")
     net = p.add_argument_group("networks")
     net.add_argument("--int-steps", type=int, help="diffeomorphic integration steps (0: off)")
     net.add_argument("--t-features", help="T's U-Net features, e.g. '16,32,32/32,32,32,16,16'")
@@ -72,7 +74,8 @@ def settings_from_args(args):
         fields["shape"] = tuple(args.shape)
     if args.spacing is not None:
         fields["spacing"] = args.spacing or None
-    loss = {k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window", "lcc_window")
+    loss = {k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window", "lcc_window",
+                                          "lcc_warmup")
             if getattr(args, k) is not None}
     network = {}
     for key, value in (("t_features", args.t_features), ("g_features", args.g_features)):
