@@ -69,20 +69,20 @@ def stop_on_signals(stop_request, signals=(signal.SIGINT, signal.SIGTERM)):
             signal.signal(s, h)
 
 
-class PeriodicCheckpoint(keras.callbacks.Callback):
-    """Saves a checkpoint every ``every`` steps unless the guard saw a NaN at that step.
+class Periodic(keras.callbacks.Callback):
+    """Calls ``action(step)`` every ``every`` steps, unless the guard saw a NaN at that step.
 
-    :param save: a function ``save(step)`` writing all three networks and optimizers
+    Used for checkpoints (``action`` writes all three networks and optimizers) and validation.
     """
 
-    def __init__(self, save, every, guard):
+    def __init__(self, action, every, guard):
         super().__init__()
-        self.save, self.every, self.guard = save, int(every), guard
+        self.action, self.every, self.guard = action, int(every), guard
 
     def on_epoch_end(self, epoch, logs=None):
         step = epoch + 1
         if self.guard.diverged is None and self.every > 0 and step % self.every == 0:
-            self.save(step)
+            self.action(step)
 
 
 class LossLog(keras.callbacks.Callback):
@@ -119,16 +119,3 @@ class LossLog(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.bar.close()
-
-
-class PeriodicValidation(keras.callbacks.Callback):
-    """Calls ``validate(step)`` every ``every`` steps (it scores, logs and draws)."""
-
-    def __init__(self, validate, every, guard):
-        super().__init__()
-        self.validate, self.every, self.guard = validate, int(every), guard
-
-    def on_epoch_end(self, epoch, logs=None):
-        step = epoch + 1
-        if self.guard.diverged is None and self.every > 0 and step % self.every == 0:
-            self.validate(step)

@@ -194,44 +194,44 @@ def generator_adversarial_loss(fake_scores):
     return tf.reduce_mean(tf.square(fake_scores - REAL_LABEL), axis=list(range(1, fake_scores.shape.rank)))
 
 
-class LocalGradientSimilarity(keras.layers.Layer):
+class _WindowedSimilarity(keras.layers.Layer):
+    """A Keras layer over a windowed similarity function: ``[R, F]`` -> shape (B,)."""
+
+    function = None  # set by each subclass
+    default_window = None
+    default_eps = None
+
+    def __init__(self, window=None, eps=None, **kwargs):
+        super().__init__(**kwargs)
+        self.window = _check_window(self.default_window if window is None else window)
+        self.eps = float(self.default_eps if eps is None else eps)
+
+    def build(self, input_shape):
+        _check_image_pair(self, input_shape)
+        super().build(input_shape)
+
+    def call(self, inputs):
+        fixed, moving = inputs
+        return type(self).function(fixed, moving, self.window, self.eps)
+
+    def get_config(self):
+        return {**super().get_config(), "window": self.window, "eps": self.eps}
+
+
+class LocalGradientSimilarity(_WindowedSimilarity):
     """Keras layer for :func:`local_gradient_similarity`: ``[R, F]`` -> L_LG, shape (B,)."""
 
-    def __init__(self, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS, **kwargs):
-        super().__init__(**kwargs)
-        self.window = _check_window(window)
-        self.eps = float(eps)
-
-    def build(self, input_shape):
-        _check_image_pair(self, input_shape)
-        super().build(input_shape)
-
-    def call(self, inputs):
-        fixed, moving = inputs
-        return local_gradient_similarity(fixed, moving, self.window, self.eps)
-
-    def get_config(self):
-        return {**super().get_config(), "window": self.window, "eps": self.eps}
+    function = staticmethod(local_gradient_similarity)
+    default_window = DEFAULT_LG_WINDOW
+    default_eps = DEFAULT_LG_EPS
 
 
-class LocalCrossCorrelation(keras.layers.Layer):
+class LocalCrossCorrelation(_WindowedSimilarity):
     """Keras layer for :func:`local_cross_correlation`: ``[R, F]`` -> L_LCC, shape (B,)."""
 
-    def __init__(self, window=DEFAULT_LCC_WINDOW, eps=DEFAULT_LCC_EPS, **kwargs):
-        super().__init__(**kwargs)
-        self.window = _check_window(window)
-        self.eps = float(eps)
-
-    def build(self, input_shape):
-        _check_image_pair(self, input_shape)
-        super().build(input_shape)
-
-    def call(self, inputs):
-        fixed, moving = inputs
-        return local_cross_correlation(fixed, moving, self.window, self.eps)
-
-    def get_config(self):
-        return {**super().get_config(), "window": self.window, "eps": self.eps}
+    function = staticmethod(local_cross_correlation)
+    default_window = DEFAULT_LCC_WINDOW
+    default_eps = DEFAULT_LCC_EPS
 
 
 def _check_image_pair(layer, input_shape):

@@ -261,15 +261,21 @@ def _write_json(path, payload):
             handle.write("\n")
 
 
-def resolve_config(config, run_dir, resume):
+def has_checkpoint(run_dir):
+    """True when ``run_dir`` holds a checkpoint to resume from."""
+    return tf.train.latest_checkpoint(str(Path(run_dir) / "checkpoints")) is not None
+
+
+def resolve_config(config, run_dir, resume, restart=False):
     """The configuration to run with.
 
     :param config: a :class:`TrainConfig` for a new run; for a resumed run, a dict of the
         settings to change (the step budget, logging, checkpointing), or None
+    :param restart: a new run may reuse a run folder that holds no checkpoint yet
     """
     path = Path(run_dir) / "config.json"
     if not resume:
-        if path.exists():
+        if path.exists() and not (restart and not has_checkpoint(run_dir)):
             raise InputError("already holds a run; use --resume to continue it", run_dir)
         return config
     if not path.exists():
@@ -301,20 +307,25 @@ def _add_log_file(path):
     return handler
 
 
-def train(config, run_dir, resume=False, progress=True, extra_callbacks=()):
+def train(config, run_dir, resume=False, progress=True, extra_callbacks=(), restart=False):
     """Train Deform-GAN; see the module docstring for what the run folder receives.
+
+    Under a multi-worker strategy every worker calls this with the same arguments; only the
+    chief writes to ``run_dir``, which every worker must be able to read to resume.
 
     :param config: :class:`TrainConfig`; with ``resume``, a dict of settings to change or None
     :param run_dir: the run folder (created if needed)
     :param resume: continue the run in ``run_dir`` at its last checkpoint, with the same
         optimizer state and data order
+    :param restart: for a new run, accept a ``run_dir`` that holds a run without any checkpoint
+        (a run lost before its first checkpoint) and start it again
     :return: :class:`RunResult`
     :raises InputError: bad data, configuration or checkpoint
     :raises TrainingDiverged: a loss became NaN or Inf (the last good checkpoint is kept)
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    config = resolve_config(config, run_dir, resume)
+    config = resolve_config(config, run_dir, resume, restart)
     strategy = _strategy(config.strategy)
     chief = _is_chief(strategy)
     # non-chief workers write to a scratch folder that is removed at the end
@@ -334,8 +345,13 @@ def train(config, run_dir, resume=False, progress=True, extra_callbacks=()):
 def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_callbacks, started):
     logger.info("%s run in %s with %d replica(s)", "resuming" if resume else "starting",
                 run_dir, strategy.num_replicas_in_sync)
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise InputError(f"--batch-size {config.batch_size} (the global batch) must be a multiple "
+                         f"of the number of replicas, {strategy.num_replicas_in_sync}")
     if chief:
         _write_json(out_dir / "config.json", config.to_dict())
+        if not resume:
+            (out_dir / "losses.csv").unlink(missing_ok=True)  # left by a restarted run
     make_dataset = _dataset_fn(config)
     pairs = validation_pairs(config)
 
@@ -358,6 +374,9 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     if resume:
         restore_latest(checkpoint, run_dir / "checkpoints")
     start_step = int(model.t_optimizer.iterations.numpy())
+    _check_workers_agree(strategy, start_step)
+    if chief and resume:
+        _trim_loss_log(out_dir / "losses.csv", start_step)  # steps after the checkpoint are redone
     if start_step >= config.steps:
         logger.info("the run is already at step %d of %d", start_step, config.steps)
 
@@ -394,8 +413,8 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
         stop,
         cb.LossLog(writer, out_dir / "losses.csv", config.steps, start_step, config.log_every,
                    progress),
-        cb.PeriodicCheckpoint(save, config.checkpoint_every, guard),
-        cb.PeriodicValidation(validate, config.validate_every, guard),
+        cb.Periodic(save, config.checkpoint_every, guard),
+        cb.Periodic(validate, config.validate_every, guard),
         *extra_callbacks,
     ]
     if strategy.num_replicas_in_sync > 1 or not chief:
@@ -434,6 +453,29 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     logger.info("finished at step %d in %.0f s", step, seconds)
     return RunResult(run_dir, step, dice.get("identity", math.nan),
                      dice.get("registered", math.nan), seconds, step < config.steps)
+
+
+def _check_workers_agree(strategy, start_step):
+    """Every worker of a multi-worker run must start at the same step (a collective)."""
+    from .distribute import gather_from_workers, is_multi_worker
+
+    if not is_multi_worker(strategy):
+        return
+    steps = gather_from_workers(strategy, start_step)
+    if len(set(steps)) > 1:
+        raise InputError(f"the workers would start at different steps {steps}: every worker "
+                         "must read the same run folder (shared storage) to resume")
+
+
+def _trim_loss_log(path, step):
+    """Drop the rows after ``step`` from ``losses.csv`` (logged after the last checkpoint)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= step]
+    if len(kept) < len(lines):
+        with atomic_write(path) as tmp:
+            Path(tmp).write_text("".join(kept))
 
 
 def restore_latest(checkpoint, directory):
