@@ -6,6 +6,9 @@ Examples::
     python train/train_dgan.py                                   # demo: MNI152 T1 -> T2-like
     python train/train_dgan.py --moving 't1/*.nii.gz' --fixed t2/ --shape 160 192 160 --spacing 1
     python train/train_dgan.py --resume runs/20261123-101500 --steps 2000
+    python train/train_dgan.py --strategy multiworker --auto-resume --out /shared/runs/a  # each worker
+
+Several GPUs and machines: docs/DISTRIBUTED.md.
 """
 
 import argparse
@@ -16,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import dgan  # noqa: E402,F401
 from dgan import distribute, training  # noqa: E402
+from dgan.compat import tf  # noqa: E402
 from dgan.errors import InputError, TrainingDiverged  # noqa: E402
 
 
@@ -28,10 +32,13 @@ def parser():
     data.add_argument("--shape", nargs=3, type=int, help="network input shape X Y Z")
     data.add_argument("--spacing", type=float, help="resample to this voxel size in mm (0: native)")
     run = p.add_argument_group("run")
-    run.add_argument("--steps", type=int, help="total training steps (default 200)")
+    run.add_argument("--steps", type=int, help="total training steps (default 300)")
     run.add_argument("--batch-size", type=int, help="global batch size (default 1)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    run.add_argument("--auto-resume", action="store_true",
+                     help="with --out: continue that run if it holds a checkpoint, else start it "
+                          "(rerunning the same command resumes a lost or preempted run)")
     run.add_argument("--seed", type=int)
     run.add_argument("--checkpoint-every", type=int)
     run.add_argument("--keep-checkpoints", type=int)
@@ -96,16 +103,24 @@ def main(argv=None):
     args = parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        if args.resume:
-            run_dir, config = Path(args.resume), settings
+        resume = args.resume is not None
+        if args.auto_resume and (resume or not args.out):
+            raise InputError("--auto-resume needs --out RUN_DIR (and no --resume)")
+        if resume:
+            run_dir = Path(args.resume)
         else:
             run_dir = Path(args.out or training.new_run_dir())
-            config = training.TrainConfig(**settings)
-        result = training.train(config, run_dir, resume=args.resume is not None,
-                                progress=not args.no_progress)
+            resume = args.auto_resume and training.has_checkpoint(run_dir)
+        config = settings if resume else training.TrainConfig(**settings)
+        result = training.train(config, run_dir, resume=resume, progress=not args.no_progress,
+                                restart=args.auto_resume)
     except (InputError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except tf.errors.UnavailableError as error:  # a worker of a multi-worker run was lost
+        print(f"error: lost contact with another worker ({str(error).strip().splitlines()[0]}); "
+              "restart every worker with the same command and --auto-resume", file=sys.stderr)
+        return 3
     print(f"run folder: {result.run_dir}")
     print(f"step {result.step}, {result.seconds:.0f} s")
     print(f"validation mean Dice: identity {result.dice_identity:.4f} -> "
