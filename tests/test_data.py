@@ -239,10 +239,10 @@ def test_default_demo_grid_covers_the_brain():
     demo = data.demo_volumes()
     assert demo.t1.shape == data.DEMO_SHAPE
     brain = np.nonzero(demo.labels)
-    for axis in (0, 1):  # left-right and front-back: a margin all round
-        assert brain[axis].min() >= 2 and brain[axis].max() <= data.DEMO_SHAPE[axis] - 3
+    for axis in (0, 1):  # left-right and front-back: nothing cut, a 1-voxel (5 mm) margin round
+        assert brain[axis].min() >= 1 and brain[axis].max() <= data.DEMO_SHAPE[axis] - 2
     # the top of the head is inside; the template itself ends in the brain stem at the bottom
-    assert brain[2].max() <= data.DEMO_SHAPE[2] - 3
+    assert brain[2].max() <= data.DEMO_SHAPE[2] - 2
     assert 0.1 < np.mean(demo.labels > 0) < 0.5
 
 
