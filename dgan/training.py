@@ -72,7 +72,7 @@ class TrainConfig:
     val_pairs: str | None = None
     shape: tuple = ddata.DEMO_SHAPE
     spacing: float | None = ddata.DEMO_SPACING
-    steps: int = 300
+    steps: int = 250
     batch_size: int = 1
     lr_t: float = 1e-3
     lr_g: float = 2e-4

@@ -32,7 +32,7 @@ def parser():
     data.add_argument("--shape", nargs=3, type=int, help="network input shape X Y Z")
     data.add_argument("--spacing", type=float, help="resample to this voxel size in mm (0: native)")
     run = p.add_argument_group("run")
-    run.add_argument("--steps", type=int, help="total training steps (default 300)")
+    run.add_argument("--steps", type=int, help="total training steps (default 250)")
     run.add_argument("--batch-size", type=int, help="global batch size (default 1)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")

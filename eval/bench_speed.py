@@ -1,0 +1,168 @@
+#!/usr/bin/env python
+"""Speed and memory: register one pair, and one training step, Deform-GAN vs VoxelMorph (vs ANTs).
+
+In one run: the median time and peak memory (``dgan.metrics.measure``) of registering one pair
+with Deform-GAN's T, VoxelMorph's VxmDense with the same U-Net, and ANTs SyN (when antspyx is
+installed), at each of ``--sizes``; then one Deform-GAN training step (D, G and T updated) and
+one VxmDense training step at each of ``--train-sizes``; and the ratios. Examples::
+
+    python eval/bench_speed.py --out runs/bench                # 2 mm and 1 mm, training at 2 mm
+    python eval/bench_speed.py --ants-sizes 2mm --train-sizes 4mm --repeats 2 --out runs/bench
+    python eval/bench_speed.py --sizes 32x32x32 --train-sizes 32x32x32 --repeats 1 --no-ants
+
+A size is ``<r>mm`` (the brain benchmark's first pair on its grid at r mm: 2mm 80x96x112, 1mm
+160x192x224, 4mm 40x48x56) or ``XxYxZ`` (random smooth volumes, 1 mm voxels); volumes are
+zero-padded to a multiple of the U-Net's down-sampling (4mm: 48x48x64), as registration does.
+Networks are VoxelMorph's default U-Net ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16)) unless
+``--t-features`` says otherwise (G takes the same U-Net, D its defaults). Times are the network
+alone for T and VxmDense (no resampling), the whole registration for ANTs. Memory is the
+resident set of this process: ``peak`` is its highest value during the timed calls, ``added``
+that minus the value just before them.
+"""
+
+import argparse
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import numpy as np  # noqa: E402
+
+import dgan  # noqa: E402,F401
+from dgan import data as ddata  # noqa: E402
+from dgan import evaluation, synth  # noqa: E402
+from dgan.errors import InputError  # noqa: E402
+from dgan.io import crop_or_pad  # noqa: E402
+from dgan.networks import VXM_FEATURES, NetworkConfig  # noqa: E402
+
+#: ../shared/data beside the repository (the brain benchmark's files).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _features(text):
+    encoder, decoder = text.split("/")
+    return [[int(f) for f in encoder.split(",")], [int(f) for f in decoder.split(",")]]
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["2mm", "1mm"],
+                   help="registration sizes: 2mm, 1mm or XxYxZ (default: 2mm 1mm)")
+    p.add_argument("--train-sizes", nargs="*", default=["2mm"],
+                   help="training-step sizes (default: 2mm; none to skip)")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement")
+    p.add_argument("--warmup", type=int, default=1, help="untimed calls first (networks: >= 1)")
+    p.add_argument("--ants-repeats", type=int, default=1, help="timed ANTs calls per size")
+    p.add_argument("--no-ants", action="store_true", help="skip ANTs SyN")
+    p.add_argument("--ants-sizes", nargs="*",
+                   help="the sizes at which ANTs runs (default: every one of --sizes)")
+    p.add_argument("--ants-iterations", type=int, nargs="+",
+                   default=list(evaluation.ANTS_DEFAULTS["reg_iterations"]))
+    p.add_argument("--t-features", help="U-Net features of T, VxmDense and G, e.g. "
+                   "'16,32,32/32,32,32,16,16' (default: VoxelMorph's)")
+    p.add_argument("--brain-npz", default=str(SHARED_DATA / "brain_t1_aseg.npz"))
+    p.add_argument("--out", help="folder for bench.json and bench.md")
+    return p
+
+
+def pair_for(size, npz_path):
+    """(moving, fixed, spacing, description) for a size token."""
+    if size.endswith("mm"):
+        resolution = float(size[:-2])
+        if not Path(npz_path).is_file():
+            raise InputError(f"size {size} needs the brain benchmark file", npz_path)
+        pair = ddata.load_brain_benchmark(npz_path, resolution, n_pairs=1, seed=0)[0]
+        return pair["moving"], pair["fixed"], (resolution,) * 3, f"brain {size}"
+    try:
+        shape = tuple(int(n) for n in size.lower().split("x"))
+    except ValueError:
+        raise InputError(f"a size is 2mm, 1mm or XxYxZ, got {size!r}") from None
+    if len(shape) != 3:
+        raise InputError(f"a size is 2mm, 1mm or XxYxZ, got {size!r}")
+    rng = np.random.default_rng(0)
+    moving = np.clip(synth.smooth_noise(shape, 4.0, rng)[..., 0] * 0.25 + 0.5, 0, 1)
+    fixed = np.clip(synth.smooth_noise(shape, 4.0, rng)[..., 0] * 0.25 + 0.5, 0, 1)
+    return moving, fixed, (1.0, 1.0, 1.0), "x".join(map(str, shape))
+
+
+def network_config(moving, fixed, args):
+    """(NetworkConfig, moving, fixed): T's (and VxmDense's) features from --t-features, G the
+    same U-Net, D its default; the arrays zero-padded, centred, to the networks' multiple, as
+    dgan.register.Registrar pads them."""
+    features = _features(args.t_features) if args.t_features else VXM_FEATURES
+    probe = NetworkConfig((64, 64, 64), t_features=features, g_features=features)
+    shape = tuple(max(-(-n // probe.multiple) * probe.multiple, 2 * probe.multiple)
+                  for n in moving.shape)
+    moving, _ = crop_or_pad(moving, shape)
+    fixed, _ = crop_or_pad(fixed, shape)
+    return NetworkConfig(shape, t_features=features, g_features=features), moving, fixed
+
+
+def _row(size, shape, method, m):
+    added = "n/a" if m["added_mib"] is None else f"{m['added_mib']:.0f}"
+    return f"| {size} {shape} | {method} | {m['seconds']:.3f} | {m['peak_mib']:.0f} | {added} |"
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    ants = None
+    if not args.no_ants:
+        ants, reason = evaluation.import_ants()
+        if ants is None:
+            print(reason, file=sys.stderr)
+    ants_settings = {"reg_iterations": tuple(args.ants_iterations)}
+    results = {"inference": {}, "training_step": {},
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+               "settings": {**vars(args), "ants": {**evaluation.ANTS_DEFAULTS, **ants_settings}}}
+    lines = ["| size | method | median s | peak MiB | added MiB |", "|---|---|---:|---:|---:|"]
+    ratios = []
+    try:
+        for size in args.sizes:
+            moving, fixed, spacing, name = pair_for(size, args.brain_npz)
+            config, moving, fixed = network_config(moving, fixed, args)
+            print(f"registering one pair at {name} {moving.shape} ...", flush=True)
+            with_ants = ants if args.ants_sizes is None or size in args.ants_sizes else None
+            out = evaluation.bench_inference(config, moving, fixed, spacing, args.repeats,
+                                             args.warmup, ants=with_ants,
+                                             ants_settings=ants_settings,
+                                             ants_repeats=args.ants_repeats)
+            results["inference"][name] = {"shape": list(moving.shape), **out}
+            lines += [_row(name, moving.shape, k, v) for k, v in out.items()]
+            t, v = out["Deform-GAN T"]["seconds"], out["VoxelMorph VxmDense"]["seconds"]
+            ratios.append(f"{name}: Deform-GAN T / VxmDense inference time = {t / v:.2f}")
+            if evaluation.AntsSyNMethod.name in out:
+                a = out[evaluation.AntsSyNMethod.name]["seconds"]
+                ratios.append(f"{name}: ANTs SyN / Deform-GAN T time = {a / t:.0f}")
+        for size in args.train_sizes or []:
+            moving, fixed, spacing, name = pair_for(size, args.brain_npz)
+            config, moving, fixed = network_config(moving, fixed, args)
+            print(f"one training step at {name} {moving.shape} ...", flush=True)
+            out = evaluation.bench_training_step(config, moving, fixed, args.repeats,
+                                                 args.warmup)
+            results["training_step"][name] = {"shape": list(moving.shape), **out}
+            lines += [_row(f"train {name}", moving.shape, k, v) for k, v in out.items()]
+            g, v = out["Deform-GAN (D+G+T)"], out["VoxelMorph VxmDense (MI)"]
+            ratios.append(f"{name}: Deform-GAN / VxmDense training step time = "
+                          f"{g['seconds'] / v['seconds']:.2f}, peak memory = "
+                          f"{g['peak_mib'] / v['peak_mib']:.2f}")
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = "\n".join(lines)
+    results["ratios"] = ratios
+    print(table)
+    print("\n".join(ratios))
+    if args.out:
+        evaluation.write_json(Path(args.out) / "bench.json", results)
+        with open(Path(args.out) / "bench.md", "w", encoding="utf-8") as handle:
+            handle.write(table + "\n\n" + "\n".join(f"- {r}" for r in ratios) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Evaluate Deform-GAN against identity, VoxelMorph, the LCC ablation and ANTs SyN, same pairs.
+
+Writes ``results.csv`` (one row per method and pair), ``summary.md`` (mean ± std per method, Dice
+per structure), ``figures/*.png`` and ``config.json`` into ``--out``. Examples::
+
+    # the 2 mm cross-modal brain benchmark, models from eval/train_baselines.py
+    python eval/evaluate.py --runs runs/baselines --out runs/eval-2mm
+    # explicit model folders; the demo data's validation pairs
+    python eval/evaluate.py --data demo --dgan runs/x/model --vxm runs/y/model --out runs/eval-demo
+
+Every learned method is a dgan model folder, registered through ``dgan.register.Registrar``.
+ANTs SyN needs ``pip install antspyx``; without it, it is skipped with a message.
+"""
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+import dgan  # noqa: E402,F401
+from dgan import baselines, evaluation  # noqa: E402
+from dgan import data as ddata  # noqa: E402
+from dgan.errors import InputError  # noqa: E402
+
+#: ../shared/data beside the repository (the brain benchmark's files).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("pairs")
+    data.add_argument("--data", choices=("brain", "demo"), default="brain",
+                      help="brain: real T1 -> T2-like benchmark (default); demo: MNI152 demo")
+    data.add_argument("--brain-npz", default=str(SHARED_DATA / "brain_t1_aseg.npz"))
+    data.add_argument("--labels", default=str(SHARED_DATA / "aseg_eval_labels.npz"),
+                      help="npz with the label ids scored (key 'labels')")
+    data.add_argument("--resolution", type=float, default=2.0, help="brain: 2 or 1 mm")
+    data.add_argument("--pairs", type=int, default=4, help="number of pairs (default 4)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the pairs (default 0)")
+    data.add_argument("--shape", type=int, nargs=3, default=list(ddata.DEMO_SHAPE),
+                      help="demo grid")
+    data.add_argument("--spacing", type=float, default=ddata.DEMO_SPACING,
+                      help="demo voxel size in mm")
+    methods = p.add_argument_group("methods (identity always runs)")
+    methods.add_argument("--runs", metavar="DIR",
+                         help="a folder from eval/train_baselines.py: takes every <DIR>/<method>/"
+                              "model that exists (deformgan, vxm, lcc)")
+    methods.add_argument("--dgan", metavar="FOLDER", help="Deform-GAN model folder")
+    methods.add_argument("--vxm", metavar="FOLDER", help="VoxelMorph (MI) model folder")
+    methods.add_argument("--lcc", metavar="FOLDER", help="LCC ablation model folder")
+    methods.add_argument("--no-ants", action="store_true", help="skip ANTs SyN")
+    methods.add_argument("--ants-iterations", type=int, nargs="+",
+                         default=list(evaluation.ANTS_DEFAULTS["reg_iterations"]),
+                         help="SyN iterations per level, coarse to fine (default %(default)s)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output folder")
+    out.add_argument("--figure-pairs", type=int, default=1,
+                     help="pairs drawn per method (default 1; 0: no figures)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def model_folders(args):
+    """[(name, folder)] of the learned methods, in table order."""
+    given = {"deformgan": args.dgan, "vxm": args.vxm, "lcc": args.lcc}
+    folders = []
+    for method in baselines.METHODS:
+        folder = given[method]
+        if folder is None and args.runs is not None:
+            candidate = baselines.model_folder(args.runs, method)
+            folder = candidate if os.path.isdir(candidate) else None
+        if folder is not None:
+            folders.append((baselines.METHOD_NAMES[method], folder))
+    return folders
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        benchmark = evaluation.benchmark_pairs(
+            args.data, npz_path=args.brain_npz, labels_path=args.labels,
+            resolution_mm=args.resolution, n_pairs=args.pairs, seed=args.seed,
+            shape=tuple(args.shape), spacing=args.spacing)
+        methods = [evaluation.IdentityMethod()]
+        methods += [evaluation.ModelMethod(name, folder) for name, folder in model_folders(args)]
+        ants_settings = {"reg_iterations": tuple(args.ants_iterations)}
+        if not args.no_ants:
+            ants, reason = evaluation.import_ants()
+            if ants is None:
+                print(reason, file=sys.stderr)
+            else:
+                methods.append(evaluation.AntsSyNMethod(ants, **ants_settings))
+        evaluation.write_json(Path(args.out) / "config.json", {
+            **vars(args), "benchmark": benchmark.name, "spacing_mm": benchmark.spacing,
+            "label_ids": list(benchmark.label_ids), "methods": [m.name for m in methods],
+            "ants": {**evaluation.ANTS_DEFAULTS, **ants_settings},
+        })
+        result = evaluation.evaluate(methods, benchmark, args.out,
+                                     figure_pairs=args.figure_pairs,
+                                     progress=not args.no_progress)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result.summary_path.read_text())
+    print(f"wrote {result.csv_path}, {result.summary_path} and {len(result.figures)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""The evaluation (dgan.evaluation, eval/*.py) and the learned baselines (dgan.baselines), tiny."""
+
+import csv
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dgan import baselines, evaluation, synth
+from dgan.compat import tf
+from dgan.export import Preprocessing, load_model_folder, save_model_folder
+from dgan.networks import NetworkConfig, build_registration_net
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+#: The same tiny T as the ``tiny_config`` fixture, for module-scoped fixtures.
+TINY_CONFIG = NetworkConfig(
+    (16, 16, 16), t_features=((4, 8), (8, 8, 4)), g_features=((4, 4), (4, 4)), d_features=4,
+    d_layers=2,
+)
+#: Demo data on a 16^3 grid of 12 mm voxels, tiny networks, small loss windows.
+TINY_DATA = ["--shape", "16", "16", "16", "--spacing", "12"]
+TINY_TRAIN = [*TINY_DATA, "--t-features", "4,8/8,8,4", "--g-features", "4,4/4,4",
+              "--d-features", "4", "--lg-window", "3", "--lcc-window", "5", "--no-progress"]
+
+
+def load_script(name):
+    path = ROOT / "eval" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"eval_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_baselines = load_script("train_baselines")
+evaluate_cli = load_script("evaluate")
+bench_speed = load_script("bench_speed")
+
+
+@pytest.fixture(scope="module")
+def vxm_run(tmp_path_factory):
+    """VoxelMorph's VxmDense trained 2 steps on the tiny demo data by the CLI."""
+    out = tmp_path_factory.mktemp("baselines")
+    assert train_baselines.main([*TINY_TRAIN, "--data", "demo", "--methods", "vxm",
+                                 "--steps", "2", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def untrained_dgan(tmp_path_factory):
+    """A Deform-GAN model folder with T untrained, for the demo's 12 mm grid."""
+    folder = tmp_path_factory.mktemp("dgan") / "model"
+    tf.keras.utils.set_random_seed(0)
+    save_model_folder(build_registration_net(TINY_CONFIG), TINY_CONFIG,
+                      Preprocessing(TINY_CONFIG.shape, 12.0), folder)
+    return folder
+
+
+# --- VoxelMorph's VxmDense is T ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("int_steps", [0, 2])
+def test_vxm_dense_weights_in_t_compute_the_same(tiny_config, int_steps, rng):
+    import dataclasses
+
+    config = dataclasses.replace(tiny_config, int_steps=int_steps)
+    tf.keras.utils.set_random_seed(1)
+    vxm_model = baselines.build_vxm_dense(config)
+    # give the flow layer weights large enough to move voxels, so the check means something
+    flow_layer = [layer for layer in vxm_model.layers if layer.weights][-1]
+    kernel, bias = flow_layer.get_weights()
+    flow_layer.set_weights([rng.normal(0, 0.05, kernel.shape), rng.normal(0, 0.5, bias.shape)])
+    net = baselines.vxm_to_registration_net(vxm_model, config)
+    moving = rng.random((1, *config.shape, 1)).astype("float32")
+    fixed = rng.random((1, *config.shape, 1)).astype("float32")
+    moved_v, _ = vxm_model([moving, fixed], training=False)
+    out = net({"moving": moving, "fixed": fixed}, training=False)
+    assert np.abs(out["flow"].numpy()).max() > 0.1
+    np.testing.assert_allclose(out["moved"].numpy(), moved_v.numpy(), atol=1e-5)
+
+
+def test_structure_check_rejects_other_features(tiny_config):
+    import dataclasses
+
+    other = dataclasses.replace(tiny_config, t_features=((4, 8), (8, 8, 8)))
+    with pytest.raises(ValueError, match="does not match"):
+        baselines.check_same_structure(baselines.build_vxm_dense(other),
+                                       build_registration_net(tiny_config))
+
+
+# --- scores --------------------------------------------------------------------------------------
+
+
+def test_score_of_a_known_shift():
+    """Labels shifted by one voxel, registered by the exact shift: Dice 1, HD95 0, no folding;
+    the identity scores the analytic Dice of two shifted boxes."""
+    fixed_labels = np.zeros((12, 12, 12), np.int32)
+    fixed_labels[3:7, 3:9, 3:9] = 1  # 4 x 6 x 6 box
+    moving_labels = np.roll(fixed_labels, 1, axis=0)  # moving(p) = fixed(p - e_x)
+    pair = {"fixed_labels": fixed_labels}
+    flow = np.zeros((12, 12, 12, 3), np.float32)
+    flow[..., 0] = 1.0  # moved(p) = moving(p + e_x) = fixed(p)
+    warped = synth.warp(moving_labels, flow, order=0)
+    record = evaluation.score(evaluation.MethodResult(flow, warped, warped, 0.5), pair, [1, 2],
+                              spacing=(2.0, 2.0, 2.0))
+    assert record["dice_1"] == 1.0 and math.isnan(record["dice_2"])
+    assert record["dice_mean"] == 1.0 and record["hd95_mean_mm"] == 0.0
+    assert record["folding_fraction"] == 0.0 and record["sdlogj"] == pytest.approx(0.0, abs=1e-6)
+    assert record["seconds"] == 0.5
+    identity = evaluation.IdentityMethod().register(moving_labels.astype("float32"), None,
+                                                     moving_labels, (2.0,) * 3)
+    record = evaluation.score(identity, pair, [1], spacing=(2.0, 2.0, 2.0))
+    assert record["dice_1"] == pytest.approx(2 * 3 * 36 / (2 * 4 * 36))  # overlap 3 of 4 slabs
+    assert record["hd95_mean_mm"] == pytest.approx(2.0)  # one voxel of 2 mm
+
+
+def test_summary_markdown_has_every_method_and_structure():
+    records = [{"method": m, "pair": k, "dice_mean": d, "hd95_mean_mm": 2.0,
+                "folding_fraction": f, "sdlogj": 0.1, "seconds": 1.0, "dice_1": d, "dice_2": d}
+               for m, d, f in (("a", 0.5, 0.0), ("b", 0.7, 0.001)) for k in range(2)]
+    bench = evaluation.Benchmark("x", [], (1.0,) * 3, (1, 2), {1: "one", 2: "two"})
+    text = evaluation.summary_markdown(records, bench)
+    assert "| a | 0.500 ± 0.000 | 2.000 ± 0.000 | 0.000 ± 0.000 |" in text
+    assert "| b | 0.700 ± 0.000 | 2.000 ± 0.000 | 0.100 ± 0.000 |" in text  # folding in %
+    assert "| one (1) | 0.500 | 0.700 |" in text
+
+
+# --- the baseline trainer --------------------------------------------------------------------
+
+
+def test_baseline_trainer_writes_a_loadable_model_folder(vxm_run):
+    run = vxm_run / "vxm"
+    model = load_model_folder(run / "model")
+    assert model.network_config.shape == (16, 16, 16)
+    assert model.preprocessing.spacing == (12.0, 12.0, 12.0)
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == "vxm" and config["data"]["steps"] == 2
+    lines = (run / "losses.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,mi,grad" and [l.split(",")[0] for l in lines[1:]] == ["1", "2"]
+    results = json.loads((run / "results.json").read_text())
+    assert results["step"] == 2 and 0 < results["validation_dice_identity"] <= 1
+    assert "validation mean Dice" in (run / "train.log").read_text()
+
+
+def test_baseline_refuses_an_existing_run(vxm_run, capsys):
+    assert train_baselines.main([*TINY_TRAIN, "--data", "demo", "--methods", "vxm", "--steps",
+                                 "2", "--out", str(vxm_run)]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+def test_brain_training_data_seeds_are_disjoint_from_evaluation(tmp_path):
+    from dgan.errors import InputError
+
+    with pytest.raises(InputError, match="must differ from the evaluation seed"):
+        baselines.write_brain_training_data("unused.npz", tmp_path, seed=0)
+
+
+# --- the evaluation CLI ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def evaluation_run(tmp_path_factory, vxm_run, untrained_dgan):
+    out = tmp_path_factory.mktemp("eval")
+    code = evaluate_cli.main(["--data", "demo", *TINY_DATA, "--pairs", "2", "--dgan",
+                              str(untrained_dgan), "--runs", str(vxm_run), "--no-ants",
+                              "--no-progress", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_evaluation_writes_csv_markdown_and_figures(evaluation_run):
+    out = evaluation_run
+    with open(out / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["method"], r["pair"]) for r in rows] == [
+        (m, str(k)) for m in ("identity", "Deform-GAN", "VoxelMorph (MI)") for k in (0, 1)]
+    assert {"dice_mean", "hd95_mean_mm", "folding_fraction", "sdlogj", "seconds", "dice_1",
+            "dice_2", "dice_3"} <= set(rows[0])
+    for row in rows:
+        assert 0 <= float(row["dice_mean"]) <= 1 and float(row["hd95_mean_mm"]) >= 0
+        assert 0 <= float(row["folding_fraction"]) <= 1 and float(row["seconds"]) >= 0
+    for row in rows[:2]:  # identity: the zero flow
+        assert float(row["folding_fraction"]) == 0 and float(row["sdlogj"]) == 0
+    # an untrained T barely moves: the same Dice as the identity, a nearly flat field
+    for before, after in zip(rows[:2], rows[2:4]):
+        assert float(after["dice_mean"]) == pytest.approx(float(before["dice_mean"]), abs=0.02)
+        assert float(after["folding_fraction"]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "| method | Dice | HD95 (mm) | folding (%) | SDlogJ | s / pair |" in summary
+    assert "| Deform-GAN |" in summary and "| grey matter (2) |" in summary
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert figures == ["comparison_pair0.png", "deform_gan_pair0.png", "dice_boxplot.png",
+                       "identity_pair0.png", "voxelmorph_mi_pair0.png"]
+    for name in figures:
+        assert (out / "figures" / name).read_bytes()[:8] == PNG
+    config = json.loads((out / "config.json").read_text())
+    assert config["methods"] == ["identity", "Deform-GAN", "VoxelMorph (MI)"]
+
+
+def test_evaluation_records_read_back(evaluation_run):
+    records = evaluation.read_csv(evaluation_run / "results.csv")
+    summary = evaluation.summary_markdown(records)
+    assert summary.count("\n") == 4  # header, rule, three methods
+
+
+def test_missing_ants_is_skipped_with_a_message(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "ants", None)  # import ants raises ImportError
+    ants, reason = evaluation.import_ants()
+    assert ants is None and "pip install antspyx" in reason
+    assert evaluate_cli.main(["--data", "demo", *TINY_DATA, "--pairs", "1", "--figure-pairs",
+                              "0", "--no-progress", "--out", str(tmp_path)]) == 0
+    assert "ANTs SyN skipped: antspyx is not installed" in capsys.readouterr().err
+    with open(tmp_path / "results.csv", newline="") as handle:
+        assert [r["method"] for r in csv.DictReader(handle)] == ["identity"]
+
+
+def test_missing_brain_data_is_one_line(tmp_path, capsys):
+    assert evaluate_cli.main(["--brain-npz", str(tmp_path / "absent.npz"), "--out",
+                              str(tmp_path / "out")]) == 2
+    assert "the brain benchmark file is missing" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ants") is None, reason="antspyx is not installed")
+def test_ants_flow_follows_the_flow_convention():
+    """ANTs' own warped image is the moving image warped by the flow we derive, and not by its
+    opposite; and it moves the moving image towards the fixed one."""
+    import ants
+
+    rng = np.random.default_rng(3)
+    fixed = np.clip(synth.smooth_noise((24, 24, 24), 4.0, rng)[..., 0] * 0.3 + 0.5, 0, 1)
+    moving = synth.warp(fixed, synth.random_smooth_flow((24, 24, 24), 1.5, 8.0, rng))
+    flow, warped = evaluation.AntsSyNMethod(ants, reg_iterations=(20, 10, 0)).run(
+        moving, fixed, (2.0, 2.0, 2.0))
+    assert flow.shape == (24, 24, 24, 3) and np.abs(flow).max() > 0.2
+    inner = (slice(3, -3),) * 3
+    np.testing.assert_allclose(synth.warp(moving, flow)[inner], warped[inner], atol=1e-4)
+    assert np.abs(synth.warp(moving, -flow) - warped)[inner].max() > 0.01
+    assert np.abs(warped - fixed)[inner].mean() < np.abs(moving - fixed)[inner].mean()
+
+
+# --- the speed benchmark -----------------------------------------------------------------------
+
+
+def test_bench_speed_runs_small(tmp_path, capsys):
+    """Registration timing only: tracing Deform-GAN's training step takes half a minute even
+    for tiny networks (eval/bench_speed.py --train-sizes; measured in docs/BENCHMARKS.md)."""
+    assert bench_speed.main(["--sizes", "12x16x20", "--train-sizes", "--repeats", "2",
+                             "--warmup", "1", "--no-ants", "--t-features", "4,8/8,8,4",
+                             "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "12x16x20: Deform-GAN T / VxmDense inference time =" in out
+    results = json.loads((tmp_path / "bench.json").read_text())
+    inference = results["inference"]["12x16x20"]
+    assert inference["shape"] == [16, 16, 24]  # padded to the U-Net's multiple (8), min 16
+    assert set(inference) == {"shape", "Deform-GAN T", "VoxelMorph VxmDense"}
+    for name in ("Deform-GAN T", "VoxelMorph VxmDense"):
+        m = inference[name]
+        assert len(m["times"]) == 2 and m["seconds"] > 0 and m["peak_mib"] > 0
+    assert results["training_step"] == {}
+    assert (tmp_path / "bench.md").read_text().startswith("| size | method |")
