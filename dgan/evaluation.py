@@ -44,7 +44,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from . import data as ddata  # noqa: E402
 from . import metrics, synth  # noqa: E402
 from .errors import InputError  # noqa: E402
-from .figures import plot_grid  # noqa: E402
+from .figures import plot_grid, save_figure  # noqa: E402
 from .io import Volume, atomic_write  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -410,7 +410,7 @@ def save_method_figure(path, pair, result, label_ids, title=None):
         fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     fig.colorbar(image, cax=fig.add_axes((0.93, 0.3, 0.012, 0.4)), label="det J (black: <= 0)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_comparison_figure(path, pair, results, label_ids, title=None):
@@ -439,7 +439,7 @@ def save_comparison_figure(path, pair, results, label_ids, title=None):
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_dice_boxplot(path, records, label_ids, label_names, title=None):
@@ -475,13 +475,7 @@ def save_dice_boxplot(path, records, label_ids, label_names, title=None):
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def _save(fig, path):
-    with atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _file_name(name):

@@ -71,7 +71,7 @@ def save_pair_figure(path, fixed, moving, moved, flow, translated=None, title=No
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_curves(path, history, title="training losses"):
@@ -86,10 +86,11 @@ def save_curves(path, history, title="training losses"):
         ax.tick_params(labelsize=7)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    """Write a matplotlib figure as PNG atomically and close it."""
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)

@@ -72,6 +72,15 @@ class NetworkConfig:
         return cls(**config)
 
 
+def parse_features(text):
+    """U-Net features from the command-line form ``"16,32,32/32,32,32,16,16"`` (encoder/decoder)."""
+    try:
+        encoder, decoder = text.split("/")
+        return [[int(f) for f in encoder.split(",")], [int(f) for f in decoder.split(",")]]
+    except ValueError:
+        raise ValueError(f"features must look like '16,32,32/32,32,32,16,16', got {text!r}") from None
+
+
 def _as_features(features):
     encoder, decoder = features
     return tuple(int(f) for f in encoder), tuple(int(f) for f in decoder)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import numpy as np  # noqa: E402
 
 import dgan  # noqa: E402,F401
+from dgan.networks import parse_features  # noqa: E402
 from dgan import data as ddata  # noqa: E402
 from dgan import evaluation, synth  # noqa: E402
 from dgan.errors import InputError  # noqa: E402
@@ -40,11 +41,6 @@ from dgan.networks import VXM_FEATURES, NetworkConfig  # noqa: E402
 
 #: ../shared/data beside the repository (the brain benchmark's files).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _features(text):
-    encoder, decoder = text.split("/")
-    return [[int(f) for f in encoder.split(",")], [int(f) for f in decoder.split(",")]]
 
 
 def parser():
@@ -93,7 +89,7 @@ def network_config(moving, fixed, args):
     """(NetworkConfig, moving, fixed): T's (and VxmDense's) features from --t-features, G the
     same U-Net, D its default; the arrays zero-padded, centred, to the networks' multiple, as
     dgan.register.Registrar pads them."""
-    features = _features(args.t_features) if args.t_features else VXM_FEATURES
+    features = parse_features(args.t_features) if args.t_features else VXM_FEATURES
     probe = NetworkConfig((64, 64, 64), t_features=features, g_features=features)
     shape = tuple(max(-(-n // probe.multiple) * probe.multiple, 2 * probe.multiple)
                   for n in moving.shape)

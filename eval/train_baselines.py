@@ -25,16 +25,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import dgan  # noqa: E402,F401
+from dgan.networks import parse_features  # noqa: E402
 from dgan import baselines, training  # noqa: E402
 from dgan.errors import InputError, TrainingDiverged  # noqa: E402
 
 #: ../shared/data beside the repository (the brain benchmark's files).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def _features(text):
-    encoder, decoder = text.split("/")
-    return [[int(f) for f in encoder.split(",")], [int(f) for f in decoder.split(",")]]
 
 
 def parser():
@@ -80,7 +76,7 @@ def parser():
 
 def train_config(args, out):
     """The :class:`dgan.training.TrainConfig` every method trains with."""
-    network = {"t_features": _features(args.t_features), "g_features": _features(args.g_features),
+    network = {"t_features": parse_features(args.t_features), "g_features": parse_features(args.g_features),
                "d_features": args.d_features, "d_layers": args.d_layers,
                "int_steps": args.int_steps}
     common = dict(steps=args.steps, batch_size=args.batch_size, lr_t=args.lr, seed=args.seed,

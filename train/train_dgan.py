@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import dgan  # noqa: E402,F401
+from dgan.networks import parse_features  # noqa: E402
 from dgan import distribute, training  # noqa: E402
 from dgan.compat import tf  # noqa: E402
 from dgan.errors import InputError, TrainingDiverged  # noqa: E402
@@ -65,11 +66,6 @@ def parser():
     return p
 
 
-def _features(text):
-    encoder, decoder = text.split("/")
-    return [[int(f) for f in encoder.split(",")], [int(f) for f in decoder.split(",")]]
-
-
 def settings_from_args(args):
     """The TrainConfig fields the user gave on the command line (and nothing else)."""
     fields = {}
@@ -87,7 +83,7 @@ def settings_from_args(args):
     network = {}
     for key, value in (("t_features", args.t_features), ("g_features", args.g_features)):
         if value is not None:
-            network[key] = _features(value)
+            network[key] = parse_features(value)
     if args.d_features is not None:
         network["d_features"] = args.d_features
     if args.int_steps is not None:
