@@ -90,7 +90,10 @@ def test_mirrored_step_equals_single_device_step(tiny_config, rng):
     initial = [n.get_weights() for n in (single.discriminator, single.generator, single.registration_net)]
     single.fit(tf.data.Dataset.from_tensors(data), epochs=1, verbose=0)
 
-    strategy = tf.distribute.MirroredStrategy(devices)
+    # Reduction through one device rather than collectives: another MirroredStrategy earlier in
+    # the same test process (tests/test_distribute.py) would collide on collective instance keys.
+    strategy = tf.distribute.MirroredStrategy(
+        devices, cross_device_ops=tf.distribute.ReductionToOneDevice())
     with strategy.scope():
         mirrored = make_model(tiny_config, sgd)
         for net, weights in zip((mirrored.discriminator, mirrored.generator, mirrored.registration_net), initial):
