@@ -44,7 +44,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from . import data as ddata  # noqa: E402
 from . import metrics, synth  # noqa: E402
 from .errors import InputError  # noqa: E402
-from .figures import plot_grid, save_figure  # noqa: E402
+from .figures import display_slice, finish_panels, plot_grid, save_figure  # noqa: E402
 from .io import Volume, atomic_write  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -357,15 +357,9 @@ def summary_markdown(records, benchmark=None, digits=3):
 # --- figures -----------------------------------------------------------------------------------
 
 
-def _slice(volume, axis, index=None):
-    """A slice across ``axis`` (the middle one by default), oriented as dgan.figures shows it."""
-    index = volume.shape[axis] // 2 if index is None else index
-    return np.rot90(np.take(volume, index, axis=axis))
-
-
 def _contours(ax, labels, label_ids, color, axis):
     """Outline every label of ``label_ids`` in the middle slice of ``labels``."""
-    section = _slice(labels, axis)
+    section = display_slice(labels, axis)
     for label in label_ids:
         mask = section == label
         if mask.any() and not mask.all():
@@ -388,26 +382,20 @@ def save_method_figure(path, pair, result, label_ids, title=None):
     fig, axes = plt.subplots(3, 4, figsize=(11.0, 8.4))
     for row, axis in enumerate((2, 1, 0)):
         ax = axes[row, 0]
-        ax.imshow(_slice(pair["fixed"], axis), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(display_slice(pair["fixed"], axis), cmap="gray", vmin=0, vmax=1)
         _contours(ax, pair["fixed_labels"], label_ids, "tab:red", axis)
         _contours(ax, result.labels, label_ids, "cyan", axis)
         ax = axes[row, 1]
-        ax.imshow(_slice(result.moved, axis), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(display_slice(result.moved, axis), cmap="gray", vmin=0, vmax=1)
         _contours(ax, pair["fixed_labels"], label_ids, "tab:red", axis)
-        ax = axes[row, 2]
-        ax.imshow(_slice(result.moved, axis), cmap="gray", vmin=0, vmax=1, alpha=0.5)
-        plot_grid(ax, result.flow, axis)
-        image = _jacobian_panel(axes[row, 3], _slice(det, axis))
+        plot_grid(axes[row, 2], result.flow, axis, background=result.moved)
+        image = _jacobian_panel(axes[row, 3], display_slice(det, axis))
         if row == 0:
             for ax, name in zip(axes[0], ("fixed: fixed (red), warped (cyan) labels",
                                           "moved + fixed labels", "deformation grid",
                                           "Jacobian determinant")):
                 ax.set_title(name, fontsize=8)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
+    finish_panels(fig, axes, title)
     fig.tight_layout(rect=(0, 0, 0.92, 1))
     fig.colorbar(image, cax=fig.add_axes((0.93, 0.3, 0.012, 0.4)), label="det J (black: <= 0)")
     save_figure(fig, path)
@@ -423,21 +411,16 @@ def save_comparison_figure(path, pair, results, label_ids, title=None):
     fig, axes = plt.subplots(rows, 3, figsize=(8.4, 2.8 * rows), squeeze=False)
     for row, (name, result) in enumerate(results.items()):
         ax = axes[row, 0]
-        ax.imshow(_slice(pair["fixed"], 2), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(display_slice(pair["fixed"], 2), cmap="gray", vmin=0, vmax=1)
         _contours(ax, pair["fixed_labels"], label_ids, "tab:red", 2)
         _contours(ax, result.labels, label_ids, "cyan", 2)
         ax.set_ylabel(name, fontsize=9)
-        axes[row, 1].imshow(_slice(result.moved, 2), cmap="gray", vmin=0, vmax=1, alpha=0.5)
-        plot_grid(axes[row, 1], result.flow, 2)
-        _jacobian_panel(axes[row, 2], _slice(metrics.jacobian_determinant(result.flow), 2))
+        plot_grid(axes[row, 1], result.flow, 2, background=result.moved)
+        _jacobian_panel(axes[row, 2], display_slice(metrics.jacobian_determinant(result.flow), 2))
     for ax, name in zip(axes[0], ("fixed (red) / warped (cyan) labels", "deformation grid",
                                   "Jacobian det. (0..2)")):
         ax.set_title(name, fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
+    finish_panels(fig, axes, title)
     fig.tight_layout()
     save_figure(fig, path)
 

@@ -12,22 +12,36 @@ import numpy as np  # noqa: E402
 from .io import atomic_write  # noqa: E402
 
 
-def _middle(volume, axis):
-    """The middle slice of a (X, Y, Z) volume across ``axis``, oriented for display."""
-    return np.rot90(np.take(volume, volume.shape[axis] // 2, axis=axis))
+def display_slice(volume, axis, index=None):
+    """A slice of a (X, Y, Z) volume across ``axis`` (the middle one by default), oriented for
+    display; every dgan figure shows slices this way."""
+    index = volume.shape[axis] // 2 if index is None else index
+    return np.rot90(np.take(volume, index, axis=axis))
 
 
-def plot_grid(ax, flow, axis, spacing=4):
+def finish_panels(fig, axes, title=None):
+    """No ticks on any panel, and the figure's title if one is given."""
+    for ax in np.ravel(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+
+
+def plot_grid(ax, flow, axis, spacing=4, background=None):
     """Draw the deformed grid p + flow(p) in the middle slice across ``axis``.
 
     :param flow: shape = (X, Y, Z, 3), in voxels
+    :param background: optional (X, Y, Z) image shown faintly under the grid
     """
+    if background is not None:
+        ax.imshow(display_slice(background, axis), cmap="gray", vmin=0, vmax=1, alpha=0.5)
     in_plane = [d for d in range(3) if d != axis]
     field = np.take(flow, flow.shape[axis] // 2, axis=axis)  # (a, b, 3)
     a, b = np.meshgrid(*(np.arange(field.shape[i], dtype=float) for i in (0, 1)), indexing="ij")
     u = a + field[..., in_plane[0]]
     v = b + field[..., in_plane[1]]
-    # display as _middle does: rot90 maps (a, b) to (row = B - 1 - b, column = a)
+    # display as display_slice does: rot90 maps (a, b) to (row = B - 1 - b, column = a)
     rows, cols = field.shape[1] - 1 - v, u
     for i in range(0, field.shape[0], spacing):
         ax.plot(cols[i, :], rows[i, :], color="tab:orange", linewidth=0.6)
@@ -54,22 +68,17 @@ def save_pair_figure(path, fixed, moving, moved, flow, translated=None, title=No
     for row, axis in enumerate((2, 1, 0)):  # axial, coronal, sagittal
         for col, (name, volume) in enumerate(images):
             ax = axes[row, col]
-            ax.imshow(_middle(volume, axis), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(display_slice(volume, axis), cmap="gray", vmin=0, vmax=1)
             if fixed_labels is not None:
-                ax.contour(_middle(fixed_labels, axis), levels=np.unique(fixed_labels)[1:] - 0.5,
+                ax.contour(display_slice(fixed_labels, axis), levels=np.unique(fixed_labels)[1:] - 0.5,
                            colors="tab:red", linewidths=0.5)
             if row == 0:
                 ax.set_title(name, fontsize=9)
         grid_ax = axes[row, -1]
-        grid_ax.imshow(_middle(moved, axis), cmap="gray", vmin=0, vmax=1, alpha=0.5)
-        plot_grid(grid_ax, flow, axis)
+        plot_grid(grid_ax, flow, axis, background=moved)
         if row == 0:
             grid_ax.set_title("deformation grid", fontsize=9)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
+    finish_panels(fig, axes, title)
     fig.tight_layout()
     save_figure(fig, path)
 
