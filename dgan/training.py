@@ -307,9 +307,10 @@ def _add_log_file(path):
     handler.setLevel(logging.INFO)
     root = logging.getLogger("dgan")
     root.addHandler(handler)
+    previous_level = root.level
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
-    return handler
+    return handler, previous_level
 
 
 def train(config, run_dir, resume=False, progress=True, extra_callbacks=(), restart=False):
@@ -336,12 +337,13 @@ def train(config, run_dir, resume=False, progress=True, extra_callbacks=(), rest
     # non-chief workers write to a scratch folder that is removed at the end
     out_dir = run_dir if chief else Path(tempfile.mkdtemp(prefix="dgan-worker-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    handler = _add_log_file(out_dir / "train.log")
+    handler, previous_level = _add_log_file(out_dir / "train.log")
     try:
         return _train(config, run_dir, out_dir, resume, strategy, chief, progress,
                       extra_callbacks, started)
     finally:
         logging.getLogger("dgan").removeHandler(handler)
+        logging.getLogger("dgan").setLevel(previous_level)
         handler.close()
         if not chief:
             shutil.rmtree(out_dir, ignore_errors=True)
