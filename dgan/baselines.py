@@ -95,6 +95,9 @@ def build_vxm_dense(network_config, name="vxm_dense"):
     ``int_resolution=1`` integrates at full resolution, as T does, so that both networks have the
     same layers. Inputs ``[moving, fixed]`` (B, X, Y, Z, 1); outputs ``[moved, flow]``.
     """
+    if network_config.flow_resolution != 1:
+        raise ValueError("the VxmDense baseline needs flow_resolution 1: VoxelMorph 0.2 does not "
+                         "upsample a coarse field the way T does")
     encoder, decoder = network_config.t_features
     return vxm.networks.VxmDense(
         network_config.shape,

@@ -98,6 +98,7 @@ def local_gradient_direction(image, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS
     :param image: shape = (B, X, Y, Z, 1)
     :return: shape = (B, X, Y, Z, 3)
     """
+    image = tf.convert_to_tensor(image)
     v = box_sum(spatial_gradient(image), window)
     tiny = tf.constant(np.finfo(image.dtype.as_numpy_dtype).tiny, image.dtype)
     norm = tf.sqrt(tf.reduce_sum(tf.square(v), axis=-1, keepdims=True) + tiny)
@@ -129,6 +130,7 @@ def local_cross_correlation(fixed, moving, window=DEFAULT_LCC_WINDOW, eps=DEFAUL
     :return: shape = (B,)
     """
     window = _check_window(window)
+    fixed, moving = tf.convert_to_tensor(fixed), tf.convert_to_tensor(moving)
     count = tf.constant(float(window**3), fixed.dtype)
     sums = box_sum(
         tf.concat([fixed, moving, fixed * fixed, moving * moving, fixed * moving], axis=-1), window

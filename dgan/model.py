@@ -27,7 +27,9 @@ from .networks import build_discriminator, build_generator, build_registration_n
 class LossWeights:
     """The paper's loss weights and window sizes.
 
-    :param alpha: weight of the smoothness term sum |grad phi|^2 in L_T
+    :param alpha: weight of the smoothness term sum |grad phi|^2 in L_T. The sum runs over all 9
+        derivatives dphi_c/dx_d, where VoxelMorph's ``Grad('l2')`` averages them, so alpha = 1 is
+        VoxelMorph's lambda = 9 and VoxelMorph's lambda = 1 (its advice for NCC) is alpha = 1/9
     :param beta: weight of the local-gradient term L_LG(R, F(phi)) in L_T
     :param mu: weight of the local-gradient term L_LG(F'(phi), F(phi)) in L_G
     :param lam: lambda, weight of L1(F'(phi), R) in L_G
@@ -171,10 +173,14 @@ class DeformGAN(keras.Model):
         gradients = tape.gradient(loss, net.trainable_variables)
         optimizer.apply_gradients(zip(gradients, net.trainable_variables))
 
-    def train_d(self, moving, fixed):
-        """Step 1: update D only."""
-        out = self.registration_net({"moving": moving, "fixed": fixed}, training=False)
-        moved = out["moved"]
+    def warp_moving(self, moving, fixed):
+        """F(phi) from the current T, without training it."""
+        return self.registration_net({"moving": moving, "fixed": fixed}, training=False)["moved"]
+
+    def train_d(self, moving, fixed, moved=None):
+        """Step 1: update D only. ``moved``: F(phi) if already computed with the current T."""
+        if moved is None:
+            moved = self.warp_moving(moving, fixed)
         translated = self.generator(moved, training=False)
         with tf.GradientTape() as tape:
             terms = self.discriminator_terms(moved, translated, fixed, training=True)
@@ -182,9 +188,10 @@ class DeformGAN(keras.Model):
         self._update(tape, loss, self.d_optimizer, self.discriminator)
         return terms
 
-    def train_g(self, moving, fixed):
-        """Step 2: update G only."""
-        moved = self.registration_net({"moving": moving, "fixed": fixed}, training=False)["moved"]
+    def train_g(self, moving, fixed, moved=None):
+        """Step 2: update G only. ``moved``: F(phi) if already computed with the current T."""
+        if moved is None:
+            moved = self.warp_moving(moving, fixed)
         with tf.GradientTape() as tape:
             terms = self.generator_terms(moved, fixed, training=True)
             loss = tf.nn.compute_average_loss(terms["g_loss"])
@@ -201,9 +208,11 @@ class DeformGAN(keras.Model):
 
     def train_step(self, data):
         moving, fixed = data["moving"], data["fixed"]
+        # T is frozen during the D and G updates, so F(phi) is the same for both: compute it once
+        moved = self.warp_moving(moving, fixed)
         terms = {}
-        terms.update(self.train_d(moving, fixed))
-        terms.update(self.train_g(moving, fixed))
+        terms.update(self.train_d(moving, fixed, moved=moved))
+        terms.update(self.train_g(moving, fixed, moved=moved))
         terms.update(self.train_t(moving, fixed))
         return self._report(terms)
 

@@ -87,6 +87,9 @@ def test_vxm_dense_weights_in_t_compute_the_same(tiny_config, int_steps, rng):
 def test_structure_check_rejects_other_features(tiny_config):
     import dataclasses
 
+    with pytest.raises(ValueError, match="flow_resolution 1"):
+        baselines.build_vxm_dense(dataclasses.replace(tiny_config, flow_resolution=2))
+
     other = dataclasses.replace(tiny_config, t_features=((4, 8), (8, 8, 8)))
     with pytest.raises(ValueError, match="does not match"):
         baselines.check_same_structure(baselines.build_vxm_dense(other),

@@ -185,6 +185,13 @@ def test_dtype_is_kept(rng):
         assert value.dtype == tf.float64
 
 
+def test_numpy_arrays_are_accepted(rng):
+    a, b = (rng.random((1, 9, 10, 11, 1)).astype(np.float32) for _ in range(2))
+    for similarity in (losses.local_gradient_similarity, losses.local_cross_correlation):
+        np.testing.assert_allclose(similarity(a, b, 3).numpy(),
+                                   similarity(tf.constant(a), tf.constant(b), 3).numpy())
+
+
 @pytest.mark.parametrize("window", [0, 2, -3, 4.5])
 def test_bad_window_refused(window):
     with pytest.raises(ValueError, match="odd positive integer"):

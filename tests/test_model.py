@@ -51,7 +51,8 @@ def test_train_step_updates_all_three_in_order_and_reports_every_term(tiny_confi
     calls = []
     for update in ("train_d", "train_g", "train_t"):
         original = getattr(model, update)
-        setattr(model, update, lambda m, f, _o=original, _n=update: calls.append(_n) or _o(m, f))
+        setattr(model, update,
+                lambda m, f, _o=original, _n=update, **kw: calls.append(_n) or _o(m, f, **kw))
     data = make_batch(rng)
     before = {n: snapshot(getattr(model, n)) for n in ("discriminator", "generator", "registration_net")}
     logs = model.train_step(data)
@@ -60,6 +61,19 @@ def test_train_step_updates_all_three_in_order_and_reports_every_term(tiny_confi
     assert all(changed(before[n], getattr(model, n)) for n in before)
     test_logs = model.test_step(data)
     assert set(test_logs) == set(LOSS_NAMES)
+
+
+def test_train_step_equals_the_three_updates_each_computing_its_own_moved(tiny_config, rng):
+    """train_step computes F(phi) once for D and G; T is frozen then, so nothing changes."""
+    data = make_batch(rng)
+    one, three = make_model(tiny_config), make_model(tiny_config)
+    one.train_step(data)
+    for update in (three.train_d, three.train_g, three.train_t):
+        update(data["moving"], data["fixed"])
+    for name in ("discriminator", "generator", "registration_net"):
+        for a, b in zip(getattr(one, name).trainable_variables,
+                        getattr(three, name).trainable_variables):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=name)
 
 
 def test_fit_reduces_the_registration_loss_on_a_shifted_pair(tiny_config):

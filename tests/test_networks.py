@@ -54,10 +54,45 @@ def test_diffeomorphic_option_integrates_the_field(tiny_config):
     assert net({"moving": x, "fixed": x})["flow"].shape == (1, 16, 16, 16, 3)
 
 
-def test_registration_net_saves_and_reloads(tiny_config, rng, tmp_path):
-    net = build_registration_net(tiny_config)
+@pytest.mark.parametrize("int_steps", [0, 3])
+def test_half_resolution_field_is_upsampled_with_its_displacements_scaled(tiny_config, int_steps):
+    """flow_resolution 2: the field is predicted on an 8^3 grid; a constant coarse field c
+    (in coarse voxels) is a constant 2c in full-resolution voxels (integrated: still 2c)."""
+    config = NetworkConfig(**{**tiny_config.__dict__, "flow_resolution": 2,
+                              "int_steps": int_steps})
+    net = build_registration_net(config)
+    field = "velocity" if int_steps else "flow"
+    coarse = net.get_layer(f"{field}_coarse")
+    assert coarse.output.shape[1:] == (8, 8, 8, 3)
+    kernel, bias = coarse.get_weights()
+    c = np.array([0.5, -0.25, 0.0], "float32")
+    coarse.set_weights([np.zeros_like(kernel), c])
+    x = np.random.default_rng(0).random((1, 16, 16, 16, 1)).astype("float32")
+    flow = net({"moving": x, "fixed": x})["flow"].numpy()
+    assert flow.shape == (1, 16, 16, 16, 3)
+    np.testing.assert_allclose(flow, np.broadcast_to(2 * c, flow.shape), atol=1e-5)
+    # the last up-sampling is skipped
+    def upsamplings(model):
+        return sum(type(layer).__name__ == "UpSampling3D" for layer in model.layers)
+
+    full = build_registration_net(NetworkConfig(**{**config.__dict__, "flow_resolution": 1}))
+    assert upsamplings(net) == upsamplings(full) - 1
+
+
+def test_flow_resolution_must_be_a_power_of_two_within_t(tiny_config):
+    for bad in (0, 3, 8):  # tiny T down-samples twice: 1, 2 or 4
+        with pytest.raises(ValueError, match="flow_resolution"):
+            NetworkConfig(**{**tiny_config.__dict__, "flow_resolution": bad})
+    assert NetworkConfig(**{**tiny_config.__dict__, "flow_resolution": 4}).flow_resolution == 4
+
+
+@pytest.mark.parametrize("flow_resolution", [1, 2])
+def test_registration_net_saves_and_reloads(tiny_config, rng, tmp_path, flow_resolution):
+    config = NetworkConfig(**{**tiny_config.__dict__, "flow_resolution": flow_resolution})
+    net = build_registration_net(config)
     x = {k: rng.random((1, 16, 16, 16, 1)).astype("float32") for k in ("moving", "fixed")}
-    net.get_layer("flow").set_weights([w + 0.01 * rng.standard_normal(w.shape) for w in net.get_layer("flow").get_weights()])
+    layer = net.get_layer("flow_coarse" if flow_resolution > 1 else "flow")
+    layer.set_weights([w + 0.01 * rng.standard_normal(w.shape) for w in layer.get_weights()])
     path = tmp_path / "t.keras"
     net.save(path)
     again = keras.models.load_model(path, custom_objects=custom_objects())

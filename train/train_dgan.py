@@ -60,6 +60,8 @@ def parser():
                      help="ramp T's LCC weight from 0 to 1 over this many steps (0: paper, weight 1)")
     net = p.add_argument_group("networks")
     net.add_argument("--int-steps", type=int, help="diffeomorphic integration steps (0: off)")
+    net.add_argument("--flow-resolution", type=int, choices=(1, 2, 4),
+                     help="T predicts the field at 1/k resolution and upsamples it (demo: 2)")
     net.add_argument("--t-features", help="T's U-Net features, e.g. '16,32,32/32,32,32,16,16'")
     net.add_argument("--g-features", help="G's U-Net features, same form")
     net.add_argument("--d-features", type=int, help="D's first-layer features")
@@ -86,8 +88,9 @@ def settings_from_args(args):
             network[key] = parse_features(value)
     if args.d_features is not None:
         network["d_features"] = args.d_features
-    if args.int_steps is not None:
-        network["int_steps"] = args.int_steps
+    for key in ("int_steps", "flow_resolution"):
+        if getattr(args, key) is not None:
+            network[key] = getattr(args, key)
     if network:
         fields["network"] = network
     if loss:
