@@ -409,6 +409,10 @@ def train_baseline(method, config, run_dir, loss=None, progress=True):
 def _train_baseline(method, config, run_dir, loss, progress):
     started = time.perf_counter()
     network_config = config.network_config
+    if method == "vxm" and network_config.flow_resolution != 1:
+        logger.info("VxmDense predicts its field at full resolution (flow_resolution 1): "
+                    "VoxelMorph 0.2 upsamples a coarse field only when integrating")
+        network_config = dataclasses.replace(network_config, flow_resolution=1)
     _write_json(run_dir / "config.json", {
         "method": method, "name": METHOD_NAMES[method], "data": config.to_dict(),
         "loss": loss.to_dict(),
