@@ -119,15 +119,12 @@ def build_registration_net(config, name="registration_net"):
     features = _unet([moving, fixed], config.t_features, f"{name}_unet", upsample_skips=skips)
     init = keras.initializers.RandomNormal(mean=0.0, stddev=1e-5)
     field_name = "velocity" if config.int_steps > 0 else "flow"
-    if skips:
-        field_name += "_coarse"
-    field = keras.layers.Conv3D(3, 3, padding="same", kernel_initializer=init, name=field_name)(
-        features
-    )
+    field = keras.layers.Conv3D(
+        3, 3, padding="same", kernel_initializer=init,
+        name=f"{field_name}_coarse" if skips else field_name,
+    )(features)
     if skips:  # resize to full resolution, scaling the displacements (voxels) with it
-        field = vxm.layers.RescaleTransform(
-            config.flow_resolution, name="velocity" if config.int_steps > 0 else "flow"
-        )(field)
+        field = vxm.layers.RescaleTransform(config.flow_resolution, name=field_name)(field)
     if config.int_steps > 0:
         flow = vxm.layers.VecInt(method="ss", int_steps=config.int_steps, name="flow")(field)
     else:
