@@ -64,6 +64,11 @@ MIN_SIZE = 8
 #: needs. Coarse, so that a demo run trains in minutes on two CPU cores.
 DEMO_SHAPE = (32, 40, 32)
 DEMO_SPACING = 5.0
+#: Demo deformations (voxels): each image of a pair is displaced by up to 20 mm over a 80 mm
+#: control-point spacing, the large, smooth misalignment of scans that were not registered.
+#: Same ratio as synth's defaults, so no folding.
+DEMO_MAX_DISPLACEMENT = 4.0
+DEMO_SMOOTHNESS = 16.0
 
 # Separate random streams per purpose, so that no two purposes ever share random numbers even
 # when they are given the same seed: np.random.default_rng([seed, stream, index]).
@@ -445,18 +450,21 @@ def _demo_volumes(shape, spacing):
 def demo_dataset(batch_size, seed, start_step=0, shape=DEMO_SHAPE, input_context=None,
                  spacing=DEMO_SPACING):
     """The demo training data: :func:`make_dataset` over the demo T1 (moving) and T2-like
-    (fixed), each sample with its own random deformation and intensities for either side, so
-    that moving and fixed never start aligned.
+    (fixed), each sample with its own random deformation (:data:`DEMO_MAX_DISPLACEMENT`,
+    :data:`DEMO_SMOOTHNESS`) and intensities for either side, so that moving and fixed never
+    start aligned.
 
     :return: ``tf.data.Dataset`` of ``{"moving", "fixed"}``, each (B, X, Y, Z, 1) float32
     """
     demo = demo_volumes(shape, spacing)
     return make_dataset([demo.t1], [demo.t2], batch_size, seed, start_step=start_step,
-                        augment=True, input_context=input_context)
+                        augment=True, input_context=input_context,
+                        max_displacement=DEMO_MAX_DISPLACEMENT, smoothness=DEMO_SMOOTHNESS)
 
 
 def demo_validation_pairs(n=4, seed=1234, shape=DEMO_SHAPE, spacing=DEMO_SPACING):
-    """Fixed, seeded demo pairs for validation, drawn from a random stream training never uses.
+    """Fixed, seeded demo pairs for validation, drawn from a random stream training never uses,
+    deformed like the training pairs.
 
     :return: list of n dicts: ``moving``, ``fixed`` (X, Y, Z) float32 in [0, 1];
         ``moving_labels``, ``fixed_labels`` (X, Y, Z) int32 tissue classes, warped with the
@@ -467,7 +475,7 @@ def demo_validation_pairs(n=4, seed=1234, shape=DEMO_SHAPE, spacing=DEMO_SPACING
     for k in range(n):
         rng = np.random.default_rng([seed, _VALIDATION_STREAM, k])
         pairs.append(_deformed_pair(demo.t1, demo.t2, demo.labels, demo.labels, rng,
-                                    DEFAULT_MAX_DISPLACEMENT, DEFAULT_SMOOTHNESS))
+                                    DEMO_MAX_DISPLACEMENT, DEMO_SMOOTHNESS))
     return pairs
 
 

@@ -78,8 +78,10 @@ def train_config(args, out):
     """The :class:`dgan.training.TrainConfig` every method trains with."""
     network = {"t_features": parse_features(args.t_features), "g_features": parse_features(args.g_features),
                "d_features": args.d_features, "d_layers": args.d_layers,
-               "int_steps": args.int_steps}
+               "int_steps": args.int_steps, "g_residual": False, "d_pool": 1}
+    # every method trains with a constant learning rate: the baselines' trainer has no schedule
     common = dict(steps=args.steps, batch_size=args.batch_size, lr_t=args.lr, seed=args.seed,
+                  lr_decay="constant",
                   network=network, n_val=args.n_val, log_every=args.log_every,
                   checkpoint_every=args.steps, validate_every=0,
                   loss={"lg_window": args.lg_window, "lcc_window": args.lcc_window})

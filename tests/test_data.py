@@ -275,6 +275,24 @@ def test_demo_validation_pairs_are_seeded_and_not_aligned():
     assert not np.array_equal(pairs[0]["fixed"], pairs[1]["fixed"])
 
 
+def test_demo_pairs_use_the_demo_deformations(monkeypatch):
+    """Training and validation pairs are deformed by up to DEMO_MAX_DISPLACEMENT voxels over
+    DEMO_SMOOTHNESS voxels, larger and smoother than synth's defaults."""
+    seen = []
+    real = data.random_smooth_flow
+
+    def spy(shape, max_displacement, smoothness, rng):
+        seen.append((max_displacement, smoothness))
+        return real(shape, max_displacement, smoothness, rng)
+
+    monkeypatch.setattr(data, "random_smooth_flow", spy)
+    data.demo_validation_pairs(n=1, **SMALL)
+    take(data.demo_dataset(1, seed=0, **SMALL), 1)
+    assert len(seen) >= 4  # moving and fixed of a validation pair, then of training pairs
+    assert set(seen) == {(data.DEMO_MAX_DISPLACEMENT, data.DEMO_SMOOTHNESS)}
+    assert data.DEMO_MAX_DISPLACEMENT > synth.DEFAULT_MAX_DISPLACEMENT
+
+
 # --- real-data benchmark ---------------------------------------------------------------------
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dgan.compat import keras
+from dgan.compat import keras, tf
 from dgan.networks import (
     NetworkConfig,
     build_discriminator,
@@ -110,3 +110,35 @@ def test_config_round_trip_and_refusals():
         NetworkConfig((32, 32))
     with pytest.raises(ValueError, match="too small"):
         NetworkConfig((16, 16, 16))
+
+
+def test_residual_generator_starts_as_the_identity_and_learns_a_correction(tiny_config, rng):
+    config = NetworkConfig(**{**tiny_config.__dict__, "g_residual": True})
+    g = build_generator(config)
+    x = rng.random((2, 16, 16, 16, 1)).astype("float32")
+    np.testing.assert_array_equal(g(x).numpy(), x)  # F'(phi) = F(phi) + 0 at initialisation
+    # one gradient step towards 1 - x moves the output away from x: the correction is trainable
+    residual = g.get_layer("translation_residual")
+    before = [w.copy() for w in residual.get_weights()]
+    optimizer = keras.optimizers.SGD(0.1)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(tf.abs(g(x) - (1.0 - x)))
+    optimizer.apply_gradients(zip(tape.gradient(loss, g.trainable_variables), g.trainable_variables))
+    assert not np.allclose(residual.get_weights()[0], before[0])
+    assert np.abs(g(x).numpy() - x).max() > 1e-3
+
+
+def test_pooled_discriminator_scores_a_coarser_grid(tiny_config, rng):
+    x = rng.random((1, 16, 16, 16, 1)).astype("float32")
+    plain = build_discriminator(tiny_config)
+    pooled = build_discriminator(NetworkConfig(**{**tiny_config.__dict__, "d_pool": 2}))
+    assert plain([x, x]).shape == (1, 4, 4, 4, 1)  # two strides
+    assert pooled([x, x]).shape == (1, 2, 2, 2, 1)  # pooling, then two strides
+    assert pooled.get_layer("discriminator_pool").pool_size == (2, 2, 2)
+    # the pooling counts as a down-sampling in the shapes the networks accept
+    assert NetworkConfig(**{**tiny_config.__dict__, "d_pool": 2}).multiple == 8
+    with pytest.raises(ValueError, match="too small"):
+        NetworkConfig(**{**tiny_config.__dict__, "d_pool": 4})
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="d_pool"):
+            NetworkConfig(**{**tiny_config.__dict__, "d_pool": bad})

@@ -71,18 +71,47 @@ def test_run_writes_every_output(three_step_run, capsys):
     assert "validation mean Dice" in (run / "train.log").read_text()
 
 
-def test_resume_continues_like_an_uninterrupted_run(three_step_run, tmp_path):
+def test_demo_and_user_data_get_their_own_defaults_and_the_cli_overrides_them():
+    demo = training.TrainConfig()
+    assert demo.lr_g == training.DEMO_LR_G and demo.network_config.g_residual
+    assert demo.network_config.d_pool == 2 and demo.loss_weights.lam == 10.0
+    scans = training.TrainConfig(moving=["t1/"], fixed=["t2/"], shape=(32, 32, 32))
+    assert scans.lr_g == training.DEFAULT_LR_G
+    assert not scans.network_config.g_residual and scans.network_config.d_pool == 1
+    assert training.TrainConfig(lr_g=5e-4).lr_g == 5e-4
+    args = cli.parser().parse_args([*TINY, "--no-g-residual", "--d-pool", "1", "--lr-g", "3e-4"])
+    config = training.TrainConfig(**cli.settings_from_args(args))
+    assert not config.network_config.g_residual and config.network_config.d_pool == 1
+    assert config.lr_g == 3e-4
+    assert training.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).lr_g == 3e-4
+
+
+def test_resume_continues_at_the_saved_step_with_a_larger_budget(three_step_run, tmp_path):
     resumed = tmp_path / "resumed"
     shutil.copytree(three_step_run, resumed)
+    saved = checkpoint_weights(tf.train.latest_checkpoint(str(resumed / "checkpoints")))
     assert cli.main(["--resume", str(resumed), "--steps", "5", "--no-progress"]) == 0
     assert tf.train.latest_checkpoint(str(resumed / "checkpoints")).endswith("ckpt-5")
     steps = [l.split(",")[0] for l in (resumed / "losses.csv").read_text().splitlines()[1:]]
     assert steps == ["1", "2", "3", "4", "5"]
     assert (resumed / "checkpoints" / "ckpt-3.index").exists()  # nothing overwritten
+    assert json.loads((resumed / "config.json").read_text())["steps"] == 5
+    after = checkpoint_weights(tf.train.latest_checkpoint(str(resumed / "checkpoints")))
+    iterations = [k for k in after if k.endswith("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")]
+    assert len(iterations) == 3 and all(after[k] == 5 for k in iterations)  # 3 restored + 2
+    assert all(saved[k] == 3 for k in iterations)
 
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
+    """Same budget: the learning-rate schedule, optimizer state and data order all continue."""
+    interrupted = tmp_path / "interrupted"
+    result = training.train(tiny_config(steps=5, checkpoint_every=100), interrupted,
+                            progress=False, extra_callbacks=[_SendSignal(2, signal.SIGINT)])
+    assert result.stopped_early and result.step == 3
+    assert cli.main(["--resume", str(interrupted), "--no-progress"]) == 0
     straight = tmp_path / "straight"
     assert cli.main([*TINY, "--steps", "5", "--checkpoint-every", "100", "--out", str(straight)]) == 0
-    a = checkpoint_weights(tf.train.latest_checkpoint(str(resumed / "checkpoints")))
+    a = checkpoint_weights(tf.train.latest_checkpoint(str(interrupted / "checkpoints")))
     b = checkpoint_weights(tf.train.latest_checkpoint(str(straight / "checkpoints")))
     assert a.keys() == b.keys()
     optimizer_slots = [k for k in a if "optimizer" in k and k.endswith("VARIABLE_VALUE") and "iter" not in k]

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import dgan  # noqa: E402,F401
 from dgan.networks import parse_features  # noqa: E402
+from dgan.schedules import SCHEDULES  # noqa: E402
 from dgan import distribute, training  # noqa: E402
 from dgan.compat import tf  # noqa: E402
 from dgan.errors import InputError, TrainingDiverged  # noqa: E402
@@ -33,7 +34,7 @@ def parser():
     data.add_argument("--shape", nargs=3, type=int, help="network input shape X Y Z")
     data.add_argument("--spacing", type=float, help="resample to this voxel size in mm (0: native)")
     run = p.add_argument_group("run")
-    run.add_argument("--steps", type=int, help="total training steps (default 250)")
+    run.add_argument("--steps", type=int, help="total training steps (default 400)")
     run.add_argument("--batch-size", type=int, help="global batch size (default 1)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -50,6 +51,9 @@ def parser():
     opt.add_argument("--lr-t", type=float)
     opt.add_argument("--lr-g", type=float)
     opt.add_argument("--lr-d", type=float)
+    opt.add_argument("--lr-decay", choices=SCHEDULES,
+                     help="learning rates constant, or constant for the first half of --steps "
+                          "then linearly to 0 (default: linear, as CycleGAN)")
     opt.add_argument("--alpha", type=float, help="smoothness weight in L_T")
     opt.add_argument("--beta", type=float, help="local-gradient weight in L_T")
     opt.add_argument("--mu", type=float, help="local-gradient weight in L_G")
@@ -64,7 +68,12 @@ def parser():
                      help="T predicts the field at 1/k resolution and upsamples it (demo: 2)")
     net.add_argument("--t-features", help="T's U-Net features, e.g. '16,32,32/32,32,32,16,16'")
     net.add_argument("--g-features", help="G's U-Net features, same form")
+    net.add_argument("--g-residual", action=argparse.BooleanOptionalAction,
+                     help="G adds a learnt correction to its input and starts as the identity "
+                          "(demo: on)")
     net.add_argument("--d-features", type=int, help="D's first-layer features")
+    net.add_argument("--d-pool", type=int, choices=(1, 2, 4),
+                     help="D average-pools its input by this factor first (demo: 2)")
     return p
 
 
@@ -72,7 +81,7 @@ def settings_from_args(args):
     """The TrainConfig fields the user gave on the command line (and nothing else)."""
     fields = {}
     for name in ("moving", "fixed", "val_pairs", "steps", "batch_size", "seed", "checkpoint_every",
-                 "keep_checkpoints", "validate_every", "strategy", "lr_t", "lr_g", "lr_d"):
+                 "keep_checkpoints", "validate_every", "strategy", "lr_t", "lr_g", "lr_d", "lr_decay"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     if args.shape is not None:
@@ -88,7 +97,7 @@ def settings_from_args(args):
             network[key] = parse_features(value)
     if args.d_features is not None:
         network["d_features"] = args.d_features
-    for key in ("int_steps", "flow_resolution"):
+    for key in ("int_steps", "flow_resolution", "g_residual", "d_pool"):
         if getattr(args, key) is not None:
             network[key] = getattr(args, key)
     if network:
