@@ -31,13 +31,13 @@ import numpy as np
 from . import callbacks as cb
 from . import data as ddata
 from . import figures, metrics, synth
-from .schedules import SCHEDULES, learning_rate
 from .compat import keras, tf
 from .errors import InputError, TrainingDiverged
 from .export import Preprocessing, save_model_folder
 from .io import atomic_write, load_volume
 from .model import LOSS_NAMES, DeformGAN, LossWeights
 from .networks import NetworkConfig
+from .schedules import SCHEDULES, learning_rate
 
 logger = logging.getLogger(__name__)
 
@@ -147,8 +147,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, config):
+        """A configuration from ``config.json``. A setting the file lacks (it was written before
+        the setting existed) takes the value the run was trained with, not today's default."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in config.items() if k in known})
+        fields = {**_ABSENT_MEANS, **{k: v for k, v in config.items() if k in known}}
+        if "network" in config:
+            fields["network"] = {**_ABSENT_NETWORK_MEANS, **config["network"]}
+        return cls(**fields)
+
+
+#: What a ``config.json`` written before these settings existed was trained with.
+_ABSENT_MEANS = {"lr_decay": "constant"}
+_ABSENT_NETWORK_MEANS = {"g_residual": False, "d_pool": 1}
 
 
 @dataclass

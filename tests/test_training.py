@@ -120,6 +120,18 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(a[name], b[name], atol=1e-5, err_msg=name)
 
 
+def test_a_config_written_before_a_setting_existed_keeps_what_it_was_trained_with(three_step_run):
+    saved = json.loads((three_step_run / "config.json").read_text())
+    assert saved["lr_decay"] == "linear" and saved["network"]["g_residual"] is True
+    del saved["lr_decay"], saved["network"]["g_residual"], saved["network"]["d_pool"]
+    old = training.TrainConfig.from_dict(saved)
+    assert old.lr_decay == "constant"
+    assert not old.network_config.g_residual and old.network_config.d_pool == 1
+    # a complete file round-trips unchanged
+    full = json.loads((three_step_run / "config.json").read_text())
+    assert training.TrainConfig.from_dict(full).to_dict() == full
+
+
 def test_resume_refuses_changed_data_settings(three_step_run, tmp_path, capsys):
     resumed = tmp_path / "resumed"
     shutil.copytree(three_step_run, resumed)

@@ -95,9 +95,7 @@ def settings_from_args(args):
     for key, value in (("t_features", args.t_features), ("g_features", args.g_features)):
         if value is not None:
             network[key] = parse_features(value)
-    if args.d_features is not None:
-        network["d_features"] = args.d_features
-    for key in ("int_steps", "flow_resolution", "g_residual", "d_pool"):
+    for key in ("d_features", "int_steps", "flow_resolution", "g_residual", "d_pool"):
         if getattr(args, key) is not None:
             network[key] = getattr(args, key)
     if network:
