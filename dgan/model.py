@@ -177,10 +177,8 @@ class DeformGAN(keras.Model):
         """F(phi) from the current T, without training it."""
         return self.registration_net({"moving": moving, "fixed": fixed}, training=False)["moved"]
 
-    def train_d(self, moving, fixed, moved=None):
-        """Step 1: update D only. ``moved``: F(phi) if already computed with the current T."""
-        if moved is None:
-            moved = self.warp_moving(moving, fixed)
+    def train_d(self, moved, fixed):
+        """Step 1: update D only. ``moved``: F(phi) from the current, frozen T."""
         translated = self.generator(moved, training=False)
         with tf.GradientTape() as tape:
             terms = self.discriminator_terms(moved, translated, fixed, training=True)
@@ -188,10 +186,8 @@ class DeformGAN(keras.Model):
         self._update(tape, loss, self.d_optimizer, self.discriminator)
         return terms
 
-    def train_g(self, moving, fixed, moved=None):
-        """Step 2: update G only. ``moved``: F(phi) if already computed with the current T."""
-        if moved is None:
-            moved = self.warp_moving(moving, fixed)
+    def train_g(self, moved, fixed):
+        """Step 2: update G only. ``moved``: F(phi) from the current, frozen T."""
         with tf.GradientTape() as tape:
             terms = self.generator_terms(moved, fixed, training=True)
             loss = tf.nn.compute_average_loss(terms["g_loss"])
@@ -211,8 +207,8 @@ class DeformGAN(keras.Model):
         # T is frozen during the D and G updates, so F(phi) is the same for both: compute it once
         moved = self.warp_moving(moving, fixed)
         terms = {}
-        terms.update(self.train_d(moving, fixed, moved=moved))
-        terms.update(self.train_g(moving, fixed, moved=moved))
+        terms.update(self.train_d(moved, fixed))
+        terms.update(self.train_g(moved, fixed))
         terms.update(self.train_t(moving, fixed))
         return self._report(terms)
 

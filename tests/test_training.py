@@ -123,10 +123,13 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
 def test_a_config_written_before_a_setting_existed_keeps_what_it_was_trained_with(three_step_run):
     saved = json.loads((three_step_run / "config.json").read_text())
     assert saved["lr_decay"] == "linear" and saved["network"]["g_residual"] is True
+    assert saved["network"]["flow_resolution"] == 2
     del saved["lr_decay"], saved["network"]["g_residual"], saved["network"]["d_pool"]
+    del saved["network"]["flow_resolution"]
     old = training.TrainConfig.from_dict(saved)
     assert old.lr_decay == "constant"
     assert not old.network_config.g_residual and old.network_config.d_pool == 1
+    assert old.network_config.flow_resolution == 1
     # a complete file round-trips unchanged
     full = json.loads((three_step_run / "config.json").read_text())
     assert training.TrainConfig.from_dict(full).to_dict() == full
