@@ -249,7 +249,7 @@ def _objective(level, u, config):
     return loss[0]
 
 
-@tf.function(reduce_retracing=True)
+@tf.function
 def _adam_step(level, u, m, v, t, config):
     with tf.GradientTape() as tape:
         tape.watch(u)
@@ -264,7 +264,7 @@ def _adam_step(level, u, m, v, t, config):
     return u, m, v, t, loss
 
 
-_field_function = tf.function(_field, reduce_retracing=True)
+_field_function = tf.function(_field)
 
 
 def _level_shapes(shape, levels, control):
