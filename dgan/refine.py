@@ -78,8 +78,8 @@ class RefineConfig:
     steps: int = 50
     levels: tuple = (2, 1)
     control: int = 2
-    learning_rate: float = 0.25
-    alpha: float = 0.1
+    learning_rate: float = 0.1
+    alpha: float = 5.0
     beta: float = 1.0
     w_lcc: float = 1.0
     lg_window: int = losses.DEFAULT_LG_WINDOW
