@@ -190,17 +190,20 @@ class ModelMethod:
     warps the moving image and labels from their own grid.
 
     :param name: shown in the tables
-    :param folder: the model folder
+    :param folder: the model folder, or None: refinement alone from the identity
+    :param refine_steps: instance refinement iterations per level after T (:mod:`dgan.refine`);
+        0: T alone
+    :param refine_config: :class:`dgan.refine.RefineConfig` for the other settings, or None
     """
 
     warmup = True  # the first call builds T for the padded shape and traces predict
 
-    def __init__(self, name, folder):
+    def __init__(self, name, folder, refine_steps=0, refine_config=None):
         from .register import Registrar
 
         self.name = name
-        self.folder = os.fspath(folder)
-        self.registrar = Registrar(folder)
+        self.folder = None if folder is None else os.fspath(folder)
+        self.registrar = Registrar(folder, refine_steps=refine_steps, refine_config=refine_config)
 
     def register(self, moving, fixed, moving_labels, spacing):
         affine = _affine(spacing)

@@ -1,21 +1,25 @@
 """Trained Deform-GAN registration networks on disk: the dgan model folder and TF Serving exports.
 
-Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) registers with T alone; G and D only shape T
-during training. This module stores T in two forms:
+Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) registers with T; G renders the moved image in
+the fixed modality and serves instance refinement (:mod:`dgan.refine`); D only shapes T during
+training. This module stores them in two forms:
 
 - the **model folder**, written at the end of training by :func:`save_model_folder` and read by
   :func:`load_model_folder` (and so by :mod:`dgan.register`)::
 
       <folder>/
         registration_net.keras   T as a Keras model file (tf_keras .keras format)
-        dgan_model.json          {"format": "dgan-model", "format_version": 1,
+        generator.keras          G, the same way (format_version 2; absent in version 1 folders)
+        dgan_model.json          {"format": "dgan-model", "format_version": 2,
                                   "network": NetworkConfig.to_dict(),
                                   "preprocessing": {"shape": [X, Y, Z],
                                                     "spacing": [sx, sy, sz] or null (native),
                                                     "percentiles": [0.5, 99.5],
                                                     "orientation": "RAS"}, ...}
 
-- a **TensorFlow Serving SavedModel**, written by :func:`export_saved_model` (CLI ``dgan-export``)
+  Folders of format_version 1 (T alone) still load; their ``generator`` is None.
+
+- a **TensorFlow Serving SavedModel** of T alone, written by :func:`export_saved_model` (CLI ``dgan-export``)
   as ``<base>/<version>/saved_model.pb`` + ``variables/``, with one ``serving_default``
   signature: float32 inputs ``moving`` and ``fixed``, shape (batch, X, Y, Z, 1); outputs
   ``moved`` (batch, X, Y, Z, 1) and ``flow`` (batch, X, Y, Z, 3). It holds only TensorFlow ops and
@@ -37,16 +41,20 @@ from . import __version__
 from . import io as dio
 from .compat import keras, tf
 from .errors import InputError
-from .networks import NetworkConfig, build_registration_net, custom_objects
+from .networks import NetworkConfig, build_generator, build_registration_net, custom_objects
 
 #: Name of the Keras model file of T inside a model folder.
 MODEL_FILE = "registration_net.keras"
+#: Name of the Keras model file of G inside a model folder (format_version 2).
+GENERATOR_FILE = "generator.keras"
 #: Name of the description file inside a model folder.
 CONFIG_FILE = "dgan_model.json"
 #: Value of the "format" key of :data:`CONFIG_FILE`.
 FORMAT_NAME = "dgan-model"
-#: Version of the model-folder format written here; :func:`load_model_folder` reads this one.
-FORMAT_VERSION = 1
+#: Version of the model-folder format written here (2: G beside T).
+FORMAT_VERSION = 2
+#: Versions :func:`load_model_folder` reads (1: T alone).
+READ_VERSIONS = (1, 2)
 #: Intensity percentiles mapped to 0 and 1 in training (:func:`dgan.io.normalize_intensity`).
 DEFAULT_PERCENTILES = (0.5, 99.5)
 #: Name of the TF Serving signature.
@@ -122,6 +130,8 @@ class ModelFolder:
     :param network_config: :class:`dgan.networks.NetworkConfig`
     :param preprocessing: :class:`Preprocessing`
     :param description: the parsed ``dgan_model.json``
+    :param generator: G, a Keras model ``moved`` (B, X, Y, Z, 1) -> F'(phi), or None (a folder
+        written before G was kept, format_version 1)
     """
 
     path: str
@@ -129,6 +139,7 @@ class ModelFolder:
     network_config: NetworkConfig
     preprocessing: Preprocessing
     description: dict
+    generator: object = None
 
 
 # --- the model folder ---------------------------------------------------------------------------
@@ -142,14 +153,17 @@ def _as_preprocessing(preprocessing, network_config):
     return Preprocessing.from_dict(preprocessing)
 
 
-def _description(network_config, preprocessing):
+def _description(network_config, preprocessing, with_generator):
+    files = {"registration_net": MODEL_FILE}
+    if with_generator:
+        files["generator"] = GENERATOR_FILE
     return {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
         "dgan_version": __version__,
         "network": network_config.to_dict(),
         "preprocessing": preprocessing.to_dict(),
-        "files": {"registration_net": MODEL_FILE},
+        "files": files,
         "flow": FLOW_CONVENTION,
     }
 
@@ -162,13 +176,18 @@ def _spatial_input_shape(net, name):
     return tuple(int(s) for s in tuple(tensor.shape)[1:4])
 
 
+def _first_input_shape(net):
+    shape = tuple(net.inputs[0].shape)
+    return tuple(int(s) for s in shape[1:4]) if len(shape) == 5 and None not in shape[1:4] else None
+
+
 def _one_line(error):
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def save_model_folder(registration_net, network_config, preprocessing, path):
-    """Write T and its description as a dgan model folder, atomically.
+def save_model_folder(registration_net, network_config, preprocessing, path, *, generator=None):
+    """Write T (and G) and their description as a dgan model folder, atomically.
 
     The folder is built under a temporary name beside ``path`` and renamed into place when
     complete; an existing folder at ``path`` is replaced only then.
@@ -179,6 +198,8 @@ def save_model_folder(registration_net, network_config, preprocessing, path):
     :param preprocessing: :class:`Preprocessing` or its dict (``shape``, ``spacing`` in mm or
         None, ``percentiles``); None: ``network_config.shape``, native spacing, (0.5, 99.5)
     :param path: the model folder to write
+    :param generator: G, from :func:`dgan.networks.build_generator` (e.g. ``DeformGAN.generator``),
+        kept for instance refinement; None writes T alone
     :return: ``path`` as a string
     """
     preprocessing = _as_preprocessing(preprocessing, network_config)
@@ -188,11 +209,18 @@ def save_model_folder(registration_net, network_config, preprocessing, path):
             f"registration_net takes volumes of shape {shape}, but network_config says "
             f"{network_config.shape}"
         )
-    description = _description(network_config, preprocessing)
+    if generator is not None:
+        g_shape = _spatial_input_shape(generator, "moved") or _first_input_shape(generator)
+        if g_shape != network_config.shape:
+            raise ValueError(f"generator takes volumes of shape {g_shape}, but network_config "
+                             f"says {network_config.shape}")
+    description = _description(network_config, preprocessing, generator is not None)
     path = os.fspath(path)
     with dio.atomic_write(path) as tmp:
         os.makedirs(tmp)
         registration_net.save(os.path.join(tmp, MODEL_FILE))
+        if generator is not None:
+            generator.save(os.path.join(tmp, GENERATOR_FILE))
         with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
             json.dump(description, f, indent=2)
             f.write("\n")
@@ -215,9 +243,10 @@ def _read_description(path):
             f"not a dgan model folder: {CONFIG_FILE} is not a dgan model description", path
         )
     version = description.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise InputError(
-            f"{CONFIG_FILE} has format_version {version!r}; this dgan reads {FORMAT_VERSION}", path
+            f"{CONFIG_FILE} has format_version {version!r}; this dgan reads "
+            f"{' or '.join(map(str, READ_VERSIONS))}", path
         )
     try:
         network_config = NetworkConfig.from_dict(description["network"])
@@ -247,10 +276,7 @@ def load_model_folder(path):
     model_path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(model_path):
         raise InputError(f"not a dgan model folder: {MODEL_FILE} is missing", path)
-    try:
-        net = keras.models.load_model(model_path, custom_objects=custom_objects(), compile=False)
-    except Exception as error:  # zipfile, h5py and Keras raise many types for a corrupt file
-        raise InputError(f"{MODEL_FILE} cannot be loaded ({_one_line(error)})", path) from error
+    net = _load_keras(path, MODEL_FILE)
     names = set(getattr(net, "output_names", None) or [])
     shape = _spatial_input_shape(net, "moving")
     if not {"moved", "flow"} <= names or shape != network_config.shape:
@@ -259,13 +285,31 @@ def load_model_folder(path):
             f"(outputs {sorted(names)}, input shape {shape})",
             path,
         )
+    generator = None
+    generator_file = (description.get("files") or {}).get("generator")
+    if generator_file is not None:
+        if not os.path.isfile(os.path.join(path, generator_file)):
+            raise InputError(f"{generator_file} is missing (named in {CONFIG_FILE})", path)
+        generator = _load_keras(path, generator_file)
+        if _first_input_shape(generator) != network_config.shape:
+            raise InputError(f"{generator_file} is not a generator for shape "
+                             f"{network_config.shape}", path)
     return ModelFolder(
         path=path,
         registration_net=net,
         network_config=network_config,
         preprocessing=preprocessing,
         description=description,
+        generator=generator,
     )
+
+
+def _load_keras(folder, name):
+    try:
+        return keras.models.load_model(os.path.join(folder, name),
+                                       custom_objects=custom_objects(), compile=False)
+    except Exception as error:  # zipfile, h5py and Keras raise many types for a corrupt file
+        raise InputError(f"{name} cannot be loaded ({_one_line(error)})", folder) from error
 
 
 def as_model_folder(model):
@@ -285,16 +329,33 @@ def registration_net_for_shape(model, shape):
     :raises InputError: a shape the network cannot take
     """
     model = as_model_folder(model)
+    return _net_for_shape(model, model.registration_net, build_registration_net, shape,
+                          "registration network")
+
+
+def generator_for_shape(model, shape):
+    """G with the trained weights for volumes of spatial ``shape`` (as
+    :func:`registration_net_for_shape`); None when the folder has no G.
+
+    :return: a Keras model (B, X, Y, Z, 1) -> (B, X, Y, Z, 1), or None
+    """
+    model = as_model_folder(model)
+    if model.generator is None:
+        return None
+    return _net_for_shape(model, model.generator, build_generator, shape, "generator")
+
+
+def _net_for_shape(model, trained, builder, shape, what):
     shape = tuple(int(s) for s in shape)
     if shape == model.network_config.shape:
-        return model.registration_net
+        return trained
     try:
         config = dataclasses.replace(model.network_config, shape=shape)
     except ValueError as error:
-        raise InputError(f"cannot build the registration network: {error}") from error
-    net = build_registration_net(config)
+        raise InputError(f"cannot build the {what}: {error}") from error
+    net = builder(config)
     try:
-        net.set_weights(model.registration_net.get_weights())
+        net.set_weights(trained.get_weights())
     except ValueError as error:
         raise InputError(
             f"the weights do not fit the network described in {CONFIG_FILE} ({error})", model.path

@@ -53,6 +53,9 @@ def box_sum(x, window):
     window = _check_window(window)
     if window == 1:
         return x
+    x = tf.convert_to_tensor(x)
+    if x.shape[1:4].is_fully_defined():
+        return _banded_box_sum(x, window)
     shape = tf.shape(x)
     channels = x.shape[-1]
     # channels into the batch axis, so one single-channel kernel serves them all
@@ -65,6 +68,23 @@ def box_sum(x, window):
         x = tf.nn.conv3d(x, tf.reshape(ones, kernel_shape), [1] * 5, padding="SAME")
     x = tf.reshape(x, [shape[0], channels, shape[1], shape[2], shape[3]])
     return tf.transpose(x, [0, 2, 3, 4, 1])
+
+
+def _band(n, window, dtype):
+    """(n, n) matrix of ones where |i - j| <= window // 2: band @ v sums v over the window."""
+    i = np.arange(n)
+    return tf.constant(np.abs(i[:, None] - i[None, :]) <= window // 2, dtype=dtype)
+
+
+def _banded_box_sum(x, window):
+    """:func:`box_sum` for static spatial sizes as three matrix products with banded matrices of
+    ones; on CPU several times faster than the separable convolution, backward pass included."""
+    x_size, y_size, z_size = x.shape[1:4]
+    x = tf.transpose(x, [1, 2, 3, 0, 4])  # (X, Y, Z, B, C)
+    x = tf.tensordot(_band(x_size, window, x.dtype), x, [[1], [0]])  # (X, Y, Z, B, C)
+    x = tf.tensordot(x, _band(y_size, window, x.dtype), [[1], [1]])  # (X, Z, B, C, Y)
+    x = tf.tensordot(x, _band(z_size, window, x.dtype), [[1], [1]])  # (X, B, C, Y, Z)
+    return tf.transpose(x, [1, 0, 3, 4, 2])  # (B, X, Y, Z, C)
 
 
 def spatial_gradient(image):
@@ -112,10 +132,19 @@ def local_gradient_similarity(fixed, moving, window=DEFAULT_LG_WINDOW, eps=DEFAU
     :param moving: F, shape = (B, X, Y, Z, 1)
     :return: shape = (B,)
     """
-    dot = tf.reduce_sum(
-        local_gradient_direction(fixed, window, eps) * local_gradient_direction(moving, window, eps),
-        axis=-1,
-    )
+    return local_gradient_agreement(local_gradient_direction(fixed, window, eps), moving, window, eps)
+
+
+def local_gradient_agreement(fixed_direction, moving, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS):
+    """L_LG(R, F) from R's precomputed directions n(R, p): mean over p of |n(R, p) . n(F, p)|.
+
+    For a fixed image R that does not change (instance refinement), n(R, p) is computed once.
+
+    :param fixed_direction: n(R, p) from :func:`local_gradient_direction`, shape = (B, X, Y, Z, 3)
+    :param moving: F, shape = (B, X, Y, Z, 1)
+    :return: shape = (B,)
+    """
+    dot = tf.reduce_sum(fixed_direction * local_gradient_direction(moving, window, eps), axis=-1)
     return tf.reduce_mean(tf.abs(dot), axis=[1, 2, 3])
 
 
@@ -129,13 +158,36 @@ def local_cross_correlation(fixed, moving, window=DEFAULT_LCC_WINDOW, eps=DEFAUL
     :param moving: F, shape = (B, X, Y, Z, 1)
     :return: shape = (B,)
     """
+    fixed = tf.convert_to_tensor(fixed)
+    return correlation_from_statistics(local_statistics(fixed, window), fixed, moving, window, eps)
+
+
+def local_statistics(image, window=DEFAULT_LCC_WINDOW):
+    """The window sums of R that L_LCC needs, S(R) and S(R^2) (zero-padded).
+
+    :param image: R, shape = (B, X, Y, Z, 1)
+    :return: shape = (B, X, Y, Z, 2)
+    """
+    image = tf.convert_to_tensor(image)
+    return box_sum(tf.concat([image, image * image], axis=-1), window)
+
+
+def correlation_from_statistics(fixed_statistics, fixed, moving, window=DEFAULT_LCC_WINDOW,
+                                eps=DEFAULT_LCC_EPS):
+    """L_LCC(R, F) with R's window sums precomputed by :func:`local_statistics`.
+
+    :param fixed_statistics: S(R), S(R^2), shape = (B, X, Y, Z, 2)
+    :param fixed: R, shape = (B, X, Y, Z, 1)
+    :param moving: F, shape = (B, X, Y, Z, 1)
+    :return: shape = (B,)
+    """
     window = _check_window(window)
     fixed, moving = tf.convert_to_tensor(fixed), tf.convert_to_tensor(moving)
     count = tf.constant(float(window**3), fixed.dtype)
-    sums = box_sum(
-        tf.concat([fixed, moving, fixed * fixed, moving * moving, fixed * moving], axis=-1), window
+    s_r, s_rr = tf.unstack(fixed_statistics, axis=-1)
+    s_f, s_ff, s_rf = tf.unstack(
+        box_sum(tf.concat([moving, moving * moving, fixed * moving], axis=-1), window), axis=-1
     )
-    s_r, s_f, s_rr, s_ff, s_rf = tf.unstack(sums, axis=-1)
     zero = tf.constant(0.0, fixed.dtype)
     cross = s_rf - s_r * s_f / count
     var_r = tf.maximum(s_rr - s_r * s_r / count, zero)

@@ -1,7 +1,12 @@
 """Register scans with a trained Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) network T.
 
-Inference uses T alone: ``{"moving" F, "fixed" R}`` -> ``{"moved" F(phi), "flow" phi}``, loaded
-from a dgan model folder (:mod:`dgan.export`).
+T predicts the field in one pass: ``{"moving" F, "fixed" R}`` -> ``{"moved" F(phi), "flow" phi}``,
+loaded from a dgan model folder (:mod:`dgan.export`). Then, unless ``refine_steps`` is 0, the
+field is polished on the pair by instance refinement (:mod:`dgan.refine`) with Deform-GAN's own
+objective, G (from the model folder) frozen. Without a model folder, refinement alone registers
+from the identity with the local-gradient term and smoothness: cross-modal, training-free.
+Refinement runs on the fixed scan's own grid (arrays: their grid), intensities scaled as in
+training.
 
 - :meth:`Registrar.register_arrays`: arrays of any size on one voxel grid (one pair or a batch).
   Intensities are scaled as in training (:func:`dgan.io.normalize_intensity`), the volumes are
@@ -33,6 +38,7 @@ Flow convention everywhere: displacement in voxels of the grid it lives on, 'ij'
 import argparse
 import contextlib
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -43,7 +49,15 @@ from scipy import ndimage
 from . import io as dio
 from . import metrics, synth
 from .errors import InputError
-from .export import as_model_folder, registration_net_for_shape
+from .export import (
+    DEFAULT_PERCENTILES, as_model_folder, generator_for_shape, registration_net_for_shape,
+)
+from .refine import RefineConfig, refine
+
+logger = logging.getLogger(__name__)
+
+#: Refinement iterations per level by default (see docs/BENCHMARKS.md for the measurements).
+DEFAULT_REFINE_STEPS = 50
 
 #: The flow file's NIfTI ``descrip`` (at most 80 characters) and intent name (at most 16).
 FLOW_DESCRIP = "dgan flow: voxels of this grid, ij, moved(p)=moving(p+flow(p))"
@@ -63,10 +77,12 @@ class ArrayRegistration:
 
     :param moved: the moving array warped, in its own intensity units: shape = input shape, float32
     :param flow: displacement in voxels, shape = input shape + (3,), float32
+    :param seconds: wall time, ``{"network": T, "refinement": refinement}``
     """
 
     moved: np.ndarray
     flow: np.ndarray
+    seconds: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -80,7 +96,8 @@ class FileRegistration:
     :param header: the fixed scan's header (None for .npz files)
     :param folding_fraction: fraction of voxels with det(I + grad flow) <= 0
     :param network_affine: affine of the grid T ran on (RAS+, training spacing)
-    :param network_shape: shape of that grid, before padding
+    :param network_shape: shape of that grid, before padding (the fixed grid without a model)
+    :param seconds: wall time, ``{"network": T, "refinement": refinement}``
     """
 
     moved: np.ndarray
@@ -91,33 +108,49 @@ class FileRegistration:
     folding_fraction: float
     network_affine: np.ndarray
     network_shape: tuple
+    seconds: dict = dataclasses.field(default_factory=dict)
 
 
 class Registrar:
-    """Registers scans with the T of a dgan model folder.
+    """Registers scans with the T of a dgan model folder, then refines the field on the pair.
 
-    :param model: a model folder path, or a :class:`dgan.export.ModelFolder`
-    :raises InputError: not a dgan model folder
+    :param model: a model folder path, a :class:`dgan.export.ModelFolder`, or None: refinement
+        alone from the identity (local gradient + smoothness; ``refine_steps`` must be > 0)
+    :param refine_steps: refinement iterations per level; 0: T's field as it is
+    :param refine_config: :class:`dgan.refine.RefineConfig` for everything else (its ``steps``
+        is replaced by ``refine_steps``); None: the defaults
+    :param progress: called with one line of text per refinement level, or None
+    :raises InputError: not a dgan model folder; bad refinement settings
     """
 
-    def __init__(self, model):
-        self.model = as_model_folder(model)
-        self._nets = {}  # spatial shape -> T built for it
+    def __init__(self, model, refine_steps=DEFAULT_REFINE_STEPS, refine_config=None,
+                 progress=None):
+        base = RefineConfig() if refine_config is None else refine_config
+        self.refine_config = dataclasses.replace(base, steps=refine_steps)  # checks the value
+        self.model = None if model is None else as_model_folder(model)
+        if self.model is None and self.refine_config.steps == 0:
+            raise InputError("without a model folder, refinement steps must be > 0")
+        self.progress = progress
+        self._nets = {}  # (kind, spatial shape) -> T or G built for it
+        self._said_no_generator = False
 
     @property
     def network_config(self):
-        return self.model.network_config
+        return None if self.model is None else self.model.network_config
 
     @property
     def preprocessing(self):
-        return self.model.preprocessing
+        """:class:`dgan.export.Preprocessing` of the model, or None without one."""
+        return None if self.model is None else self.model.preprocessing
 
-    def network_for(self, shape):
-        """T for volumes of spatial ``shape`` (a valid padded shape), built once and cached."""
-        shape = tuple(int(s) for s in shape)
-        if shape not in self._nets:
-            self._nets[shape] = registration_net_for_shape(self.model, shape)
-        return self._nets[shape]
+    def network_for(self, shape, kind="T"):
+        """T (or G, ``kind="G"``; None without one) for volumes of spatial ``shape`` (a valid
+        padded shape), built once and cached."""
+        key = (kind, tuple(int(s) for s in shape))
+        if key not in self._nets:
+            build = registration_net_for_shape if kind == "T" else generator_for_shape
+            self._nets[key] = build(self.model, key[1])
+        return self._nets[key]
 
     def padded_shape(self, shape):
         """The smallest shape >= ``shape`` that T takes: multiples of ``multiple``, >= 2 of them."""
@@ -131,21 +164,60 @@ class Registrar:
         :param fixed: shape = (B, X, Y, Z)
         :return: flow in voxels, shape = (B, X, Y, Z, 3), float32
         """
-        low, high = self.preprocessing.percentiles
         shape = moving.shape[1:]
-        target = self.padded_shape(shape)
-
-        def prepare(batch):  # (B, X, Y, Z) -> ((B, X', Y', Z', 1) scaled and padded, CropPad)
-            padded = [dio.crop_or_pad(dio.normalize_intensity(v, low, high), target) for v in batch]
-            return np.stack([array for array, _ in padded])[..., np.newaxis], padded[0][1]
-
-        moving_in, crop = prepare(moving)
-        fixed_in, _ = prepare(fixed)
-        out = self.network_for(target).predict(
+        if self.model is None:
+            return np.zeros(moving.shape + (3,), np.float32)
+        moving_in, window = self._network_input(moving)
+        fixed_in, _ = self._network_input(fixed)
+        out = self.network_for(moving_in.shape[1:4]).predict(
             {"moving": moving_in, "fixed": fixed_in}, batch_size=1, verbose=0
         )
-        window = tuple(slice(-o, -o + n) for o, n in zip(crop.offset, shape))  # undo the padding
         return np.asarray(out["flow"][(slice(None), *window)], dtype=np.float32)
+
+    def _network_input(self, batch):
+        """(B, X, Y, Z) -> ((B, X', Y', Z', 1) scaled and padded, the window that undoes it)."""
+        target = self.padded_shape(batch.shape[1:])
+        padded = [dio.crop_or_pad(self.scaled(v), target) for v in batch]
+        window = tuple(slice(-o, -o + n) for o, n in zip(padded[0][1].offset, batch.shape[1:]))
+        return np.stack([array for array, _ in padded])[..., np.newaxis], window
+
+    def scaled(self, volume):
+        """Intensities scaled as in training (:func:`dgan.io.normalize_intensity`)."""
+        percentiles = DEFAULT_PERCENTILES if self.model is None else self.preprocessing.percentiles
+        return dio.normalize_intensity(volume, *percentiles)
+
+    def translate(self, moving):
+        """G(F): the moving arrays rendered in the fixed modality by the model's G, on their grid.
+
+        :param moving: shape = (B, X, Y, Z)
+        :return: shape = (B, X, Y, Z), float32, or None (no model, no G, or w_lcc = 0)
+        """
+        if self.model is None or self.refine_config.w_lcc == 0:
+            return None
+        if self.model.generator is None:
+            if not self._said_no_generator:
+                logger.warning("%s has no generator G (written before G was kept): refinement "
+                               "uses the local-gradient term alone", self.model.path)
+                self._said_no_generator = True
+            return None
+        moving_in, window = self._network_input(moving)
+        generator = self.network_for(moving_in.shape[1:4], kind="G")
+        out = generator.predict(moving_in, batch_size=1, verbose=0)
+        return np.asarray(out[(slice(None), *window, 0)], dtype=np.float32)
+
+    def refine_flow(self, moving, fixed, flow, translated):
+        """Refine ``flow`` on one pair of arrays on one grid (:func:`dgan.refine.refine`).
+
+        :param moving: shape = (X, Y, Z), in its own units (scaled here)
+        :param fixed: shape = (X, Y, Z)
+        :param flow: T's field, shape = (X, Y, Z, 3), voxels
+        :param translated: G(F) on this grid (already scaled), or None
+        :return: the refined flow, shape = (X, Y, Z, 3), float32
+        """
+        if self.refine_config.steps == 0:
+            return flow
+        return refine(self.scaled(moving), self.scaled(fixed), flow, translated,
+                      self.refine_config, self.progress).flow
 
     def register_arrays(self, moving, fixed):
         """Register arrays that share one voxel grid, of any size.
@@ -167,11 +239,20 @@ class Registrar:
         single = moving.ndim == 3
         moving_batch = moving[np.newaxis] if single else moving  # (B, X, Y, Z)
         fixed_batch = fixed[np.newaxis] if single else fixed
+        started = time.perf_counter()
         flow = self.predict_flow(moving_batch, fixed_batch)  # (B, X, Y, Z, 3)
+        network = time.perf_counter()
+        if self.refine_config.steps:
+            translated = self.translate(moving_batch)
+            flow = np.stack([
+                self.refine_flow(m, f, phi, None if translated is None else translated[b])
+                for b, (m, f, phi) in enumerate(zip(moving_batch, fixed_batch, flow))
+            ])
+        seconds = {"network": network - started, "refinement": time.perf_counter() - network}
         moved = np.stack([synth.warp(m, f) for m, f in zip(moving_batch, flow)])
         if single:
-            return ArrayRegistration(moved=moved[0], flow=flow[0])
-        return ArrayRegistration(moved=moved, flow=flow)
+            return ArrayRegistration(moved=moved[0], flow=flow[0], seconds=seconds)
+        return ArrayRegistration(moved=moved, flow=flow, seconds=seconds)
 
     def network_grid(self, volume):
         """``volume`` prepared as in training: RAS+, resampled to the training voxel size.
@@ -179,6 +260,8 @@ class Registrar:
         :param volume: :class:`dgan.io.Volume`
         :return: :class:`dgan.io.Volume` on the network grid
         """
+        if self.model is None:
+            return volume
         canonical = dio.to_canonical(volume)
         spacing = self.preprocessing.spacing
         return canonical if spacing is None else dio.resample_to_spacing(canonical, spacing)
@@ -191,11 +274,21 @@ class Registrar:
         :param moving_labels: :class:`dgan.io.Volume` of labels (its own affine), or None
         :return: :class:`FileRegistration`
         """
+        started = time.perf_counter()
         on_fixed = dio.resample_to_grid(moving, fixed.affine, fixed.shape, order=1)
         fixed_n = self.network_grid(fixed)
         moving_n = self.network_grid(on_fixed)  # same grid: a function of affine and shape
         flow_n = self.predict_flow(moving_n.array[np.newaxis], fixed_n.array[np.newaxis])[0]
         flow = flow_to_grid(flow_n, fixed_n.affine, fixed.affine, fixed.shape)
+        network = time.perf_counter()
+        if self.refine_config.steps:
+            translated = self.translate(moving_n.array[np.newaxis])
+            if translated is not None:  # G(F) from the network grid onto the fixed grid
+                translated = dio.resample_to_grid(
+                    dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
+                ).array
+            flow = self.refine_flow(on_fixed.array, fixed.array, flow, translated)
+        seconds = {"network": network - started, "refinement": time.perf_counter() - network}
         moved = sample_through_world(moving, fixed.affine, flow, order=1)
         labels = None
         if moving_labels is not None:
@@ -209,6 +302,7 @@ class Registrar:
             folding_fraction=metrics.folding_fraction(flow),
             network_affine=fixed_n.affine,
             network_shape=fixed_n.shape,
+            seconds=seconds,
         )
 
     def register_files(self, moving_path, fixed_path, moving_labels=None):
@@ -367,22 +461,49 @@ def check_outputs(*paths):
 # --- command line -------------------------------------------------------------------------------
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad arguments in one line (no usage block): exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _whole_number(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
 def _parser():
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="dgan-register",
-        description="Register a moving scan to a fixed scan with a trained Deform-GAN model. "
+        description="Register a moving scan to a fixed scan with a trained Deform-GAN model, "
+        "then refine the field on the pair (Deform-GAN's objective, G frozen); without --model, "
+        "refinement alone (local gradient + smoothness, no training). "
         "Outputs are NIfTI on the fixed scan's grid, with its affine and header. "
         "The flow is 4D (X, Y, Z, 3): displacements in voxels of the fixed grid, 'ij' "
         "indexing, moved(p) = moving(p + flow(p)).",
     )
     add = parser.add_argument
-    add("--model", required=True, metavar="FOLDER", help="dgan model folder (from training)")
+    add("--model", metavar="FOLDER", help="dgan model folder (from training); without it, "
+        "refinement alone from the identity")
     add("--moving", required=True, metavar="PATH", help="moving scan (.nii, .nii.gz, .mgz, .npz)")
     add("--fixed", required=True, metavar="PATH", help="fixed scan; outputs are on its grid")
     add("--out-moved", required=True, metavar="PATH", help="registered moving scan (.nii[.gz])")
     add("--out-flow", required=True, metavar="PATH", help="displacement field (.nii[.gz])")
     add("--moving-labels", metavar="PATH", help="label map of the moving scan (its own grid)")
     add("--out-labels", metavar="PATH", help="registered labels (.nii[.gz]); with --moving-labels")
+    add("--refine-steps", type=_whole_number, default=DEFAULT_REFINE_STEPS, metavar="N",
+        help="refinement iterations per level (default %(default)s; 0: T's field alone)")
+    add("--refine-levels", type=int, nargs="+", default=list(RefineConfig.levels), metavar="F",
+        help="refinement levels as down-sampling factors of the fixed grid, coarse to fine, "
+             "powers of two (default %(default)s)")
+    add("--diffeomorphic", action="store_true",
+        help="refine a stationary velocity field (scaling and squaring): no folding")
     return parser
 
 
@@ -394,9 +515,12 @@ def main(argv=None):
         parser.error("--moving-labels and --out-labels must be given together")
     start = time.perf_counter()
     try:
+        config = RefineConfig(levels=tuple(args.refine_levels),
+                              int_steps=7 if args.diffeomorphic else 0)
         check_outputs(args.out_moved, args.out_flow, args.out_labels)
+        registrar = Registrar(args.model, refine_steps=args.refine_steps, refine_config=config,
+                              progress=print)
         moving, fixed, labels = load_inputs(args.moving, args.fixed, args.moving_labels)
-        registrar = Registrar(args.model)
         result = registrar.register_volumes(moving, fixed, labels)
         write_outputs(result, args.out_moved, args.out_flow, args.out_labels)
     except InputError as error:
@@ -407,7 +531,8 @@ def main(argv=None):
         f"non-positive Jacobian determinant: {result.folding_fraction:.6f} of voxels "
         f"({100 * result.folding_fraction:.4f}%)"
     )
-    print(f"run time: {seconds:.2f} s")
+    print(f"run time: {seconds:.2f} s (network {result.seconds['network']:.2f} s, "
+          f"refinement {result.seconds['refinement']:.2f} s)")
     return 0
 
 

@@ -493,7 +493,8 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     if chief:
         figures.save_curves(out_dir / "losses.png", read_loss_history(out_dir / "losses.csv"))
         save_model_folder(model.registration_net, config.network_config,
-                          Preprocessing(config.shape, config.spacing), out_dir / "model")
+                          Preprocessing(config.shape, config.spacing), out_dir / "model",
+                          generator=model.generator)
         _write_json(out_dir / "results.json", {
             "step": step,
             "validation_dice_identity": dice.get("identity"),

@@ -9,6 +9,12 @@ one VxmDense training step at each of ``--train-sizes``; and the ratios. Example
     python eval/bench_speed.py --out runs/bench                # 2 mm and 1 mm, training at 2 mm
     python eval/bench_speed.py --ants-sizes 2mm --train-sizes 4mm --repeats 2 --out runs/bench
     python eval/bench_speed.py --sizes 32x32x32 --train-sizes 32x32x32 --repeats 1 --no-ants
+    python eval/bench_speed.py --refine-only --sizes 2mm        # s per refinement iteration
+
+``--refine-only`` measures instance refinement (:mod:`dgan.refine`) alone: the seconds per
+iteration at each size's full-resolution level, as the difference of two runs with different
+iteration counts (so tracing and the once-per-level terms of R cancel), best of ``--repeats``;
+with the L_LCC term (G(F) stood in by 1 - F) and without it.
 
 A size is ``<r>mm`` (the brain benchmark's first pair on its grid at r mm: 2mm 80x96x112, 1mm
 160x192x224, 4mm 40x48x56) or ``XxYxZ`` (random smooth volumes, 1 mm voxels); volumes are
@@ -61,6 +67,10 @@ def parser():
     p.add_argument("--t-features", help="U-Net features of T, VxmDense and G, e.g. "
                    "'16,32,32/32,32,32,16,16' (default: VoxelMorph's)")
     p.add_argument("--brain-npz", default=str(SHARED_DATA / "brain_t1_aseg.npz"))
+    p.add_argument("--refine-only", action="store_true",
+                   help="only the seconds per refinement iteration at each of --sizes")
+    p.add_argument("--refine-iterations", type=int, nargs=2, default=[5, 25], metavar=("A", "B"),
+                   help="the two iteration counts whose time difference is measured")
     p.add_argument("--out", help="folder for bench.json and bench.md")
     return p
 
@@ -98,6 +108,37 @@ def network_config(moving, fixed, args):
     return NetworkConfig(shape, t_features=features, g_features=features), moving, fixed
 
 
+def refine_seconds_per_iteration(moving, fixed, iterations, repeats, int_steps=0, lcc=True):
+    """Seconds per refinement iteration on one full-resolution level (best of ``repeats``)."""
+    from dgan.refine import RefineConfig, refine
+
+    translated = 1.0 - moving if lcc else None
+    times = {}
+    for steps in (*iterations, *iterations):  # the first pass traces
+        config = RefineConfig(steps=steps, levels=(1,), int_steps=int_steps)
+        times.setdefault(steps, []).append(sum(refine(moving, fixed, None, translated,
+                                                      config).seconds))
+    best = []
+    for _ in range(repeats):
+        a, b = (sum(refine(moving, fixed, None, translated,
+                           RefineConfig(steps=s, levels=(1,), int_steps=int_steps)).seconds)
+                for s in iterations)
+        best.append((b - a) / (iterations[1] - iterations[0]))
+    return min(best), best
+
+
+def refine_main(args):
+    for size in args.sizes:
+        moving, fixed, _, name = pair_for(size, args.brain_npz)
+        for label, kwargs in (("LG + LCC + smoothness", {}), ("LG + smoothness", {"lcc": False}),
+                              ("diffeomorphic, LG + LCC", {"int_steps": 7})):
+            best, all_ = refine_seconds_per_iteration(moving, fixed, args.refine_iterations,
+                                                      args.repeats, **kwargs)
+            print(f"{name} {moving.shape} refinement ({label}): {best:.3f} s per iteration "
+                  f"(best of {args.repeats}: {', '.join(f'{t:.3f}' for t in all_)})", flush=True)
+    return 0
+
+
 def _row(size, shape, method, m):
     added = "n/a" if m["added_mib"] is None else f"{m['added_mib']:.0f}"
     return f"| {size} {shape} | {method} | {m['seconds']:.3f} | {m['peak_mib']:.0f} | {added} |"
@@ -106,6 +147,12 @@ def _row(size, shape, method, m):
 def main(argv=None):
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.refine_only:
+        try:
+            return refine_main(args)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     ants = None
     if not args.no_ants:
         ants, reason = evaluation.import_ants()

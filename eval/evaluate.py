@@ -25,6 +25,8 @@ import dgan  # noqa: E402,F401
 from dgan import baselines, evaluation  # noqa: E402
 from dgan import data as ddata  # noqa: E402
 from dgan.errors import InputError  # noqa: E402
+from dgan.refine import RefineConfig  # noqa: E402
+from dgan.register import DEFAULT_REFINE_STEPS  # noqa: E402
 
 #: ../shared/data beside the repository (the brain benchmark's files).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -53,6 +55,15 @@ def parser():
     methods.add_argument("--dgan", metavar="FOLDER", help="Deform-GAN model folder")
     methods.add_argument("--vxm", metavar="FOLDER", help="VoxelMorph (MI) model folder")
     methods.add_argument("--lcc", metavar="FOLDER", help="LCC ablation model folder")
+    methods.add_argument("--refine-steps", type=int, default=0, metavar="N",
+                         help="also run every model method followed by N instance-refinement "
+                              "iterations per level (dgan.refine; default 0: T alone)")
+    methods.add_argument("--refine-alone", action="store_true",
+                         help="add 'refinement alone': no model, from the identity, local "
+                              "gradient + smoothness (--refine-steps, or the default "
+                              f"{DEFAULT_REFINE_STEPS}, iterations per level)")
+    methods.add_argument("--diffeomorphic", action="store_true",
+                         help="refine a stationary velocity field (scaling and squaring)")
     methods.add_argument("--no-ants", action="store_true", help="skip ANTs SyN")
     methods.add_argument("--ants-iterations", type=int, nargs="+",
                          default=list(evaluation.ANTS_DEFAULTS["reg_iterations"]),
@@ -79,6 +90,23 @@ def model_folders(args):
     return folders
 
 
+def refinement_methods(args):
+    """The model methods (T alone, and T + refinement with --refine-steps) and refinement alone."""
+    if args.refine_steps < 0:
+        raise InputError(f"--refine-steps must be >= 0, got {args.refine_steps}")
+    config = RefineConfig(int_steps=7 if args.diffeomorphic else 0)
+    methods = []
+    for name, folder in model_folders(args):
+        methods.append(evaluation.ModelMethod(name, folder))
+        if args.refine_steps:
+            methods.append(evaluation.ModelMethod(f"{name} + refinement {args.refine_steps}",
+                                                  folder, args.refine_steps, config))
+    if args.refine_alone:
+        steps = args.refine_steps or DEFAULT_REFINE_STEPS
+        methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps, config))
+    return methods
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -88,7 +116,7 @@ def main(argv=None):
             resolution_mm=args.resolution, n_pairs=args.pairs, seed=args.seed,
             shape=tuple(args.shape), spacing=args.spacing)
         methods = [evaluation.IdentityMethod()]
-        methods += [evaluation.ModelMethod(name, folder) for name, folder in model_folders(args)]
+        methods += refinement_methods(args)
         ants_settings = {"reg_iterations": tuple(args.ants_iterations)}
         if not args.no_ants:
             ants, reason = evaluation.import_ants()

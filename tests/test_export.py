@@ -75,7 +75,7 @@ def test_model_folder_round_trip(trained, model):
     model_dir, reference = trained
     assert sorted(os.listdir(model_dir)) == [CONFIG_FILE, MODEL_FILE]
     description = json.loads((model_dir / CONFIG_FILE).read_text())
-    assert description["format"] == "dgan-model" and description["format_version"] == 1
+    assert description["format"] == "dgan-model" and description["format_version"] == 2
     assert description["preprocessing"] == {
         "shape": [16, 16, 16], "spacing": [2.0, 2.0, 2.0], "percentiles": [0.5, 99.5], "orientation": "RAS",
     }
@@ -167,7 +167,7 @@ def _break(folder, how, model_dir):
         ("empty", "not a dgan model folder: dgan_model.json is missing"),
         ("bad json", "not a dgan model folder: dgan_model.json is not valid JSON"),
         ("not dgan json", "not a dgan model folder: dgan_model.json is not a dgan model description"),
-        ("future version", "dgan_model.json has format_version 99; this dgan reads 1"),
+        ("future version", "dgan_model.json has format_version 99; this dgan reads 1 or 2"),
         ("bad network", "dgan_model.json: invalid or missing 'network'"),
         ("missing weights", "not a dgan model folder: registration_net.keras is missing"),
         ("corrupt weights", "registration_net.keras cannot be loaded"),

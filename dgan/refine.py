@@ -1,0 +1,372 @@
+"""Instance refinement: polish one pair's field phi with Deform-GAN's own objective.
+
+Deform-GAN's T (Zhang et al. 2020, arXiv:2002.11430) predicts phi in one pass. Refinement then
+takes a fixed number of Adam steps on this one pair, starting from T's field (or from the
+identity), with G frozen and only the field changing:
+
+    L(phi) = w_lcc (1 - L_LCC(R, G(F)(phi))) + beta (1 - L_LG(R, F(phi))) + alpha sum |grad phi|^2
+
+the T objective of :mod:`dgan.model` (terms from :mod:`dgan.losses`). Two approximations make a
+step cheap:
+
+- **G runs once.** G is a convolutional network, so for a smooth phi it commutes with the warp:
+  G(F(phi)) ~= G(F)(phi). The caller translates the moving image once (``translated`` = G(F)) and
+  every step warps it with phi together with F. Without G (``translated`` None, or w_lcc = 0) the
+  L_LCC term is left out: L_LG and smoothness alone register across modalities with no training.
+- **R's terms are computed once per level**: its local gradient directions n(R, p)
+  (:func:`dgan.losses.local_gradient_direction`) and its window sums S(R), S(R^2)
+  (:func:`dgan.losses.local_statistics`).
+
+Coarse to fine: at level ``f`` (a power of two from ``levels``, e.g. 2 then 1) the images are
+halved f times (2x box averaging per halving) and the optimised field u lives on a grid
+``control`` times coarser still; it is upsampled to the level's grid by separable linear
+interpolation (three small matrix products, whose gradients are the transposed products). Each
+level starts from the previous level's u, upsampled; Adam's moments restart.
+
+- Displacement (``int_steps`` = 0): phi = phi_0 + up(u), u = 0 at the start.
+- Diffeomorphic (``int_steps`` = K > 0): u is a stationary velocity field; psi = up(exp(u)),
+  exp by scaling and squaring on the control grid (u / 2^K composed with itself K times), and
+  phi = phi_0 o psi, i.e. phi(p) = psi(p) + phi_0(p + psi(p)): T's moved image warped by the
+  diffeomorphism psi, which does not fold.
+
+Warping is trilinear with edge values beyond the border, as VoxelMorph's ``SpatialTransformer``,
+written here as eight gathers so that its gradient with respect to the field costs no scatter.
+Everything runs in float32 on fixed shapes; for a given input the result is deterministic.
+
+Flow convention as everywhere in dgan: displacement in voxels of the grid it lives on, 'ij'
+indexing, moved(p) = moving(p + flow(p)).
+"""
+
+import collections
+import dataclasses
+import itertools
+import logging
+import time
+
+import numpy as np
+
+from . import losses
+from .compat import tf
+from .errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: Adam's moment decay rates and epsilon.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineConfig:
+    """Settings of :func:`refine`; the weights are the paper's symbols.
+
+    :param steps: Adam iterations per level (0: no refinement)
+    :param levels: image down-sampling factor of each level, coarse to fine, powers of two
+        (``(2, 1)`` at 2 mm: 4 mm, then 2 mm)
+    :param control: the optimised field lives on a grid this many times coarser than the
+        level's images (a power of two)
+    :param learning_rate: Adam's step size, in voxels of the level's grid
+    :param alpha: weight of sum |grad phi|^2 (:func:`dgan.losses.smoothness`)
+    :param beta: weight of 1 - L_LG(R, F(phi))
+    :param w_lcc: weight of 1 - L_LCC(R, G(F)(phi)); ignored without a translated image
+    :param lg_window: n, the local-gradient neighbourhood
+    :param lcc_window: the local cross-correlation window
+    :param int_steps: 0: displacement field; K > 0: diffeomorphic, a stationary velocity field
+        integrated by K scaling-and-squaring steps
+    """
+
+    steps: int = 50
+    levels: tuple = (2, 1)
+    control: int = 2
+    learning_rate: float = 0.1
+    alpha: float = 5.0
+    beta: float = 1.0
+    w_lcc: float = 1.0
+    lg_window: int = losses.DEFAULT_LG_WINDOW
+    lcc_window: int = losses.DEFAULT_LCC_WINDOW
+    int_steps: int = 0
+
+    def __post_init__(self):
+        def power_of_two(value):
+            return isinstance(value, (int, np.integer)) and value >= 1 and not value & (value - 1)
+
+        levels = tuple(self.levels)
+        object.__setattr__(self, "levels", levels)
+        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) \
+                or self.steps < 0:
+            raise InputError(f"refinement steps must be a whole number >= 0, got {self.steps!r}")
+        if not levels or not all(power_of_two(f) for f in levels) \
+                or list(levels) != sorted(set(levels), reverse=True):
+            raise InputError(
+                f"refinement levels must be decreasing powers of two, e.g. 2 1, got {levels}")
+        if not power_of_two(self.control):
+            raise InputError(f"refinement control must be a power of two, got {self.control!r}")
+        for name in ("learning_rate", "alpha", "beta", "w_lcc"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0 or (name == "learning_rate" and value == 0):
+                raise InputError(f"refinement {name} must be a finite number "
+                                 f"{'> 0' if name == 'learning_rate' else '>= 0'}, got {value!r}")
+        for name in ("lg_window", "lcc_window"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1 or value % 2 == 0:
+                raise InputError(f"refinement {name} must be an odd positive integer, got {value!r}")
+        if not isinstance(self.int_steps, (int, np.integer)) or not 0 <= self.int_steps <= 16:
+            raise InputError(f"refinement int_steps must be 0..16, got {self.int_steps!r}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RefineResult:
+    """Result of :func:`refine`.
+
+    :param flow: the refined phi, shape = (X, Y, Z, 3), float32, voxels
+    :param losses: L at every iteration, one list per level (coarse to fine)
+    :param seconds: wall time of each level
+    """
+
+    flow: np.ndarray
+    losses: list
+    seconds: list
+
+
+# --- grids: resizing and warping ---------------------------------------------------------------
+
+
+def interpolation_matrix(n_in, n_out):
+    """Linear interpolation from n_in samples to n_out over the same extent, (n_out, n_in).
+
+    Output sample i sits at input coordinate (i + 1/2) n_in / n_out - 1/2 (voxel centres of two
+    grids covering one box), clamped to [0, n_in - 1]. Halving (n_out = n_in / 2) averages voxel
+    pairs; a displacement in input voxels becomes one in output voxels times n_out / n_in.
+    """
+    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lower = np.minimum(np.floor(x).astype(int), max(n_in - 2, 0))
+    weight = x - lower
+    matrix = np.zeros((n_out, n_in), np.float64)
+    matrix[np.arange(n_out), lower] += 1 - weight
+    matrix[np.arange(n_out), np.minimum(lower + 1, n_in - 1)] += weight
+    return matrix.astype(np.float32)
+
+
+def resize(volume, matrices):
+    """Separable linear resize of (X, Y, Z, C) with per-axis matrices (X', X), (Y', Y), (Z', Z)."""
+    mx, my, mz = matrices
+    volume = tf.einsum("ax,xyzc->ayzc", mx, volume)
+    volume = tf.einsum("by,aycz->abcz", my, tf.transpose(volume, [0, 1, 3, 2]))  # (X', Y', C, Z)
+    return tf.einsum("cz,abkz->abck", mz, volume)  # (X', Y', Z', C)
+
+
+def resize_matrices(shape_in, shape_out):
+    return [tf.constant(interpolation_matrix(a, b)) for a, b in zip(shape_in, shape_out)]
+
+
+def resize_flow(flow, shape_out):
+    """A displacement field (X, Y, Z, 3) in its voxels, on a grid of ``shape_out``, in its voxels."""
+    shape_in = tuple(flow.shape[:3])
+    scale = tf.constant([b / a for a, b in zip(shape_in, shape_out)], tf.float32)
+    return resize(flow, resize_matrices(shape_in, shape_out)) * scale
+
+
+def voxel_grid(shape):
+    """Voxel coordinates, shape + (3,), float32."""
+    return tf.constant(np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape),
+                                            indexing="ij"), axis=-1))
+
+
+def warp(image, flow, grid):
+    """Trilinear ``image(p + flow(p))``, edge values beyond the border ('ij', voxels).
+
+    :param image: shape = (X, Y, Z, C)
+    :param flow: shape = (X, Y, Z, 3)
+    :param grid: :func:`voxel_grid` of (X, Y, Z)
+    :return: shape = (X, Y, Z, C)
+    """
+    shape = tuple(image.shape[:3])
+    upper = tf.constant([n - 1 for n in shape], flow.dtype)
+    location = tf.clip_by_value(grid + flow, tf.zeros_like(upper), upper)
+    lower = tf.stop_gradient(tf.minimum(tf.floor(location), tf.maximum(upper - 1, 0)))
+    upper_weight = location - lower  # (X, Y, Z, 3), in [0, 1]
+    strides = (shape[1] * shape[2], shape[2], 1)
+    index = tf.cast(lower, tf.int32)
+    base = index[..., 0] * strides[0] + index[..., 1] * strides[1] + index[..., 2]  # (X, Y, Z)
+    values = tf.reshape(image, [-1, image.shape[-1]])  # (XYZ, C)
+    corners = {
+        corner: tf.gather(values, base + sum(c * s for c, s, n in zip(corner, strides, shape)
+                                             if n > 1))
+        for corner in itertools.product((0, 1), repeat=3)
+    }  # 8 x (X, Y, Z, C)
+    wx, wy, wz = (upper_weight[..., d:d + 1] for d in range(3))  # (X, Y, Z, 1) each
+
+    def lerp(a, b, w):
+        return a + w * (b - a)
+
+    along_z = {(i, j): lerp(corners[i, j, 0], corners[i, j, 1], wz) for i in (0, 1) for j in (0, 1)}
+    along_y = [lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
+    return lerp(along_y[0], along_y[1], wx)
+
+
+def exponentiate(velocity, steps, grid):
+    """exp(v) by scaling and squaring: d = v / 2^K, then K times d <- d + d(p + d(p))."""
+    flow = velocity / float(2**steps)
+    for _ in range(steps):
+        flow = flow + warp(flow, flow, grid)
+    return flow
+
+
+# --- one level ---------------------------------------------------------------------------------
+
+
+class _Level(collections.namedtuple("_Level", [
+        "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "grid",
+        "control_grid", "upsample", "control_scale"])):
+    """Everything about one level that does not change during its iterations (tensors, so that
+    the compiled step is reused for every pair of the same shape).
+
+    moving: F and G(F) as channels (x, y, z, 1 or 2); fixed: R (1, x, y, z, 1); fixed_direction:
+    n(R, p) (1, x, y, z, 3); fixed_statistics: S(R), S(R^2) (1, x, y, z, 2) or None without G(F);
+    base: phi_0 on this level (x, y, z, 3); grid, control_grid: voxel coordinates; upsample: the
+    control grid -> level grid matrices; control_scale: level voxels -> control voxels (3,).
+    """
+
+
+def _field(level, u, config):
+    """phi on the level's grid from the optimised control field u."""
+    if config.int_steps:
+        psi = exponentiate(u * level.control_scale, config.int_steps, level.control_grid)
+        psi = resize(psi / level.control_scale, level.upsample)
+        return psi + warp(level.base, psi, level.grid)
+    return level.base + resize(u, level.upsample)
+
+
+def _objective(level, u, config):
+    flow = _field(level, u, config)
+    warped = warp(level.moving, flow, level.grid)[tf.newaxis]  # (1, x, y, z, C)
+    loss = config.beta * (1.0 - losses.local_gradient_agreement(
+        level.fixed_direction, warped[..., :1], config.lg_window))
+    if level.fixed_statistics is not None:
+        loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
+            level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window))
+    loss += config.alpha * losses.smoothness(flow[tf.newaxis])
+    return loss[0]
+
+
+@tf.function
+def _adam_step(level, u, m, v, t, config):
+    with tf.GradientTape() as tape:
+        tape.watch(u)
+        loss = _objective(level, u, config)
+    g = tape.gradient(loss, u)
+    b1, b2 = ADAM_BETAS
+    t = t + 1.0
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    step = config.learning_rate * tf.sqrt(1 - b2**t) / (1 - b1**t)
+    u = u - step * m / (tf.sqrt(v) + ADAM_EPS)
+    return u, m, v, t, loss
+
+
+_field_function = tf.function(_field)
+
+
+def _level_shapes(shape, levels, control):
+    """{factor: shape} of the image pyramid (repeated ceil halving) and of the control grids."""
+    shapes, current, factor = {}, tuple(shape), 1
+    while factor <= max(levels) * control:
+        shapes[factor] = current
+        current = tuple(max(1, -(-n // 2)) for n in current)
+        factor *= 2
+    return shapes
+
+
+def _pyramid(volume, shapes, factor):
+    """(X, Y, Z, C) halved down to ``shapes[factor]``."""
+    f = 1
+    while f < factor:
+        volume = resize(volume, resize_matrices(shapes[f], shapes[2 * f]))
+        f *= 2
+    return volume
+
+
+def _prepare_level(shapes, factor, config, moving, fixed, base):
+    shape, control_shape = shapes[factor], shapes[factor * config.control]
+    fixed_l = _pyramid(fixed, shapes, factor)[tf.newaxis]  # (1, x, y, z, 1)
+    moving_l = _pyramid(moving, shapes, factor)
+    base_l = resize_flow(base, shape) if factor > 1 else base
+    two_channels = moving.shape[-1] == 2
+    return _Level(
+        moving=moving_l,
+        fixed=fixed_l,
+        fixed_direction=losses.local_gradient_direction(fixed_l, config.lg_window),
+        fixed_statistics=losses.local_statistics(fixed_l, config.lcc_window) if two_channels
+        else None,
+        base=base_l,
+        grid=voxel_grid(shape),
+        control_grid=voxel_grid(control_shape),
+        upsample=resize_matrices(control_shape, shape),
+        control_scale=tf.constant([c / n for c, n in zip(control_shape, shape)], tf.float32),
+    )
+
+
+# --- the whole refinement ----------------------------------------------------------------------
+
+
+def refine(moving, fixed, flow=None, translated=None, config=None, progress=None):
+    """Refine phi on one pair by minimising L (module docstring), coarse to fine.
+
+    :param moving: F, intensities scaled as in training, shape = (X, Y, Z)
+    :param fixed: R, same shape and scaling
+    :param flow: phi_0, shape = (X, Y, Z, 3), voxels; None: the identity (zero field)
+    :param translated: G(F), the moving image rendered in the fixed modality, shape (X, Y, Z);
+        None: no L_LCC term (L_LG and smoothness alone)
+    :param config: :class:`RefineConfig` (default settings when None)
+    :param progress: called after each level as ``progress(text)``, or None
+    :return: :class:`RefineResult`
+    :raises InputError: arrays of different shapes or with NaN/Inf
+    """
+    config = RefineConfig() if config is None else config
+    shape = tuple(np.shape(fixed))
+    moving = _checked(moving, shape, "moving")
+    fixed = _checked(fixed, shape, "fixed")
+    base = np.zeros(shape + (3,), np.float32) if flow is None else \
+        _checked(flow, shape + (3,), "flow")
+    use_lcc = translated is not None and config.w_lcc > 0
+    channels = [moving, _checked(translated, shape, "translated")] if use_lcc else [moving]
+    if config.steps == 0:
+        return RefineResult(flow=base.copy(), losses=[], seconds=[])
+    shapes = _level_shapes(shape, config.levels, config.control)
+    moving_t = tf.constant(np.stack(channels, axis=-1))
+    fixed_t = tf.constant(fixed[..., np.newaxis])
+    base_t = tf.constant(base)
+    u, previous = None, None
+    history, seconds = [], []
+    for factor in config.levels:
+        started = time.perf_counter()
+        level = _prepare_level(shapes, factor, config, moving_t, fixed_t, base_t)
+        control_shape = shapes[factor * config.control]
+        if u is None:
+            u = tf.zeros(control_shape + (3,), tf.float32)
+        else:  # the previous level's control field, in this level's voxels
+            u = resize_flow(u, control_shape) if previous != control_shape else u
+        m, v, t = tf.zeros_like(u), tf.zeros_like(u), tf.constant(0.0)
+        values = []
+        for _ in range(config.steps):
+            u, m, v, t, loss = _adam_step(level, u, m, v, t, config)
+            values.append(float(loss))
+        previous = control_shape
+        seconds.append(time.perf_counter() - started)
+        history.append(values)
+        if progress is not None:
+            progress(f"refinement level 1/{factor} {shapes[factor]}: {config.steps} steps, "
+                     f"loss {values[0]:.4f} -> {values[-1]:.4f}, {seconds[-1]:.1f} s")
+    field = _field_function(level, u, config)
+    if config.levels[-1] > 1:
+        field = resize_flow(field, shape)
+    return RefineResult(flow=np.asarray(field, np.float32), losses=history, seconds=seconds)
+
+
+def _checked(array, shape, name):
+    array = np.asarray(array, dtype=np.float32)
+    if array.shape != shape:
+        raise InputError(f"{name} has shape {array.shape}, expected {shape}")
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{name} has NaN or Inf values")
+    return array

@@ -1,0 +1,231 @@
+"""Instance refinement (dgan.refine) and its use by Registrar and dgan-register."""
+
+import json
+import logging
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from dgan import io as dio
+from dgan import metrics
+from dgan import refine as dr
+from dgan.compat import tf
+from dgan.errors import InputError
+from dgan.export import CONFIG_FILE, GENERATOR_FILE, load_model_folder, save_model_folder
+from dgan.networks import NetworkConfig, build_generator, build_registration_net
+from dgan.register import Registrar, main
+
+TINY_CONFIG = NetworkConfig(
+    (16, 16, 16), t_features=((4, 8), (8, 8, 4)), g_features=((4, 4), (4, 4)), d_features=4,
+    d_layers=2, g_residual=True,
+)
+#: Small windows for 16-32 voxel volumes.
+SMALL = dr.RefineConfig(steps=100, levels=(2, 1), lg_window=5, lcc_window=5, alpha=0.01,
+                        learning_rate=0.1)
+
+
+def texture(points):
+    """A smooth, non-periodic-looking intensity pattern of voxel coordinates (..., 3) -> (...)."""
+    a, b, c = points[..., 0], points[..., 1], points[..., 2]
+    return (np.sin(2 * np.pi * a / 11) + np.sin(2 * np.pi * b / 13 + 1) + np.sin(2 * np.pi * c / 9 + 2)
+            + 0.5 * np.sin(2 * np.pi * (a + b) / 15) * np.cos(2 * np.pi * c / 17)) / 4 + 0.5
+
+
+def known_pair(n=32):
+    """(moving, fixed, u): fixed(p) = moving(p + u(p)) exactly (analytic, no interpolation)."""
+    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64),) * 3, indexing="ij"), -1)
+    u = np.stack([1.2 * np.sin(2 * np.pi * grid[..., 1] / n),
+                  1.0 * np.cos(2 * np.pi * grid[..., 2] / n),
+                  0.8 * np.sin(2 * np.pi * (grid[..., 0] + grid[..., 1]) / (2 * n))], -1)
+    return texture(grid).astype("f4"), texture(grid + u).astype("f4"), u
+
+
+def random_pair(shape=(20, 24, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random(shape, dtype=np.float32), rng.random(shape, dtype=np.float32)
+
+
+# --- the building blocks ------------------------------------------------------------------------
+
+
+def test_interpolation_matrix_halves_by_averaging_pairs_and_keeps_linear_functions():
+    halve = dr.interpolation_matrix(8, 4)
+    np.testing.assert_allclose(halve @ np.arange(8.0), [0.5, 2.5, 4.5, 6.5], atol=1e-6)
+    double = dr.interpolation_matrix(4, 8)
+    # inside the clamped border, coordinates (i + 1/2) / 2 - 1/2 of a linear ramp
+    np.testing.assert_allclose((double @ np.arange(4.0))[1:-1], (np.arange(1, 7) + 0.5) / 2 - 0.5,
+                               atol=1e-6)
+
+
+def test_warp_of_a_linear_volume_is_exact_and_clamps_at_the_border():
+    shape = (6, 7, 5)
+    grid = dr.voxel_grid(shape)
+    image = (3.0 * grid[..., :1] + grid[..., 1:2] - 2.0 * grid[..., 2:])  # (X, Y, Z, 1)
+    flow = tf.constant(np.full(shape + (3,), [0.25, -0.5, 0.75], np.float32))
+    warped = dr.warp(image, flow, grid).numpy()[1:-1, 1:-1, 1:-1, 0]
+    want = (3.0 * (grid[..., 0] + 0.25) + grid[..., 1] - 0.5 - 2.0 * (grid[..., 2] + 0.75))
+    np.testing.assert_allclose(warped, want.numpy()[1:-1, 1:-1, 1:-1], atol=1e-5)
+    far = dr.warp(image, tf.fill(shape + (3,), 100.0), grid).numpy()
+    np.testing.assert_allclose(far, 3.0 * 5 + 6 - 2.0 * 4, atol=1e-5)  # the last voxel's value
+
+
+# --- refinement itself --------------------------------------------------------------------------
+
+
+def test_refinement_lowers_the_objective_at_every_level():
+    moving, fixed = random_pair()
+    result = dr.refine(moving, fixed, translated=1.0 - moving,
+                       config=dr.RefineConfig(steps=15, levels=(2, 1), lg_window=3, lcc_window=3))
+    assert len(result.losses) == 2 and all(len(level) == 15 for level in result.losses)
+    for level in result.losses:
+        assert level[-1] < level[0] - 1e-3
+
+
+@pytest.mark.parametrize("int_steps", [0, 7])
+def test_a_known_smooth_displacement_is_recovered_within_half_a_voxel(int_steps):
+    moving, fixed, u = known_pair()
+    config = dr.RefineConfig(**{**SMALL.__dict__, "int_steps": int_steps})
+    flow = dr.refine(moving, fixed, config=config).flow
+    interior = (slice(6, -6),) * 3  # the border has no neighbours to register with
+    error = np.linalg.norm(flow - u, axis=-1)[interior]
+    assert error.max() < 0.5
+    assert metrics.folding_fraction(flow) == 0.0
+
+
+def test_refinement_is_deterministic_and_zero_steps_return_the_start():
+    moving, fixed = random_pair(seed=1)
+    start = np.random.default_rng(2).normal(0, 0.5, moving.shape + (3,)).astype("f4")
+    config = dr.RefineConfig(steps=5, lg_window=3, lcc_window=3)
+    first = dr.refine(moving, fixed, start, 1.0 - moving, config).flow
+    second = dr.refine(moving, fixed, start, 1.0 - moving, config).flow
+    np.testing.assert_array_equal(first, second)
+    assert np.abs(first - start).max() > 1e-3
+    unchanged = dr.refine(moving, fixed, start, config=dr.RefineConfig(steps=0)).flow
+    np.testing.assert_array_equal(unchanged, start)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"steps": -1}, "refinement steps must be a whole number >= 0, got -1"),
+    ({"levels": (1, 2)}, "refinement levels must be decreasing powers of two"),
+    ({"levels": (3,)}, "refinement levels must be decreasing powers of two"),
+    ({"learning_rate": 0.0}, "refinement learning_rate must be a finite number > 0"),
+    ({"alpha": float("nan")}, "refinement alpha must be a finite number >= 0"),
+    ({"lg_window": 4}, "refinement lg_window must be an odd positive integer"),
+])
+def test_bad_settings_are_refused(changes, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        dr.RefineConfig(**changes)
+
+
+def test_bad_arrays_are_refused():
+    moving, fixed = random_pair()
+    with pytest.raises(InputError, match="flow has shape"):
+        dr.refine(moving, fixed, np.zeros((2, 2, 2, 3)))
+    with pytest.raises(InputError, match="fixed has NaN or Inf values"):
+        dr.refine(moving, np.full_like(fixed, np.nan))
+
+
+# --- Registrar, model folders, command line -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A model folder with T and G (format 2), and an old one with T alone (format 1)."""
+    root = tmp_path_factory.mktemp("refine_models")
+    net = build_registration_net(TINY_CONFIG)
+    generator = build_generator(TINY_CONFIG)
+    rng = np.random.default_rng(0)
+    generator.set_weights([w + rng.normal(0, 0.05, w.shape).astype("f4")
+                           for w in generator.get_weights()])
+    preprocessing = {"shape": (16, 16, 16), "spacing": None}
+    with_g = save_model_folder(net, TINY_CONFIG, preprocessing, root / "with_g", generator=generator)
+    old = save_model_folder(net, TINY_CONFIG, preprocessing, root / "old")
+    description = json.loads((root / "old" / CONFIG_FILE).read_text())
+    description["format_version"] = 1  # as written before G was kept
+    (root / "old" / CONFIG_FILE).write_text(json.dumps(description))
+    return {"with_g": with_g, "old": old, "generator": generator}
+
+
+def test_model_folder_keeps_g_beside_t(folders):
+    model = load_model_folder(folders["with_g"])
+    assert model.description["files"]["generator"] == GENERATOR_FILE
+    for saved, original in zip(model.generator.get_weights(), folders["generator"].get_weights()):
+        np.testing.assert_array_equal(saved, original)
+    assert load_model_folder(folders["old"]).generator is None
+
+
+def test_zero_refine_steps_give_exactly_t(folders):
+    moving, fixed = random_pair((16, 16, 16), seed=4)
+    registrar = Registrar(folders["with_g"], refine_steps=0)
+    result = registrar.register_arrays(moving, fixed)
+    np.testing.assert_array_equal(result.flow, registrar.predict_flow(moving[None], fixed[None])[0])
+    assert result.seconds["refinement"] < 0.05
+
+
+def test_refinement_with_g_uses_its_translation_and_changes_the_field(folders):
+    moving, fixed = random_pair((16, 16, 16), seed=5)
+    lines = []
+    config = dr.RefineConfig(lg_window=3, lcc_window=3)
+    registrar = Registrar(folders["with_g"], refine_steps=4, refine_config=config,
+                          progress=lines.append)
+    translated = registrar.translate(moving[None])
+    assert translated.shape == (1, 16, 16, 16) and np.ptp(translated) > 0
+    refined = registrar.register_arrays(moving, fixed).flow
+    plain = Registrar(folders["with_g"], refine_steps=0).register_arrays(moving, fixed).flow
+    assert np.abs(refined - plain).max() > 1e-3
+    assert len(lines) == 2 and lines[0].startswith("refinement level 1/2")
+
+
+def test_an_old_model_folder_without_g_still_registers_and_says_so_once(folders, caplog):
+    moving, fixed = random_pair((16, 16, 16), seed=6)
+    registrar = Registrar(folders["old"], refine_steps=3,
+                          refine_config=dr.RefineConfig(lg_window=3))
+    with caplog.at_level(logging.WARNING, logger="dgan.register"):
+        for _ in range(2):
+            result = registrar.register_arrays(moving, fixed)
+    assert result.flow.shape == (16, 16, 16, 3) and np.all(np.isfinite(result.flow))
+    said = [r.getMessage() for r in caplog.records if "no generator" in r.getMessage()]
+    assert len(said) == 1 and "local-gradient term alone" in said[0]
+
+
+def _write_pair(folder):
+    moving, fixed, _ = known_pair(24)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    paths = {"moving": str(folder / "moving.nii.gz"), "fixed": str(folder / "fixed.nii.gz")}
+    dio.save_volume(paths["moving"], moving, affine)
+    dio.save_volume(paths["fixed"], 1.0 - fixed, affine)  # another "modality"
+    return paths
+
+
+def test_cli_without_a_model_refines_from_the_identity(tmp_path, capsys):
+    paths = _write_pair(tmp_path)
+    status = main(["--moving", paths["moving"], "--fixed", paths["fixed"],
+                   "--out-moved", str(tmp_path / "moved.nii.gz"),
+                   "--out-flow", str(tmp_path / "flow.nii.gz"), "--refine-steps", "5"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert out.count("refinement level") == 2
+    assert "refinement" in out.splitlines()[-1] and "network" in out.splitlines()[-1]
+    flow = nib.load(str(tmp_path / "flow.nii.gz")).get_fdata()
+    assert flow.shape == (24, 24, 24, 3) and np.abs(flow).max() > 0.01
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--refine-steps", "-1"], "argument --refine-steps: expected a whole number >= 0, got -1"),
+    (["--refine-steps", "x"], "argument --refine-steps: expected a whole number >= 0, got 'x'"),
+    (["--refine-levels", "3"], "error: refinement levels must be decreasing powers of two"),
+    (["--unknown-option"], "unrecognized arguments: --unknown-option"),
+    (["--refine-steps", "0"], "error: without a model folder, refinement steps must be > 0"),
+])
+def test_bad_command_lines_are_refused_in_one_line(tmp_path, capsys, extra, message):
+    paths = _write_pair(tmp_path)
+    argv = ["--moving", paths["moving"], "--fixed", paths["fixed"],
+            "--out-moved", str(tmp_path / "m.nii.gz"), "--out-flow", str(tmp_path / "f.nii.gz")]
+    try:
+        status = main(argv + extra)
+    except SystemExit as exit_:
+        status = exit_.code
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
