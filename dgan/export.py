@@ -186,7 +186,8 @@ def _one_line(error):
     return text if len(text) <= 200 else text[:197] + "..."
 
 
-def save_model_folder(registration_net, network_config, preprocessing, path, *, generator=None):
+def save_model_folder(registration_net, network_config, preprocessing, path, *, generator=None,
+                      refinement=None):
     """Write T (and G) and their description as a dgan model folder, atomically.
 
     The folder is built under a temporary name beside ``path`` and renamed into place when
@@ -200,6 +201,9 @@ def save_model_folder(registration_net, network_config, preprocessing, path, *, 
     :param path: the model folder to write
     :param generator: G, from :func:`dgan.networks.build_generator` (e.g. ``DeformGAN.generator``),
         kept for instance refinement; None writes T alone
+    :param refinement: the :class:`dgan.refine.RefineConfig` settings (a dict) that suit this
+        model (e.g. its training windows), used by :class:`dgan.register.Registrar` unless the
+        caller gives its own; None: refinement's defaults
     :return: ``path`` as a string
     """
     preprocessing = _as_preprocessing(preprocessing, network_config)
@@ -215,6 +219,8 @@ def save_model_folder(registration_net, network_config, preprocessing, path, *, 
             raise ValueError(f"generator takes volumes of shape {g_shape}, but network_config "
                              f"says {network_config.shape}")
     description = _description(network_config, preprocessing, generator is not None)
+    if refinement is not None:
+        description["refinement"] = dict(refinement)
     path = os.fspath(path)
     with dio.atomic_write(path) as tmp:
         os.makedirs(tmp)

@@ -98,6 +98,33 @@ def save_curves(path, history, title="training losses"):
     save_figure(fig, path)
 
 
+def save_validation_curve(path, history, title="held-out Dice against the training step",
+                          labels=None):
+    """Validation Dice against the step: T alone as a line, after refinement as markers, and
+    the identity (no registration) dashed.
+
+    :param history: ``{"identity"|"network"|"refined": [(step, Dice), ...]}``, or any other
+        names (each a line) with ``labels`` naming them
+    """
+    labels = labels or {"network": "T alone", "refined": "T + refinement", "identity": "identity"}
+    fig, ax = plt.subplots(figsize=(5.0, 3.4))
+    for name, points in history.items():
+        if not points:
+            continue
+        steps, values = zip(*points)
+        style = {"identity": dict(linestyle="--", color="gray"),
+                 "refined": dict(marker="o", linestyle="none")}.get(name, dict(marker="."))
+        ax.plot(steps, values, label=labels.get(name, name), linewidth=1, **style)
+    ax.set_xlabel("step", fontsize=9)
+    ax.set_ylabel("mean Dice", fontsize=9)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def save_figure(fig, path):
     """Write a matplotlib figure as PNG atomically and close it."""
     with atomic_write(path) as tmp:

@@ -111,23 +111,42 @@ class FileRegistration:
     seconds: dict = dataclasses.field(default_factory=dict)
 
 
+def model_refinement(model):
+    """The :class:`dgan.refine.RefineConfig` a model folder was saved with (``refinement`` in its
+    ``dgan_model.json``, written by training: its loss windows and weights), with
+    :data:`DEFAULT_REFINE_STEPS` where it says nothing; the defaults without a model.
+
+    :param model: :class:`dgan.export.ModelFolder` or None
+    """
+    saved = {} if model is None else dict(model.description.get("refinement") or {})
+    saved.setdefault("steps", DEFAULT_REFINE_STEPS)
+    try:
+        return RefineConfig(**saved)
+    except TypeError as error:
+        raise InputError(f"unknown refinement setting in dgan_model.json ({error})",
+                         model.path) from None
+
+
 class Registrar:
     """Registers scans with the T of a dgan model folder, then refines the field on the pair.
 
     :param model: a model folder path, a :class:`dgan.export.ModelFolder`, or None: refinement
         alone from the identity (local gradient + smoothness; ``refine_steps`` must be > 0)
-    :param refine_steps: refinement iterations per level; 0: T's field as it is
+    :param refine_steps: refinement iterations per level; 0: T's field as it is; None: those
+        of ``refine_config`` (by default the model folder's own, :func:`model_refinement`)
     :param refine_config: :class:`dgan.refine.RefineConfig` for everything else (its ``steps``
-        is replaced by ``refine_steps``); None: the defaults
+        is replaced by ``refine_steps``); None: the settings the model folder was saved with
+        (e.g. the windows it was trained with), else the defaults
     :param progress: called with one line of text per refinement level, or None
     :raises InputError: not a dgan model folder; bad refinement settings
     """
 
-    def __init__(self, model, refine_steps=DEFAULT_REFINE_STEPS, refine_config=None,
-                 progress=None):
-        base = RefineConfig() if refine_config is None else refine_config
-        self.refine_config = dataclasses.replace(base, steps=refine_steps)  # checks the value
+    def __init__(self, model, refine_steps=None, refine_config=None, progress=None):
         self.model = None if model is None else as_model_folder(model)
+        base = model_refinement(self.model) if refine_config is None else refine_config
+        if refine_steps is None:
+            refine_steps = base.steps
+        self.refine_config = dataclasses.replace(base, steps=refine_steps)  # checks the value
         if self.model is None and self.refine_config.steps == 0:
             raise InputError("without a model folder, refinement steps must be > 0")
         self.progress = progress
@@ -497,11 +516,12 @@ def _parser():
     add("--out-flow", required=True, metavar="PATH", help="displacement field (.nii[.gz])")
     add("--moving-labels", metavar="PATH", help="label map of the moving scan (its own grid)")
     add("--out-labels", metavar="PATH", help="registered labels (.nii[.gz]); with --moving-labels")
-    add("--refine-steps", type=_whole_number, default=DEFAULT_REFINE_STEPS, metavar="N",
-        help="refinement iterations per level (default %(default)s; 0: T's field alone)")
-    add("--refine-levels", type=int, nargs="+", default=list(RefineConfig.levels), metavar="F",
+    add("--refine-steps", type=_whole_number, metavar="N",
+        help="refinement iterations per level (default: the model's, else "
+             f"{DEFAULT_REFINE_STEPS}; 0: T's field alone)")
+    add("--refine-levels", type=int, nargs="+", metavar="F",
         help="refinement levels as down-sampling factors of the fixed grid, coarse to fine, "
-             "powers of two (default %(default)s)")
+             f"powers of two (default: the model's, else {' '.join(map(str, RefineConfig.levels))})")
     add("--diffeomorphic", action="store_true",
         help="refine a stationary velocity field (scaling and squaring): no folding")
     return parser
@@ -515,10 +535,15 @@ def main(argv=None):
         parser.error("--moving-labels and --out-labels must be given together")
     start = time.perf_counter()
     try:
-        config = RefineConfig(levels=tuple(args.refine_levels),
-                              int_steps=7 if args.diffeomorphic else 0)
         check_outputs(args.out_moved, args.out_flow, args.out_labels)
-        registrar = Registrar(args.model, refine_steps=args.refine_steps, refine_config=config,
+        model = None if args.model is None else as_model_folder(args.model)
+        changes = {}
+        if args.refine_levels is not None:
+            changes["levels"] = tuple(args.refine_levels)
+        if args.diffeomorphic:
+            changes["int_steps"] = 7
+        config = dataclasses.replace(model_refinement(model), **changes)
+        registrar = Registrar(model, refine_steps=args.refine_steps, refine_config=config,
                               progress=print)
         moving, fixed, labels = load_inputs(args.moving, args.fixed, args.moving_labels)
         result = registrar.register_volumes(moving, fixed, labels)

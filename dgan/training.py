@@ -33,10 +33,11 @@ from . import data as ddata
 from . import figures, metrics, synth
 from .compat import keras, tf
 from .errors import InputError, TrainingDiverged
-from .export import Preprocessing, save_model_folder
+from .export import ModelFolder, Preprocessing, save_model_folder
 from .io import atomic_write, load_volume
 from .model import LOSS_NAMES, DeformGAN, LossWeights
 from .networks import NetworkConfig
+from .refine import RefineConfig
 from .schedules import SCHEDULES, learning_rate
 
 logger = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ DEMO_NETWORK = {
 DEMO_LOSS = {"lg_window": 3, "lcc_window": 5, "lcc_warmup": 0, "alpha": 0.05, "mu": 1.0,
              "lam": 10.0}
 
+#: Instance refinement (:mod:`dgan.refine`) of the demo model's fields, measured on the demo's
+#: validation pairs from the identity (docs/TRAINING.md): one level on the demo grid with the
+#: field on a grid 4 times coarser (the demo's deformations have a 16-voxel control spacing).
+#: Its windows and beta come from the training loss (:meth:`TrainConfig.refine_config`).
+DEMO_REFINE = {"steps": 100, "levels": [1], "control": 4, "learning_rate": 0.25, "alpha": 0.05}
+
 #: G's learning rate: 1e-3 on the demo, where G must learn the T1 -> T2 contrast within a few
 #: hundred steps; pix2pix's 2e-4 otherwise.
 DEMO_LR_G = 1e-3
@@ -98,6 +105,7 @@ class TrainConfig:
     lr_decay: str = "linear"
     network: dict = field(default_factory=dict)
     loss: dict = field(default_factory=dict)
+    refine: dict = field(default_factory=dict)
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
     validate_every: int = 50
@@ -111,6 +119,7 @@ class TrainConfig:
         if self.moving is None:
             self.network = {**DEMO_NETWORK, **self.network}
             self.loss = {**DEMO_LOSS, **self.loss}
+            self.refine = {**DEMO_REFINE, **self.refine}
         if self.lr_g is None:
             self.lr_g = DEMO_LR_G if self.moving is None else DEFAULT_LR_G
         if (self.moving is None) != (self.fixed is None):
@@ -122,6 +131,7 @@ class TrainConfig:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1")
         self.network_config  # noqa: B018  (validates the shape against the networks)
         self.loss_weights  # noqa: B018
+        self.refine_config  # noqa: B018
 
     @property
     def network_config(self):
@@ -135,6 +145,18 @@ class TrainConfig:
         return LossWeights(**self.loss)
 
     @property
+    def refine_config(self):
+        """How validation and the exported model refine T's fields: the training loss's windows
+        and beta, then ``refine`` (``steps`` 0: T alone)."""
+        w = self.loss_weights
+        settings = {"lg_window": w.lg_window, "lcc_window": w.lcc_window, "beta": w.beta,
+                    **self.refine}
+        try:
+            return RefineConfig(**settings)
+        except TypeError as error:
+            raise InputError(f"unknown refinement setting ({error})") from None
+
+    @property
     def uses_demo_data(self):
         return self.moving is None
 
@@ -143,6 +165,8 @@ class TrainConfig:
         out["shape"] = list(self.shape)
         out["network"] = {k: v for k, v in self.network_config.to_dict().items() if k != "shape"}
         out["loss"] = self.loss_weights.to_dict()
+        out["refine"] = {k: list(v) if isinstance(v, tuple) else v
+                         for k, v in dataclasses.asdict(self.refine_config).items()}
         return out
 
     @classmethod
@@ -169,6 +193,7 @@ class RunResult:
     dice_registered: float
     seconds: float
     stopped_early: bool
+    dice_network: float = math.nan  # T alone; dice_registered is after refinement when it ran
 
 
 def new_run_dir(root="runs"):
@@ -248,26 +273,66 @@ def read_pair_csv(path):
 # --- validation ------------------------------------------------------------------------------
 
 
-def score_pairs(registration_net, generator, pairs):
-    """Register each pair; Dice of warped moving labels against fixed labels.
+@dataclass
+class Scores:
+    """Validation mean Dice of one check.
 
-    :return: (mean Dice registered, mean Dice identity, per-pair outputs of the first pair)
+    :param identity: before registration
+    :param network: T's field alone
+    :param refined: T's field refined on each pair (:mod:`dgan.refine`), or None when not run
+    :param first: the first pair's ``fixed``, ``moving``, ``moved``, ``flow`` (the registered
+        one) and ``fixed_labels``, for the figure
     """
-    moving = np.stack([p["moving"] for p in pairs])[..., None]
-    fixed = np.stack([p["fixed"] for p in pairs])[..., None]
-    out = registration_net.predict({"moving": moving, "fixed": fixed}, batch_size=1, verbose=0)
-    registered, identity = [], []
-    for k, pair in enumerate(pairs):
-        warped = synth.warp(pair["moving_labels"], out["flow"][k], order=0)
-        registered.append(metrics.mean_dice(warped, pair["fixed_labels"]))
-        identity.append(metrics.mean_dice(pair["moving_labels"], pair["fixed_labels"]))
+
+    identity: float
+    network: float
+    refined: float | None
+    first: dict
+
+    @property
+    def registered(self):
+        """The registration's result: refined when refinement ran, else T's."""
+        return self.network if self.refined is None else self.refined
+
+
+def score_pairs(model, pairs, refine_config=None):
+    """Register each pair through :class:`dgan.register.Registrar` (the code behind
+    ``dgan-register``), with T alone and, when ``refine_config.steps`` > 0, with refinement;
+    Dice of the warped moving labels against the fixed labels.
+
+    :param model: a :class:`dgan.export.ModelFolder` (in memory during training) or folder path
+    :param pairs: dicts ``moving``, ``fixed`` (X, Y, Z) and their ``*_labels``
+    :param refine_config: :class:`dgan.refine.RefineConfig`, or None for T alone
+    :return: :class:`Scores`
+    """
+    from .register import Registrar
+
+    steps = 0 if refine_config is None else refine_config.steps
+    registrar = Registrar(model, refine_steps=steps, refine_config=refine_config)
+    moving = np.stack([p["moving"] for p in pairs])
+    fixed = np.stack([p["fixed"] for p in pairs])
+    flows = registrar.predict_flow(moving, fixed)  # (B, X, Y, Z, 3)
+    translated = registrar.translate(moving) if steps else None
+    refined = None
+    if steps:
+        refined = np.stack([
+            registrar.refine_flow(m, f, phi, None if translated is None else translated[k])
+            for k, (m, f, phi) in enumerate(zip(moving, fixed, flows))])
+
+    def dice(flow_batch):
+        return float(np.mean([
+            metrics.mean_dice(synth.warp(p["moving_labels"], flow, order=0), p["fixed_labels"])
+            for p, flow in zip(pairs, flow_batch)]))
+
+    identity = float(np.mean([metrics.mean_dice(p["moving_labels"], p["fixed_labels"])
+                              for p in pairs]))
+    flow = flows[0] if refined is None else refined[0]
     first = {
         "fixed": pairs[0]["fixed"], "moving": pairs[0]["moving"],
-        "moved": out["moved"][0, ..., 0], "flow": out["flow"][0],
-        "translated": generator.predict(out["moved"][:1], verbose=0)[0, ..., 0],
+        "moved": synth.warp(pairs[0]["moving"], flow), "flow": flow,
         "fixed_labels": pairs[0]["fixed_labels"],
     }
-    return float(np.mean(registered)), float(np.mean(identity)), first
+    return Scores(identity, dice(flows), None if refined is None else dice(refined), first)
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -406,7 +471,8 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     if chief:
         _write_json(out_dir / "config.json", config.to_dict())
         if not resume:
-            (out_dir / "losses.csv").unlink(missing_ok=True)  # left by a restarted run
+            for log in ("losses.csv", VALIDATION_CSV):  # left by a restarted run
+                (out_dir / log).unlink(missing_ok=True)
     make_dataset = _dataset_fn(config)
     pairs = validation_pairs(config)
 
@@ -426,7 +492,8 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     start_step = int(model.t_optimizer.iterations.numpy())
     _check_workers_agree(strategy, start_step)
     if chief and resume:
-        _trim_loss_log(out_dir / "losses.csv", start_step)  # steps after the checkpoint are redone
+        for log in ("losses.csv", VALIDATION_CSV):  # steps after the checkpoint are redone
+            _trim_loss_log(out_dir / log, start_step)
     if start_step >= config.steps:
         logger.info("the run is already at step %d of %d", start_step, config.steps)
 
@@ -437,24 +504,44 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     writer = tf.summary.create_file_writer(str(out_dir / "tensorboard"))
     dice = {}
 
-    def validate(step):
+    def validate(step, refine=False):
+        """Held-out Dice through the registration code; with ``refine``, also after refinement
+        (the first and the last check: it costs seconds per pair)."""
         if not pairs:
             return
-        registered, identity, first = score_pairs(model.registration_net, model.generator, pairs)
-        dice.update(identity=identity, registered=registered, step=step)
-        logger.info("step %d: validation mean Dice %.4f (identity %.4f)", step, registered, identity)
+        folder = ModelFolder(path=str(out_dir / "model"), registration_net=model.registration_net,
+                             network_config=config.network_config,
+                             preprocessing=Preprocessing(config.shape, config.spacing),
+                             description={}, generator=model.generator)
+        refine_config = config.refine_config if refine and config.refine_config.steps else None
+        scores = score_pairs(folder, pairs, refine_config)
+        dice.update(identity=scores.identity, network=scores.network, refined=scores.refined,
+                    registered=scores.registered, step=step)
+        refined_text = "" if scores.refined is None else f", T + refinement {scores.refined:.4f}"
+        logger.info("step %d: validation mean Dice: identity %.4f, T %.4f%s", step,
+                    scores.identity, scores.network, refined_text)
+        first = scores.first
+        first["translated"] = model.generator.predict(first["moved"][None, ..., None],
+                                                      verbose=0)[0, ..., 0]
         with writer.as_default(step=step):
-            tf.summary.scalar("validation/dice", registered)
-            tf.summary.scalar("validation/dice_identity", identity)
+            tf.summary.scalar("validation/dice", scores.network)
+            tf.summary.scalar("validation/dice_identity", scores.identity)
+            if scores.refined is not None:
+                tf.summary.scalar("validation/dice_refined", scores.refined)
             for name in ("fixed", "moving", "moved", "translated"):
                 volume = first[name]
                 image = volume[:, :, volume.shape[2] // 2].T[::-1]
                 tf.summary.image(f"validation/{name}", image[None, ..., None], step=step)
         if chief:
+            append_validation_row(out_dir / VALIDATION_CSV, step, scores)
+            figures.save_validation_curve(out_dir / "validation_curve.png",
+                                          read_validation_history(out_dir / VALIDATION_CSV))
+            what = "T" if scores.refined is None else "T + refinement"
             figures.save_pair_figure(
                 out_dir / "validation.png", first["fixed"], first["moving"], first["moved"],
                 first["flow"], first["translated"], fixed_labels=first["fixed_labels"],
-                title=f"step {step}: mean Dice {registered:.3f} (identity {identity:.3f})")
+                title=f"step {step}: mean Dice {scores.registered:.3f} with {what} "
+                      f"(T alone {scores.network:.3f}, identity {scores.identity:.3f})")
 
     guard = cb.DivergenceGuard()
     stop = cb.StopRequest()
@@ -474,7 +561,7 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     else:
         dataset = make_dataset(None, start_step)
     if start_step == 0:
-        validate(0)
+        validate(0, refine=True)
     with cb.stop_on_signals(stop):
         if start_step < config.steps:
             model.fit(dataset, steps_per_epoch=1, epochs=config.steps, initial_epoch=start_step,
@@ -487,24 +574,28 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
             f"{name} became {value} at step {at}; training stopped. Last good checkpoint kept: {kept}")
     if manager.latest_checkpoint is None or not manager.latest_checkpoint.endswith(f"-{step}"):
         save(step)
-    if dice.get("step") != step:  # not validated at this step yet
-        validate(step)
+    if dice.get("step") != step or dice.get("refined") is None:  # the last check refines too
+        validate(step, refine=True)
     seconds = time.perf_counter() - started
     if chief:
         figures.save_curves(out_dir / "losses.png", read_loss_history(out_dir / "losses.csv"))
         save_model_folder(model.registration_net, config.network_config,
                           Preprocessing(config.shape, config.spacing), out_dir / "model",
-                          generator=model.generator)
+                          generator=model.generator,
+                          refinement=dataclasses.asdict(config.refine_config))
         _write_json(out_dir / "results.json", {
             "step": step,
             "validation_dice_identity": dice.get("identity"),
+            "validation_dice_network": dice.get("network"),
+            "validation_dice_refined": dice.get("refined"),
             "validation_dice_registered": dice.get("registered"),
             "seconds": round(seconds, 1),
             "stopped_early": step < config.steps,
         })
     logger.info("finished at step %d in %.0f s", step, seconds)
     return RunResult(run_dir, step, dice.get("identity", math.nan),
-                     dice.get("registered", math.nan), seconds, step < config.steps)
+                     dice.get("registered", math.nan), seconds, step < config.steps,
+                     dice.get("network", math.nan))
 
 
 def _check_workers_agree(strategy, start_step):
@@ -541,6 +632,39 @@ def restore_latest(checkpoint, directory):
         problem = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"corrupt or incompatible checkpoint: {problem}", latest) from None
     return latest
+
+
+#: Held-out Dice at every check: step, identity, network (T alone), refined (blank if not run).
+VALIDATION_CSV = "validation.csv"
+_VALIDATION_COLUMNS = ("step", "identity", "network", "refined")
+
+
+def append_validation_row(path, step, scores):
+    """Append one check's :class:`Scores` to ``validation.csv`` (header first)."""
+    import csv
+
+    new = not Path(path).exists()
+    with open(path, "a", newline="") as handle:
+        out = csv.writer(handle)
+        if new:
+            out.writerow(_VALIDATION_COLUMNS)
+        refined = "" if scores.refined is None else f"{scores.refined:.6f}"
+        out.writerow([step, f"{scores.identity:.6f}", f"{scores.network:.6f}", refined])
+
+
+def read_validation_history(path):
+    """``validation.csv`` -> {"identity"|"network"|"refined": [(step, Dice), ...]}."""
+    import csv
+
+    history = {name: [] for name in _VALIDATION_COLUMNS[1:]}
+    if not Path(path).exists():
+        return history
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for name in history:
+                if row.get(name):
+                    history[name].append((int(row["step"]), float(row[name])))
+    return history
 
 
 def read_loss_history(path):

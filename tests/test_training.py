@@ -29,7 +29,7 @@ cli = load_cli()
 
 TINY = ["--shape", "16", "16", "16", "--spacing", "12", "--t-features", "4,8/8,8,4",
         "--g-features", "4,4/4,4", "--d-features", "4", "--lg-window", "3", "--lcc-window", "5",
-        "--no-progress"]
+        "--refine-steps", "5", "--no-progress"]
 
 
 def tiny_config(**changes):
@@ -69,6 +69,27 @@ def test_run_writes_every_output(three_step_run, capsys):
     lines = (run / "losses.csv").read_text().splitlines()
     assert lines[0].startswith("step,d_loss") and [l.split(",")[0] for l in lines[1:]] == ["1", "2", "3"]
     assert "validation mean Dice" in (run / "train.log").read_text()
+
+
+def test_validation_goes_through_the_registrar_and_refines_at_the_first_and_last_check(
+        three_step_run):
+    from dgan.register import Registrar
+
+    run = three_step_run
+    history = training.read_validation_history(run / training.VALIDATION_CSV)
+    assert [s for s, _ in history["network"]] == [0, 2, 3]
+    assert [s for s, _ in history["refined"]] == [0, 3]  # refinement costs seconds: not at 2
+    assert {v for _, v in history["identity"]} == {history["identity"][0][1]}
+    assert (run / "validation_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    results = json.loads((run / "results.json").read_text())
+    assert results["validation_dice_network"] == pytest.approx(history["network"][-1][1], abs=1e-6)
+    assert results["validation_dice_refined"] == pytest.approx(history["refined"][-1][1], abs=1e-6)
+    assert results["validation_dice_registered"] == results["validation_dice_refined"]
+    # the model folder carries the refinement the run validated with: its windows, its steps
+    registrar = Registrar(run / "model")
+    assert registrar.refine_config.lg_window == 3 and registrar.refine_config.lcc_window == 5
+    assert registrar.refine_config.steps == 5 and registrar.model.generator is not None
+    assert Registrar(run / "model", refine_steps=0).refine_config.steps == 0
 
 
 def test_demo_and_user_data_get_their_own_defaults_and_the_cli_overrides_them():

@@ -60,6 +60,9 @@ def parser():
     opt.add_argument("--lambda", dest="lam", type=float, help="L1 weight in L_G")
     opt.add_argument("--lg-window", type=int, help="local-gradient neighbourhood n (default 7)")
     opt.add_argument("--lcc-window", type=int, help="LCC window (default 9)")
+    opt.add_argument("--refine-steps", type=int,
+                     help="instance-refinement iterations per level when validating and in the "
+                          "exported model (dgan-register's default; 0: T alone; demo: 100)")
     opt.add_argument("--lcc-warmup", type=int,
                      help="ramp T's LCC weight from 0 to 1 over this many steps (0: paper, weight 1)")
     net = p.add_argument_group("networks")
@@ -91,6 +94,8 @@ def settings_from_args(args):
     loss = {k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window", "lcc_window",
                                           "lcc_warmup")
             if getattr(args, k) is not None}
+    if args.refine_steps is not None:
+        fields["refine"] = {"steps": args.refine_steps}
     network = {}
     for key, value in (("t_features", args.t_features), ("g_features", args.g_features)):
         if value is not None:
@@ -130,7 +135,7 @@ def main(argv=None):
     print(f"run folder: {result.run_dir}")
     print(f"step {result.step}, {result.seconds:.0f} s")
     print(f"validation mean Dice: identity {result.dice_identity:.4f} -> "
-          f"registered {result.dice_registered:.4f}")
+          f"T alone {result.dice_network:.4f} -> registered {result.dice_registered:.4f}")
     return 0
 
 
