@@ -84,6 +84,11 @@ ANTS_DEFAULTS = {
     "flow_sigma": 3.0,  # smoothing of the update field, voxels
     "total_sigma": 0.0,  # smoothing of the total field
 }
+#: The ceiling's changes to :data:`ANTS_DEFAULTS`: cross-correlation over a 5^3 window
+#: (radius 2 voxels), ANTs' usual mono-modal SyN metric.
+ANTS_CC = {"syn_metric": "CC", "syn_sampling": 2}
+#: The ceiling's name in the tables (:func:`ants_ceiling`).
+CEILING_NAME = "ANTs SyN-CC (T1 fixed, ceiling)"
 
 
 # --- the pairs ---------------------------------------------------------------------------------
@@ -108,8 +113,9 @@ class Benchmark:
     label_names: dict
 
 
-def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm=2.0, n_pairs=4,
-                    seed=0, shape=ddata.DEMO_SHAPE, spacing=ddata.DEMO_SPACING):
+def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm=2.0,
+                    n_pairs=ddata.BRAIN_PAIRS, seed=0, shape=ddata.DEMO_SHAPE,
+                    spacing=ddata.DEMO_SPACING):
     """The evaluation pairs.
 
     :param data: ``"brain"`` (the real T1 + aseg benchmark) or ``"demo"`` (embedded MNI152)
@@ -235,17 +241,22 @@ class AntsSyNMethod:
     :func:`dgan.synth.warp`, as for the other methods.
 
     :param ants: the ``ants`` module (:func:`import_ants`)
+    :param name: shown in the tables (default :attr:`name`)
+    :param fixed_key: the pair's key of the image registered to: ``"fixed"`` (the other
+        modality) or ``"fixed_t1"`` (the same modality, see :func:`ants_ceiling`)
     :param settings: changes to :data:`ANTS_DEFAULTS`
     """
 
     name = "ANTs SyN (MI)"
     warmup = False
 
-    def __init__(self, ants, **settings):
+    def __init__(self, ants, name=None, fixed_key="fixed", **settings):
         unknown = set(settings) - set(ANTS_DEFAULTS)
         if unknown:
             raise InputError(f"unknown ANTs settings: {', '.join(sorted(unknown))}")
         self.ants = ants
+        self.name = name or type(self).name
+        self.fixed_key = fixed_key
         self.settings = {**ANTS_DEFAULTS, **settings}
 
     def flow(self, moving, fixed, spacing):
@@ -274,6 +285,19 @@ class AntsSyNMethod:
         moved = synth.warp(moving, flow)
         labels = synth.warp(np.asarray(moving_labels, np.int32), flow, order=0)
         return MethodResult(flow, moved, labels, time.perf_counter() - started)
+
+
+def ants_ceiling(ants, **settings):
+    """The mono-modal ceiling: ANTs SyN with local cross-correlation (:data:`ANTS_CC`) from the
+    moving image to the fixed anatomy in the moving modality (the pair's ``"fixed_t1"``).
+
+    Same deformations and labels as the cross-modal pairs, so a cross-modal method is judged by
+    how much of the gap between identity and this ceiling it closes.
+
+    :param settings: changes to :data:`ANTS_CC` (e.g. ``reg_iterations``)
+    :return: :class:`AntsSyNMethod` named :data:`CEILING_NAME`
+    """
+    return AntsSyNMethod(ants, name=CEILING_NAME, fixed_key="fixed_t1", **{**ANTS_CC, **settings})
 
 
 # --- scores ------------------------------------------------------------------------------------
@@ -483,17 +507,25 @@ def evaluate(methods, benchmark, out_dir, figure_pairs=1, progress=True):
     """Register every pair of ``benchmark`` with every method; score, tabulate, draw.
 
     A method with ``warmup = True`` first registers the first pair once untimed (building the
-    network for the shape, tracing), so that ``seconds`` is the steady-state time per pair.
+    network for the shape, tracing), so that ``seconds`` is the steady-state time per pair. A
+    method with ``fixed_key`` registers to that image of each pair instead of ``"fixed"`` (the
+    ceiling, :func:`ants_ceiling`, to ``"fixed_t1"``); it is scored against the same labels.
 
     Writes into ``out_dir``: ``results.csv`` (:func:`write_csv`), ``summary.md``
     (:func:`summary_markdown`), ``figures/<method>_pair<k>.png`` for the first ``figure_pairs``
     pairs, ``figures/comparison_pair0.png`` and ``figures/dice_boxplot.png``.
 
-    :param methods: objects with ``name``, ``warmup`` and ``register(moving, fixed,
-        moving_labels, spacing)`` -> :class:`MethodResult`
+    :param methods: objects with ``name``, ``warmup``, optionally ``fixed_key``, and
+        ``register(moving, fixed, moving_labels, spacing)`` -> :class:`MethodResult`
     :param benchmark: :class:`Benchmark`
     :return: :class:`EvaluationResult`
+    :raises InputError: a method needs an image the pairs do not have
     """
+    for method in methods:
+        fixed_key = getattr(method, "fixed_key", "fixed")
+        if any(fixed_key not in pair for pair in benchmark.pairs):
+            raise InputError(f"{method.name} registers to {fixed_key!r}, which the pairs of "
+                             f"{benchmark.name} do not have")
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     records, written = [], []
@@ -503,12 +535,13 @@ def evaluate(methods, benchmark, out_dir, figure_pairs=1, progress=True):
     try:
         for method in methods:
             bar.set_description(method.name)
+            fixed_key = getattr(method, "fixed_key", "fixed")
             if getattr(method, "warmup", False) and benchmark.pairs:
                 pair = benchmark.pairs[0]
-                method.register(pair["moving"], pair["fixed"], pair["moving_labels"],
+                method.register(pair["moving"], pair[fixed_key], pair["moving_labels"],
                                 benchmark.spacing)
             for k, pair in enumerate(benchmark.pairs):
-                result = method.register(pair["moving"], pair["fixed"], pair["moving_labels"],
+                result = method.register(pair["moving"], pair[fixed_key], pair["moving_labels"],
                                          benchmark.spacing)
                 record = {"method": method.name, "pair": k,
                           **score(result, pair, benchmark.label_ids, benchmark.spacing)}

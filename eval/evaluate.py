@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Evaluate Deform-GAN against identity, VoxelMorph, the LCC ablation and ANTs SyN, same pairs.
 
+Beside them runs the mono-modal ceiling: ANTs SyN-CC from the moving T1 to the fixed anatomy
+as a T1 (the pair's ``fixed_t1``, same deformation and labels as the cross-modal fixed image).
+
 Writes ``results.csv`` (one row per method and pair), ``summary.md`` (mean ± std per method, Dice
 per structure), ``figures/*.png`` and ``config.json`` into ``--out``. Examples::
 
@@ -40,7 +43,8 @@ def parser():
     data.add_argument("--labels", default=str(SHARED_DATA / "aseg_eval_labels.npz"),
                       help="npz with the label ids scored (key 'labels')")
     data.add_argument("--resolution", type=float, default=2.0, help="brain: 2 or 1 mm")
-    data.add_argument("--pairs", type=int, default=4, help="number of pairs (default 4)")
+    data.add_argument("--pairs", type=int, default=ddata.BRAIN_PAIRS,
+                      help="number of pairs (default %(default)s)")
     data.add_argument("--seed", type=int, default=0, help="seed of the pairs (default 0)")
     data.add_argument("--shape", type=int, nargs=3, default=list(ddata.DEMO_SHAPE),
                       help="demo grid")
@@ -53,7 +57,10 @@ def parser():
     methods.add_argument("--dgan", metavar="FOLDER", help="Deform-GAN model folder")
     methods.add_argument("--vxm", metavar="FOLDER", help="VoxelMorph (MI) model folder")
     methods.add_argument("--lcc", metavar="FOLDER", help="LCC ablation model folder")
-    methods.add_argument("--no-ants", action="store_true", help="skip ANTs SyN")
+    methods.add_argument("--no-ants", action="store_true",
+                         help="skip ANTs SyN (the cross-modal MI run and the ceiling)")
+    methods.add_argument("--no-ceiling", action="store_true",
+                         help="skip the mono-modal ceiling, ANTs SyN-CC to the T1 fixed image")
     methods.add_argument("--ants-iterations", type=int, nargs="+",
                          default=list(evaluation.ANTS_DEFAULTS["reg_iterations"]),
                          help="SyN iterations per level, coarse to fine (default %(default)s)")
@@ -96,10 +103,13 @@ def main(argv=None):
                 print(reason, file=sys.stderr)
             else:
                 methods.append(evaluation.AntsSyNMethod(ants, **ants_settings))
+                if not args.no_ceiling and "fixed_t1" in benchmark.pairs[0]:
+                    methods.append(evaluation.ants_ceiling(ants, **ants_settings))
         evaluation.write_json(Path(args.out) / "config.json", {
             **vars(args), "benchmark": benchmark.name, "spacing_mm": benchmark.spacing,
             "label_ids": list(benchmark.label_ids), "methods": [m.name for m in methods],
             "ants": {**evaluation.ANTS_DEFAULTS, **ants_settings},
+            "ants_ceiling": {**evaluation.ANTS_DEFAULTS, **evaluation.ANTS_CC, **ants_settings},
         })
         result = evaluation.evaluate(methods, benchmark, args.out,
                                      figure_pairs=args.figure_pairs,
