@@ -10,7 +10,8 @@ information (``antspyx``, an optional extra), on pairs with known labels:
 - methods share one interface, ``register(moving, fixed, moving_labels, spacing)`` ->
   :class:`MethodResult`: :class:`IdentityMethod`, :class:`ModelMethod` (any dgan model folder,
   through :class:`dgan.register.Registrar`, which resamples to the model's training spacing and
-  brings the flow back to the pair's grid), :class:`AntsSyNMethod`;
+  brings the flow back to the pair's grid), :class:`AntsSyNMethod`, and the mono-modal ceiling
+  :func:`ants_ceiling` (ANTs SyN-CC to the pair's same-modality fixed image ``fixed_t1``);
 - :func:`score` turns a result into one record (Dice per label and mean, mean HD95 in mm,
   folding fraction, SDlogJ, seconds), :func:`evaluate` runs every method on every pair and
   writes ``results.csv``, ``summary.md`` and the figures;
@@ -102,7 +103,8 @@ class Benchmark:
 
     :param name: e.g. ``"brain 2 mm"``
     :param pairs: dicts ``moving``, ``fixed`` (X, Y, Z) float32 in [0, 1]; ``moving_labels``,
-        ``fixed_labels`` (X, Y, Z) int32
+        ``fixed_labels`` (X, Y, Z) int32; brain pairs also ``fixed_t1``, the fixed anatomy in
+        the moving modality (X, Y, Z) float32
     :param spacing: voxel size in mm of every pair, shape = (3,)
     :param label_ids: labels scored with Dice and HD95
     :param label_names: ``{label id: name}``
