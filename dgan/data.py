@@ -48,7 +48,7 @@ from .synth import (
     DEFAULT_MAX_DISPLACEMENT,
     DEFAULT_SMOOTHNESS,
     T2_LIKE,
-    aseg_to_tissue,
+    brain_tissue_maps,
     random_intensity_augmentation,
     random_smooth_flow,
     render_contrast,
@@ -69,6 +69,12 @@ DEMO_SPACING = 5.0
 #: Same ratio as synth's defaults, so no folding.
 DEMO_MAX_DISPLACEMENT = 4.0
 DEMO_SMOOTHNESS = 16.0
+
+#: The brain benchmark (:func:`load_brain_benchmark`): pairs per evaluation, and each side's
+#: deformation, in mm.
+BRAIN_PAIRS = 8
+BRAIN_MAX_DISPLACEMENT_MM = 8.0
+BRAIN_SMOOTHNESS_MM = 32.0
 
 # Separate random streams per purpose, so that no two purposes ever share random numbers even
 # when they are given the same seed: np.random.default_rng([seed, stream, index]).
@@ -360,21 +366,26 @@ def make_dataset(moving_arrays, fixed_arrays, batch_size, seed, start_step=0, au
 
 
 def _deformed_pair(moving, fixed, moving_labels, fixed_labels, rng, max_displacement,
-                   smoothness, augment_moving=True, augment_fixed=True):
+                   smoothness, augment_moving=True, augment_fixed=True, fixed_in_moving=None):
     """Moving and fixed each warped by its own random smooth flow; labels warped with order 0.
 
-    All arrays (X, Y, Z); returns a dict of float32 images and int32 label maps.
+    All arrays (X, Y, Z); returns a dict of float32 images and int32 label maps, and, when
+    ``fixed_in_moving`` (the fixed anatomy in the moving modality) is given, ``"fixed_t1"``: it
+    warped with the fixed image's flow, the same-modality fixed image.
     """
     moving_flow = random_smooth_flow(moving.shape, max_displacement, smoothness, rng)
     fixed_flow = random_smooth_flow(fixed.shape, max_displacement, smoothness, rng)
     moved = warp(moving, moving_flow)
     fixed_moved = warp(fixed, fixed_flow)
-    return {
+    pair = {
         "moving": random_intensity_augmentation(moved, rng) if augment_moving else moved,
         "fixed": random_intensity_augmentation(fixed_moved, rng) if augment_fixed else fixed_moved,
         "moving_labels": warp(moving_labels, moving_flow, order=0).astype(np.int32),
         "fixed_labels": warp(fixed_labels, fixed_flow, order=0).astype(np.int32),
     }
+    if fixed_in_moving is not None:
+        pair["fixed_t1"] = warp(fixed_in_moving, fixed_flow)
+    return pair
 
 
 # --- the embedded demo data ------------------------------------------------------------------
@@ -482,20 +493,26 @@ def demo_validation_pairs(n=4, seed=1234, shape=DEMO_SHAPE, spacing=DEMO_SPACING
 # --- the real-data benchmark -----------------------------------------------------------------
 
 
-def load_brain_benchmark(path, resolution_mm=2.0, n_pairs=4, seed=0, max_displacement_mm=4.0,
-                         smoothness_mm=32.0):
+def load_brain_benchmark(path, resolution_mm=2.0, n_pairs=BRAIN_PAIRS, seed=0,
+                         max_displacement_mm=BRAIN_MAX_DISPLACEMENT_MM,
+                         smoothness_mm=BRAIN_SMOOTHNESS_MM):
     """Cross-modal pairs with known deformations from one real T1 and its aseg segmentation.
 
-    ``path`` is an ``.npz`` with ``vol`` (T1, 160 x 192 x 224 at 1 mm, no affine) and ``seg``
-    (FreeSurfer aseg ids). Moving = the real T1; fixed = a T2-like image rendered from
-    :func:`~dgan.synth.aseg_to_tissue` (new bias and noise per pair). Moving and fixed each get
-    their own random smooth deformation; the segmentation is warped with them (order 0).
+    ``path`` is an ``.npz`` with ``vol`` (T1, skull-stripped, 160 x 192 x 224 at 1 mm, no
+    affine) and ``seg`` (FreeSurfer aseg ids). Moving = the real T1; fixed = a T2-like image
+    rendered (new bias and noise per pair) from :func:`~dgan.synth.brain_tissue_maps`, which
+    gives every voxel of the T1's brain a tissue, the unlabelled sulcal CSF included, and leaves
+    the outside of the brain 0 as in the T1. Moving and fixed each get their own random smooth
+    deformation; the segmentation is warped with them (order 0), and the T1 with the fixed
+    image's deformation gives ``fixed_t1``, the same-modality fixed image (the mono-modal
+    ceiling registers the moving image to it).
 
     :param resolution_mm: 2 (80 x 96 x 112) or 1 (160 x 192 x 224)
+    :param n_pairs: number of pairs (default :data:`BRAIN_PAIRS`)
     :param max_displacement_mm: the largest displacement of each deformation
     :param smoothness_mm: the deformations' control-point spacing
-    :return: list of n_pairs dicts: ``moving``, ``fixed`` (X, Y, Z) float32 in [0, 1];
-        ``moving_labels``, ``fixed_labels`` (X, Y, Z) int32 aseg ids
+    :return: list of n_pairs dicts: ``moving``, ``fixed``, ``fixed_t1`` (X, Y, Z) float32 in
+        [0, 1]; ``moving_labels``, ``fixed_labels`` (X, Y, Z) int32 aseg ids
     :raises InputError: the file is absent or unusable
     """
     t1 = load_volume(path, kind="image")
@@ -506,7 +523,7 @@ def load_brain_benchmark(path, resolution_mm=2.0, n_pairs=4, seed=0, max_displac
         t1 = resample_to_spacing(t1, resolution_mm)
         seg = resample_to_spacing(seg, resolution_mm, order=0)
     image = normalize_intensity(t1.array)
-    tissue = aseg_to_tissue(seg.array)
+    tissue = brain_tissue_maps(seg.array, image)
     blur = 1.0 / resolution_mm  # 1 mm of partial-volume blur
     pairs = []
     for k in range(n_pairs):
@@ -515,5 +532,6 @@ def load_brain_benchmark(path, resolution_mm=2.0, n_pairs=4, seed=0, max_displac
         pairs.append(_deformed_pair(image, t2, seg.array, seg.array, rng,
                                     max_displacement_mm / resolution_mm,
                                     smoothness_mm / resolution_mm,
-                                    augment_moving=False, augment_fixed=False))
+                                    augment_moving=False, augment_fixed=False,
+                                    fixed_in_moving=image))
     return pairs

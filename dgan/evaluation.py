@@ -10,7 +10,8 @@ information (``antspyx``, an optional extra), on pairs with known labels:
 - methods share one interface, ``register(moving, fixed, moving_labels, spacing)`` ->
   :class:`MethodResult`: :class:`IdentityMethod`, :class:`ModelMethod` (any dgan model folder,
   through :class:`dgan.register.Registrar`, which resamples to the model's training spacing and
-  brings the flow back to the pair's grid), :class:`AntsSyNMethod`;
+  brings the flow back to the pair's grid), :class:`AntsSyNMethod`, and the mono-modal ceiling
+  :func:`ants_ceiling` (ANTs SyN-CC to the pair's same-modality fixed image ``fixed_t1``);
 - :func:`score` turns a result into one record (Dice per label and mean, mean HD95 in mm,
   folding fraction, SDlogJ, seconds), :func:`evaluate` runs every method on every pair and
   writes ``results.csv``, ``summary.md`` and the figures;
@@ -23,12 +24,14 @@ Every flow is a displacement in voxels of the pair's grid, 'ij' indexing,
 ``moved(p) = moving(p + flow(p))``.
 """
 
+import concurrent.futures
 import csv
 import dataclasses
 import importlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import tempfile
 import time
@@ -84,6 +87,11 @@ ANTS_DEFAULTS = {
     "flow_sigma": 3.0,  # smoothing of the update field, voxels
     "total_sigma": 0.0,  # smoothing of the total field
 }
+#: The ceiling's changes to :data:`ANTS_DEFAULTS`: cross-correlation over a 5^3 window
+#: (radius 2 voxels), ANTs' usual mono-modal SyN metric.
+ANTS_CC = {"syn_metric": "CC", "syn_sampling": 2}
+#: The ceiling's name in the tables (:func:`ants_ceiling`).
+CEILING_NAME = "ANTs SyN-CC (T1 fixed, ceiling)"
 
 
 # --- the pairs ---------------------------------------------------------------------------------
@@ -95,7 +103,8 @@ class Benchmark:
 
     :param name: e.g. ``"brain 2 mm"``
     :param pairs: dicts ``moving``, ``fixed`` (X, Y, Z) float32 in [0, 1]; ``moving_labels``,
-        ``fixed_labels`` (X, Y, Z) int32
+        ``fixed_labels`` (X, Y, Z) int32; brain pairs also ``fixed_t1``, the fixed anatomy in
+        the moving modality (X, Y, Z) float32
     :param spacing: voxel size in mm of every pair, shape = (3,)
     :param label_ids: labels scored with Dice and HD95
     :param label_names: ``{label id: name}``
@@ -108,8 +117,9 @@ class Benchmark:
     label_names: dict
 
 
-def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm=2.0, n_pairs=4,
-                    seed=0, shape=ddata.DEMO_SHAPE, spacing=ddata.DEMO_SPACING):
+def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm=2.0,
+                    n_pairs=ddata.BRAIN_PAIRS, seed=0, shape=ddata.DEMO_SHAPE,
+                    spacing=ddata.DEMO_SPACING):
     """The evaluation pairs.
 
     :param data: ``"brain"`` (the real T1 + aseg benchmark) or ``"demo"`` (embedded MNI152)
@@ -238,17 +248,22 @@ class AntsSyNMethod:
     :func:`dgan.synth.warp`, as for the other methods.
 
     :param ants: the ``ants`` module (:func:`import_ants`)
+    :param name: shown in the tables (default :attr:`name`)
+    :param fixed_key: the pair's key of the image registered to: ``"fixed"`` (the other
+        modality) or ``"fixed_t1"`` (the same modality, see :func:`ants_ceiling`)
     :param settings: changes to :data:`ANTS_DEFAULTS`
     """
 
     name = "ANTs SyN (MI)"
     warmup = False
 
-    def __init__(self, ants, **settings):
+    def __init__(self, ants, name=None, fixed_key="fixed", **settings):
         unknown = set(settings) - set(ANTS_DEFAULTS)
         if unknown:
             raise InputError(f"unknown ANTs settings: {', '.join(sorted(unknown))}")
         self.ants = ants
+        self.name = name or type(self).name
+        self.fixed_key = fixed_key
         self.settings = {**ANTS_DEFAULTS, **settings}
 
     def flow(self, moving, fixed, spacing):
@@ -277,6 +292,19 @@ class AntsSyNMethod:
         moved = synth.warp(moving, flow)
         labels = synth.warp(np.asarray(moving_labels, np.int32), flow, order=0)
         return MethodResult(flow, moved, labels, time.perf_counter() - started)
+
+
+def ants_ceiling(ants, **settings):
+    """The mono-modal ceiling: ANTs SyN with local cross-correlation (:data:`ANTS_CC`) from the
+    moving image to the fixed anatomy in the moving modality (the pair's ``"fixed_t1"``).
+
+    Same deformations and labels as the cross-modal pairs, so a cross-modal method is judged by
+    how much of the gap between identity and this ceiling it closes.
+
+    :param settings: changes to :data:`ANTS_CC` (e.g. ``reg_iterations``)
+    :return: :class:`AntsSyNMethod` named :data:`CEILING_NAME`
+    """
+    return AntsSyNMethod(ants, name=CEILING_NAME, fixed_key="fixed_t1", **{**ANTS_CC, **settings})
 
 
 # --- scores ------------------------------------------------------------------------------------
@@ -486,17 +514,25 @@ def evaluate(methods, benchmark, out_dir, figure_pairs=1, progress=True):
     """Register every pair of ``benchmark`` with every method; score, tabulate, draw.
 
     A method with ``warmup = True`` first registers the first pair once untimed (building the
-    network for the shape, tracing), so that ``seconds`` is the steady-state time per pair.
+    network for the shape, tracing), so that ``seconds`` is the steady-state time per pair. A
+    method with ``fixed_key`` registers to that image of each pair instead of ``"fixed"`` (the
+    ceiling, :func:`ants_ceiling`, to ``"fixed_t1"``); it is scored against the same labels.
 
     Writes into ``out_dir``: ``results.csv`` (:func:`write_csv`), ``summary.md``
     (:func:`summary_markdown`), ``figures/<method>_pair<k>.png`` for the first ``figure_pairs``
     pairs, ``figures/comparison_pair0.png`` and ``figures/dice_boxplot.png``.
 
-    :param methods: objects with ``name``, ``warmup`` and ``register(moving, fixed,
-        moving_labels, spacing)`` -> :class:`MethodResult`
+    :param methods: objects with ``name``, ``warmup``, optionally ``fixed_key``, and
+        ``register(moving, fixed, moving_labels, spacing)`` -> :class:`MethodResult`
     :param benchmark: :class:`Benchmark`
     :return: :class:`EvaluationResult`
+    :raises InputError: a method needs an image the pairs do not have
     """
+    for method in methods:
+        fixed_key = getattr(method, "fixed_key", "fixed")
+        if any(fixed_key not in pair for pair in benchmark.pairs):
+            raise InputError(f"{method.name} registers to {fixed_key!r}, which the pairs of "
+                             f"{benchmark.name} do not have")
     out_dir = Path(out_dir)
     figure_dir = out_dir / "figures"
     records, written = [], []
@@ -506,12 +542,13 @@ def evaluate(methods, benchmark, out_dir, figure_pairs=1, progress=True):
     try:
         for method in methods:
             bar.set_description(method.name)
+            fixed_key = getattr(method, "fixed_key", "fixed")
             if getattr(method, "warmup", False) and benchmark.pairs:
                 pair = benchmark.pairs[0]
-                method.register(pair["moving"], pair["fixed"], pair["moving_labels"],
+                method.register(pair["moving"], pair[fixed_key], pair["moving_labels"],
                                 benchmark.spacing)
             for k, pair in enumerate(benchmark.pairs):
-                result = method.register(pair["moving"], pair["fixed"], pair["moving_labels"],
+                result = method.register(pair["moving"], pair[fixed_key], pair["moving_labels"],
                                          benchmark.spacing)
                 record = {"method": method.name, "pair": k,
                           **score(result, pair, benchmark.label_ids, benchmark.spacing)}
@@ -565,7 +602,8 @@ def write_json(path, payload):
 
 
 def measurement_record(measurement):
-    """A :class:`dgan.metrics.Measurement` as a JSON-ready dict; ``added_mib`` = peak - baseline."""
+    """A :class:`dgan.metrics.Measurement` as a JSON-ready dict; ``added_mib`` = peak - baseline,
+    what the method's warm-up (building, tracing) and timed calls added to the process."""
     added = (None if measurement.baseline_mib is None
              else measurement.peak_mib - measurement.baseline_mib)
     return {"seconds": measurement.seconds, "times": list(measurement.times),
@@ -573,78 +611,145 @@ def measurement_record(measurement):
             "memory_source": measurement.memory_source}
 
 
-def bench_inference(network_config, moving, fixed, spacing=(1.0, 1.0, 1.0), repeats=3, warmup=1,
-                    ants=None, ants_settings=None, ants_repeats=1):
-    """Median time and peak memory of registering one pair (network forward pass only).
+def in_fresh_process(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in a new Python process (``spawn``), its result returned.
 
-    Deform-GAN's T (:func:`dgan.networks.build_registration_net`) and VoxelMorph's VxmDense
-    (:func:`dgan.baselines.build_vxm_dense`, the same U-Net) run on ``(1, X, Y, Z, 1)`` inputs
-    through a ``tf.function`` (traced in the warm-up); ANTs SyN (when ``ants`` is given) runs
-    :meth:`AntsSyNMethod.flow` on the same arrays.
-
-    :param network_config: :class:`dgan.networks.NetworkConfig` with ``shape`` = moving.shape
-    :param spacing: the arrays' voxel size in mm (for ANTs)
-    :param ants: the ``ants`` module, or None to leave ANTs out
-    :param ants_settings: changes to :data:`ANTS_DEFAULTS`
-    :param ants_repeats: timed ANTs registrations (no warm-up: nothing to trace)
-    :return: ``{method name: {"seconds", "times", "peak_mib", "added_mib", "memory_source"}}``
+    A benchmark measures each method in its own process: memory that one method's run freed
+    stays with the process (allocator caches) and would be reused by the next, which would
+    then seem to need nothing. ``fn`` and its arguments must be picklable (module-level).
     """
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(fn, *args, **kwargs).result()
+
+
+def _run(isolate, fn, *args, **kwargs):
+    return in_fresh_process(fn, *args, **kwargs) if isolate else fn(*args, **kwargs)
+
+
+def _lazy(build):
+    """A callable that builds ``build()`` (a function of no arguments) on its first call, inside
+    :func:`dgan.metrics.measure`'s memory window, then calls it: ``lazy()`` -> ``build()()``."""
+    built = []
+
+    def call():
+        if not built:
+            built.append(build())
+        return built[0]()
+
+    return call
+
+
+def _inference_forward(kind, network_config, moving, fixed):
+    """One registration network's forward pass on (1, X, Y, Z, 1) inputs, as a function of no
+    arguments returning the flow (NumPy); ``kind`` ``"dgan"`` (T) or ``"vxm"`` (VxmDense)."""
     from .baselines import build_vxm_dense
     from .compat import tf
     from .networks import build_registration_net
 
     moving_in = tf.constant(np.asarray(moving, np.float32)[None, ..., None])
     fixed_in = tf.constant(np.asarray(fixed, np.float32)[None, ..., None])
+    if kind == "dgan":
+        net = build_registration_net(network_config)
+        forward = tf.function(lambda m, f: net({"moving": m, "fixed": f}, training=False)["flow"])
+    else:
+        net = build_vxm_dense(network_config)
+        forward = tf.function(lambda m, f: net([m, f], training=False)[1])
+    return lambda: forward(moving_in, fixed_in).numpy()
+
+
+def _bench_network(kind, network_config, moving, fixed, repeats, warmup):
+    """:func:`measurement_record` of one network's inference, built in the memory window."""
+    _, measurement = metrics.measure(
+        _lazy(lambda: _inference_forward(kind, network_config, moving, fixed)),
+        repeats=repeats, warmup=max(1, warmup))
+    return measurement_record(measurement)
+
+
+def _bench_ants(moving, fixed, spacing, settings, repeats):
+    """:func:`measurement_record` of whole ANTs SyN registrations (no warm-up)."""
+    ants, reason = import_ants()
+    if ants is None:
+        raise InputError(reason)
+    method = AntsSyNMethod(ants, **settings)
+    _, measurement = metrics.measure(method.flow, moving, fixed, spacing, repeats=repeats,
+                                     warmup=0)
+    return measurement_record(measurement)
+
+
+def bench_inference(network_config, moving, fixed, spacing=(1.0, 1.0, 1.0), repeats=3, warmup=1,
+                    ants=None, ants_settings=None, ants_repeats=1, isolate=True):
+    """Median time and peak memory of registering one pair (network forward pass only).
+
+    Deform-GAN's T (:func:`dgan.networks.build_registration_net`) and VoxelMorph's VxmDense
+    (:func:`dgan.baselines.build_vxm_dense`, the same U-Net) run on ``(1, X, Y, Z, 1)`` inputs
+    through a ``tf.function`` (traced in the warm-up); ANTs SyN (when ``ants`` is given) runs
+    :meth:`AntsSyNMethod.flow` on the same arrays. Each network is built in the first warm-up
+    call, inside the memory window (:func:`dgan.metrics.measure`), so ``added_mib`` counts its
+    weights, graph and activations; times are the timed calls only.
+
+    :param network_config: :class:`dgan.networks.NetworkConfig` with ``shape`` = moving.shape
+    :param spacing: the arrays' voxel size in mm (for ANTs)
+    :param ants: the ``ants`` module, or None to leave ANTs out
+    :param ants_settings: changes to :data:`ANTS_DEFAULTS`
+    :param ants_repeats: timed ANTs registrations (no warm-up: nothing to trace)
+    :param isolate: measure each method in a fresh process (:func:`in_fresh_process`); False
+        runs them one after the other in this process, where a later method reuses memory an
+        earlier one freed
+    :return: ``{method name: {"seconds", "times", "peak_mib", "added_mib", "memory_source"}}``
+    """
     out = {}
-    net = build_registration_net(network_config)
-    forward = tf.function(lambda m, f: net({"moving": m, "fixed": f}, training=False)["flow"])
-    _, measurement = metrics.measure(lambda: forward(moving_in, fixed_in).numpy(),
-                                     repeats=repeats, warmup=max(1, warmup))
-    out["Deform-GAN T"] = measurement_record(measurement)
-    del net, forward
-    vxm_net = build_vxm_dense(network_config)
-    forward = tf.function(lambda m, f: vxm_net([m, f], training=False)[1])
-    _, measurement = metrics.measure(lambda: forward(moving_in, fixed_in).numpy(),
-                                     repeats=repeats, warmup=max(1, warmup))
-    out["VoxelMorph VxmDense"] = measurement_record(measurement)
-    del vxm_net, forward
+    for name, kind in (("Deform-GAN T", "dgan"), ("VoxelMorph VxmDense", "vxm")):
+        out[name] = _run(isolate, _bench_network, kind, network_config, moving, fixed, repeats,
+                         warmup)
     if ants is not None:
-        method = AntsSyNMethod(ants, **(ants_settings or {}))
-        _, measurement = metrics.measure(method.flow, moving, fixed, spacing,
-                                         repeats=ants_repeats, warmup=0)
-        out[AntsSyNMethod.name] = measurement_record(measurement)
+        out[AntsSyNMethod.name] = _run(isolate, _bench_ants, moving, fixed, spacing,
+                                       dict(ants_settings or {}), ants_repeats)
     return out
 
 
-def bench_training_step(network_config, moving, fixed, repeats=3, warmup=1, loss=None):
-    """Median time and peak memory of one training step at ``network_config.shape``.
-
-    Deform-GAN: :meth:`dgan.model.DeformGAN.train_step` (D, then G, then T, three Adam updates);
-    VoxelMorph: one step of :class:`dgan.baselines.RegistrationTrainer` on VxmDense with
-    ``-MI + lambda * Grad_l2`` (one Adam update). Both in a ``tf.function``, batch size 1.
-
-    :return: ``{"Deform-GAN (D+G+T)": {...}, "VoxelMorph VxmDense (MI)": {...}}``
-    """
+def _training_step(kind, network_config, moving, fixed, loss):
+    """One training step (batch size 1) as a function of no arguments returning its loss;
+    ``kind`` ``"dgan"`` (Deform-GAN's D, G, T) or ``"vxm"`` (VxmDense with ``loss``)."""
     from .baselines import RegistrationTrainer, build_vxm_dense
     from .compat import keras, tf
     from .model import DeformGAN
 
     batch = {"moving": tf.constant(np.asarray(moving, np.float32)[None, ..., None]),
              "fixed": tf.constant(np.asarray(fixed, np.float32)[None, ..., None])}
-    out = {}
-    model = DeformGAN.from_config_object(network_config)
-    model.compile(t_optimizer=keras.optimizers.Adam(1e-4),
-                  g_optimizer=keras.optimizers.Adam(1e-4),
-                  d_optimizer=keras.optimizers.Adam(1e-4))
-    step = tf.function(model.train_step)
-    _, measurement = metrics.measure(lambda: float(step(batch)["t_loss"]), repeats=repeats,
-                                     warmup=max(1, warmup))
-    out["Deform-GAN (D+G+T)"] = measurement_record(measurement)
-    del model, step
+    if kind == "dgan":
+        model = DeformGAN.from_config_object(network_config)
+        model.compile(t_optimizer=keras.optimizers.Adam(1e-4),
+                      g_optimizer=keras.optimizers.Adam(1e-4),
+                      d_optimizer=keras.optimizers.Adam(1e-4))
+        step = tf.function(model.train_step)
+        return lambda: float(step(batch)["t_loss"])
     trainer = RegistrationTrainer(build_vxm_dense(network_config), "vxm", loss)
     trainer.compile(optimizer=keras.optimizers.Adam(1e-4))
     step = tf.function(trainer.train_step)
-    _, measurement = metrics.measure(lambda: float(step(batch)["loss"]), repeats=repeats,
-                                     warmup=max(1, warmup))
-    out["VoxelMorph VxmDense (MI)"] = measurement_record(measurement)
-    return out
+    return lambda: float(step(batch)["loss"])
+
+
+def _bench_training(kind, network_config, moving, fixed, repeats, warmup, loss):
+    """:func:`measurement_record` of one training step, model built in the memory window."""
+    _, measurement = metrics.measure(
+        _lazy(lambda: _training_step(kind, network_config, moving, fixed, loss)),
+        repeats=repeats, warmup=max(1, warmup))
+    return measurement_record(measurement)
+
+
+def bench_training_step(network_config, moving, fixed, repeats=3, warmup=1, loss=None,
+                        isolate=True):
+    """Median time and peak memory of one training step at ``network_config.shape``.
+
+    Deform-GAN: :meth:`dgan.model.DeformGAN.train_step` (D, then G, then T, three Adam updates);
+    VoxelMorph: one step of :class:`dgan.baselines.RegistrationTrainer` on VxmDense with
+    ``-MI + lambda * Grad_l2`` (one Adam update). Both in a ``tf.function``, batch size 1, the
+    model built in the first warm-up call, inside the memory window; each in a fresh process
+    unless ``isolate`` is False (see :func:`bench_inference`).
+
+    :return: ``{"Deform-GAN (D+G+T)": {...}, "VoxelMorph VxmDense (MI)": {...}}``
+    """
+    return {name: _run(isolate, _bench_training, kind, network_config, moving, fixed, repeats,
+                       warmup, loss)
+            for name, kind in (("Deform-GAN (D+G+T)", "dgan"), ("VoxelMorph VxmDense (MI)", "vxm"))}

@@ -311,11 +311,11 @@ class Measurement:
     :ivar times: wall time of every timed call, in order
     :ivar peak_mib: peak resident memory of the whole process, MiB (2^20 bytes); see
         ``memory_source`` for the window it covers
-    :ivar baseline_mib: resident memory just before the timed calls, MiB (None where
+    :ivar baseline_mib: resident memory just before the warm-up calls, MiB (None where
         /proc/self/status is unavailable); ``peak_mib - baseline_mib`` is what the calls added
     :ivar memory_source: how ``peak_mib`` was read:
         ``"vmhwm_reset"``: VmHWM of /proc/self/status after resetting it by writing "5" to
-        /proc/self/clear_refs, so the peak of the timed calls only;
+        /proc/self/clear_refs, so the peak of the warm-up and timed calls only;
         ``"vmhwm_lifetime"``: VmHWM without reset (not permitted): the peak since the process
         started, an upper bound;
         ``"ru_maxrss_lifetime"``: ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (no /proc):
@@ -367,23 +367,27 @@ def measure(fn, *args, repeats=1, warmup=0, **kwargs):
 
     Only the last result is kept: earlier ones are released before the next call, so they do
     not add to the peak memory. Memory is the resident set of the whole process (threads and
-    native libraries included); see :class:`Measurement` for how the peak is read.
+    native libraries included); see :class:`Measurement` for how the peak is read. The memory
+    window opens *before* the warm-up calls: the high-water mark is reset and the baseline read
+    there. Frameworks keep what a first call allocates (TensorFlow's allocator, traced graphs,
+    a network built lazily on the first call), so a window opened after the warm-up would see
+    nothing added (1-2 MiB for every network, as the old benchmark's ``added`` column did).
 
     :param fn: the callable to measure; ``repeats``, ``warmup`` are not passed to it
-    :return: ``(result of the last call, Measurement)``
+    :return: ``(result of the last call, Measurement)``; ``Measurement.seconds`` times the timed
+        calls only, ``peak_mib`` and ``baseline_mib`` cover the warm-up and the timed calls
     """
     if repeats < 1:
         raise InputError(f"repeats must be at least 1, got {repeats}")
     if warmup < 0:
         raise InputError(f"warmup must be at least 0, got {warmup}")
+    gc.collect()
+    reset = _reset_peak()
+    baseline = _status_mib("VmRSS")
     result = None
     for _ in range(warmup):
         result = None
         result = fn(*args, **kwargs)
-    result = None
-    gc.collect()
-    reset = _reset_peak()
-    baseline = _status_mib("VmRSS")
     times = []
     for _ in range(repeats):
         result = None

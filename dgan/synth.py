@@ -10,7 +10,10 @@ Implements, in NumPy/SciPy and driven only by the ``numpy.random.Generator`` pas
 - :func:`render_contrast`: an MR-like image from tissue maps (``sum_k p_k * intensity_k``, then
   blur, bias field and noise), e.g. the T2-like contrast :data:`T2_LIKE`, in the spirit of
   SynthSeg-style generative models (Billot et al. 2023);
-- :func:`aseg_to_tissue`: FreeSurfer ``aseg`` label ids to the tissue classes rendered here.
+- :func:`aseg_to_tissue`: FreeSurfer ``aseg`` label ids to the tissue classes rendered here;
+- :func:`brain_tissue_maps`: tissue probability maps consistent with a skull-stripped T1: every
+  voxel of the T1's brain gets a tissue, the voxels the segmentation leaves unlabelled (sulcal
+  and extra-cerebral CSF, vessels, partial volume) a CSF / grey-matter mixture read from the T1.
 
 A flow has shape (X, Y, Z, 3) and is in voxels: ``flow[..., d]`` moves along voxel axis d.
 """
@@ -234,3 +237,49 @@ def aseg_to_tissue(seg):
     table[list(_ASEG_GREY)] = GREY_MATTER
     table[list(_ASEG_WHITE)] = WHITE_MATTER
     return table[seg]
+
+
+def brain_mask(image, seg):
+    """The brain: the foreground of a skull-stripped image together with the labelled voxels,
+    holes filled.
+
+    :param image: shape = (X, Y, Z), skull-stripped (0 outside the brain)
+    :param seg: shape = (X, Y, Z), label ids (0 unlabelled)
+    :return: shape = (X, Y, Z), bool
+    """
+    image, seg = np.asarray(image), np.asarray(seg)
+    if image.shape != seg.shape:
+        raise ValueError(f"image {image.shape} and seg {seg.shape} shapes differ")
+    return ndimage.binary_fill_holes((image > 0) | (seg > 0))
+
+
+def brain_tissue_maps(seg, t1):
+    """Tissue probability maps of a T1 and its aseg that agree with the T1 everywhere.
+
+    Labelled voxels take their class (:func:`aseg_to_tissue`). Voxels inside the brain
+    (:func:`brain_mask`) that the aseg leaves unlabelled, or maps to background, are sulcal and
+    extra-cerebral CSF, vessels and their partial volume with the cortex: they become a mixture
+    of CSF and grey matter with grey-matter fraction
+    ``clip((t1 - median_T1(CSF)) / (median_T1(grey) - median_T1(CSF)), 0, 1)``, the medians taken
+    over the labelled voxels of each class. Voxels outside the brain stay background, as in the
+    skull-stripped T1.
+
+    :param seg: shape = (X, Y, Z), integer-valued aseg ids
+    :param t1: shape = (X, Y, Z), the skull-stripped T1 on the same grid
+    :return: shape = (X, Y, Z, 4), float32 probabilities of (background, CSF, grey, white)
+        matter, summing to 1 in every voxel; background is 0 in every voxel of the brain
+    """
+    t1 = np.asarray(t1, dtype=np.float32)
+    tissue = aseg_to_tissue(seg)
+    mask = brain_mask(t1, tissue)
+    maps = np.eye(len(TISSUE_NAMES), dtype=np.float32)[tissue]  # (X, Y, Z, 4)
+    unlabelled = mask & (tissue == BACKGROUND)
+    if unlabelled.any():
+        levels = [float(np.median(t1[tissue == c])) if np.any(tissue == c) else default
+                  for c, default in ((CSF, 0.25), (GREY_MATTER, 0.55))]
+        span = max(levels[1] - levels[0], 1e-6)
+        grey = np.clip((t1[unlabelled] - levels[0]) / span, 0.0, 1.0)
+        maps[unlabelled] = 0.0
+        maps[unlabelled, CSF] = 1.0 - grey
+        maps[unlabelled, GREY_MATTER] = grey
+    return maps

@@ -21,9 +21,11 @@ A size is ``<r>mm`` (the brain benchmark's first pair on its grid at r mm: 2mm 8
 zero-padded to a multiple of the U-Net's down-sampling (4mm: 48x48x64), as registration does.
 Networks are VoxelMorph's default U-Net ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16)) unless
 ``--t-features`` says otherwise (G takes the same U-Net, D its defaults). Times are the network
-alone for T and VxmDense (no resampling), the whole registration for ANTs. Memory is the
-resident set of this process: ``peak`` is its highest value during the timed calls, ``added``
-that minus the value just before them.
+alone for T and VxmDense (no resampling), the whole registration for ANTs. Each method is
+measured in a fresh process. Memory is the resident set of that process: ``peak`` is its highest
+value from just before the method's network is built to the end of its timed calls (warm-up
+included: TensorFlow keeps what the first call allocates), ``added`` that minus the value just
+before (the inputs and TensorFlow already loaded).
 """
 
 import argparse

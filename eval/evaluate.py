@@ -1,6 +1,9 @@
 #!/usr/bin/env python
 """Evaluate Deform-GAN against identity, VoxelMorph, the LCC ablation and ANTs SyN, same pairs.
 
+Beside them runs the mono-modal ceiling: ANTs SyN-CC from the moving T1 to the fixed anatomy
+as a T1 (the pair's ``fixed_t1``, same deformation and labels as the cross-modal fixed image).
+
 Writes ``results.csv`` (one row per method and pair), ``summary.md`` (mean ± std per method, Dice
 per structure), ``figures/*.png`` and ``config.json`` into ``--out``. Examples::
 
@@ -14,6 +17,7 @@ ANTs SyN needs ``pip install antspyx``; without it, it is skipped with a message
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -25,8 +29,8 @@ import dgan  # noqa: E402,F401
 from dgan import baselines, evaluation  # noqa: E402
 from dgan import data as ddata  # noqa: E402
 from dgan.errors import InputError  # noqa: E402
-from dgan.refine import RefineConfig  # noqa: E402
-from dgan.register import DEFAULT_REFINE_STEPS  # noqa: E402
+from dgan.export import as_model_folder  # noqa: E402
+from dgan.register import DEFAULT_REFINE_STEPS, model_refinement  # noqa: E402
 
 #: ../shared/data beside the repository (the brain benchmark's files).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -42,7 +46,8 @@ def parser():
     data.add_argument("--labels", default=str(SHARED_DATA / "aseg_eval_labels.npz"),
                       help="npz with the label ids scored (key 'labels')")
     data.add_argument("--resolution", type=float, default=2.0, help="brain: 2 or 1 mm")
-    data.add_argument("--pairs", type=int, default=4, help="number of pairs (default 4)")
+    data.add_argument("--pairs", type=int, default=ddata.BRAIN_PAIRS,
+                      help="number of pairs (default %(default)s)")
     data.add_argument("--seed", type=int, default=0, help="seed of the pairs (default 0)")
     data.add_argument("--shape", type=int, nargs=3, default=list(ddata.DEMO_SHAPE),
                       help="demo grid")
@@ -62,9 +67,15 @@ def parser():
                          help="add 'refinement alone': no model, from the identity, local "
                               "gradient + smoothness (--refine-steps, or the default "
                               f"{DEFAULT_REFINE_STEPS}, iterations per level)")
+    methods.add_argument("--refine-set", nargs="+", metavar="KEY=VALUE",
+                         help="change refinement settings (dgan.refine.RefineConfig), e.g. "
+                              "alpha=1 control=4 levels=2,1")
     methods.add_argument("--diffeomorphic", action="store_true",
                          help="refine a stationary velocity field (scaling and squaring)")
-    methods.add_argument("--no-ants", action="store_true", help="skip ANTs SyN")
+    methods.add_argument("--no-ants", action="store_true",
+                         help="skip ANTs SyN (the cross-modal MI run and the ceiling)")
+    methods.add_argument("--no-ceiling", action="store_true",
+                         help="skip the mono-modal ceiling, ANTs SyN-CC to the T1 fixed image")
     methods.add_argument("--ants-iterations", type=int, nargs="+",
                          default=list(evaluation.ANTS_DEFAULTS["reg_iterations"]),
                          help="SyN iterations per level, coarse to fine (default %(default)s)")
@@ -94,17 +105,41 @@ def refinement_methods(args):
     """The model methods (T alone, and T + refinement with --refine-steps) and refinement alone."""
     if args.refine_steps < 0:
         raise InputError(f"--refine-steps must be >= 0, got {args.refine_steps}")
-    config = RefineConfig(int_steps=7 if args.diffeomorphic else 0)
+    changes = parse_settings(args.refine_set)
+    if args.diffeomorphic:
+        changes["int_steps"] = 7
+
+    def config(folder):  # the model's own refinement settings (its windows), then the changes
+        model = None if folder is None else as_model_folder(folder)
+        try:
+            return dataclasses.replace(model_refinement(model), **changes)
+        except TypeError as error:
+            raise InputError(f"--refine-set: {error}") from None
+
     methods = []
     for name, folder in model_folders(args):
         methods.append(evaluation.ModelMethod(name, folder))
         if args.refine_steps:
             methods.append(evaluation.ModelMethod(f"{name} + refinement {args.refine_steps}",
-                                                  folder, args.refine_steps, config))
+                                                  folder, args.refine_steps, config(folder)))
     if args.refine_alone:
         steps = args.refine_steps or DEFAULT_REFINE_STEPS
-        methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps, config))
+        methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps,
+                                              config(None)))
     return methods
+
+
+def parse_settings(items):
+    """``["alpha=1", "levels=2,1"]`` -> ``{"alpha": 1.0, "levels": (2, 1)}`` (numbers; commas
+    make tuples)."""
+    settings = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise InputError(f"--refine-set takes KEY=VALUE, got {item!r}")
+        values = [float(v) if "." in v or "e" in v else int(v) for v in text.split(",")]
+        settings[key] = tuple(values) if "," in text else values[0]
+    return settings
 
 
 def main(argv=None):
@@ -124,10 +159,13 @@ def main(argv=None):
                 print(reason, file=sys.stderr)
             else:
                 methods.append(evaluation.AntsSyNMethod(ants, **ants_settings))
+                if not args.no_ceiling and "fixed_t1" in benchmark.pairs[0]:
+                    methods.append(evaluation.ants_ceiling(ants, **ants_settings))
         evaluation.write_json(Path(args.out) / "config.json", {
             **vars(args), "benchmark": benchmark.name, "spacing_mm": benchmark.spacing,
             "label_ids": list(benchmark.label_ids), "methods": [m.name for m in methods],
             "ants": {**evaluation.ANTS_DEFAULTS, **ants_settings},
+            "ants_ceiling": {**evaluation.ANTS_DEFAULTS, **evaluation.ANTS_CC, **ants_settings},
         })
         result = evaluation.evaluate(methods, benchmark, args.out,
                                      figure_pairs=args.figure_pairs,

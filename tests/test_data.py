@@ -3,6 +3,7 @@ resumption and sharding, the embedded demo data and the real-data benchmark load
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dgan import data, io, synth
 from dgan.compat import tf
@@ -318,3 +319,13 @@ def test_brain_benchmark(shared_data):
     assert mean("fixed", ventricles) > mean("fixed", white)
     brain = (pair["moving_labels"] > 0) | (pair["fixed_labels"] > 0)
     assert np.mean(pair["moving_labels"][brain] != pair["fixed_labels"][brain]) > 0.05
+    # fixed_t1: the fixed anatomy in the moving modality (T1 contrast, the fixed labels)
+    t1_white = pair["fixed_t1"][np.isin(pair["fixed_labels"], white)].mean()
+    t1_ventricles = pair["fixed_t1"][np.isin(pair["fixed_labels"], ventricles)].mean()
+    assert t1_white > t1_ventricles
+    # every voxel of the fixed brain (where the skull-stripped T1 is not 0) has a tissue's
+    # intensity (the old rendering left the unlabelled sulcal CSF there at 0): the darkest,
+    # white matter 0.3 under bias exp(-0.2) and noise (6 sigma = 0.12), scaled by >= 1 / 1.34,
+    # is >= 0.094; 0.05 leaves room for partial volume with the background near the edge
+    inside = ndimage.binary_erosion(pair["fixed_t1"] > 0, iterations=1)  # the blur's edge off
+    assert inside.sum() > 250_000 and pair["fixed"][inside].min() > 0.05

@@ -163,6 +163,83 @@ def test_brain_training_data_seeds_are_disjoint_from_evaluation(tmp_path):
         baselines.write_brain_training_data("unused.npz", tmp_path, seed=0)
 
 
+# --- the mono-modal ceiling ---------------------------------------------------------------------
+
+
+class RecordingMethod:
+    """The identity, remembering the fixed image it was given."""
+
+    warmup = False
+
+    def __init__(self, name, fixed_key=None):
+        self.name = name
+        if fixed_key is not None:
+            self.fixed_key = fixed_key
+        self.seen = []
+
+    def register(self, moving, fixed, moving_labels, spacing):
+        self.seen.append(fixed)
+        return evaluation.IdentityMethod().register(moving, fixed, moving_labels, spacing)
+
+
+def tiny_benchmark(with_t1=True):
+    rng = np.random.default_rng(0)
+    labels = np.zeros((8, 8, 8), np.int32)
+    labels[2:6, 2:6, 2:6] = 1
+    pairs = []
+    for _ in range(2):
+        pair = {"moving": rng.random((8, 8, 8), np.float32),
+                "fixed": rng.random((8, 8, 8), np.float32),
+                "moving_labels": labels, "fixed_labels": labels}
+        if with_t1:
+            pair["fixed_t1"] = rng.random((8, 8, 8), np.float32)
+        pairs.append(pair)
+    return evaluation.Benchmark("tiny", pairs, (2.0,) * 3, (1,), {1: "box"})
+
+
+def test_the_ceiling_registers_to_the_same_modality_fixed_image(tmp_path):
+    bench = tiny_benchmark()
+    cross, ceiling = RecordingMethod("cross"), RecordingMethod("ceiling", "fixed_t1")
+    result = evaluation.evaluate([cross, ceiling], bench, tmp_path, figure_pairs=0,
+                                 progress=False)
+    assert [f is p["fixed"] for f, p in zip(cross.seen, bench.pairs)] == [True, True]
+    assert [f is p["fixed_t1"] for f, p in zip(ceiling.seen, bench.pairs)] == [True, True]
+    assert [r["method"] for r in result.records] == ["cross"] * 2 + ["ceiling"] * 2
+    # scored against the same labels: identical labels, Dice 1 for both
+    assert all(r["dice_mean"] == 1.0 for r in result.records)
+
+
+def test_the_ceiling_needs_pairs_with_a_same_modality_fixed_image(tmp_path):
+    from dgan.errors import InputError
+
+    with pytest.raises(InputError, match="registers to 'fixed_t1', which the pairs of tiny"):
+        evaluation.evaluate([RecordingMethod("ceiling", "fixed_t1")],
+                            tiny_benchmark(with_t1=False), tmp_path, figure_pairs=0,
+                            progress=False)
+
+
+def test_ants_ceiling_is_syn_cc_to_the_t1_fixed_image():
+    ants_module = object()  # stored, not called, until a registration runs
+    ceiling = evaluation.ants_ceiling(ants_module, reg_iterations=(4, 2, 0))
+    assert ceiling.name == evaluation.CEILING_NAME and ceiling.fixed_key == "fixed_t1"
+    assert ceiling.settings == {**evaluation.ANTS_DEFAULTS, "syn_metric": "CC",
+                                "syn_sampling": 2, "reg_iterations": (4, 2, 0)}
+    cross = evaluation.AntsSyNMethod(ants_module)
+    assert cross.fixed_key == "fixed" and cross.name == "ANTs SyN (MI)"
+    assert cross.settings["syn_metric"] == "mattes"
+
+
+def test_the_benchmark_has_eight_pairs_by_default():
+    import inspect
+
+    from dgan import data
+
+    assert data.BRAIN_PAIRS == 8
+    for fn in (data.load_brain_benchmark, evaluation.benchmark_pairs):
+        assert inspect.signature(fn).parameters["n_pairs"].default == 8
+    assert evaluate_cli.parser().parse_args(["--out", "x"]).pairs == 8
+
+
 # --- the evaluation CLI ------------------------------------------------------------------------
 
 
@@ -249,6 +326,13 @@ def test_ants_flow_follows_the_flow_convention():
 # --- the speed benchmark -----------------------------------------------------------------------
 
 
+def test_each_method_is_measured_in_a_fresh_process():
+    import os
+
+    assert evaluation.in_fresh_process(os.getpid) != os.getpid()
+    assert evaluation.in_fresh_process(max, 2, 7) == 7
+
+
 def test_bench_speed_runs_small(tmp_path, capsys):
     """Registration timing only: tracing Deform-GAN's training step takes half a minute even
     for tiny networks (eval/bench_speed.py --train-sizes; measured in docs/BENCHMARKS.md)."""
@@ -264,5 +348,7 @@ def test_bench_speed_runs_small(tmp_path, capsys):
     for name in ("Deform-GAN T", "VoxelMorph VxmDense"):
         m = inference[name]
         assert len(m["times"]) == 2 and m["seconds"] > 0 and m["peak_mib"] > 0
+        if m["memory_source"] == "vmhwm_reset":  # the window holds building the network
+            assert m["added_mib"] > 0
     assert results["training_step"] == {}
     assert (tmp_path / "bench.md").read_text().startswith("| size | method |")

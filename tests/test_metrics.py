@@ -365,3 +365,30 @@ def test_markdown_table_renders_mean_plus_minus_std():
     )
     one_value = metrics.summarize(RECORDS[1:2], ddof=1)
     assert metrics.markdown_table(one_value, ["dice"]).splitlines()[-1] == "| ants | 0.500 |"
+
+
+def test_measure_resets_the_peak_between_measurements():
+    _, big = metrics.measure(allocate_400mb)
+    _, small = metrics.measure(np.zeros, 10)
+    if small.memory_source != metrics.MEMORY_VMHWM_RESET:
+        pytest.skip("this system does not let a process reset its VmHWM")
+    assert big.peak_mib - big.baseline_mib > 350  # 400 MB = 381 MiB
+    assert small.peak_mib - small.baseline_mib < 50  # not the 400 MB of the measurement before
+    assert small.peak_mib < big.peak_mib - 300
+
+
+def test_measure_counts_what_the_warm_up_keeps():
+    """A network built (or memory cached) by the first call stays resident: the memory window
+    opens before the warm-up, so it is counted, where the time covers the timed calls only."""
+    kept = []
+
+    def build_once_then_run():
+        if not kept:
+            kept.append(np.ones(50_000_000))  # 400 MB, written, kept like a model's weights
+        return float(kept[0][-1])
+
+    _, cost = metrics.measure(build_once_then_run, repeats=2, warmup=1)
+    if cost.memory_source != metrics.MEMORY_VMHWM_RESET:
+        pytest.skip("this system does not let a process reset its VmHWM")
+    assert cost.peak_mib - cost.baseline_mib > 350
+    assert len(cost.times) == 2

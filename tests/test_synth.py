@@ -199,3 +199,65 @@ def test_aseg_to_tissue():
     np.testing.assert_array_equal(tissue.ravel(), expected)
     with pytest.raises(ValueError, match="integers"):
         synth.aseg_to_tissue(np.array([[[2.5]]]))
+
+
+# --- tissue maps consistent with a T1 ----------------------------------------------------------
+
+
+def t1_and_aseg(shape=(20, 20, 20)):
+    """A skull-stripped T1 (X, Y, Z) and its aseg, like the real one: the T1's brain (radius 9)
+    is larger than the labelled region. Labelled: WM (aseg 2, T1 0.9) core, cortex (3, T1 0.5)
+    shell, a ventricle (4, T1 0.2); unlabelled (aseg 0): the extra-cerebral shell 7 < r < 9
+    (dark CSF, T1 0.2) and a sulcus slab through the cortex (partial volume, T1 0.35)."""
+    radius = np.linalg.norm(grid(shape) - (np.array(shape) - 1) / 2, axis=-1)
+    seg = np.zeros(shape, np.int32)
+    t1 = np.zeros(shape, np.float32)
+    t1[radius < 9], seg[radius < 7] = 0.2, 3
+    t1[radius < 7] = 0.5
+    seg[radius < 4], t1[radius < 4] = 2, 0.9
+    seg[9:11, 9:11, 9:11], t1[9:11, 9:11, 9:11] = 4, 0.2
+    sulcus = (radius >= 4.5) & (radius < 7) & (np.abs(grid(shape)[..., 2] - 9.5) < 1)
+    seg[sulcus], t1[sulcus] = 0, 0.35
+    return t1, seg, radius, sulcus
+
+
+def test_brain_tissue_maps_give_every_brain_voxel_a_tissue():
+    t1, seg, radius, sulcus = t1_and_aseg()
+    maps = synth.brain_tissue_maps(seg, t1)
+    assert maps.shape == t1.shape + (4,) and maps.dtype == np.float32
+    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-6)
+    brain = radius < 9
+    assert np.array_equal(synth.brain_mask(t1, seg), brain)
+    assert not maps[brain, synth.BACKGROUND].any() and (maps[~brain, synth.BACKGROUND] == 1).all()
+    shell = (radius >= 7) & brain
+    np.testing.assert_array_equal(maps[shell, synth.CSF], 1.0)  # T1 0.2 = the CSF median
+    # sulcus T1 0.35: halfway between the CSF (0.2) and grey-matter (0.5) medians
+    np.testing.assert_allclose(maps[sulcus, synth.GREY_MATTER], 0.5, atol=1e-6)
+    np.testing.assert_allclose(maps[sulcus, synth.CSF], 0.5, atol=1e-6)
+    labelled = seg > 0
+    np.testing.assert_array_equal(maps[labelled], np.eye(4)[synth.aseg_to_tissue(seg)][labelled])
+
+
+def test_rendering_from_brain_tissue_maps_leaves_no_brain_voxel_at_background():
+    t1, seg, radius, _ = t1_and_aseg()
+    brain = radius < 9
+    clean = dict(blur_sigma=0, bias_strength=0, noise_std=0)
+    # the aseg alone renders the unlabelled brain as background: the inconsistency fixed here
+    from_aseg = synth.render_contrast(synth.aseg_to_tissue(seg), synth.T2_LIKE,
+                                      np.random.default_rng(0), **clean)
+    assert (from_aseg[brain] == 0).sum() > 1000
+    image = synth.render_contrast(synth.brain_tissue_maps(seg, t1), synth.T2_LIKE,
+                                  np.random.default_rng(0), **clean)
+    assert image[brain].min() == pytest.approx(synth.T2_LIKE[synth.WHITE_MATTER])  # darkest
+    assert not image[~brain].any()
+    corrupted = synth.render_contrast(synth.brain_tissue_maps(seg, t1), synth.T2_LIKE,
+                                      np.random.default_rng(0))
+    # 1 voxel inside the edge (blur 1) the darkest tissue is white matter, 0.3; bias exp(+-0.2),
+    # noise 0.02 (6 sigma), scaled by 1 / (99.5th percentile <= 1.0 * exp(0.2) + 6 * 0.02):
+    # >= (0.3 * exp(-0.2) - 0.12) / 1.34 = 0.094
+    assert corrupted[brain & (radius < 8)].min() > 0.05
+
+
+def test_brain_mask_checks_shapes():
+    with pytest.raises(ValueError, match="shapes differ"):
+        synth.brain_mask(np.zeros((4, 4, 4)), np.zeros((4, 4, 5)))
