@@ -89,6 +89,7 @@ def test_validation_goes_through_the_registrar_and_refines_at_the_first_and_last
     registrar = Registrar(run / "model")
     assert registrar.refine_config.lg_window == 3 and registrar.refine_config.lcc_window == 5
     assert registrar.refine_config.steps == 5 and registrar.model.generator is not None
+    assert registrar.refine_config.w_lcc == 0.0  # training.REFINE_DEFAULTS: see its comment
     assert Registrar(run / "model", refine_steps=0).refine_config.steps == 0
 
 
