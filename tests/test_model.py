@@ -77,6 +77,7 @@ def test_train_step_equals_the_three_updates_each_computing_its_own_moved(tiny_c
     for name in ("discriminator", "generator", "registration_net"):
         for a, b in zip(getattr(one, name).trainable_variables,
                         getattr(three, name).trainable_variables):
+            # the same eager operations on the same values: equal on any CPU
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6, err_msg=name)
 
 
@@ -134,7 +135,7 @@ def test_predict_runs_registration_only(tiny_config, rng):
     out = model.predict(data, verbose=0)
     assert set(out) == {"moved", "flow"}
     direct = model.registration_model.predict(data, verbose=0)
-    np.testing.assert_allclose(out["flow"], direct["flow"], atol=1e-6)
+    np.testing.assert_allclose(out["flow"], direct["flow"], atol=1e-6)  # the same network: equal
 
 
 def test_lcc_warmup_ramps_the_lcc_weight_in_t_loss(tiny_config, rng):
@@ -147,4 +148,5 @@ def test_lcc_warmup_ramps_the_lcc_weight_in_t_loss(tiny_config, rng):
         model.t_optimizer.iterations.assign(step)
         terms, _, _ = model.registration_terms(data["moving"], data["fixed"], training=False)
         want = expected_weight * terms["t_lcc"] + 2.0 * terms["t_lg"] + 0.5 * terms["t_smooth"]
+        # the same float32 products and sums as in t_loss: equal to an ulp or two (1.2e-7 each)
         np.testing.assert_allclose(terms["t_loss"].numpy(), want.numpy(), rtol=1e-6)
