@@ -39,7 +39,7 @@ def test_preprocess_gives_the_network_shape_in_unit_range(tmp_path):
 
     out = data.preprocess_volume(volume, (16, 16, 16), spacing=4.0)
     assert out.shape == (16, 16, 16)
-    np.testing.assert_allclose(io.voxel_spacing(out.affine), [4, 4, 4])
+    np.testing.assert_allclose(io.voxel_spacing(out.affine), [4, 4, 4])  # float64: ~1e-16
     assert np.all(np.diag(out.affine)[:3] > 0)  # canonical
     # centred: the ball's centre stays at the same world position
     def centre(v):
@@ -47,6 +47,7 @@ def test_preprocess_gives_the_network_shape_in_unit_range(tmp_path):
         ijk = np.stack(np.meshgrid(*map(np.arange, v.shape), indexing="ij"), -1)
         return np.tensordot(weights, ijk, axes=3) @ v.affine[:3, :3].T + v.affine[:3, 3]
 
+    # resampling moves the centre of mass by a fraction of a 4 mm voxel (a property, not round-off)
     np.testing.assert_allclose(centre(out), centre(volume), atol=1.0)
 
 
@@ -228,7 +229,7 @@ def test_demo_volumes_on_a_small_grid():
         assert image.min() == 0.0 and image.max() == 1.0
     assert demo.labels.dtype == np.int32
     assert sorted(np.unique(demo.labels)) == [0, 1, 2, 3]
-    np.testing.assert_allclose(io.voxel_spacing(demo.affine), [8, 8, 8])
+    np.testing.assert_allclose(io.voxel_spacing(demo.affine), [8, 8, 8])  # float64: ~1e-16
     t1 = [demo.t1[demo.labels == k].mean() for k in range(4)]
     t2 = [demo.t2[demo.labels == k].mean() for k in range(4)]
     assert t1[synth.WHITE_MATTER] > t1[synth.GREY_MATTER] > t1[synth.CSF] > t1[0]  # T1 contrast

@@ -25,12 +25,16 @@ from dgan.errors import InputError
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import distributed_worker  # noqa: E402
+from trained_alike import assert_trained_alike, excess  # noqa: E402
 
 TINY = ["--shape", "16", "16", "16", "--spacing", "0", "--t-features", "4,8/8,8,4",
         "--g-features", "4,4/4,4", "--d-features", "4", "--int-steps", "0", "--lg-window", "3",
         "--lcc-window", "5", "--no-progress"]
 #: 4 steps of global batch 2 (one sample per worker), checkpoints at step 2 and 4.
 RUN = ["--batch-size", "2", "--steps", "4", "--checkpoint-every", "2", "--validate-every", "0"]
+#: The runs that are compared train with SGD (``distributed_worker.py --sgd``): its update is
+#: linear in the gradient, so their difference can be bounded (``tests/trained_alike.py``).
+COMPARED = ["--sgd"]
 LAUNCH_TIMEOUT = 240  # seconds for one launch of the whole cluster
 
 
@@ -131,39 +135,44 @@ def scans(tmp_path_factory):
     return ["--moving", str(root / "moving"), "--fixed", str(root / "fixed")]
 
 
-def run_in_process(args, weights):
+def run_in_process(args, weights, hooks=()):
     """The CLI in this process, with the final weights written to ``weights``."""
-    assert distributed_worker.main(["--weights", str(weights), "--", *args]) == 0
+    argv = ["--weights", str(weights), *COMPARED, *hooks, "--", *args]
+    assert distributed_worker.main(argv) == 0
     return dict(np.load(weights))
+
+
+def checkpoint_weights(path):
+    """A checkpoint's variables: T, G, D and their optimizers' (step counters, momentum)."""
+    reader = tf.train.load_checkpoint(str(path))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if "VARIABLE_VALUE" in name and "save_counter" not in name}
 
 
 @pytest.fixture(scope="module")
 def single_process(scans, tmp_path_factory):
-    """The reference: one process, one device, the same global batch of 2."""
+    """The reference: one process, one device, the same global batch of 2.
+
+    :return: its run folder and the variables before the first step (T, G and D)
+    """
     root = tmp_path_factory.mktemp("single")
-    weights = run_in_process([*TINY, *scans, *RUN, "--strategy", "one", "--out", str(root / "run")],
-                             root / "weights.npz")
-    return root / "run", weights
+    run_in_process([*TINY, *scans, *RUN, "--strategy", "one", "--out", str(root / "run")],
+                   root / "weights.npz", ["--initial-checkpoint", str(root / "initial")])
+    return root / "run", checkpoint_weights(root / "initial")
 
 
-def assert_same_weights(a, b, atol=1e-4):
-    assert a.keys() == b.keys()
-    worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a if k != "step")
-    assert worst <= atol, f"largest weight difference {worst:.3g}"
-    assert int(a["step"]) == int(b["step"])
-
-
-def checkpoint_weights(path):
-    reader = tf.train.load_checkpoint(str(path))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if "VARIABLE_VALUE" in name and "save_counter" not in name}
+def assert_trained_like_reference(run, reference, step):
+    """The checkpoint of ``step`` in ``run`` is the reference run's, within round-off."""
+    reference_run, initial = reference
+    return assert_trained_alike(checkpoint_weights(run / "checkpoints" / f"ckpt-{step}"),
+                                checkpoint_weights(reference_run / "checkpoints" / f"ckpt-{step}"),
+                                initial, step)
 
 
 def test_mirrored_over_two_devices_trains_exports_and_matches_one_device(
         scans, single_process, tmp_path):
     from dgan.export import load_model_folder
 
-    _, reference = single_process
     run = tmp_path / "mirrored"
     # a folder left by a run lost before its first checkpoint: --auto-resume starts it again
     run.mkdir()
@@ -179,7 +188,7 @@ def test_mirrored_over_two_devices_trains_exports_and_matches_one_device(
     assert [l.split(",")[0] for l in (run / "losses.csv").read_text().splitlines()[1:]] == \
         ["1", "2", "3", "4"]
     assert json.loads((run / "config.json").read_text())["strategy"] == "mirrored"
-    assert_same_weights(weights, reference)
+    assert_trained_like_reference(run, single_process, 4)
 
 
 def _free_ports(n):
@@ -244,34 +253,39 @@ def lost_worker_run(scans, tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster")
     run = root / "run"
     cli_args = [*TINY, *scans, *RUN, "--strategy", "multiworker", "--auto-resume", "--out", str(run)]
-    first = launch_cluster(root, "first", cli_args, [[], ["--die-at-step", "3"]])
+    first = launch_cluster(root, "first", cli_args,
+                           [COMPARED, [*COMPARED, "--die-at-step", "3"]])
     checkpoint_2 = checkpoint_weights(run / "checkpoints" / "ckpt-2")
     losses_before = (run / "losses.csv").read_text()
     weights = [root / f"worker{k}.npz" for k in range(2)]
-    second = launch_cluster(root, "second", cli_args, [["--weights", str(w)] for w in weights])
+    second = launch_cluster(root, "second", cli_args,
+                            [["--weights", str(w), *COMPARED] for w in weights])
     return types.SimpleNamespace(root=root, run=run, first=first, second=second,
                                  checkpoint_2=checkpoint_2, losses_before=losses_before,
                                  weights=[dict(np.load(w)) for w in weights])
 
 
 def test_two_workers_train_like_one_process(lost_worker_run, single_process):
-    reference_run, reference = single_process
+    reference_run, initial = single_process
     codes, logs = lost_worker_run.second
     assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     # before the loss: two uninterrupted steps on two workers == two steps in one process
     expected = checkpoint_weights(reference_run / "checkpoints" / "ckpt-2")
-    assert lost_worker_run.checkpoint_2.keys() == expected.keys()
-    for name, value in expected.items():
-        np.testing.assert_allclose(lost_worker_run.checkpoint_2[name], value, atol=1e-4,
-                                   err_msg=name)
-    # the tolerance is far below what two training steps change (so it detects a wrong step)
-    final = checkpoint_weights(lost_worker_run.run / "checkpoints" / "ckpt-4")
-    assert max(float(np.max(np.abs(final[k] - v))) for k, v in expected.items()) > 1e-3
-    # after the restart: both workers hold the same weights, those of the single process
+    assert_trained_alike(lost_worker_run.checkpoint_2, expected, initial, 2)
+    # the bound is far below what two more training steps change (so it detects a wrong step)
+    later = checkpoint_weights(reference_run / "checkpoints" / "ckpt-4")
+    floats = [name for name, value in expected.items() if value.dtype.kind == "f"]
+    assert min(excess({n: later[n] for n in floats}, {n: expected[n] for n in floats}, initial,
+                      2).values()) > 10
+    # after the restart: both workers hold the same weights (each applies the same all-reduced
+    # gradient to the same weights with the same kernels: exactly equal), and the run's last
+    # checkpoint is the single process's
     worker0, worker1 = lost_worker_run.weights
     assert int(worker0["step"]) == 4
-    assert_same_weights(worker0, worker1, atol=0)
-    assert_same_weights(worker0, reference)
+    assert worker0.keys() == worker1.keys()
+    for name in worker0:
+        np.testing.assert_array_equal(worker0[name], worker1[name], err_msg=name)
+    assert_trained_like_reference(lost_worker_run.run, single_process, 4)
 
 
 def test_a_lost_worker_is_restarted_and_the_run_resumes(lost_worker_run):

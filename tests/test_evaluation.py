@@ -81,6 +81,7 @@ def test_vxm_dense_weights_in_t_compute_the_same(tiny_config, int_steps, rng):
     moved_v, _ = vxm_model([moving, fixed], training=False)
     out = net({"moving": moving, "fixed": fixed}, training=False)
     assert np.abs(out["flow"].numpy()).max() > 0.1
+    # the same layers and kernels on the same weights: equal (1e-5 is ~100 ulps of values <= 1)
     np.testing.assert_allclose(out["moved"].numpy(), moved_v.numpy(), atol=1e-5)
 
 
@@ -113,11 +114,13 @@ def test_score_of_a_known_shift():
                               spacing=(2.0, 2.0, 2.0))
     assert record["dice_1"] == 1.0 and math.isnan(record["dice_2"])
     assert record["dice_mean"] == 1.0 and record["hd95_mean_mm"] == 0.0
+    # a constant field: det J = 1 exactly, SDlogJ 0
     assert record["folding_fraction"] == 0.0 and record["sdlogj"] == pytest.approx(0.0, abs=1e-6)
     assert record["seconds"] == 0.5
     identity = evaluation.IdentityMethod().register(moving_labels.astype("float32"), None,
                                                      moving_labels, (2.0,) * 3)
     record = evaluation.score(identity, pair, [1], spacing=(2.0, 2.0, 2.0))
+    # float64 ratios of counts and distances: approx's rel 1e-6 is ample
     assert record["dice_1"] == pytest.approx(2 * 3 * 36 / (2 * 4 * 36))  # overlap 3 of 4 slabs
     assert record["hd95_mean_mm"] == pytest.approx(2.0)  # one voxel of 2 mm
 
@@ -266,7 +269,8 @@ def test_evaluation_writes_csv_markdown_and_figures(evaluation_run):
         assert 0 <= float(row["folding_fraction"]) <= 1 and float(row["seconds"]) >= 0
     for row in rows[:2]:  # identity: the zero flow
         assert float(row["folding_fraction"]) == 0 and float(row["sdlogj"]) == 0
-    # an untrained T barely moves: the same Dice as the identity, a nearly flat field
+    # an untrained T barely moves: the same Dice as the identity, a nearly flat field (a
+    # property of the initial weights, not round-off)
     for before, after in zip(rows[:2], rows[2:4]):
         assert float(after["dice_mean"]) == pytest.approx(float(before["dice_mean"]), abs=0.02)
         assert float(after["folding_fraction"]) == 0
@@ -318,6 +322,7 @@ def test_ants_flow_follows_the_flow_convention():
         moving, fixed, (2.0, 2.0, 2.0))
     assert flow.shape == (24, 24, 24, 3) and np.abs(flow).max() > 0.2
     inner = (slice(3, -3),) * 3
+    # ANTs warps and stores its field in float32: ~1e-6 of values <= 1
     np.testing.assert_allclose(synth.warp(moving, flow)[inner], warped[inner], atol=1e-4)
     assert np.abs(synth.warp(moving, -flow) - warped)[inner].max() > 0.01
     assert np.abs(warped - fixed)[inner].mean() < np.abs(moving - fixed)[inner].mean()

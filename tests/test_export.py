@@ -86,6 +86,7 @@ def test_model_folder_round_trip(trained, model):
     moving, fixed = inputs()
     got = model.registration_net.predict({"moving": moving, "fixed": fixed}, verbose=0)
     want = reference.predict({"moving": moving, "fixed": fixed}, verbose=0)
+    # the same weights, kernels and input shapes in this process: equal
     np.testing.assert_allclose(got["flow"], want["flow"], atol=1e-6)
     assert np.abs(got["flow"]).max() > 0.1  # the perturbation makes the flow non-trivial
 
@@ -267,9 +268,13 @@ def test_saved_model_serves_without_dgan(tmp_path, model_dir, model):
                                  "flow": [[None, 16, 16, 16, 3], "float32"]}
     assert report["grpc_model"] == "dgan"
     served = np.load(tmp_path / "out.npz")
+    # another process and graph (the SavedModel's, optimised and fused otherwise) may sum in
+    # another order: float32 round-off of T, ~1e-6 of flows and images <= 1 (changing T's
+    # weights by one ulp moves them by up to 1.5e-6); a wrong input or output moves them by ~0.1
     for route in ("direct", "grpc", "rest"):
         for name in ("moved", "flow"):
-            np.testing.assert_allclose(served[f"{route}_{name}"], want[name], atol=1e-5, err_msg=f"{route} {name}")
+            np.testing.assert_allclose(served[f"{route}_{name}"], want[name], atol=1e-4,
+                                       err_msg=f"{route} {name}")
 
 
 def test_export_cli_refuses_to_overwrite(tmp_path, model_dir, capsys):

@@ -172,7 +172,7 @@ def test_mgz(tmp_path):
     nib.save(nib.MGHImage(array, affine), path)
     volume = io.load_volume(path)
     np.testing.assert_array_equal(volume.array, array)
-    np.testing.assert_allclose(volume.affine, affine, atol=1e-5)
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-5)  # MGH keeps float32: 2e-6 of 30
     assert volume.path == str(path)
 
 
@@ -231,6 +231,7 @@ def test_save_with_an_mgz_header(tmp_path):
     nib.save(nib.MGHImage(random_volume(), np.eye(4)), tmp_path / "in.mgz")
     volume = io.load_volume(tmp_path / "in.mgz")
     io.save_volume(tmp_path / "out.nii", volume.array * 2, volume.affine, header=volume.header)
+    # float32 written and read back: exact
     np.testing.assert_allclose(io.load_volume(tmp_path / "out.nii").array, volume.array * 2)
 
 
@@ -296,7 +297,7 @@ def test_voxel_spacing_of_a_rotated_affine():
     )
     affine = np.eye(4)
     affine[:3, :3] = rotation @ np.diag([1.5, 2.0, 3.0])
-    np.testing.assert_allclose(io.voxel_spacing(affine), [1.5, 2.0, 3.0])
+    np.testing.assert_allclose(io.voxel_spacing(affine), [1.5, 2.0, 3.0])  # float64: ~1e-16
     np.testing.assert_allclose(io.voxel_spacing(AFFINE), [1.25, 2.0, 1.5])
 
 
@@ -315,7 +316,7 @@ def test_to_canonical_keeps_every_voxel_at_its_world_position():
     xyz = world(AFFINE, ijk)
     back = np.linalg.solve(canonical.affine, np.c_[xyz, np.ones(len(xyz))].T)[:3].T
     index = np.round(back).astype(int)
-    np.testing.assert_allclose(back, index, atol=1e-9)
+    np.testing.assert_allclose(back, index, atol=1e-9)  # float64 solve, indices < 10: ~1e-15
     np.testing.assert_array_equal(canonical.array[tuple(index.T)], array[tuple(ijk.T)])
     # already canonical: returned as it is
     assert io.to_canonical(canonical) is canonical
@@ -347,6 +348,7 @@ def test_resample_to_grid_is_exact_for_a_linear_function_of_world_coordinates():
     src = world(np.linalg.inv(source_affine), world(target_affine, t_ijk))
     inside = np.all((src >= 0) & (src <= np.array(shape) - 1), axis=-1)
     assert inside.mean() > 0.9
+    # float32 source and result of values <= 100: <= 2 * 3.8e-6
     np.testing.assert_allclose(out.array[inside], expected[inside], rtol=1e-5, atol=1e-4)
     assert np.all(out.array[~inside] == 0)
 
@@ -370,17 +372,19 @@ def test_resample_to_spacing_keeps_the_world_and_the_linear_function():
 
     out = io.resample_to_spacing(volume, 2.0, antialias=False)
     assert out.shape == (12, 15, 9)
-    np.testing.assert_allclose(io.voxel_spacing(out.affine), [2.0, 2.0, 2.0])
+    np.testing.assert_allclose(io.voxel_spacing(out.affine), [2.0, 2.0, 2.0])  # float64: ~1e-16
     np.testing.assert_array_equal(np.sign(np.diag(out.affine)[:3]), [1, -1, 1])
 
     def fov_centre(v):
         return world(v.affine, (np.array(v.shape) - 1) / 2.0)
 
-    np.testing.assert_allclose(fov_centre(out), fov_centre(volume))
+    np.testing.assert_allclose(fov_centre(out), fov_centre(volume))  # float64: ~1e-15
     o_ijk = np.stack(np.meshgrid(*map(np.arange, out.shape), indexing="ij"), -1).astype(float)
+    # float32 source and result of values <= 100: <= 2 * 3.8e-6
     np.testing.assert_allclose(out.array, linear_function(world(out.affine, o_ijk)), rtol=1e-5,
                                atol=1e-4)
-    # antialiasing smooths only where the function is not linear: the interior stays exact
+    # antialiasing smooths only where the function is not linear: the interior stays exact (but
+    # for float32 rounding of values <= 100 through the filter's taps, ~1e-5)
     smooth = io.resample_to_spacing(volume, 2.0)
     np.testing.assert_allclose(smooth.array[2:-2, 2:-2, 2:-2], out.array[2:-2, 2:-2, 2:-2],
                                rtol=1e-4, atol=1e-3)
@@ -398,6 +402,7 @@ def test_crop_or_pad_is_centred_and_undone():
     assert np.all(restored[0] == 0) and np.all(restored[6] == 0)
     # the new affine puts out[i] where array[i + offset] was
     affine = crop.affine(AFFINE)
+    # float64: ~1e-15
     np.testing.assert_allclose(world(affine, np.zeros(3)), world(AFFINE, np.array(crop.offset)))
 
 
@@ -414,7 +419,8 @@ def test_pad_to_multiple(multiple, expected):
     padded, crop = io.pad_to_multiple(array, multiple)
     assert padded.shape == expected
     np.testing.assert_array_equal(padded[crop], array)
-    assert padded.sum() == pytest.approx(array.sum(), rel=1e-6)
+    # float64 sums of float32 values in [0.1, 1]: exact in any order (they need < 40 bits)
+    assert padded.sum(dtype=np.float64) == array.sum(dtype=np.float64)
 
 
 def test_normalize_intensity_uses_percentiles_of_the_foreground():
@@ -422,12 +428,13 @@ def test_normalize_intensity_uses_percentiles_of_the_foreground():
     array.flat[:1001] = np.arange(1001)  # 1000 non-zero voxels: 1 .. 1000, one zero
     out = io.normalize_intensity(array, low=10, high=90)
     lo, hi = np.percentile(np.arange(1, 1001), [10, 90])
+    # a float32 subtraction and division of values <= 1: <= 2 ulps, 1.2e-7
     np.testing.assert_allclose(out.flat[1:1001], np.clip((np.arange(1, 1001) - lo) / (hi - lo),
                                                          0, 1), rtol=1e-6, atol=1e-6)
     assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0
     assert np.all(out.flat[1001:] == 0)
     # low=None: only the scale changes
-    np.testing.assert_allclose(io.normalize_intensity(array, low=None, high=100), array / 1000)
+    np.testing.assert_allclose(io.normalize_intensity(array, low=None, high=100), array / 1000)  # exact
 
 
 def test_normalize_intensity_of_constant_arrays():
@@ -449,4 +456,5 @@ def test_resample_onto_own_grid_keeps_every_voxel_for_random_affines():
         affine[:3, :3] = q * rng.uniform(0.7, 2.5, 3)
         affine[:3, 3] = rng.uniform(-100, 100, 3)
         out = resample_to_grid(Volume(array, affine), affine, array.shape).array
+        # the voxel centres themselves, to float64 rounding of inv(A) @ A (~1e-13 voxel)
         np.testing.assert_allclose(out, array, atol=1e-4)

@@ -42,7 +42,7 @@ def test_dice_identical_is_one_disjoint_is_zero_and_sizes_may_differ():
     b = cube((10, 10, 10), (0, 0, 0), 2)  # inside a: |A ∩ B| = 8, |A| = 27, |B| = 8
     assert metrics.dice(a, a)[1] == 1.0
     assert metrics.dice(a, cube((10, 10, 10), (5, 5, 5), 3))[1] == 0.0
-    assert metrics.dice(a, b)[1] == pytest.approx(2 * 8 / (27 + 8), abs=1e-15)
+    assert metrics.dice(a, b)[1] == pytest.approx(2 * 8 / (27 + 8), abs=1e-15)  # one float64 division
 
 
 def test_dice_absent_label_is_nan_and_mean_dice_ignores_it():
@@ -96,6 +96,7 @@ def test_hd95_is_the_max_of_the_two_directed_percentiles():
     a[1, 1, 1] = 1
     b = a.copy()
     b[11, 1, 1] = 1
+    # float64 interpolation between 0 and 20: within ~1e-15
     assert metrics.hd95(a, b, spacing=(2, 1, 1))[1] == pytest.approx(19.0, abs=1e-12)
     assert metrics.hd95(a, b, spacing=(2, 1, 1), percentile=100)[1] == 20.0
 
@@ -139,7 +140,7 @@ def test_hd95_matches_a_brute_force_reference_on_random_shapes(percentile):
     expected = brute_force_hd(a, b, spacing, percentile)
     got = metrics.hd95(a.astype(np.uint8), b.astype(np.uint8), spacing=spacing,
                        percentile=percentile)
-    assert got[1] == pytest.approx(expected, rel=1e-12)
+    assert got[1] == pytest.approx(expected, rel=1e-12)  # float64 distances: within ~1e-15
 
 
 def test_hd95_works_in_2d_and_rejects_bad_spacing():
@@ -173,25 +174,26 @@ def test_jacobian_of_an_affine_flow_is_det_a_everywhere_edges_included():
     # det [[2, 1, 0], [0.5, 1, 1], [0, 0.5, 3]] = 2 (3 - 0.5) - 1 (1.5 - 0) + 0 = 3.5
     a = [[2.0, 1.0, 0.0], [0.5, 1.0, 1.0], [0.0, 0.5, 3.0]]
     det = metrics.jacobian_determinant(affine_flow(a))
-    np.testing.assert_allclose(det, 3.5, rtol=1e-12)  # np.gradient is exact on linear fields
+    # np.gradient is exact on linear fields, but for float64 rounding (~1e-15)
+    np.testing.assert_allclose(det, 3.5, rtol=1e-12)
     assert metrics.folding_fraction(affine_flow(a)) == 0.0
-    assert metrics.sdlogj(affine_flow(a)) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.sdlogj(affine_flow(a)) == pytest.approx(0.0, abs=1e-12)  # the same: ~1e-15
 
 
 def test_jacobian_in_2d():
     det = metrics.jacobian_determinant(affine_flow([[1.0, 2.0], [-1.0, 0.5]], shape=(4, 5)))
-    np.testing.assert_allclose(det, 1.0 * 0.5 + 2.0, rtol=1e-12)
+    np.testing.assert_allclose(det, 1.0 * 0.5 + 2.0, rtol=1e-12)  # float64: ~1e-15
 
 
 def test_folding_field_has_negative_determinant():
     # flow_x = -2 x: phi_x = -x, a reflection: det J = -1 everywhere
     flow = np.zeros((6, 5, 4, 3))
     flow[..., 0] = -2.0 * voxel_grid((6, 5, 4))[..., 0]
-    np.testing.assert_allclose(metrics.jacobian_determinant(flow), -1.0)
+    np.testing.assert_allclose(metrics.jacobian_determinant(flow), -1.0)  # small integers: exact
     assert metrics.folding_fraction(flow) == 1.0
-    # log(clip(-1)) = log(1e-9) everywhere: constant, so SDlogJ = 0
+    # log(clip(-1)) = log(1e-9) everywhere: constant, so SDlogJ = 0 (float64: ~1e-15)
     assert metrics.sdlogj(flow) == pytest.approx(0.0, abs=1e-12)
-    # flow_x = -x collapses every voxel onto x = 0: det J = 0 counts as folding
+    # flow_x = -x collapses every voxel onto x = 0: det J = 0 counts as folding (exact)
     np.testing.assert_allclose(metrics.jacobian_determinant(flow / 2), 0.0, atol=1e-15)
     assert metrics.folding_fraction(flow / 2) == 1.0
 
@@ -209,6 +211,7 @@ def test_sdlogj_and_folding_of_a_two_valued_field():
     # probability p = 1/4 and 0 otherwise, std = 2 sqrt(p (1 - p)) = sqrt(3) / 2
     flow = y_dependent_stretch(lambda y: np.where(y < 2, np.e**2, 1.0))
     det = metrics.jacobian_determinant(flow)
+    # float64, a few operations on values <= e^2 * 7: within ~1e-15
     np.testing.assert_allclose(det[:, :2], np.e**2, rtol=1e-12)
     np.testing.assert_allclose(det[:, 2:], 1.0, rtol=1e-12)
     assert metrics.sdlogj(flow) == pytest.approx(math.sqrt(3) / 2, rel=1e-12)
@@ -218,7 +221,7 @@ def test_sdlogj_and_folding_of_a_two_valued_field():
     # cropping 1 voxel of (5, 8, 4) keeps y in 1..6: 3 folded rows of 6
     assert metrics.folding_fraction(folding, crop=1) == 0.5
     # log(clip) is log(1e-9) on 1/2 of the voxels and 0 elsewhere: std = |log 1e-9| / 2
-    assert metrics.sdlogj(folding) == pytest.approx(-math.log(1e-9) / 2, rel=1e-12)
+    assert metrics.sdlogj(folding) == pytest.approx(-math.log(1e-9) / 2, rel=1e-12)  # float64
 
 
 def learn2reg_sdlogj(flow):
@@ -239,6 +242,7 @@ def test_sdlogj_reproduces_learn2reg_with_crop_2_and_offset_3():
     flow = ndimage.gaussian_filter(rng.normal(0, 3, (10, 9, 8, 3)), (1, 1, 1, 0))
     assert metrics.folding_fraction(flow) > 0  # the clip matters
     expected = learn2reg_sdlogj(flow)
+    # float64, other formulas for the determinant (np.linalg.det): ~1e-14
     assert metrics.sdlogj(flow, crop=2, offset=3) == pytest.approx(expected, rel=1e-10)
     assert metrics.sdlogj(flow) != pytest.approx(expected, rel=1e-3)
 
@@ -248,9 +252,12 @@ def test_batches_give_one_value_per_element_and_float32_is_kept():
     batch = np.stack([np.zeros((5, 6, 7, 3)), affine_flow(a)]).astype(np.float32)
     det = metrics.jacobian_determinant(batch)
     assert det.shape == (2, 5, 6, 7) and det.dtype == np.float32
-    np.testing.assert_allclose(det[0], 1.0)
+    np.testing.assert_allclose(det[0], 1.0)  # a zero field: exact
+    # float32 field values <= 15 (to 5e-7): derivatives within 5e-7 and a determinant within
+    # ~8e-6 of 3.5, i.e. 2.3e-6 (measured 2e-7)
     np.testing.assert_allclose(det[1], 3.5, rtol=1e-5)
     assert metrics.folding_fraction(-3 * batch).shape == (2,)
+    # log det J within ~2e-6 of a constant: its std is far below 1e-5 (measured 7e-8)
     np.testing.assert_allclose(metrics.sdlogj(batch), [0.0, 0.0], atol=1e-5)
 
 
@@ -333,7 +340,8 @@ def test_summarize_gives_mean_and_std_per_method():
     summary = metrics.summarize(RECORDS)
     assert list(summary) == ["dgan", "ants", "affine"]
     dgan = summary["dgan"]
-    # dice: NaN left out, mean(0.8, 0.6) = 0.7, population std 0.1
+    # dice: NaN left out, mean(0.8, 0.6) = 0.7, population std 0.1 (float64 of a few numbers:
+    # approx's rel 1e-6 is ample)
     assert dgan["dice"].mean == pytest.approx(0.7) and dgan["dice"].std == pytest.approx(0.1)
     assert dgan["dice"].n == 2
     # hd95: mean(2, 4, 6) = 4, std = sqrt(8 / 3)

@@ -53,6 +53,7 @@ def test_warp_of_a_linear_function_is_exact():
     inside = np.all((target >= 0) & (target <= np.array(shape) - 1), axis=-1)
     assert inside.mean() > 0.5
     expected = target @ coefficients + 4.0
+    # trilinear interpolation is exact on a linear function; float32 values <= 35: ulp 3.8e-6
     np.testing.assert_allclose(moved[inside], expected[inside], rtol=1e-5, atol=1e-4)
 
 
@@ -63,6 +64,7 @@ def test_warp_agrees_with_voxelmorph_spatial_transformer():
     flow[0, 0, 0] = [20.0, -5.0, 3.0]  # far outside: both use the edge value
     moved = synth.warp(array, flow)
     reference = vxm.layers.SpatialTransformer()([array[None], flow[None]]).numpy()[0]
+    # VoxelMorph interpolates in float32: 8 weighted values <= 1, a few ulps (measured 1.2e-7)
     np.testing.assert_allclose(moved, reference, atol=1e-5)
 
 
@@ -88,7 +90,7 @@ def test_random_smooth_flow_reaches_exactly_the_requested_maximum(max_displaceme
     flow = synth.random_smooth_flow((16, 20, 12), max_displacement, 6.0, np.random.default_rng(0))
     assert flow.shape == (16, 20, 12, 3) and flow.dtype == np.float32
     lengths = np.linalg.norm(flow.astype(np.float64), axis=-1)
-    assert lengths.max() == pytest.approx(max_displacement, rel=1e-5)
+    assert lengths.max() == pytest.approx(max_displacement, rel=1e-5)  # float32 flow: ~1e-7
 
 
 def test_random_smooth_flow_is_reproducible_by_seed():
@@ -141,6 +143,7 @@ def test_render_contrast_without_corruption_gives_the_intensities():
                                   bias_strength=0, noise_std=0)
     assert image.dtype == np.float32
     for tissue, value in enumerate(synth.T2_LIKE):
+        # the float32 image holds the intensity rounded: 6e-8
         np.testing.assert_allclose(image[labels == tissue], value, rtol=1e-6)
 
 
@@ -150,7 +153,7 @@ def test_render_contrast_of_probability_maps_equals_that_of_labels():
     kwargs = dict(blur_sigma=1.0, bias_strength=0.2, noise_std=0.02)
     from_labels = synth.render_contrast(labels, synth.T2_LIKE, np.random.default_rng(5), **kwargs)
     from_maps = synth.render_contrast(one_hot, synth.T2_LIKE, np.random.default_rng(5), **kwargs)
-    np.testing.assert_allclose(from_labels, from_maps, atol=1e-6)
+    np.testing.assert_allclose(from_labels, from_maps, atol=1e-6)  # the same operations: equal
 
 
 def test_render_contrast_corrupted_keeps_the_t2_order_and_the_background():
@@ -225,13 +228,14 @@ def test_brain_tissue_maps_give_every_brain_voxel_a_tissue():
     t1, seg, radius, sulcus = t1_and_aseg()
     maps = synth.brain_tissue_maps(seg, t1)
     assert maps.shape == t1.shape + (4,) and maps.dtype == np.float32
-    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-6)  # p and 1 - p in float32: an ulp
     brain = radius < 9
     assert np.array_equal(synth.brain_mask(t1, seg), brain)
     assert not maps[brain, synth.BACKGROUND].any() and (maps[~brain, synth.BACKGROUND] == 1).all()
     shell = (radius >= 7) & brain
     np.testing.assert_array_equal(maps[shell, synth.CSF], 1.0)  # T1 0.2 = the CSF median
-    # sulcus T1 0.35: halfway between the CSF (0.2) and grey-matter (0.5) medians
+    # sulcus T1 0.35: halfway between the CSF (0.2) and grey-matter (0.5) medians (float32
+    # values rounded to 3e-8, one subtraction and division: ~1e-7)
     np.testing.assert_allclose(maps[sulcus, synth.GREY_MATTER], 0.5, atol=1e-6)
     np.testing.assert_allclose(maps[sulcus, synth.CSF], 0.5, atol=1e-6)
     labelled = seg > 0
@@ -248,7 +252,8 @@ def test_rendering_from_brain_tissue_maps_leaves_no_brain_voxel_at_background():
     assert (from_aseg[brain] == 0).sum() > 1000
     image = synth.render_contrast(synth.brain_tissue_maps(seg, t1), synth.T2_LIKE,
                                   np.random.default_rng(0), **clean)
-    assert image[brain].min() == pytest.approx(synth.T2_LIKE[synth.WHITE_MATTER])  # darkest
+    # darkest; the float32 image holds the intensity rounded (6e-8; approx's rel 1e-6)
+    assert image[brain].min() == pytest.approx(synth.T2_LIKE[synth.WHITE_MATTER])
     assert not image[~brain].any()
     corrupted = synth.render_contrast(synth.brain_tissue_maps(seg, t1), synth.T2_LIKE,
                                       np.random.default_rng(0))
