@@ -22,16 +22,16 @@ compared with a bound that follows from the arithmetic, not with one machine's r
 
 So for each group (a network, an optimizer's slots), ``||got - want|| <= RTOL * ||want - start||
 + 2 * steps * 2^-24 * ||want||``. Measured difference / bound, the same with and without
-oneDNN: at most 4e-4 for two devices in one process; 0.07 for two workers with one thread each
+oneDNN: at most 5e-4 for two devices in one process; 0.07 for two workers with one thread each
 (another summation order than the reference's, and a checkpoint restore in between); 0.18 with
 every gradient entry multiplied by 1 + 1e-3 * N(0, 1) at every step of both runs (a stand-in for
 round-off far larger than float32's).
 
 What the comparison exists to catch changes the update by its own size (relative difference
 ~1): a loss averaged per replica and not over the global batch (``tf.reduce_mean`` in place of
-``tf.nn.compute_average_loss``: every update doubled; measured difference / bound 5 to 156, in
+``tf.nn.compute_average_loss``: every update doubled; measured difference / bound 28 to 112, in
 every group), or a replica that trains on the wrong samples (the gradient of other data;
-measured 2 to 87 in G's and T's groups, 1 to 3 in D's, whose gradient depends little on them).
+measured 13 to 87 in G's and T's groups, 1 to 3 in D's, whose gradient depends little on them).
 """
 
 import numpy as np
