@@ -238,6 +238,22 @@ class Registrar:
         return refine(self.scaled(moving), self.scaled(fixed), flow, translated,
                       self.refine_config, self.progress).flow
 
+    def refine_flows(self, moving, fixed, flows):
+        """Refine T's fields of a batch of pairs on one grid, each with G(F) when the model has G.
+
+        :param moving: shape = (B, X, Y, Z), in its own units
+        :param fixed: shape = (B, X, Y, Z)
+        :param flows: T's fields, shape = (B, X, Y, Z, 3), voxels
+        :return: the refined fields, shape = (B, X, Y, Z, 3); ``flows`` itself with 0 steps
+        """
+        if self.refine_config.steps == 0:
+            return flows
+        translated = self.translate(moving)
+        return np.stack([
+            self.refine_flow(m, f, phi, None if translated is None else translated[b])
+            for b, (m, f, phi) in enumerate(zip(moving, fixed, flows))
+        ])
+
     def register_arrays(self, moving, fixed):
         """Register arrays that share one voxel grid, of any size.
 
@@ -261,12 +277,7 @@ class Registrar:
         started = time.perf_counter()
         flow = self.predict_flow(moving_batch, fixed_batch)  # (B, X, Y, Z, 3)
         network = time.perf_counter()
-        if self.refine_config.steps:
-            translated = self.translate(moving_batch)
-            flow = np.stack([
-                self.refine_flow(m, f, phi, None if translated is None else translated[b])
-                for b, (m, f, phi) in enumerate(zip(moving_batch, fixed_batch, flow))
-            ])
+        flow = self.refine_flows(moving_batch, fixed_batch, flow)
         seconds = {"network": network - started, "refinement": time.perf_counter() - network}
         moved = np.stack([synth.warp(m, f) for m, f in zip(moving_batch, flow)])
         if single:

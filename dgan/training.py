@@ -318,12 +318,7 @@ def score_pairs(model, pairs, refine_config=None):
     moving = np.stack([p["moving"] for p in pairs])
     fixed = np.stack([p["fixed"] for p in pairs])
     flows = registrar.predict_flow(moving, fixed)  # (B, X, Y, Z, 3)
-    translated = registrar.translate(moving) if steps else None
-    refined = None
-    if steps:
-        refined = np.stack([
-            registrar.refine_flow(m, f, phi, None if translated is None else translated[k])
-            for k, (m, f, phi) in enumerate(zip(moving, fixed, flows))])
+    refined = registrar.refine_flows(moving, fixed, flows) if steps else None
 
     def dice(flow_batch):
         return float(np.mean([
@@ -510,15 +505,17 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     writer = tf.summary.create_file_writer(str(out_dir / "tensorboard"))
     dice = {}
 
+    # the live networks as a model folder: each check sees the current weights
+    folder = ModelFolder(path=str(out_dir / "model"), registration_net=model.registration_net,
+                         network_config=config.network_config,
+                         preprocessing=Preprocessing(config.shape, config.spacing),
+                         description={}, generator=model.generator)
+
     def validate(step, refine=False):
         """Held-out Dice through the registration code; with ``refine``, also after refinement
         (the first and the last check: it costs seconds per pair)."""
         if not pairs:
             return
-        folder = ModelFolder(path=str(out_dir / "model"), registration_net=model.registration_net,
-                             network_config=config.network_config,
-                             preprocessing=Preprocessing(config.shape, config.spacing),
-                             description={}, generator=model.generator)
         refine_config = config.refine_config if refine and config.refine_config.steps else None
         scores = score_pairs(folder, pairs, refine_config)
         dice.update(identity=scores.identity, network=scores.network, refined=scores.refined,
