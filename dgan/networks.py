@@ -20,6 +20,7 @@ save and reload with :func:`custom_objects`.
 from dataclasses import asdict, dataclass, field
 
 from .compat import keras, vxm
+from .matching import BlockMatching
 
 #: VoxelMorph's default U-Net features: ([encoder], [decoder]).
 VXM_FEATURES = ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16))
@@ -44,6 +45,10 @@ class NetworkConfig:
         with U's last layer initialised to zero: G starts as the identity, so T's L_LCC
         compares R with the moved image itself until G has learnt the translation, instead of
         with an untrained G's flat grey output. False: F'(phi) = sigmoid(U(F(phi)))
+    :param matching: T's parameter-free first estimate of phi, ((factor, radius), ...) passes of
+        :class:`dgan.matching.BlockMatching` (block matching of local-gradient directions, coarse
+        to fine); T's U-Net then sees the moving image warped by it and predicts the residual
+        field, composed with it. () (the default): the paper's T, the U-Net alone
     :param d_pool: D average-pools its input pair by this factor before its first strided
         convolution (1: none). D's weight gradients are the costliest part of a step on CPU;
         2 makes D's update about six times cheaper
@@ -58,11 +63,13 @@ class NetworkConfig:
     flow_resolution: int = 1
     g_residual: bool = False
     d_pool: int = 1
+    matching: tuple = ()
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
         object.__setattr__(self, "t_features", _as_features(self.t_features))
         object.__setattr__(self, "g_features", _as_features(self.g_features))
+        object.__setattr__(self, "matching", tuple((int(f), int(r)) for f, r in self.matching))
         if len(self.shape) != 3:
             raise ValueError(f"shape must have three spatial sizes, got {self.shape}")
         levels = len(self.t_features[0])
@@ -70,6 +77,10 @@ class NetworkConfig:
         if self.flow_resolution not in allowed:
             raise ValueError(f"flow_resolution must be one of {allowed} for T's {levels} "
                              f"down-samplings, got {self.flow_resolution}")
+        for factor, radius in self.matching:
+            if factor not in allowed or radius < 1:
+                raise ValueError(f"a matching pass needs a factor in {allowed} and a radius >= 1, "
+                                 f"got ({factor}, {radius})")
         if self.d_pool < 1 or self.d_pool & (self.d_pool - 1):
             raise ValueError(f"d_pool must be a power of two (1: no pooling), got {self.d_pool}")
         multiple = self.multiple
@@ -104,6 +115,17 @@ def parse_features(text):
         raise ValueError(f"features must look like '16,32,32/32,32,32,16,16', got {text!r}") from None
 
 
+def parse_matching(text):
+    """Block-matching passes from the command-line form ``"4:2,2:2,1:1"`` (factor:radius, coarse
+    to fine); ``"none"`` gives no passes."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [[int(v) for v in item.split(":")] for item in text.split(",")]
+    except ValueError:
+        raise ValueError(f"matching must look like '4:2,2:2,1:1' or 'none', got {text!r}") from None
+
+
 def _as_features(features):
     encoder, decoder = features
     return tuple(int(f) for f in encoder), tuple(int(f) for f in decoder)
@@ -113,10 +135,11 @@ def _as_lists(value):
     return [_as_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 
-def _unet(inputs, features, name, upsample_skips=0):
+def _unet(inputs, features, name, upsample_skips=0, model_inputs=None):
     """VoxelMorph's U-Net over the channel-concatenation of ``inputs``; returns its output tensor
-    (at 1 / 2 ** upsample_skips of the input resolution)."""
-    feeder = keras.Model(inputs, list(inputs), name=f"{name}_inputs")
+    (at 1 / 2 ** upsample_skips of the input resolution). ``inputs`` may be tensors computed
+    from ``model_inputs`` (the Keras inputs they depend on; default: ``inputs`` themselves)."""
+    feeder = keras.Model(list(model_inputs or inputs), list(inputs), name=f"{name}_inputs")
     encoder, decoder = features
     unet = vxm.networks.Unet(input_model=feeder, nb_features=[list(encoder), list(decoder)],
                              nb_upsample_skips=upsample_skips, name=name)
@@ -127,21 +150,36 @@ def build_registration_net(config, name="registration_net"):
     """T: (moving F, fixed R) -> (moved F(phi), flow phi). See the module docstring."""
     moving = keras.Input((*config.shape, 1), name="moving")
     fixed = keras.Input((*config.shape, 1), name="fixed")
+    source, initial = moving, None
+    if config.matching:  # the U-Net sees F warped by the block-matching field phi_0
+        initial = BlockMatching(config.matching, name="matching")([moving, fixed])
+        source = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij",
+                                               name="matched")([moving, initial])
     # two inputs into the U-Net, so VoxelMorph concatenates them
     skips = config.flow_resolution.bit_length() - 1
-    features = _unet([moving, fixed], config.t_features, f"{name}_unet", upsample_skips=skips)
+    features = _unet([source, fixed], config.t_features, f"{name}_unet", upsample_skips=skips,
+                     model_inputs=[moving, fixed])
     init = keras.initializers.RandomNormal(mean=0.0, stddev=1e-5)
     field_name = "velocity" if config.int_steps > 0 else "flow"
+    if initial is not None:
+        field_name = f"residual_{field_name}"
     field = keras.layers.Conv3D(
         3, 3, padding="same", kernel_initializer=init,
         name=f"{field_name}_coarse" if skips else field_name,
     )(features)
     if skips:  # resize to full resolution, scaling the displacements (voxels) with it
         field = vxm.layers.RescaleTransform(config.flow_resolution, name=field_name)(field)
+    flow_name = "flow" if initial is None else "residual_flow"
     if config.int_steps > 0:
-        flow = vxm.layers.VecInt(method="ss", int_steps=config.int_steps, name="flow")(field)
+        residual = vxm.layers.VecInt(method="ss", int_steps=config.int_steps, name=flow_name)(field)
     else:
-        flow = field
+        residual = field
+    if initial is None:
+        flow = residual
+    else:  # phi = phi_0 then the residual r: phi(p) = r(p) + phi_0(p + r(p))
+        at_residual = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij",
+                                                    name="initial_at_residual")([initial, residual])
+        flow = keras.layers.Add(name="flow")([residual, at_residual])
     moved = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="moved")(
         [moving, flow]
     )
@@ -192,4 +230,5 @@ def custom_objects():
         "SpatialTransformer": vxm.layers.SpatialTransformer,
         "VecInt": vxm.layers.VecInt,
         "RescaleTransform": vxm.layers.RescaleTransform,
+        "BlockMatching": BlockMatching,
     }

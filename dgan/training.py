@@ -35,6 +35,7 @@ from .compat import keras, tf
 from .errors import InputError, TrainingDiverged
 from .export import ModelFolder, Preprocessing, save_model_folder
 from .io import atomic_write, load_volume
+from .matching import DEFAULT_PASSES
 from .model import LOSS_NAMES, DeformGAN, LossWeights
 from .networks import NetworkConfig
 from .refine import RefineConfig
@@ -122,6 +123,8 @@ class TrainConfig:
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
+        # T's block-matching first estimate, for the demo and for a user's scans alike
+        self.network = {"matching": [list(p) for p in DEFAULT_PASSES], **self.network}
         if self.moving is None:
             self.network = {**DEMO_NETWORK, **self.network}
             self.loss = {**DEMO_LOSS, **self.loss}
@@ -188,7 +191,7 @@ class TrainConfig:
 
 #: What a ``config.json`` written before these settings existed was trained with.
 _ABSENT_MEANS = {"lr_decay": "constant"}
-_ABSENT_NETWORK_MEANS = {"flow_resolution": 1, "g_residual": False, "d_pool": 1}
+_ABSENT_NETWORK_MEANS = {"flow_resolution": 1, "g_residual": False, "d_pool": 1, "matching": []}
 
 
 @dataclass

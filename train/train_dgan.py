@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 import dgan  # noqa: E402,F401
-from dgan.networks import parse_features  # noqa: E402
+from dgan.networks import parse_features, parse_matching  # noqa: E402
 from dgan.schedules import SCHEDULES  # noqa: E402
 from dgan import distribute, training  # noqa: E402
 from dgan.compat import tf  # noqa: E402
@@ -74,6 +74,9 @@ def parser():
     net.add_argument("--g-residual", action=argparse.BooleanOptionalAction,
                      help="G adds a learnt correction to its input and starts as the identity "
                           "(demo: on)")
+    net.add_argument("--matching", type=parse_matching,
+                     help="T's block-matching first estimate, passes 'factor:radius,...' coarse "
+                          "to fine, e.g. '4:2,2:2,1:1'; 'none': the paper's T (U-Net alone)")
     net.add_argument("--d-features", type=int, help="D's first-layer features")
     net.add_argument("--d-pool", type=int, choices=(1, 2, 4),
                      help="D average-pools its input by this factor first (demo: 2)")
@@ -100,7 +103,7 @@ def settings_from_args(args):
     for key, value in (("t_features", args.t_features), ("g_features", args.g_features)):
         if value is not None:
             network[key] = parse_features(value)
-    for key in ("d_features", "int_steps", "flow_resolution", "g_residual", "d_pool"):
+    for key in ("d_features", "int_steps", "flow_resolution", "g_residual", "d_pool", "matching"):
         if getattr(args, key) is not None:
             network[key] = getattr(args, key)
     if network:
