@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 
 #: Keys of ``config.json`` that describe the data, the networks and the losses; a resumed run
 #: must not change them (the step budget, logging and output options may change).
-FROZEN_ON_RESUME = ("moving", "fixed", "shape", "spacing", "batch_size", "seed", "network", "loss")
+FROZEN_ON_RESUME = ("method", "moving", "fixed", "shape", "spacing", "batch_size", "seed",
+                    "network", "loss")
 
 
 #: Small networks that train in minutes on two CPU cores at the demo size. T predicts its field
