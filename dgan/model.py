@@ -85,7 +85,28 @@ LOSS_NAMES = (
 )
 
 
-class DeformGAN(keras.Model):
+class _TrainableModel(keras.Model):
+    """What every trainable model shares: one ``keras.metrics.Mean`` tracker per loss term of
+    ``LOSS_NAMES``, reported by ``train_step`` and ``test_step``."""
+
+    LOSS_NAMES = ()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.LOSS_NAMES}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _report(self, terms):
+        """Each tracker takes its per-example term (shape (B,)); the running means."""
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+
+class DeformGAN(_TrainableModel):
     """Deform-GAN: the registration network T, the generator G and the discriminator D.
 
     ``compile(t_optimizer, g_optimizer, d_optimizer, weights)``; ``train_step`` reports
@@ -105,7 +126,6 @@ class DeformGAN(keras.Model):
         self.registration_net = registration_net
         self.generator = generator
         self.discriminator = discriminator
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
 
     #: The networks, each with its optimizer ``<name>_optimizer``: T, G, D.
     NETWORKS = ("t", "g", "d")
@@ -149,10 +169,6 @@ class DeformGAN(keras.Model):
             (self.g_optimizer, self.generator),
             (self.t_optimizer, self.registration_net),
         )
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def call(self, inputs, training=False):
         return self.registration_net(inputs, training=training)
@@ -251,13 +267,8 @@ class DeformGAN(keras.Model):
         terms.update(self.discriminator_terms(moved, translated, fixed, training=False))
         return self._report(terms)
 
-    def _report(self, terms):
-        for name, tracker in self.trackers.items():
-            tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
 
-
-class RegistrationTrainer(keras.Model):
+class RegistrationTrainer(_TrainableModel):
     """T alone (no G, no D), trained with L_T's terms taken on the moved image itself:
 
     ``L = w_lcc * (1 - L_LCC(R, F(phi))) + beta * (1 - L_LG(R, F(phi))) + alpha * sum |grad phi|^2``
@@ -279,7 +290,6 @@ class RegistrationTrainer(keras.Model):
         kwargs.setdefault("name", "registration_trainer")
         super().__init__(**kwargs)
         self.registration_net = registration_net
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.LOSS_NAMES}
 
     @classmethod
     def from_config_object(cls, network_config):
@@ -302,10 +312,6 @@ class RegistrationTrainer(keras.Model):
     def checkpoint_items(self):
         """What a checkpoint holds: the network and its optimizer."""
         return {"registration_net": self.registration_net, "t_optimizer": self.t_optimizer}
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def call(self, inputs, training=False):
         moved, flow = self.warp(inputs["moving"], inputs["fixed"], training=training)
@@ -340,8 +346,3 @@ class RegistrationTrainer(keras.Model):
 
     def test_step(self, data):
         return self._report(self.registration_terms(data["moving"], data["fixed"], training=False))
-
-    def _report(self, terms):
-        for name, tracker in self.trackers.items():
-            tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}

@@ -504,8 +504,8 @@ def train(config, run_dir, resume=False, progress=True, extra_callbacks=(), rest
 
 
 def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_callbacks, started):
-    logger.info("%s %s run in %s with %d replica(s)", "resuming" if resume else "starting",
-                METHOD_NAMES[config.method], run_dir, strategy.num_replicas_in_sync)
+    logger.info("%s run in %s: %s with %d replica(s)", "resuming" if resume else "starting",
+                run_dir, METHOD_NAMES[config.method], strategy.num_replicas_in_sync)
     if config.batch_size % strategy.num_replicas_in_sync:
         raise InputError(f"batch_size {config.batch_size} (the global batch) must be a multiple "
                          f"of the number of replicas, {strategy.num_replicas_in_sync}")

@@ -12,3 +12,11 @@ exit status (0, or 2 for bad input with a one-line message), installed as consol
 ``dgan-register`` and ``dgan-export`` live beside their library code, in :mod:`dgan.register`
 and :mod:`dgan.export`.
 """
+
+import logging
+
+
+def show_warnings():
+    """Warnings and errors of every library on stderr, one line each (the evaluation commands;
+    ``dgan-train`` keeps its own log file and progress bar)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

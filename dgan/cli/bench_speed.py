@@ -29,7 +29,6 @@ before (the inputs and TensorFlow already loaded).
 """
 
 import argparse
-import logging
 import os
 import platform
 import sys
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import show_warnings
 from .. import data as ddata
 from .. import evaluation, speed, synth
 from ..errors import InputError
@@ -141,7 +141,7 @@ def _row(size, shape, method, m):
 def main(argv=None):
     """``dgan-bench-speed``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    show_warnings()
     if args.refine_only:
         try:
             return refine_main(args)

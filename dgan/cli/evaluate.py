@@ -18,11 +18,11 @@ ANTs SyN needs ``pip install antspyx``; without it, it is skipped with a message
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 from pathlib import Path
 
+from . import show_warnings
 from .. import data as ddata
 from .. import evaluation, training
 from ..errors import InputError
@@ -141,7 +141,7 @@ def parse_settings(items):
 def main(argv=None):
     """``dgan-evaluate``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    show_warnings()
     try:
         benchmark = ddata.benchmark_pairs(
             args.data, npz_path=args.brain_npz, labels_path=args.labels,

@@ -17,12 +17,12 @@ network trained on it will; if it can and a trained T does not, the gap is in th
 """
 
 import argparse
-import logging
 import sys
 import time
 
 import numpy as np
 
+from . import show_warnings
 from .. import data as ddata
 from .. import metrics, synth
 from ..errors import InputError
@@ -55,7 +55,7 @@ def parser():
 def main(argv=None):
     """``dgan-probe-loss``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    show_warnings()
     try:
         config = RefineConfig(steps=args.steps, levels=tuple(args.levels), control=args.control,
                               learning_rate=args.learning_rate, alpha=args.alpha, beta=args.beta,

@@ -25,11 +25,11 @@ validation pairs (seed 2000) are first written to ``<out>/data/``; the evaluatio
 
 import argparse
 import dataclasses
-import logging
 import os
 import sys
 from pathlib import Path
 
+from . import show_warnings
 from .. import data as ddata
 from .. import training
 from ..errors import InputError, TrainingDiverged
@@ -76,7 +76,9 @@ def parser():
                      help="T's (and VxmDense's) U-Net features (default %(default)s)")
     run.add_argument("--g-features", default="8,16,16/16,16,16,8", help="Deform-GAN's G")
     run.add_argument("--d-features", type=int, default=8, help="Deform-GAN's D: features")
-    run.add_argument("--d-layers", type=int, default=3, help="Deform-GAN's D: strided layers")
+    run.add_argument("--d-layers", type=int,
+                     help="Deform-GAN's D: strided layers (default: the preset's, 2 on the demo "
+                          "data where D pools its input by 2, else 3)")
     run.add_argument("--int-steps", type=int, default=0)
     run.add_argument("--refine-steps", type=int,
                      help="refinement iterations per level at the first and last validation and "
@@ -86,11 +88,16 @@ def parser():
     loss = p.add_argument_group("losses (one configuration for every method)")
     loss.add_argument("--alpha", type=float, help="smoothness weight (Deform-GAN, lcc)")
     loss.add_argument("--beta", type=float, help="local-gradient weight (Deform-GAN, lcc)")
-    loss.add_argument("--vxm-lambda", type=float, default=LossWeights.vxm_lambda,
-                      help="VoxelMorph: weight of Grad_l2 (default %(default)s)")
-    loss.add_argument("--mi-bins", type=int, default=LossWeights.mi_bins)
-    loss.add_argument("--lg-window", type=int, default=LossWeights.lg_window)
-    loss.add_argument("--lcc-window", type=int, default=LossWeights.lcc_window)
+    loss.add_argument("--vxm-lambda", type=float,
+                      help=f"VoxelMorph: weight of Grad_l2 (default {LossWeights.vxm_lambda:g})")
+    loss.add_argument("--mi-bins", type=int,
+                      help=f"VoxelMorph: mutual-information bins (default {LossWeights.mi_bins})")
+    loss.add_argument("--lg-window", type=int,
+                      help="local-gradient neighbourhood n (default: the preset's, 3 on the demo "
+                           f"data, else {LossWeights.lg_window})")
+    loss.add_argument("--lcc-window", type=int,
+                      help="LCC window (default: the preset's, 5 on the demo data, else "
+                           f"{LossWeights.lcc_window})")
     return p
 
 
@@ -101,14 +108,15 @@ DEFAULT_STEPS = 300
 def train_config(args, out):
     """The :class:`dgan.training.TrainConfig` every method trains with (``method`` aside): the
     demo preset on the demo data, the preset for scans on the brain benchmark, and the
-    options given over it. Every method has flow_resolution 1 (VxmDense cannot have another)."""
+    options given over it (an option left out keeps the preset's value). Every method has
+    flow_resolution 1 (VxmDense cannot have another), so that T is the same network for all."""
     network = {"t_features": parse_features(args.t_features),
                "g_features": parse_features(args.g_features),
-               "d_features": args.d_features, "d_layers": args.d_layers,
-               "int_steps": args.int_steps, "flow_resolution": 1}
-    loss = {"lg_window": args.lg_window, "lcc_window": args.lcc_window,
-            "vxm_lambda": args.vxm_lambda, "mi_bins": args.mi_bins}
-    loss.update({k: getattr(args, k) for k in ("alpha", "beta") if getattr(args, k) is not None})
+               "d_features": args.d_features, "int_steps": args.int_steps, "flow_resolution": 1}
+    if args.d_layers is not None:
+        network["d_layers"] = args.d_layers
+    loss = {k: getattr(args, k) for k in ("alpha", "beta", "lg_window", "lcc_window", "vxm_lambda",
+                                          "mi_bins") if getattr(args, k) is not None}
     steps = args.steps or DEFAULT_STEPS
     common = dict(steps=steps, batch_size=args.batch_size, lr_t=args.lr, seed=args.seed,
                   lr_decay=args.lr_decay, network=network, loss=loss, n_val=args.n_val,
@@ -134,7 +142,7 @@ def train_config(args, out):
 def main(argv=None):
     """``dgan-train-baselines``; returns the exit status (2 for bad input or a diverged run)."""
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    show_warnings()
     out = Path(args.out)
     try:
         if args.resume:
