@@ -122,22 +122,6 @@ def test_a_config_written_before_presets_keeps_the_demo_refinement(three_step_ru
     assert old.refine_config.levels == tuple(training.DEMO_REFINE["levels"])
 
 
-def test_resume_continues_at_the_saved_step_with_a_larger_budget(three_step_run, tmp_path):
-    resumed = tmp_path / "resumed"
-    shutil.copytree(three_step_run, resumed)
-    saved = checkpoint_weights(tf.train.latest_checkpoint(str(resumed / "checkpoints")))
-    assert cli.main(["--resume", str(resumed), "--steps", "5", "--no-progress"]) == 0
-    assert tf.train.latest_checkpoint(str(resumed / "checkpoints")).endswith("ckpt-5")
-    steps = [l.split(",")[0] for l in (resumed / "losses.csv").read_text().splitlines()[1:]]
-    assert steps == ["1", "2", "3", "4", "5"]
-    assert (resumed / "checkpoints" / "ckpt-3.index").exists()  # nothing overwritten
-    assert json.loads((resumed / "config.json").read_text())["steps"] == 5
-    after = checkpoint_weights(tf.train.latest_checkpoint(str(resumed / "checkpoints")))
-    iterations = [k for k in after if k.endswith("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")]
-    assert len(iterations) == 3 and all(after[k] == 5 for k in iterations)  # 3 restored + 2
-    assert all(saved[k] == 3 for k in iterations)
-
-
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
     """Same budget: the learning-rate schedule, optimizer state and data order all continue."""
     interrupted = tmp_path / "interrupted"

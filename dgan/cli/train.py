@@ -7,7 +7,8 @@ Examples::
     dgan-train --moving 't1/*.nii.gz' --fixed t2/ --shape 160 192 160 --spacing 1
     dgan-train --resume runs/20261123-101500 --steps 2000
     dgan-train --strategy multiworker --auto-resume --out /shared/runs/a  # on each worker
-    dgan-train --method vxm --preset scans                       # VxmDense on the demo data
+    dgan-train --method lcc --w-lcc 0              # T alone, L_LG + smoothness, demo data
+    dgan-train --method vxm --flow-resolution 1    # VoxelMorph's VxmDense, demo data
 
 Without --moving/--fixed the run starts from the demo preset (``TrainConfig.demo``), with them
 from the preset for scans (``TrainConfig.for_scans``); --preset chooses, and every option given
