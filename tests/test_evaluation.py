@@ -177,8 +177,7 @@ def test_every_method_trains_checkpoints_resumes_and_exports_through_the_one_run
         assert model.network_config.shape == (16, 16, 16)
         assert model.preprocessing.spacing == (12.0, 12.0, 12.0)
         assert (model.generator is None) == (method != "deformgan")
-        out = Registrar(run / "model", refine_steps=0).register_arrays(pair["moving"],
-                                                                       pair["fixed"])
+        out = Registrar(model, refine_steps=0).register_arrays(pair["moving"], pair["fixed"])
         assert out.flow.shape == (16, 16, 16, 3) and np.all(np.isfinite(out.flow))
     # one loss configuration: every method was given the same weights and windows
     assert saved["deformgan"]["loss"] == saved["vxm"]["loss"] == saved["lcc"]["loss"]
