@@ -27,6 +27,12 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "dgan-train=dgan.cli.train:main",
+            "dgan-train-baselines=dgan.cli.train_baselines:main",
+            "dgan-evaluate=dgan.cli.evaluate:main",
+            "dgan-bench-speed=dgan.cli.bench_speed:main",
+            "dgan-probe-loss=dgan.cli.probe_loss:main",
+            "dgan-probe-matching=dgan.cli.probe_matching:main",
             "dgan-register=dgan.register:main",
             "dgan-export=dgan.export:main",
         ]

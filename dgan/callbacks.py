@@ -1,4 +1,4 @@
-"""Keras callbacks for a Deform-GAN run; one step per Keras "epoch" (``steps_per_epoch=1``).
+"""Keras callbacks for a training run; one step per Keras "epoch" (``steps_per_epoch=1``).
 
 Keras's epoch index is therefore the step index: after epoch e, step e + 1 is complete.
 """
@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from tqdm.auto import tqdm
 
 from .compat import keras, tf
-from .model import LOSS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +86,18 @@ class Periodic(keras.callbacks.Callback):
 
 class LossLog(keras.callbacks.Callback):
     """Writes every loss term at every step: TensorBoard scalars, ``losses.csv`` (appended, so a
-    resumed run continues it), a log line every ``log_every`` steps, and a tqdm progress bar."""
+    resumed run continues it), a log line every ``log_every`` steps, and a tqdm progress bar.
 
-    def __init__(self, writer, csv_path, total_steps, start_step, log_every=10, progress=True):
+    :param names: the loss terms the model reports (its ``LOSS_NAMES``), the CSV's columns
+    """
+
+    #: Shown beside the progress bar when the model reports them.
+    SHOWN = ("d_loss", "g_loss", "t_loss")
+
+    def __init__(self, writer, csv_path, names, total_steps, start_step, log_every=10,
+                 progress=True):
         super().__init__()
-        self.writer, self.csv_path = writer, csv_path
+        self.writer, self.csv_path, self.names = writer, csv_path, tuple(names)
         self.log_every = max(1, int(log_every))
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not progress,
                         desc="training", unit="step", dynamic_ncols=True)
@@ -100,7 +106,7 @@ class LossLog(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         step = epoch + 1
-        values = {name: float(logs[name]) for name in LOSS_NAMES if name in (logs or {})}
+        values = {name: float(logs[name]) for name in self.names if name in (logs or {})}
         with self.writer.as_default(step=step):
             for name, value in values.items():
                 tf.summary.scalar(f"loss/{name}", value)
@@ -108,10 +114,10 @@ class LossLog(keras.callbacks.Callback):
         with open(self.csv_path, "a", newline="") as handle:
             out = csv.writer(handle)
             if new:
-                out.writerow(["step", *LOSS_NAMES])
-            out.writerow([step, *(f"{values.get(n, float('nan')):.6g}" for n in LOSS_NAMES)])
+                out.writerow(["step", *self.names])
+            out.writerow([step, *(f"{values.get(n, float('nan')):.6g}" for n in self.names)])
         self.bar.update(1)
-        self.bar.set_postfix({k: f"{values[k]:.3f}" for k in ("d_loss", "g_loss", "t_loss") if k in values})
+        self.bar.set_postfix({k: f"{values[k]:.3f}" for k in self.SHOWN if k in values})
         if step % self.log_every == 0:
             rate = (time.perf_counter() - self._started) / max(1, step - self._start_step)
             logger.info("step %d: %s (%.2f s/step)", step,

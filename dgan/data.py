@@ -17,7 +17,10 @@ Implements:
   (moving modality) and grey/white-matter maps from which a T2-like image (fixed modality) is
   rendered (:func:`demo_volumes`, :func:`demo_dataset`, :func:`demo_validation_pairs`);
 - :func:`load_brain_benchmark`: cross-modal test pairs with known deformations from one real
-  T1 scan and its FreeSurfer segmentation (``brain_t1_aseg.npz``).
+  T1 scan and its FreeSurfer segmentation (``brain_t1_aseg.npz``);
+  :func:`write_brain_training_data` writes its training scans and validation pairs as files;
+- :func:`benchmark_pairs`: the evaluation pairs (brain or demo) with the labels that score them;
+- labelled pairs from a CSV (:func:`read_pair_csv`, :func:`load_labelled_pairs`).
 """
 
 import concurrent.futures
@@ -37,13 +40,14 @@ from .compat import tf
 from .errors import InputError
 from .io import (
     VOLUME_SUFFIXES,
-    crop_or_pad,
+    atomic_write,
     load_volume,
     normalize_intensity,
     resample_to_spacing,
-    to_canonical,
+    save_volume,
     volume_suffix,
 )
+from .preprocessing import MIN_SIZE, Preprocessing  # noqa: F401  (MIN_SIZE: part of this API)
 from .synth import (
     DEFAULT_MAX_DISPLACEMENT,
     DEFAULT_SMOOTHNESS,
@@ -57,8 +61,6 @@ from .synth import (
 
 logger = logging.getLogger(__name__)
 
-#: The smallest size, in voxels per axis, that the networks accept.
-MIN_SIZE = 8
 #: Demo grid: 5 mm voxels; 32 x 40 x 32 covers the MNI152 brain (160 x 200 x 160 mm, the
 #: brain stem cut at the bottom) and every axis is divisible by 8, as the U-Net's downsampling
 #: needs. Coarse, so that a demo run trains in minutes on two CPU cores.
@@ -70,11 +72,33 @@ DEMO_SPACING = 5.0
 DEMO_MAX_DISPLACEMENT = 4.0
 DEMO_SMOOTHNESS = 16.0
 
+#: ../shared/data beside the repository: the brain benchmark's files (``brain_t1_aseg.npz``,
+#: ``aseg_eval_labels.npz``; never committed), the default of every command that reads them.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
 #: The brain benchmark (:func:`load_brain_benchmark`): pairs per evaluation, and each side's
 #: deformation, in mm.
 BRAIN_PAIRS = 8
 BRAIN_MAX_DISPLACEMENT_MM = 8.0
 BRAIN_SMOOTHNESS_MM = 32.0
+
+#: Seeds of the brain benchmark's training scans and validation pairs
+#: (:func:`write_brain_training_data`); the evaluation pairs use seed 0.
+BRAIN_TRAIN_SEED = 1000
+BRAIN_VAL_SEED = 2000
+
+#: Short names of the 30 aseg labels that registration papers score (FreeSurferColorLUT).
+ASEG_NAMES = {
+    2: "L cerebral WM", 3: "L cortex", 4: "L lat. ventricle", 7: "L cerebellum WM",
+    8: "L cerebellum ctx", 10: "L thalamus", 11: "L caudate", 12: "L putamen", 13: "L pallidum",
+    14: "3rd ventricle", 15: "4th ventricle", 16: "brain stem", 17: "L hippocampus",
+    18: "L amygdala", 24: "CSF", 28: "L ventral DC", 31: "L choroid plexus",
+    41: "R cerebral WM", 42: "R cortex", 43: "R lat. ventricle", 46: "R cerebellum WM",
+    47: "R cerebellum ctx", 49: "R thalamus", 50: "R caudate", 51: "R putamen", 52: "R pallidum",
+    53: "R hippocampus", 54: "R amygdala", 60: "R ventral DC", 63: "R choroid plexus",
+}
+#: The demo data's tissue labels.
+TISSUE_LABELS = {1: "CSF", 2: "grey matter", 3: "white matter"}
 
 # Separate random streams per purpose, so that no two purposes ever share random numbers even
 # when they are given the same seed: np.random.default_rng([seed, stream, index]).
@@ -97,7 +121,9 @@ def _check_shape(shape):
 
 
 def preprocess_volume(volume, shape, spacing=None, order=1, normalize=True):
-    """Canonical orientation, optional resampling, centred crop/pad, robust scaling.
+    """Canonical orientation, optional resampling, centred crop/pad, robust scaling: training's
+    preparation, :meth:`dgan.preprocessing.Preprocessing.prepare` (registration reads the same
+    description from the model folder).
 
     :param volume: :class:`~dgan.io.Volume`
     :param shape: the network's input shape (X, Y, Z)
@@ -108,22 +134,8 @@ def preprocess_volume(volume, shape, spacing=None, order=1, normalize=True):
         (use it to write results that overlay the input)
     :raises InputError: the volume is smaller than 8 voxels on an axis after resampling
     """
-    shape = _check_shape(shape)
-    volume = to_canonical(volume)
-    if spacing is not None:
-        volume = resample_to_spacing(volume, spacing, order=order)
-    if min(volume.shape) < MIN_SIZE:
-        at = "" if spacing is None else f" at {spacing} mm"
-        raise InputError(
-            f"too small for the network: {volume.shape} voxels{at}, "
-            f"need at least {MIN_SIZE} on every axis",
-            volume.path,
-        )
-    array = normalize_intensity(volume.array) if normalize else volume.array
-    array, crop = crop_or_pad(array, shape)
-    if normalize and not array.any():
-        raise InputError(f"nothing but background is left after cropping to {shape}", volume.path)
-    return volume.replace(array=array, affine=crop.affine(volume.affine))
+    return Preprocessing(_check_shape(shape), spacing).prepare(volume, order=order,
+                                                               normalize=normalize)
 
 
 def preprocess(volume, shape, spacing=None):
@@ -239,6 +251,65 @@ class ScanSet:
 
     def __iter__(self):
         return iter(self.arrays)
+
+
+# --- labelled pairs (validation) -------------------------------------------------------------
+
+#: The columns of a CSV of labelled pairs (validation pairs; relative paths are relative to the
+#: CSV's folder).
+PAIR_COLUMNS = ("moving", "fixed", "moving_labels", "fixed_labels")
+
+
+def read_pair_csv(path):
+    """Rows of a CSV of labelled pairs (:data:`PAIR_COLUMNS`), paths made absolute.
+
+    :return: list of dicts, one per pair
+    :raises InputError: no such file, or a header without the columns
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or any(c not in rows[0] for c in PAIR_COLUMNS):
+        raise InputError(f"needs a header with the columns {', '.join(PAIR_COLUMNS)}", path)
+    return [{c: str((path.parent / row[c]).resolve()) for c in PAIR_COLUMNS} for row in rows]
+
+
+def write_pair_csv(path, rows):
+    """Write rows (dicts of :data:`PAIR_COLUMNS`, paths relative to the CSV's folder) atomically."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, PAIR_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def load_labelled_pairs(csv_path, preprocessing):
+    """The pairs of a CSV (:func:`read_pair_csv`), each file prepared by ``preprocessing``
+    (:class:`~dgan.preprocessing.Preprocessing`; label maps nearest neighbour, not scaled).
+
+    :return: list of dicts ``moving``, ``fixed`` (X, Y, Z) float32 in [0, 1],
+        ``moving_labels``, ``fixed_labels`` (X, Y, Z)
+    :raises InputError: an unusable file, or a label map whose shape differs from its image's
+    """
+    pairs = []
+    for row in read_pair_csv(csv_path):
+        pair = {}
+        for key in PAIR_COLUMNS:
+            labels = key.endswith("_labels")
+            volume = load_volume(row[key], kind="labels" if labels else "image")
+            if labels:
+                image = row[key[:-len("_labels")]]
+                reference = load_volume(image)
+                if volume.array.shape != reference.array.shape:
+                    raise InputError(
+                        f"label map of shape {volume.array.shape} does not match its image "
+                        f"{image} of shape {reference.array.shape}", row[key])
+            pair[key] = preprocessing.prepare(volume, order=0 if labels else 1,
+                                              normalize=not labels).array
+        pairs.append(pair)
+    return pairs
 
 
 # --- the unpaired training pipeline ----------------------------------------------------------
@@ -535,3 +606,101 @@ def load_brain_benchmark(path, resolution_mm=2.0, n_pairs=BRAIN_PAIRS, seed=0,
                                     augment_moving=False, augment_fixed=False,
                                     fixed_in_moving=image))
     return pairs
+
+
+def write_brain_training_data(npz_path, out_dir, resolution_mm=4.0, n_train=8, n_val=2,
+                              seed=BRAIN_TRAIN_SEED, val_seed=BRAIN_VAL_SEED, eval_seed=0):
+    """Write the brain benchmark's training scans and validation pairs as NIfTI files.
+
+    Training: ``n_train`` moving T1 scans and ``n_train`` fixed T2-like scans
+    (:func:`load_brain_benchmark` with ``seed``), used unpaired; validation: ``n_val`` pairs
+    with labels (``val_seed``) and ``val_pairs.csv`` (:func:`write_pair_csv`). Both seeds must
+    differ from ``eval_seed``, the seed of the evaluation pairs, so that no evaluated pair is
+    trained on.
+
+    :return: dict ``moving`` (folder), ``fixed`` (folder), ``val_pairs`` (CSV), ``shape``
+    """
+    if eval_seed in (seed, val_seed):
+        raise InputError(f"training seed {seed} and validation seed {val_seed} must differ from "
+                         f"the evaluation seed {eval_seed}")
+    out_dir = Path(out_dir)
+    affine = np.diag([float(resolution_mm)] * 3 + [1.0])
+    train = load_brain_benchmark(npz_path, resolution_mm, n_pairs=n_train, seed=seed)
+    for k, pair in enumerate(train):
+        save_volume(out_dir / "moving" / f"t1_{k:03d}.nii.gz", pair["moving"], affine)
+        save_volume(out_dir / "fixed" / f"t2_{k:03d}.nii.gz", pair["fixed"], affine)
+    rows = []
+    for k, pair in enumerate(load_brain_benchmark(npz_path, resolution_mm, n_pairs=n_val,
+                                                  seed=val_seed)):
+        row = {}
+        for key in PAIR_COLUMNS:
+            name = f"val/{key}_{k:03d}.nii.gz"
+            save_volume(out_dir / name, pair[key], affine)
+            row[key] = name
+        rows.append(row)
+    csv_path = out_dir / "val_pairs.csv"
+    write_pair_csv(csv_path, rows)
+    return {"moving": str(out_dir / "moving"), "fixed": str(out_dir / "fixed"),
+            "val_pairs": str(csv_path), "shape": train[0]["moving"].shape}
+
+
+# --- evaluation benchmarks ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Benchmark:
+    """Pairs to register, with what scores them.
+
+    :param name: e.g. ``"brain 2 mm"``
+    :param pairs: dicts ``moving``, ``fixed`` (X, Y, Z) float32 in [0, 1]; ``moving_labels``,
+        ``fixed_labels`` (X, Y, Z) int32; brain pairs also ``fixed_t1``, the fixed anatomy in
+        the moving modality (X, Y, Z) float32
+    :param spacing: voxel size in mm of every pair, shape = (3,)
+    :param label_ids: labels scored with Dice and HD95
+    :param label_names: ``{label id: name}``
+    """
+
+    name: str
+    pairs: list
+    spacing: tuple
+    label_ids: tuple
+    label_names: dict
+
+
+def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm=2.0,
+                    n_pairs=BRAIN_PAIRS, seed=0, shape=DEMO_SHAPE,
+                    spacing=DEMO_SPACING):
+    """The evaluation pairs.
+
+    :param data: ``"brain"`` (the real T1 + aseg benchmark) or ``"demo"`` (embedded MNI152)
+    :param npz_path: ``brain_t1_aseg.npz`` (brain)
+    :param labels_path: ``aseg_eval_labels.npz`` with key ``labels`` (brain); None: every
+        label of :data:`ASEG_NAMES`
+    :param resolution_mm: 2 (80 x 96 x 112) or 1 (160 x 192 x 224) (brain)
+    :param n_pairs: number of pairs
+    :param seed: seed of the pairs; training must use other seeds
+    :param shape: the demo grid (demo)
+    :param spacing: the demo voxel size in mm (demo)
+    :return: :class:`Benchmark`
+    """
+    if data == "brain":
+        if npz_path is None or not Path(npz_path).is_file():
+            raise InputError("the brain benchmark file is missing", npz_path)
+        pairs = load_brain_benchmark(npz_path, resolution_mm, n_pairs=n_pairs, seed=seed)
+        if labels_path is None:
+            label_ids = tuple(ASEG_NAMES)
+        else:
+            try:
+                with np.load(labels_path) as archive:
+                    label_ids = tuple(int(i) for i in archive["labels"])
+            except (OSError, KeyError, ValueError) as error:
+                raise InputError(f"cannot read the label list ({error})", labels_path) from None
+        names = {i: ASEG_NAMES.get(i, str(i)) for i in label_ids}
+        return Benchmark(f"brain {resolution_mm:g} mm", pairs, (float(resolution_mm),) * 3,
+                         label_ids, names)
+    if data == "demo":
+        # training validates on demo_validation_pairs' default seed, 1234: use another one
+        pairs = demo_validation_pairs(n_pairs, seed=seed, shape=shape, spacing=spacing)
+        return Benchmark(f"demo {spacing:g} mm", pairs, (float(spacing),) * 3,
+                         tuple(TISSUE_LABELS), dict(TISSUE_LABELS))
+    raise InputError(f"unknown data {data!r}; choose brain or demo")

@@ -124,7 +124,7 @@ def make_strategy(name="auto", environ=None):
     if environ.get("SLURM_JOB_ID"):
         return tf.distribute.MultiWorkerMirroredStrategy(
             cluster_resolver=slurm_cluster_resolver(environ))
-    raise InputError("--strategy multiworker needs TF_CONFIG describing the cluster, "
+    raise InputError("the multiworker strategy needs TF_CONFIG describing the cluster, "
                      "or a Slurm job step (srun)")
 
 

@@ -14,5 +14,12 @@ class InputError(ValueError):
         super().__init__(self.problem if path is None else f"{self.path}: {self.problem}")
 
 
+def one_line(error, limit=200):
+    """An exception as one line of at most ``limit`` characters (its type when it says nothing),
+    for messages that quote what a library below us raised."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""

@@ -1,12 +1,10 @@
-"""Evaluating registration methods on the same cross-modal pairs: accuracy, smoothness, speed.
+"""Evaluating registration methods on the same cross-modal pairs: accuracy and smoothness.
 
 Benchmarks Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) against identity, learned
-baselines (:mod:`dgan.baselines`) and ANTs SyN (Avants et al. 2008) with Mattes mutual
-information (``antspyx``, an optional extra), on pairs with known labels:
+baselines (:mod:`dgan.baselines`, trained by :func:`dgan.training.train`) and ANTs SyN (Avants
+et al. 2008) with Mattes mutual information (``antspyx``, an optional extra), on the pairs of a
+:class:`dgan.data.Benchmark` (:func:`dgan.data.benchmark_pairs`):
 
-- :func:`benchmark_pairs`: the cross-modal brain benchmark (:func:`dgan.data.load_brain_benchmark`,
-  Dice over the 30 aseg labels of ``aseg_eval_labels.npz``) or the demo validation pairs
-  (:func:`dgan.data.demo_validation_pairs`, tissue labels);
 - methods share one interface, ``register(moving, fixed, moving_labels, spacing)`` ->
   :class:`MethodResult`: :class:`IdentityMethod`, :class:`ModelMethod` (any dgan model folder,
   through :class:`dgan.register.Registrar`, which resamples to the model's training spacing and
@@ -14,56 +12,32 @@ information (``antspyx``, an optional extra), on pairs with known labels:
   :func:`ants_ceiling` (ANTs SyN-CC to the pair's same-modality fixed image ``fixed_t1``);
 - :func:`score` turns a result into one record (Dice per label and mean, mean HD95 in mm,
   folding fraction, SDlogJ, seconds), :func:`evaluate` runs every method on every pair and
-  writes ``results.csv``, ``summary.md`` and the figures;
-- figures: per method a montage (label contours over the fixed image, moved image, deformation
-  grid, Jacobian determinant), a comparison of all methods, a Dice box plot per structure;
-- :func:`bench_inference` and :func:`bench_training_step`: time and peak memory
-  (:func:`dgan.metrics.measure`) of registering one pair and of one training step.
+  writes ``results.csv``, ``summary.md`` and the figures (:mod:`dgan.figures`).
 
-Every flow is a displacement in voxels of the pair's grid, 'ij' indexing,
-``moved(p) = moving(p + flow(p))``.
+Speed and memory are measured by :mod:`dgan.speed`. Every flow is a displacement in voxels of
+the pair's grid, 'ij' indexing, ``moved(p) = moving(p + flow(p))``.
 """
 
-import concurrent.futures
 import csv
 import dataclasses
 import importlib
-import json
 import logging
 import math
-import multiprocessing
 import os
 import tempfile
 import time
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from tqdm.auto import tqdm
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
-
-from . import data as ddata  # noqa: E402
-from . import metrics, synth  # noqa: E402
-from .errors import InputError  # noqa: E402
-from .figures import display_slice, finish_panels, plot_grid, save_figure  # noqa: E402
-from .io import Volume, atomic_write  # noqa: E402
+from . import metrics, synth
+from .errors import InputError
+from .figures import save_comparison_figure, save_dice_boxplot, save_method_figure
+from .io import Volume, atomic_write
+from .register import Registrar
 
 logger = logging.getLogger(__name__)
-
-#: Short names of the 30 aseg labels that registration papers score (FreeSurferColorLUT).
-ASEG_NAMES = {
-    2: "L cerebral WM", 3: "L cortex", 4: "L lat. ventricle", 7: "L cerebellum WM",
-    8: "L cerebellum ctx", 10: "L thalamus", 11: "L caudate", 12: "L putamen", 13: "L pallidum",
-    14: "3rd ventricle", 15: "4th ventricle", 16: "brain stem", 17: "L hippocampus",
-    18: "L amygdala", 24: "CSF", 28: "L ventral DC", 31: "L choroid plexus",
-    41: "R cerebral WM", 42: "R cortex", 43: "R lat. ventricle", 46: "R cerebellum WM",
-    47: "R cerebellum ctx", 49: "R thalamus", 50: "R caudate", 51: "R putamen", 52: "R pallidum",
-    53: "R hippocampus", 54: "R amygdala", 60: "R ventral DC", 63: "R choroid plexus",
-}
-#: The demo data's tissue labels.
-TISSUE_LABELS = {1: "CSF", 2: "grey matter", 3: "white matter"}
 
 #: Columns of ``results.csv`` before the per-label Dice columns ``dice_<label id>``.
 CSV_COLUMNS = ("method", "pair", "dice_mean", "hd95_mean_mm", "folding_fraction", "sdlogj",
@@ -92,68 +66,6 @@ ANTS_DEFAULTS = {
 ANTS_CC = {"syn_metric": "CC", "syn_sampling": 2}
 #: The ceiling's name in the tables (:func:`ants_ceiling`).
 CEILING_NAME = "ANTs SyN-CC (T1 fixed, ceiling)"
-
-
-# --- the pairs ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Benchmark:
-    """Pairs to register, with what scores them.
-
-    :param name: e.g. ``"brain 2 mm"``
-    :param pairs: dicts ``moving``, ``fixed`` (X, Y, Z) float32 in [0, 1]; ``moving_labels``,
-        ``fixed_labels`` (X, Y, Z) int32; brain pairs also ``fixed_t1``, the fixed anatomy in
-        the moving modality (X, Y, Z) float32
-    :param spacing: voxel size in mm of every pair, shape = (3,)
-    :param label_ids: labels scored with Dice and HD95
-    :param label_names: ``{label id: name}``
-    """
-
-    name: str
-    pairs: list
-    spacing: tuple
-    label_ids: tuple
-    label_names: dict
-
-
-def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm=2.0,
-                    n_pairs=ddata.BRAIN_PAIRS, seed=0, shape=ddata.DEMO_SHAPE,
-                    spacing=ddata.DEMO_SPACING):
-    """The evaluation pairs.
-
-    :param data: ``"brain"`` (the real T1 + aseg benchmark) or ``"demo"`` (embedded MNI152)
-    :param npz_path: ``brain_t1_aseg.npz`` (brain)
-    :param labels_path: ``aseg_eval_labels.npz`` with key ``labels`` (brain); None: every
-        label of :data:`ASEG_NAMES`
-    :param resolution_mm: 2 (80 x 96 x 112) or 1 (160 x 192 x 224) (brain)
-    :param n_pairs: number of pairs
-    :param seed: seed of the pairs; training must use other seeds
-    :param shape: the demo grid (demo)
-    :param spacing: the demo voxel size in mm (demo)
-    :return: :class:`Benchmark`
-    """
-    if data == "brain":
-        if npz_path is None or not Path(npz_path).is_file():
-            raise InputError("the brain benchmark file is missing", npz_path)
-        pairs = ddata.load_brain_benchmark(npz_path, resolution_mm, n_pairs=n_pairs, seed=seed)
-        if labels_path is None:
-            label_ids = tuple(ASEG_NAMES)
-        else:
-            try:
-                with np.load(labels_path) as archive:
-                    label_ids = tuple(int(i) for i in archive["labels"])
-            except (OSError, KeyError, ValueError) as error:
-                raise InputError(f"cannot read the label list ({error})", labels_path) from None
-        names = {i: ASEG_NAMES.get(i, str(i)) for i in label_ids}
-        return Benchmark(f"brain {resolution_mm:g} mm", pairs, (float(resolution_mm),) * 3,
-                         label_ids, names)
-    if data == "demo":
-        # training validates on demo_validation_pairs' default seed, 1234: use another one
-        pairs = ddata.demo_validation_pairs(n_pairs, seed=seed, shape=shape, spacing=spacing)
-        return Benchmark(f"demo {spacing:g} mm", pairs, (float(spacing),) * 3,
-                         tuple(TISSUE_LABELS), dict(TISSUE_LABELS))
-    raise InputError(f"unknown data {data!r}; choose brain or demo")
 
 
 # --- the methods -------------------------------------------------------------------------------
@@ -209,8 +121,6 @@ class ModelMethod:
     warmup = True  # the first call builds T for the padded shape and traces predict
 
     def __init__(self, name, folder, refine_steps=0, refine_config=None):
-        from .register import Registrar
-
         self.name = name
         self.folder = None if folder is None else os.fspath(folder)
         self.registrar = Registrar(folder, refine_steps=refine_steps, refine_config=refine_config)
@@ -385,113 +295,6 @@ def summary_markdown(records, benchmark=None, digits=3):
     return text + "\n\nMean Dice per structure:\n\n" + "\n".join(lines)
 
 
-# --- figures -----------------------------------------------------------------------------------
-
-
-def _contours(ax, labels, label_ids, color, axis):
-    """Outline every label of ``label_ids`` in the middle slice of ``labels``."""
-    section = display_slice(labels, axis)
-    for label in label_ids:
-        mask = section == label
-        if mask.any() and not mask.all():
-            ax.contour(mask.astype(np.float32), levels=[0.5], colors=color, linewidths=0.5)
-
-
-def _jacobian_panel(ax, det_slice):
-    """The Jacobian determinant, blue < 1 < red, folding (det <= 0) in black."""
-    image = ax.imshow(det_slice, cmap="RdBu_r", vmin=0.0, vmax=2.0)
-    folded = np.ma.masked_where(det_slice > 0, np.ones_like(det_slice))
-    ax.imshow(folded, cmap="gray", vmin=0, vmax=1)
-    return image
-
-
-def save_method_figure(path, pair, result, label_ids, title=None):
-    """Montage for one method and pair: one row per view (axial, coronal, sagittal), columns
-    fixed image with fixed (red) and warped moving (cyan) label contours, moved image with the
-    fixed contours, deformation grid, Jacobian determinant."""
-    det = metrics.jacobian_determinant(result.flow)
-    fig, axes = plt.subplots(3, 4, figsize=(11.0, 8.4))
-    for row, axis in enumerate((2, 1, 0)):
-        ax = axes[row, 0]
-        ax.imshow(display_slice(pair["fixed"], axis), cmap="gray", vmin=0, vmax=1)
-        _contours(ax, pair["fixed_labels"], label_ids, "tab:red", axis)
-        _contours(ax, result.labels, label_ids, "cyan", axis)
-        ax = axes[row, 1]
-        ax.imshow(display_slice(result.moved, axis), cmap="gray", vmin=0, vmax=1)
-        _contours(ax, pair["fixed_labels"], label_ids, "tab:red", axis)
-        plot_grid(axes[row, 2], result.flow, axis, background=result.moved)
-        image = _jacobian_panel(axes[row, 3], display_slice(det, axis))
-        if row == 0:
-            for ax, name in zip(axes[0], ("fixed: fixed (red), warped (cyan) labels",
-                                          "moved + fixed labels", "deformation grid",
-                                          "Jacobian determinant")):
-                ax.set_title(name, fontsize=8)
-    finish_panels(fig, axes, title)
-    fig.tight_layout(rect=(0, 0, 0.92, 1))
-    fig.colorbar(image, cax=fig.add_axes((0.93, 0.3, 0.012, 0.4)), label="det J (black: <= 0)")
-    save_figure(fig, path)
-
-
-def save_comparison_figure(path, pair, results, label_ids, title=None):
-    """All methods on one pair, one row each (axial middle slice): label contours over the fixed
-    image, deformation grid, Jacobian determinant.
-
-    :param results: ``{method name: MethodResult}``
-    """
-    rows = len(results)
-    fig, axes = plt.subplots(rows, 3, figsize=(8.4, 2.8 * rows), squeeze=False)
-    for row, (name, result) in enumerate(results.items()):
-        ax = axes[row, 0]
-        ax.imshow(display_slice(pair["fixed"], 2), cmap="gray", vmin=0, vmax=1)
-        _contours(ax, pair["fixed_labels"], label_ids, "tab:red", 2)
-        _contours(ax, result.labels, label_ids, "cyan", 2)
-        ax.set_ylabel(name, fontsize=9)
-        plot_grid(axes[row, 1], result.flow, 2, background=result.moved)
-        _jacobian_panel(axes[row, 2], display_slice(metrics.jacobian_determinant(result.flow), 2))
-    for ax, name in zip(axes[0], ("fixed (red) / warped (cyan) labels", "deformation grid",
-                                  "Jacobian det. (0..2)")):
-        ax.set_title(name, fontsize=9)
-    finish_panels(fig, axes, title)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def save_dice_boxplot(path, records, label_ids, label_names, title=None):
-    """Dice per structure, one box per method, grouped by structure (all pairs)."""
-    methods = list(dict.fromkeys(r["method"] for r in records))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    width = 0.8 / max(1, len(methods))
-    fig, ax = plt.subplots(figsize=(max(6.0, 2.0 + len(label_ids) * (0.15 + 0.06 * len(methods))),
-                                    4.2))
-    for m, method in enumerate(methods):
-        data, positions = [], []
-        for k, label in enumerate(label_ids):
-            values = [r[f"dice_{label}"] for r in records if r["method"] == method]
-            values = [v for v in values if not math.isnan(v)]
-            if values:
-                data.append(values)
-                positions.append(k + (m - (len(methods) - 1) / 2) * width)
-        if not data:
-            continue
-        parts = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True,
-                           manage_ticks=False, flierprops={"markersize": 2})
-        for box in parts["boxes"]:
-            box.set_facecolor(colors[m % len(colors)])
-            box.set_alpha(0.7)
-        ax.plot([], [], color=colors[m % len(colors)], linewidth=6, alpha=0.7, label=method)
-    ax.set_xticks(range(len(label_ids)))
-    ax.set_xticklabels([label_names.get(i, str(i)) for i in label_ids], rotation=60, ha="right",
-                       fontsize=7)
-    ax.set_ylabel("Dice")
-    ax.set_ylim(0, 1)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=7, ncol=min(len(methods), 5), loc="lower left")
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
 def _file_name(name):
     keep = "".join(c if c.isalnum() else "_" for c in name.lower())
     return "_".join(part for part in keep.split("_") if part)
@@ -588,168 +391,3 @@ def evaluate(methods, benchmark, out_dir, figure_pairs=1, progress=True):
                                 f"{len(benchmark.pairs)} pairs")
         written.append(path)
     return EvaluationResult(records, csv_path, summary_path, written)
-
-
-def write_json(path, payload):
-    """``payload`` as indented JSON, atomically."""
-    with atomic_write(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, default=str)
-            handle.write("\n")
-
-
-# --- speed and memory --------------------------------------------------------------------------
-
-
-def measurement_record(measurement):
-    """A :class:`dgan.metrics.Measurement` as a JSON-ready dict; ``added_mib`` = peak - baseline,
-    what the method's warm-up (building, tracing) and timed calls added to the process."""
-    added = (None if measurement.baseline_mib is None
-             else measurement.peak_mib - measurement.baseline_mib)
-    return {"seconds": measurement.seconds, "times": list(measurement.times),
-            "peak_mib": measurement.peak_mib, "added_mib": added,
-            "memory_source": measurement.memory_source}
-
-
-def in_fresh_process(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` in a new Python process (``spawn``), its result returned.
-
-    A benchmark measures each method in its own process: memory that one method's run freed
-    stays with the process (allocator caches) and would be reused by the next, which would
-    then seem to need nothing. ``fn`` and its arguments must be picklable (module-level).
-    """
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(fn, *args, **kwargs).result()
-
-
-def _run(isolate, fn, *args, **kwargs):
-    return in_fresh_process(fn, *args, **kwargs) if isolate else fn(*args, **kwargs)
-
-
-def _lazy(build):
-    """A callable that builds ``build()`` (a function of no arguments) on its first call, inside
-    :func:`dgan.metrics.measure`'s memory window, then calls it: ``lazy()`` -> ``build()()``."""
-    built = []
-
-    def call():
-        if not built:
-            built.append(build())
-        return built[0]()
-
-    return call
-
-
-def _inference_forward(kind, network_config, moving, fixed):
-    """One registration network's forward pass on (1, X, Y, Z, 1) inputs, as a function of no
-    arguments returning the flow (NumPy); ``kind`` ``"dgan"`` (T) or ``"vxm"`` (VxmDense)."""
-    from .baselines import build_vxm_dense
-    from .compat import tf
-    from .networks import build_registration_net
-
-    moving_in = tf.constant(np.asarray(moving, np.float32)[None, ..., None])
-    fixed_in = tf.constant(np.asarray(fixed, np.float32)[None, ..., None])
-    if kind == "dgan":
-        net = build_registration_net(network_config)
-        forward = tf.function(lambda m, f: net({"moving": m, "fixed": f}, training=False)["flow"])
-    else:
-        net = build_vxm_dense(network_config)
-        forward = tf.function(lambda m, f: net([m, f], training=False)[1])
-    return lambda: forward(moving_in, fixed_in).numpy()
-
-
-def _bench_network(kind, network_config, moving, fixed, repeats, warmup):
-    """:func:`measurement_record` of one network's inference, built in the memory window."""
-    _, measurement = metrics.measure(
-        _lazy(lambda: _inference_forward(kind, network_config, moving, fixed)),
-        repeats=repeats, warmup=max(1, warmup))
-    return measurement_record(measurement)
-
-
-def _bench_ants(moving, fixed, spacing, settings, repeats):
-    """:func:`measurement_record` of whole ANTs SyN registrations (no warm-up)."""
-    ants, reason = import_ants()
-    if ants is None:
-        raise InputError(reason)
-    method = AntsSyNMethod(ants, **settings)
-    _, measurement = metrics.measure(method.flow, moving, fixed, spacing, repeats=repeats,
-                                     warmup=0)
-    return measurement_record(measurement)
-
-
-def bench_inference(network_config, moving, fixed, spacing=(1.0, 1.0, 1.0), repeats=3, warmup=1,
-                    ants=None, ants_settings=None, ants_repeats=1, isolate=True):
-    """Median time and peak memory of registering one pair (network forward pass only).
-
-    Deform-GAN's T (:func:`dgan.networks.build_registration_net`) and VoxelMorph's VxmDense
-    (:func:`dgan.baselines.build_vxm_dense`, the same U-Net) run on ``(1, X, Y, Z, 1)`` inputs
-    through a ``tf.function`` (traced in the warm-up); ANTs SyN (when ``ants`` is given) runs
-    :meth:`AntsSyNMethod.flow` on the same arrays. Each network is built in the first warm-up
-    call, inside the memory window (:func:`dgan.metrics.measure`), so ``added_mib`` counts its
-    weights, graph and activations; times are the timed calls only.
-
-    :param network_config: :class:`dgan.networks.NetworkConfig` with ``shape`` = moving.shape
-    :param spacing: the arrays' voxel size in mm (for ANTs)
-    :param ants: the ``ants`` module, or None to leave ANTs out
-    :param ants_settings: changes to :data:`ANTS_DEFAULTS`
-    :param ants_repeats: timed ANTs registrations (no warm-up: nothing to trace)
-    :param isolate: measure each method in a fresh process (:func:`in_fresh_process`); False
-        runs them one after the other in this process, where a later method reuses memory an
-        earlier one freed
-    :return: ``{method name: {"seconds", "times", "peak_mib", "added_mib", "memory_source"}}``
-    """
-    out = {}
-    for name, kind in (("Deform-GAN T", "dgan"), ("VoxelMorph VxmDense", "vxm")):
-        out[name] = _run(isolate, _bench_network, kind, network_config, moving, fixed, repeats,
-                         warmup)
-    if ants is not None:
-        out[AntsSyNMethod.name] = _run(isolate, _bench_ants, moving, fixed, spacing,
-                                       dict(ants_settings or {}), ants_repeats)
-    return out
-
-
-def _training_step(kind, network_config, moving, fixed, loss):
-    """One training step (batch size 1) as a function of no arguments returning its loss;
-    ``kind`` ``"dgan"`` (Deform-GAN's D, G, T) or ``"vxm"`` (VxmDense with ``loss``)."""
-    from .baselines import RegistrationTrainer, build_vxm_dense
-    from .compat import keras, tf
-    from .model import DeformGAN
-
-    batch = {"moving": tf.constant(np.asarray(moving, np.float32)[None, ..., None]),
-             "fixed": tf.constant(np.asarray(fixed, np.float32)[None, ..., None])}
-    if kind == "dgan":
-        model = DeformGAN.from_config_object(network_config)
-        model.compile(t_optimizer=keras.optimizers.Adam(1e-4),
-                      g_optimizer=keras.optimizers.Adam(1e-4),
-                      d_optimizer=keras.optimizers.Adam(1e-4))
-        step = tf.function(model.train_step)
-        return lambda: float(step(batch)["t_loss"])
-    trainer = RegistrationTrainer(build_vxm_dense(network_config), "vxm", loss)
-    trainer.compile(optimizer=keras.optimizers.Adam(1e-4))
-    step = tf.function(trainer.train_step)
-    return lambda: float(step(batch)["loss"])
-
-
-def _bench_training(kind, network_config, moving, fixed, repeats, warmup, loss):
-    """:func:`measurement_record` of one training step, model built in the memory window."""
-    _, measurement = metrics.measure(
-        _lazy(lambda: _training_step(kind, network_config, moving, fixed, loss)),
-        repeats=repeats, warmup=max(1, warmup))
-    return measurement_record(measurement)
-
-
-def bench_training_step(network_config, moving, fixed, repeats=3, warmup=1, loss=None,
-                        isolate=True):
-    """Median time and peak memory of one training step at ``network_config.shape``.
-
-    Deform-GAN: :meth:`dgan.model.DeformGAN.train_step` (D, then G, then T, three Adam updates);
-    VoxelMorph: one step of :class:`dgan.baselines.RegistrationTrainer` on VxmDense with
-    ``-MI + lambda * Grad_l2`` (one Adam update). Both in a ``tf.function``, batch size 1, the
-    model built in the first warm-up call, inside the memory window; each in a fresh process
-    unless ``isolate`` is False (see :func:`bench_inference`).
-
-    :return: ``{"Deform-GAN (D+G+T)": {...}, "VoxelMorph VxmDense (MI)": {...}}``
-    """
-    return {name: _run(isolate, _bench_training, kind, network_config, moving, fixed, repeats,
-                       warmup, loss)
-            for name, kind in (("Deform-GAN (D+G+T)", "dgan"), ("VoxelMorph VxmDense (MI)", "vxm"))}

@@ -33,15 +33,15 @@ when complete, so a crash never leaves a half-written model.
 import argparse
 import dataclasses
 import json
-import math
 import os
 import sys
 
 from . import __version__
 from . import io as dio
 from .compat import keras, tf
-from .errors import InputError
+from .errors import InputError, one_line
 from .networks import NetworkConfig, build_generator, build_registration_net, custom_objects
+from .preprocessing import DEFAULT_PERCENTILES, Preprocessing  # noqa: F401  (in the folder format)
 
 #: Name of the Keras model file of T inside a model folder.
 MODEL_FILE = "registration_net.keras"
@@ -55,70 +55,12 @@ FORMAT_NAME = "dgan-model"
 FORMAT_VERSION = 2
 #: Versions :func:`load_model_folder` reads (1: T alone).
 READ_VERSIONS = (1, 2)
-#: Intensity percentiles mapped to 0 and 1 in training (:func:`dgan.io.normalize_intensity`).
-DEFAULT_PERCENTILES = (0.5, 99.5)
 #: Name of the TF Serving signature.
 SIGNATURE_NAME = "serving_default"
 #: Where an export keeps a copy of the model folder's description (ignored by TF Serving).
 SAVED_MODEL_DESCRIPTION = os.path.join("assets.extra", CONFIG_FILE)
 #: The flow convention, as stored in the description files.
 FLOW_CONVENTION = "displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p))"
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """How training prepared the volumes; registration prepares new scans the same way.
-
-    Training volumes were reoriented to RAS+ (:func:`dgan.io.to_canonical`), resampled to
-    ``spacing`` (:func:`dgan.io.resample_to_spacing`; None keeps each scan's own voxel size),
-    scaled with :func:`dgan.io.normalize_intensity` so that the ``percentiles`` go to 0 and 1,
-    and brought to ``shape``.
-
-    :param shape: the training volumes' spatial shape (X, Y, Z)
-    :param spacing: voxel size in millimetres, shape = (3,), or None (native)
-    :param percentiles: (low, high) intensity percentiles mapped to 0 and 1
-    """
-
-    shape: tuple
-    spacing: tuple | None = None
-    percentiles: tuple = DEFAULT_PERCENTILES
-
-    def __post_init__(self):
-        shape = tuple(int(s) for s in self.shape)
-        if len(shape) != 3 or min(shape) < 1:
-            raise ValueError(f"shape must be three positive sizes, got {self.shape}")
-        spacing = self.spacing
-        if spacing is not None:
-            values = [float(s) for s in (spacing if _is_sequence(spacing) else [spacing] * 3)]
-            if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
-                raise ValueError(f"spacing must be three positive millimetre sizes, got {spacing}")
-            spacing = tuple(values)
-        low, high = (float(p) for p in self.percentiles)
-        if not 0.0 <= low < high <= 100.0:
-            raise ValueError(
-                f"percentiles must satisfy 0 <= low < high <= 100, got {self.percentiles}"
-            )
-        object.__setattr__(self, "shape", shape)
-        object.__setattr__(self, "spacing", spacing)
-        object.__setattr__(self, "percentiles", (low, high))
-
-    def to_dict(self):
-        return {
-            "shape": list(self.shape),
-            "spacing": None if self.spacing is None else list(self.spacing),
-            "percentiles": list(self.percentiles),
-            "orientation": "RAS",
-        }
-
-    @classmethod
-    def from_dict(cls, config):
-        config = dict(config)
-        config.pop("orientation", None)
-        return cls(**config)
-
-
-def _is_sequence(value):
-    return isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -128,7 +70,7 @@ class ModelFolder:
     :param path: the folder
     :param registration_net: T, a Keras model built for ``network_config.shape``
     :param network_config: :class:`dgan.networks.NetworkConfig`
-    :param preprocessing: :class:`Preprocessing`
+    :param preprocessing: :class:`dgan.preprocessing.Preprocessing`
     :param description: the parsed ``dgan_model.json``
     :param generator: G, a Keras model ``moved`` (B, X, Y, Z, 1) -> F'(phi), or None (a folder
         written before G was kept, format_version 1)
@@ -179,11 +121,6 @@ def _spatial_input_shape(net, name):
 def _first_input_shape(net):
     shape = tuple(net.inputs[0].shape)
     return tuple(int(s) for s in shape[1:4]) if len(shape) == 5 and None not in shape[1:4] else None
-
-
-def _one_line(error):
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def save_model_folder(registration_net, network_config, preprocessing, path, *, generator=None,
@@ -315,7 +252,7 @@ def _load_keras(folder, name):
         return keras.models.load_model(os.path.join(folder, name),
                                        custom_objects=custom_objects(), compile=False)
     except Exception as error:  # zipfile, h5py and Keras raise many types for a corrupt file
-        raise InputError(f"{name} cannot be loaded ({_one_line(error)})", folder) from error
+        raise InputError(f"{name} cannot be loaded ({one_line(error)})", folder) from error
 
 
 def as_model_folder(model):
@@ -422,9 +359,7 @@ def export_saved_model(model_folder, base_dir, version=1, shape=None, overwrite=
     shape = model.network_config.shape if shape is None else tuple(int(s) for s in shape)
     destination = os.path.join(os.fspath(base_dir), str(version))
     if os.path.exists(destination) and not overwrite:
-        raise InputError(
-            "version folder already exists; pass --overwrite to replace it", destination
-        )
+        raise InputError("version folder already exists (overwrite=True replaces it)", destination)
     net = registration_net_for_shape(model, shape)
     module = _ServingModule(net, shape)
     description = dict(model.description)
@@ -461,6 +396,10 @@ def main(argv=None):
     """``dgan-export``; returns the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
     try:
+        existing = os.path.join(args.base_dir, str(args.version))
+        if os.path.exists(existing) and not args.overwrite:
+            raise InputError("version folder already exists; pass --overwrite to replace it",
+                             existing)
         destination = export_saved_model(
             args.model, args.base_dir, version=args.version, shape=args.shape,
             overwrite=args.overwrite,

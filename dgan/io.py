@@ -16,6 +16,7 @@ An affine maps voxel indices (i, j, k, 1) to world millimetres (x, y, z, 1), as 
 
 import contextlib
 import dataclasses
+import json
 import os
 import secrets
 import shutil
@@ -25,7 +26,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from .errors import InputError
+from .errors import InputError, one_line
 
 #: File name endings that :func:`load_volume` reads.
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".npz")
@@ -76,11 +77,6 @@ def volume_suffix(path):
     return None
 
 
-def _one_line(error):
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
 def load_volume(path, kind="image"):
     """Read a 3D volume and check that it is usable.
 
@@ -115,7 +111,7 @@ def load_volume(path, kind="image"):
     except InputError:
         raise
     except Exception as error:  # nibabel, gzip and zipfile raise many types for a corrupt file
-        raise InputError(f"cannot read the file ({_one_line(error)})", path) from error
+        raise InputError(f"cannot read the file ({one_line(error)})", path) from error
 
     array = _squeeze_to_3d(np.asarray(array), path)
     affine = _check_affine(affine, path)
@@ -256,6 +252,15 @@ def atomic_write(path):
     except BaseException:
         _remove(tmp)
         raise
+
+
+def write_json(path, payload):
+    """``payload`` as indented JSON (values JSON cannot hold as their ``str``), atomically
+    (:func:`atomic_write`)."""
+    with atomic_write(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, default=str)
+            handle.write("\n")
 
 
 def save_volume(path, array, affine, header=None, description=None, intent=None):

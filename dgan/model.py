@@ -1,4 +1,14 @@
-"""``DeformGAN``: Deform-GAN's alternating training of D, G and T (Zhang et al. 2020, arXiv:2002.11430).
+"""The trainable models: Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) and T alone.
+
+Every method that :func:`dgan.training.train` trains is a Keras model with its own
+``train_step`` and the same small interface: ``NETWORKS`` (one optimizer ``<n>_optimizer`` per
+network, given to ``compile`` with the :class:`LossWeights`), ``LOSS_NAMES`` (what ``train_step``
+reports), ``checkpoint_items()`` (what a checkpoint holds), ``registration_model`` (T, for
+validation and the model folder) and ``generator`` (G, or None). They are :class:`DeformGAN`,
+:class:`RegistrationTrainer` (T alone with L_T's terms taken on F(phi) directly) and VoxelMorph's
+VxmDense (:class:`dgan.baselines.VxmTrainer`).
+
+``DeformGAN``: Deform-GAN's alternating training of D, G and T.
 
 One :meth:`DeformGAN.train_step` on a batch of unpaired (F = moving, R = fixed) volumes:
 
@@ -8,7 +18,7 @@ One :meth:`DeformGAN.train_step` on a batch of unpaired (F = moving, R = fixed) 
    ``L_G = L_adv(D(F(phi), F'(phi))) + mu * (1 - L_LG(F'(phi), F(phi))) + lambda * L1(F'(phi), R)``.
 3. T, with G and D frozen (gradients flow through G into T, but only T changes): minimise
    ``L_T = w * (1 - L_LCC(R, F'(phi))) + beta * (1 - L_LG(R, F(phi))) + alpha * sum |grad phi|^2``
-   where w = 1 as in the paper, or ramps up from 0 over ``lcc_warmup`` steps.
+   where w = ``w_lcc`` (1 in the paper), or ramps up from 0 to it over ``lcc_warmup`` steps.
 
 This is the paper's objective with each similarity S written as the loss 1 - S (S in [0, 1]),
 which changes no gradient. Each loss is computed per example and averaged over the *global*
@@ -25,7 +35,8 @@ from .networks import build_discriminator, build_generator, build_registration_n
 
 @dataclass(frozen=True)
 class LossWeights:
-    """The paper's loss weights and window sizes.
+    """The loss configuration of every method: the paper's weights and window sizes, and
+    VoxelMorph's for the VxmDense baseline.
 
     :param alpha: weight of the smoothness term sum |grad phi|^2 in L_T. The sum runs over all 9
         derivatives dphi_c/dx_d, where VoxelMorph's ``Grad('l2')`` averages them, so alpha = 1 is
@@ -38,6 +49,11 @@ class LossWeights:
     :param lcc_warmup: T's L_LCC(R, F'(phi)) term is weighted min(1, step / lcc_warmup): while G
         is untrained, F'(phi) is noise and so is the gradient it sends into T; the
         modality-independent L_LG term guides T meanwhile. 0 (the paper) gives weight 1 throughout.
+    :param w_lcc: weight of the L_LCC term in L_T (Deform-GAN: L_LCC(R, F'(phi)); T alone:
+        L_LCC(R, F(phi))); 1 in the paper, 0 leaves T with L_LG and smoothness
+    :param vxm_lambda: VoxelMorph's lambda in ``-MI(R, F(phi)) + lambda * Grad_l2(phi)``
+        (the VxmDense baseline only)
+    :param mi_bins: histogram bins of VoxelMorph's soft mutual information (VxmDense only)
     """
 
     alpha: float = 1.0
@@ -47,6 +63,9 @@ class LossWeights:
     lg_window: int = losses.DEFAULT_LG_WINDOW
     lcc_window: int = losses.DEFAULT_LCC_WINDOW
     lcc_warmup: int = 0
+    w_lcc: float = 1.0
+    vxm_lambda: float = 1.0
+    mi_bins: int = 16
 
     def to_dict(self):
         return asdict(self)
@@ -66,8 +85,32 @@ LOSS_NAMES = (
 )
 
 
-class DeformGAN(keras.Model):
+class _TrainableModel(keras.Model):
+    """What every trainable model shares: one ``keras.metrics.Mean`` tracker per loss term of
+    ``LOSS_NAMES``, reported by ``train_step`` and ``test_step``."""
+
+    LOSS_NAMES = ()
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in self.LOSS_NAMES}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def _report(self, terms):
+        """Each tracker takes its per-example term (shape (B,)); the running means."""
+        for name, tracker in self.trackers.items():
+            tracker.update_state(terms[name])
+        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+
+class DeformGAN(_TrainableModel):
     """Deform-GAN: the registration network T, the generator G and the discriminator D.
+
+    ``compile(t_optimizer, g_optimizer, d_optimizer, weights)``; ``train_step`` reports
+    :data:`LOSS_NAMES`.
 
     Calling the model (and so ``predict``) runs T alone: ``{"moving", "fixed"}`` ->
     ``{"moved", "flow"}``. :attr:`registration_model` is T itself, for export.
@@ -83,7 +126,10 @@ class DeformGAN(keras.Model):
         self.registration_net = registration_net
         self.generator = generator
         self.discriminator = discriminator
-        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+
+    #: The networks, each with its optimizer ``<name>_optimizer``: T, G, D.
+    NETWORKS = ("t", "g", "d")
+    LOSS_NAMES = LOSS_NAMES
 
     @classmethod
     def from_config_object(cls, network_config):
@@ -111,16 +157,18 @@ class DeformGAN(keras.Model):
         for optimizer, net in self._pairs():
             optimizer.build(net.trainable_variables)
 
+    def checkpoint_items(self):
+        """What a checkpoint holds: the three networks and their optimizers."""
+        return {"registration_net": self.registration_net, "generator": self.generator,
+                "discriminator": self.discriminator, "t_optimizer": self.t_optimizer,
+                "g_optimizer": self.g_optimizer, "d_optimizer": self.d_optimizer}
+
     def _pairs(self):
         return (
             (self.d_optimizer, self.discriminator),
             (self.g_optimizer, self.generator),
             (self.t_optimizer, self.registration_net),
         )
-
-    @property
-    def metrics(self):
-        return list(self.trackers.values())
 
     def call(self, inputs, training=False):
         return self.registration_net(inputs, training=training)
@@ -161,11 +209,11 @@ class DeformGAN(keras.Model):
 
     def lcc_weight(self):
         """The weight of L_LCC in L_T at the current step (see :class:`LossWeights`)."""
-        warmup = self.loss_config.lcc_warmup
+        w_lcc, warmup = self.loss_config.w_lcc, self.loss_config.lcc_warmup
         if warmup <= 0:
-            return 1.0
+            return w_lcc
         step = tf.cast(self.t_optimizer.iterations, tf.float32)
-        return tf.minimum(1.0, step / float(warmup))
+        return w_lcc * tf.minimum(1.0, step / float(warmup))
 
     # --- the three updates -----------------------------------------------------------------
 
@@ -219,7 +267,82 @@ class DeformGAN(keras.Model):
         terms.update(self.discriminator_terms(moved, translated, fixed, training=False))
         return self._report(terms)
 
-    def _report(self, terms):
-        for name, tracker in self.trackers.items():
-            tracker.update_state(terms[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+
+class RegistrationTrainer(_TrainableModel):
+    """T alone (no G, no D), trained with L_T's terms taken on the moved image itself:
+
+    ``L = w_lcc * (1 - L_LCC(R, F(phi))) + beta * (1 - L_LG(R, F(phi))) + alpha * sum |grad phi|^2``
+
+    with the weights and windows of :class:`LossWeights` (``w_lcc = 0``: the local-gradient term
+    and smoothness alone). ``compile(t_optimizer, weights)``; ``train_step`` reports
+    :attr:`LOSS_NAMES`. Subclasses change the network (:meth:`warp`) and the loss
+    (:meth:`registration_terms`), as :class:`dgan.baselines.VxmTrainer` does.
+
+    :param registration_net: the network trained, T from
+        :func:`dgan.networks.build_registration_net` here
+    """
+
+    NETWORKS = ("t",)
+    LOSS_NAMES = ("t_loss", "t_lcc", "t_lg", "t_smooth")
+    generator = None
+
+    def __init__(self, registration_net, **kwargs):
+        kwargs.setdefault("name", "registration_trainer")
+        super().__init__(**kwargs)
+        self.registration_net = registration_net
+
+    @classmethod
+    def from_config_object(cls, network_config):
+        """T built from a :class:`dgan.networks.NetworkConfig`."""
+        return cls(build_registration_net(network_config))
+
+    @property
+    def registration_model(self):
+        """T: ``{"moving", "fixed"}`` -> ``{"moved", "flow"}``."""
+        return self.registration_net
+
+    def compile(self, t_optimizer, weights=None, **kwargs):
+        """One optimizer; ``weights`` is a :class:`LossWeights`."""
+        super().compile(**kwargs)
+        self.t_optimizer = t_optimizer
+        self.loss_config = weights or LossWeights()
+        # the optimizer's slots now, outside any replica context (see DeformGAN.compile)
+        t_optimizer.build(self.registration_net.trainable_variables)
+
+    def checkpoint_items(self):
+        """What a checkpoint holds: the network and its optimizer."""
+        return {"registration_net": self.registration_net, "t_optimizer": self.t_optimizer}
+
+    def call(self, inputs, training=False):
+        moved, flow = self.warp(inputs["moving"], inputs["fixed"], training=training)
+        return {"moved": moved, "flow": flow}
+
+    def warp(self, moving, fixed, training):
+        """(F(phi) (B, X, Y, Z, 1), phi (B, X, Y, Z, 3)) from the trained network."""
+        out = self.registration_net({"moving": moving, "fixed": fixed}, training=training)
+        return out["moved"], out["flow"]
+
+    def registration_terms(self, moving, fixed, training):
+        """Per-example loss terms, each shape = (B,); ``"t_loss"`` is the total."""
+        w = self.loss_config
+        moved, flow = self.warp(moving, fixed, training=training)
+        terms = {
+            "t_lcc": 1.0 - losses.local_cross_correlation(fixed, moved, w.lcc_window),
+            "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
+            "t_smooth": losses.smoothness(flow),
+        }
+        terms["t_loss"] = (w.w_lcc * terms["t_lcc"] + w.beta * terms["t_lg"]
+                           + w.alpha * terms["t_smooth"])
+        return terms
+
+    def train_step(self, data):
+        variables = self.registration_net.trainable_variables
+        with tf.GradientTape() as tape:
+            terms = self.registration_terms(data["moving"], data["fixed"], training=True)
+            loss = tf.nn.compute_average_loss(terms["t_loss"])
+        gradients = tape.gradient(loss, variables)
+        self.t_optimizer.apply_gradients(zip(gradients, variables))
+        return self._report(terms)
+
+    def test_step(self, data):
+        return self._report(self.registration_terms(data["moving"], data["fixed"], training=False))

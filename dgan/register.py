@@ -49,9 +49,8 @@ from scipy import ndimage
 from . import io as dio
 from . import metrics, synth
 from .errors import InputError
-from .export import (
-    DEFAULT_PERCENTILES, as_model_folder, generator_for_shape, registration_net_for_shape,
-)
+from .export import as_model_folder, generator_for_shape, registration_net_for_shape
+from .preprocessing import padded_shape, scale_intensity
 from .refine import RefineConfig, refine
 
 logger = logging.getLogger(__name__)
@@ -172,9 +171,9 @@ class Registrar:
         return self._nets[key]
 
     def padded_shape(self, shape):
-        """The smallest shape >= ``shape`` that T takes: multiples of ``multiple``, >= 2 of them."""
-        m = self.network_config.multiple
-        return tuple(max(-(-int(n) // m) * m, 2 * m) for n in shape)
+        """The smallest shape >= ``shape`` that T takes: multiples of ``multiple``, >= 2 of them
+        (:func:`dgan.preprocessing.padded_shape`)."""
+        return padded_shape(shape, self.network_config.multiple)
 
     def predict_flow(self, moving, fixed):
         """T's flow for arrays on one grid: normalise, pad, predict, crop.
@@ -201,9 +200,9 @@ class Registrar:
         return np.stack([array for array, _ in padded])[..., np.newaxis], window
 
     def scaled(self, volume):
-        """Intensities scaled as in training (:func:`dgan.io.normalize_intensity`)."""
-        percentiles = DEFAULT_PERCENTILES if self.model is None else self.preprocessing.percentiles
-        return dio.normalize_intensity(volume, *percentiles)
+        """Intensities scaled as in training (:meth:`dgan.preprocessing.Preprocessing.scale`;
+        the default percentiles without a model)."""
+        return scale_intensity(volume) if self.model is None else self.preprocessing.scale(volume)
 
     def translate(self, moving):
         """G(F): the moving arrays rendered in the fixed modality by the model's G, on their grid.
@@ -285,16 +284,25 @@ class Registrar:
         return ArrayRegistration(moved=moved, flow=flow, seconds=seconds)
 
     def network_grid(self, volume):
-        """``volume`` prepared as in training: RAS+, resampled to the training voxel size.
+        """``volume`` on the network grid as in training: RAS+, resampled to the training voxel
+        size (:meth:`dgan.preprocessing.Preprocessing.network_grid`).
 
         :param volume: :class:`dgan.io.Volume`
         :return: :class:`dgan.io.Volume` on the network grid
         """
-        if self.model is None:
-            return volume
-        canonical = dio.to_canonical(volume)
-        spacing = self.preprocessing.spacing
-        return canonical if spacing is None else dio.resample_to_spacing(canonical, spacing)
+        return volume if self.model is None else self.preprocessing.network_grid(volume)
+
+    def prepare(self, volume):
+        """``volume`` as T sees it in :meth:`register_volumes`: on the network grid
+        (:meth:`network_grid`), scaled (:meth:`scaled`), zero-padded, centred, to
+        :meth:`padded_shape`. For a scan that lies on the training grid this is the array
+        training prepares (:func:`dgan.data.preprocess_volume`).
+
+        :param volume: :class:`dgan.io.Volume`
+        :return: shape = (X', Y', Z'), float32
+        """
+        grid = self.network_grid(volume)
+        return self._network_input(grid.array[np.newaxis])[0][0, ..., 0]
 
     def register_volumes(self, moving, fixed, moving_labels=None):
         """Register a moving scan to a fixed scan on their own grids (see the module docstring).

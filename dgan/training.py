@@ -1,25 +1,32 @@
-"""A Deform-GAN training run: data, model, checkpoints, resume, logs, validation, pictures, export.
+"""A training run: data, model, checkpoints, resume, logs, validation, pictures, export.
+
+One run trains every method (:data:`METHODS`): Deform-GAN (Zhang et al. 2020, arXiv:2002.11430),
+T alone with L_T's terms, and VoxelMorph's VxmDense, each a Keras model with its own
+``train_step`` (:mod:`dgan.model`, :mod:`dgan.baselines`), with the same data stream,
+checkpoints, resume, validation through :class:`dgan.register.Registrar`, TensorBoard, divergence
+guard and ``tf.distribute`` strategies. :class:`TrainConfig` holds the settings; its presets
+(:meth:`TrainConfig.demo`, :meth:`TrainConfig.for_scans`) are named in ``config.json``.
 
 A run folder holds::
 
     config.json          the resolved configuration (the run can be resumed from it alone)
     train.log            readable log lines
     losses.csv           every loss term at every step
-    checkpoints/         T, G, D and their three optimizers (the last ``keep_checkpoints``)
+    checkpoints/         the networks and their optimizers (the last ``keep_checkpoints``)
     tensorboard/         scalars (every loss term, validation Dice) and image summaries
     validation.png       a validation pair: fixed, moving, moved, translated, deformation grid
     losses.png           the loss curves
     results.json         validation Dice before (identity) and after registration, wall time
     model/               the exported registration model (see :mod:`dgan.export`)
 
-The CLI ``train/train_dgan.py`` is a thin layer over :func:`train`.
+The CLI ``dgan-train`` (:mod:`dgan.cli.train`, also ``python train/train_dgan.py``) is a thin
+layer over :func:`train`.
 """
 
 import dataclasses
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -31,13 +38,15 @@ import numpy as np
 from . import callbacks as cb
 from . import data as ddata
 from . import figures, metrics, synth
+from .baselines import VxmTrainer
 from .compat import keras, tf
 from .errors import InputError, TrainingDiverged
-from .export import ModelFolder, Preprocessing, save_model_folder
-from .io import atomic_write, load_volume
+from .export import ModelFolder, save_model_folder
+from .io import atomic_write, write_json
 from .matching import DEFAULT_PASSES
-from .model import LOSS_NAMES, DeformGAN, LossWeights
+from .model import DeformGAN, LossWeights, RegistrationTrainer
 from .networks import NetworkConfig
+from .preprocessing import Preprocessing
 from .refine import RefineConfig
 from .schedules import SCHEDULES, learning_rate
 
@@ -45,7 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Keys of ``config.json`` that describe the data, the networks and the losses; a resumed run
 #: must not change them (the step budget, logging and output options may change).
-FROZEN_ON_RESUME = ("moving", "fixed", "shape", "spacing", "batch_size", "seed", "network", "loss")
+FROZEN_ON_RESUME = ("method", "moving", "fixed", "shape", "spacing", "batch_size", "seed",
+                    "network", "loss")
 
 
 #: Small networks that train in minutes on two CPU cores at the demo size. T predicts its field
@@ -61,6 +71,7 @@ DEMO_NETWORK = {
     "d_layers": 2,
     "d_pool": 2,
     "flow_resolution": 2,
+    "matching": [list(p) for p in DEFAULT_PASSES],
 }
 
 #: Loss settings for the demo's coarse grid: the paper's windows (n = 7, LCC 9) are for ~1 mm
@@ -90,6 +101,37 @@ DEMO_LR_G = 1e-3
 DEFAULT_LR_G = 2e-4
 
 
+#: The presets :meth:`TrainConfig.from_preset` knows: settings over the dataclass defaults.
+#: ``demo``: the embedded demo data's coarse grid (the values above); ``scans``: your scans at
+#: about 1 mm (the paper's windows and weights, pix2pix's learning rate for G).
+PRESETS = {
+    "demo": {"network": DEMO_NETWORK, "loss": DEMO_LOSS, "refine": DEMO_REFINE,
+             "lr_g": DEMO_LR_G},
+    "scans": {"lr_g": DEFAULT_LR_G, "network": {"matching": [list(p) for p in DEFAULT_PASSES]}},
+}
+#: Both presets give T its block-matching front end (:mod:`dgan.matching`; docs/TRAINING.md,
+#: entry 9): on the demo it alone scores 0.633 against 0.496 for 400 steps of the paper's T.
+#: VoxelMorph's VxmDense (method ``vxm``) is VoxelMorph as its users know it, without it.
+
+#: The methods the run trains (:attr:`TrainConfig.method`): each a Keras model with its own
+#: ``train_step`` (see :mod:`dgan.model`).
+METHODS = {"deformgan": DeformGAN, "vxm": VxmTrainer, "lcc": RegistrationTrainer}
+#: Readable names, as the evaluation tables show them.
+METHOD_NAMES = {
+    "deformgan": "Deform-GAN",
+    "vxm": "VoxelMorph (MI)",
+    "lcc": "T + LCC (no G, D)",
+}
+
+
+def network_for_method(method, network):
+    """The network settings ``method`` trains with: VoxelMorph's VxmDense (``vxm``) has no
+    block-matching front end, so ``matching`` is left out for it."""
+    if method == "vxm":
+        return {k: v for k, v in network.items() if k != "matching"}
+    return dict(network)
+
+
 @dataclass
 class TrainConfig:
     """Everything a run needs; written to ``config.json``.
@@ -97,6 +139,13 @@ class TrainConfig:
     ``moving``/``fixed`` are lists of scan specs (folders, globs, CSV files) for the two
     modalities, unpaired; both None selects the embedded demo data (MNI152 T1 -> T2-like).
     ``val_pairs`` is an optional CSV with columns moving, fixed, moving_labels, fixed_labels.
+    ``method`` is what is trained (:data:`METHODS`): ``deformgan``, ``lcc`` (T alone with
+    L_T's terms on F(phi)) or ``vxm`` (VoxelMorph's VxmDense with -MI + lambda Grad_l2); every
+    method takes its loss settings from ``loss`` (:class:`dgan.model.LossWeights`).
+
+    The fields' defaults are the settings for your scans; :meth:`demo` and :meth:`for_scans`
+    (:meth:`from_preset`) start from a named preset (:data:`PRESETS`) and record its name in
+    ``preset``.
     """
 
     moving: list | None = None
@@ -104,10 +153,12 @@ class TrainConfig:
     val_pairs: str | None = None
     shape: tuple = ddata.DEMO_SHAPE
     spacing: float | None = ddata.DEMO_SPACING
+    method: str = "deformgan"
+    preset: str | None = None
     steps: int = 400
     batch_size: int = 1
     lr_t: float = 1e-3
-    lr_g: float | None = None
+    lr_g: float = DEFAULT_LR_G
     lr_d: float = 2e-4
     lr_decay: str = "linear"
     network: dict = field(default_factory=dict)
@@ -123,24 +174,49 @@ class TrainConfig:
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
-        # T's block-matching first estimate, for the demo and for a user's scans alike
-        self.network = {"matching": [list(p) for p in DEFAULT_PASSES], **self.network}
-        if self.moving is None:
-            self.network = {**DEMO_NETWORK, **self.network}
-            self.loss = {**DEMO_LOSS, **self.loss}
-            self.refine = {**DEMO_REFINE, **self.refine}
-        if self.lr_g is None:
-            self.lr_g = DEMO_LR_G if self.moving is None else DEFAULT_LR_G
         if (self.moving is None) != (self.fixed is None):
-            raise InputError("give both --moving and --fixed, or neither (to use the demo data)")
+            raise InputError("give both moving and fixed scans, or neither (the demo data)")
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if self.lr_decay not in SCHEDULES:
-            raise InputError(f"--lr-decay must be one of {', '.join(SCHEDULES)}, got {self.lr_decay!r}")
+            raise InputError(f"lr_decay must be one of {', '.join(SCHEDULES)}, "
+                             f"got {self.lr_decay!r}")
         for name in ("steps", "batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
-                raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.method == "vxm" and self.network_config.flow_resolution != 1:
+            raise InputError("the vxm method needs flow_resolution 1: VoxelMorph 0.2 does not "
+                             "upsample a coarse field the way T does")
         self.network_config  # noqa: B018  (validates the shape against the networks)
         self.loss_weights  # noqa: B018
         self.refine_config  # noqa: B018
+
+    @classmethod
+    def from_preset(cls, preset, **settings):
+        """A configuration that starts from ``PRESETS[preset]``; ``settings`` override it (the
+        dicts ``network``, ``loss`` and ``refine`` key by key)."""
+        if preset not in PRESETS:
+            raise InputError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        merged = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[preset].items()}
+        for key, value in settings.items():
+            merged[key] = {**merged[key], **value} if isinstance(merged.get(key), dict) else value
+        merged["network"] = network_for_method(settings.get("method", "deformgan"),
+                                               merged.get("network", {}))
+        return cls(**merged, preset=preset)
+
+    @classmethod
+    def demo(cls, **settings):
+        """The demo preset: the embedded demo data's grid, networks, loss windows, alpha, G's
+        learning rate and refinement (:data:`DEMO_NETWORK`, :data:`DEMO_LOSS`,
+        :data:`DEMO_REFINE`, :data:`DEMO_LR_G`), with ``settings`` over them."""
+        return cls.from_preset("demo", **settings)
+
+    @classmethod
+    def for_scans(cls, moving, fixed, **settings):
+        """The preset for your scans (folders, globs or CSV files of each modality)."""
+        return cls.from_preset("scans", moving=moving, fixed=fixed, **settings)
 
     @property
     def network_config(self):
@@ -151,7 +227,15 @@ class TrainConfig:
 
     @property
     def loss_weights(self):
-        return LossWeights(**self.loss)
+        try:
+            return LossWeights(**self.loss)
+        except TypeError as error:
+            raise InputError(f"unknown loss setting ({error})") from None
+
+    @property
+    def preprocessing(self):
+        """How the run prepares its volumes; the model folder records it for registration."""
+        return Preprocessing(self.shape, self.spacing)
 
     @property
     def refine_config(self):
@@ -186,6 +270,8 @@ class TrainConfig:
         fields = {**_ABSENT_MEANS, **{k: v for k, v in config.items() if k in known}}
         if "network" in config:
             fields["network"] = {**_ABSENT_NETWORK_MEANS, **config["network"]}
+        if "preset" not in config and config.get("moving") is None and "refine" not in config:
+            fields["refine"] = DEMO_REFINE  # before presets, the demo data implied them
         return cls(**fields)
 
 
@@ -203,6 +289,7 @@ class RunResult:
     seconds: float
     stopped_early: bool
     dice_network: float = math.nan  # T alone; dice_registered is after refinement when it ran
+    method: str = "deformgan"
 
 
 def new_run_dir(root="runs"):
@@ -238,45 +325,13 @@ def _dataset_fn(config):
 
 
 def validation_pairs(config):
-    """Validation pairs with labels: the demo's seeded pairs, or those of ``config.val_pairs``."""
+    """Validation pairs with labels: the demo's seeded pairs, or those of ``config.val_pairs``
+    prepared as the training volumes are (:func:`dgan.data.load_labelled_pairs`)."""
     if config.uses_demo_data:
         return ddata.demo_validation_pairs(config.n_val, shape=config.shape, spacing=config.spacing)
     if not config.val_pairs:
         return []
-    pairs = []
-    for row in read_pair_csv(config.val_pairs):
-        pair = {}
-        for key, kind in (("moving", "image"), ("fixed", "image"),
-                          ("moving_labels", "labels"), ("fixed_labels", "labels")):
-            volume = load_volume(row[key], kind=kind)
-            image = row[key.split("_")[0]]
-            if kind == "labels":
-                reference = load_volume(image)
-                if volume.array.shape != reference.array.shape:
-                    raise InputError(
-                        f"label map of shape {volume.array.shape} does not match its image "
-                        f"{image} of shape {reference.array.shape}", row[key])
-            pair[key] = ddata.preprocess_volume(
-                volume, config.shape, config.spacing, order=0 if kind == "labels" else 1,
-                normalize=kind == "image").array
-        pairs.append(pair)
-    return pairs
-
-
-def read_pair_csv(path):
-    """Rows of a validation CSV with the columns moving, fixed, moving_labels, fixed_labels;
-    relative paths are relative to the CSV's folder."""
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", path)
-    columns = ("moving", "fixed", "moving_labels", "fixed_labels")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or any(c not in rows[0] for c in columns):
-        raise InputError(f"needs a header with the columns {', '.join(columns)}", path)
-    return [{c: str((path.parent / row[c]).resolve()) for c in columns} for row in rows]
+    return ddata.load_labelled_pairs(config.val_pairs, config.preprocessing)
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -343,18 +398,22 @@ def score_pairs(model, pairs, refine_config=None):
 
 
 def make_optimizers(config):
-    """Adam for T; Adam with beta_1 = 0.5 for G and D (pix2pix); each with ``config.lr_decay``.
+    """One optimizer per network of ``config.method`` (its ``NETWORKS``): Adam for T; Adam with
+    beta_1 = 0.5 for G and D (pix2pix); each with ``config.lr_decay``.
 
-    :return: ``{"t_optimizer", "g_optimizer", "d_optimizer"}``
+    :return: e.g. ``{"t_optimizer", "g_optimizer", "d_optimizer"}`` for Deform-GAN
     """
-    def rate(lr):
-        return learning_rate(lr, config.lr_decay, config.steps)
+    def adam(lr, **kwargs):
+        return keras.optimizers.Adam(learning_rate(lr, config.lr_decay, config.steps), **kwargs)
 
-    return {
-        "t_optimizer": keras.optimizers.Adam(rate(config.lr_t)),
-        "g_optimizer": keras.optimizers.Adam(rate(config.lr_g), beta_1=0.5),
-        "d_optimizer": keras.optimizers.Adam(rate(config.lr_d), beta_1=0.5),
-    }
+    made = {"t": lambda: adam(config.lr_t), "g": lambda: adam(config.lr_g, beta_1=0.5),
+            "d": lambda: adam(config.lr_d, beta_1=0.5)}
+    return {f"{name}_optimizer": made[name]() for name in METHODS[config.method].NETWORKS}
+
+
+def build_model(config):
+    """The untrained model of ``config.method`` (see :data:`METHODS`)."""
+    return METHODS[config.method].from_config_object(config.network_config)
 
 
 def _strategy(name):
@@ -376,13 +435,6 @@ def _is_chief(strategy):
     return task_type == "worker" and task_id == 0 and "chief" not in spec.jobs
 
 
-def _write_json(path, payload):
-    with atomic_write(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
-            handle.write("\n")
-
-
 def has_checkpoint(run_dir):
     """True when ``run_dir`` holds a checkpoint to resume from."""
     return tf.train.latest_checkpoint(str(Path(run_dir) / "checkpoints")) is not None
@@ -398,7 +450,7 @@ def resolve_config(config, run_dir, resume, restart=False):
     path = Path(run_dir) / "config.json"
     if not resume:
         if path.exists() and not (restart and not has_checkpoint(run_dir)):
-            raise InputError("already holds a run; use --resume to continue it", run_dir)
+            raise InputError("already holds a run; resume it to continue", run_dir)
         return config
     if not path.exists():
         raise InputError("is not a dgan run folder (no config.json)", run_dir)
@@ -467,13 +519,13 @@ def train(config, run_dir, resume=False, progress=True, extra_callbacks=(), rest
 
 
 def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_callbacks, started):
-    logger.info("%s run in %s with %d replica(s)", "resuming" if resume else "starting",
-                run_dir, strategy.num_replicas_in_sync)
+    logger.info("%s run in %s: %s with %d replica(s)", "resuming" if resume else "starting",
+                run_dir, METHOD_NAMES[config.method], strategy.num_replicas_in_sync)
     if config.batch_size % strategy.num_replicas_in_sync:
-        raise InputError(f"--batch-size {config.batch_size} (the global batch) must be a multiple "
+        raise InputError(f"batch_size {config.batch_size} (the global batch) must be a multiple "
                          f"of the number of replicas, {strategy.num_replicas_in_sync}")
     if chief:
-        _write_json(out_dir / "config.json", config.to_dict())
+        write_json(out_dir / "config.json", config.to_dict())
         if not resume:
             for log in ("losses.csv", VALIDATION_CSV):  # left by a restarted run
                 (out_dir / log).unlink(missing_ok=True)
@@ -482,13 +534,9 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
 
     keras.utils.set_random_seed(config.seed)  # reproducible initial weights
     with strategy.scope():
-        model = DeformGAN.from_config_object(config.network_config)
+        model = build_model(config)
         model.compile(**make_optimizers(config), weights=config.loss_weights)
-        checkpoint = tf.train.Checkpoint(
-            registration_net=model.registration_net, generator=model.generator,
-            discriminator=model.discriminator, t_optimizer=model.t_optimizer,
-            g_optimizer=model.g_optimizer, d_optimizer=model.d_optimizer,
-        )
+        checkpoint = tf.train.Checkpoint(**model.checkpoint_items())
     manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "checkpoints"),
                                          max_to_keep=config.keep_checkpoints)
     if resume:
@@ -508,11 +556,12 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     writer = tf.summary.create_file_writer(str(out_dir / "tensorboard"))
     dice = {}
 
-    # the live networks as a model folder: each check sees the current weights
-    folder = ModelFolder(path=str(out_dir / "model"), registration_net=model.registration_net,
-                         network_config=config.network_config,
-                         preprocessing=Preprocessing(config.shape, config.spacing),
-                         description={}, generator=model.generator)
+    def live_folder():
+        """The live networks as a model folder: each check sees the current weights."""
+        return ModelFolder(path=str(out_dir / "model"), registration_net=model.registration_model,
+                           network_config=config.network_config,
+                           preprocessing=config.preprocessing, description={},
+                           generator=model.generator)
 
     def validate(step, refine=False):
         """Held-out Dice through the registration code; with ``refine``, also after refinement
@@ -520,15 +569,15 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
         if not pairs:
             return
         refine_config = config.refine_config if refine and config.refine_config.steps else None
-        scores = score_pairs(folder, pairs, refine_config)
+        scores = score_pairs(live_folder(), pairs, refine_config)
         dice.update(identity=scores.identity, network=scores.network, refined=scores.refined,
                     registered=scores.registered, step=step)
         refined_text = "" if scores.refined is None else f", T + refinement {scores.refined:.4f}"
         logger.info("step %d: validation mean Dice: identity %.4f, T %.4f%s", step,
                     scores.identity, scores.network, refined_text)
         first = scores.first
-        first["translated"] = model.generator.predict(first["moved"][None, ..., None],
-                                                      verbose=0)[0, ..., 0]
+        first["translated"] = None if model.generator is None else model.generator.predict(
+            first["moved"][None, ..., None], verbose=0)[0, ..., 0]
         with writer.as_default(step=step):
             tf.summary.scalar("validation/dice", scores.network)
             tf.summary.scalar("validation/dice_identity", scores.identity)
@@ -536,6 +585,8 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
                 tf.summary.scalar("validation/dice_refined", scores.refined)
             for name in ("fixed", "moving", "moved", "translated"):
                 volume = first[name]
+                if volume is None:
+                    continue
                 image = volume[:, :, volume.shape[2] // 2].T[::-1]
                 tf.summary.image(f"validation/{name}", image[None, ..., None], step=step)
         if chief:
@@ -554,8 +605,8 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     callbacks = [
         guard,
         stop,
-        cb.LossLog(writer, out_dir / "losses.csv", config.steps, start_step, config.log_every,
-                   progress),
+        cb.LossLog(writer, out_dir / "losses.csv", model.LOSS_NAMES, config.steps, start_step,
+                   config.log_every, progress),
         cb.Periodic(save, config.checkpoint_every, guard),
         # the last step is checked once, after training, with refinement
         cb.Periodic(lambda step: step < config.steps and validate(step), config.validate_every,
@@ -587,11 +638,11 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     seconds = time.perf_counter() - started
     if chief:
         figures.save_curves(out_dir / "losses.png", read_loss_history(out_dir / "losses.csv"))
-        save_model_folder(model.registration_net, config.network_config,
-                          Preprocessing(config.shape, config.spacing), out_dir / "model",
-                          generator=model.generator,
+        save_model_folder(model.registration_model, config.network_config, config.preprocessing,
+                          out_dir / "model", generator=model.generator,
                           refinement=dataclasses.asdict(config.refine_config))
-        _write_json(out_dir / "results.json", {
+        write_json(out_dir / "results.json", {
+            "method": config.method,
             "step": step,
             "validation_dice_identity": dice.get("identity"),
             "validation_dice_network": dice.get("network"),
@@ -603,7 +654,7 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     logger.info("finished at step %d in %.0f s", step, seconds)
     return RunResult(run_dir, step, dice.get("identity", math.nan),
                      dice.get("registered", math.nan), seconds, step < config.steps,
-                     dice.get("network", math.nan))
+                     dice.get("network", math.nan), config.method)
 
 
 def _check_workers_agree(strategy, start_step):
@@ -676,16 +727,20 @@ def read_validation_history(path):
 
 
 def read_loss_history(path):
-    """``losses.csv`` -> {name: [(step, value), ...]}, finite values only."""
-    history = {name: [] for name in LOSS_NAMES}
-    if not Path(path).exists():
-        return history
+    """``losses.csv`` -> {name: [(step, value), ...]} for every loss column, finite values only."""
     import csv
 
+    if not Path(path).exists():
+        return {}
+    history = {}
     with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            for name in LOSS_NAMES:
-                value = float(row.get(name, "nan"))
+        reader = csv.DictReader(handle)
+        for name in reader.fieldnames or ():
+            if name != "step":
+                history[name] = []
+        for row in reader:
+            for name, points in history.items():
+                value = float(row.get(name) or "nan")
                 if math.isfinite(value):
-                    history[name].append((int(row["step"]), value))
+                    points.append((int(row["step"]), value))
     return history

@@ -1,112 +1,14 @@
 #!/usr/bin/env python
-"""Matching probe: how far does T's parameter-free block matching (:mod:`dgan.matching`) register
-the benchmark pairs on its own, before any training?
+"""Matching probe: how far does T's block matching register the benchmark pairs before training?
 
-Runs :class:`dgan.matching.BlockMatching` on each pair (optionally on a grid ``--pool`` times
-coarser, as a T trained at 4 mm sees 2 mm pairs), up-samples the field, and prints the mean Dice
-before and after and the folding. This is what a T with ``matching`` predicts at step 0 (its
-U-Net's residual starts at zero); docs/TRAINING.md, entry 9. Examples::
-
-    # the demo's validation pairs (5 mm), the default passes
-    python eval/probe_matching.py --data demo --seed 1234 --pairs 4
-    # the 2 mm brain benchmark, matched on the 4 mm training grid
-    python eval/probe_matching.py --data brain --pairs 8 --pool 2 --passes 4:2,2:2,1:1
+The same as the console script ``dgan-probe-matching`` (:mod:`dgan.cli.probe_matching`,
+``--help`` for every option and example); kept so that ``python eval/probe_matching.py`` works in
+a checkout.
 """
 
-import argparse
-import logging
 import sys
-import time
-from pathlib import Path
 
-import numpy as np
-
-import dgan  # noqa: F401
-from dgan import data as ddata
-from dgan import evaluation, matching, metrics, synth
-from dgan.compat import tf, vxm
-from dgan.errors import InputError
-from dgan.networks import parse_matching
-
-#: ../shared/data beside the repository (the brain benchmark's files).
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def parser():
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=("brain", "demo"), default="brain")
-    p.add_argument("--pairs", type=int, default=ddata.BRAIN_PAIRS, help="pairs (default 8)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the pairs (default 0, the benchmark's; 1234: the demo's "
-                        "validation pairs)")
-    p.add_argument("--resolution", type=float, default=2.0, help="brain: voxel size in mm")
-    p.add_argument("--brain-npz", default=str(SHARED_DATA / "brain_t1_aseg.npz"))
-    p.add_argument("--labels", default=str(SHARED_DATA / "aseg_eval_labels.npz"))
-    p.add_argument("--pool", type=int, default=1, choices=(1, 2, 4),
-                   help="match on a grid this many times coarser (average-pooled images)")
-    p.add_argument("--passes", type=parse_matching, default=matching.DEFAULT_PASSES,
-                   help="factor:radius,... coarse to fine (default %(default)s)")
-    p.add_argument("--window", type=int, default=matching.DEFAULT_WINDOW)
-    p.add_argument("--smoothing", type=int, default=matching.DEFAULT_SMOOTHING)
-    p.add_argument("--temperature", type=float, default=matching.DEFAULT_TEMPERATURE)
-    p.add_argument("--lg-window", type=int, default=matching.DEFAULT_LG_WINDOW)
-    return p
-
-
-def matcher(args):
-    """(moving, fixed) (1, X, Y, Z, 1) -> phi (1, X, Y, Z, 3) on the pairs' grid."""
-    layer = matching.BlockMatching(args.passes, lg_window=args.lg_window, window=args.window,
-                                   smoothing=args.smoothing, temperature=args.temperature)
-
-    @tf.function
-    def match(moving, fixed):
-        if args.pool == 1:
-            return layer([moving, fixed])
-        pooled = [tf.nn.avg_pool3d(x, args.pool, args.pool, "VALID") for x in (moving, fixed)]
-        return vxm.utils.rescale_dense_transform(layer(pooled), args.pool)
-
-    return match
-
-
-def main(argv=None):
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        labels = None if args.data == "demo" else args.labels
-        benchmark = evaluation.benchmark_pairs(
-            args.data, npz_path=args.brain_npz, labels_path=labels,
-            resolution_mm=args.resolution, n_pairs=args.pairs, seed=args.seed)
-        match = matcher(args)
-    except (InputError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{benchmark.name}, {len(benchmark.pairs)} pairs; passes {args.passes}, pool "
-          f"{args.pool}, window {args.window}, smoothing {args.smoothing}, temperature "
-          f"{args.temperature}, lg window {args.lg_window}")
-    before, after, folding, seconds = [], [], [], []
-    for k, pair in enumerate(benchmark.pairs):
-        size = pair["fixed"].shape
-        if any(s % args.pool for s in size):
-            print(f"error: the pairs' grid {size} is not divisible by --pool {args.pool}",
-                  file=sys.stderr)
-            return 2
-        started = time.perf_counter()
-        flow = match(tf.constant(pair["moving"][None, ..., None]),
-                     tf.constant(pair["fixed"][None, ..., None]))[0].numpy()
-        seconds.append(time.perf_counter() - started)
-        warped = synth.warp(pair["moving_labels"], flow, order=0)
-        before.append(metrics.mean_dice(pair["moving_labels"], pair["fixed_labels"],
-                                        benchmark.label_ids))
-        after.append(metrics.mean_dice(warped, pair["fixed_labels"], benchmark.label_ids))
-        folding.append(metrics.folding_fraction(flow))
-        print(f"pair {k}: Dice {before[-1]:.4f} -> {after[-1]:.4f}, folding {folding[-1]:.5f}, "
-              f"{seconds[-1]:.1f} s", flush=True)
-    print(f"mean Dice {np.mean(before):.4f} -> {np.mean(after):.4f}, mean folding "
-          f"{100 * np.mean(folding):.3f} %, median {np.median(seconds[1:] or seconds):.1f} s/pair "
-          f"(the first pair includes tracing)")
-    return 0
-
+from dgan.cli.probe_matching import main
 
 if __name__ == "__main__":
     sys.exit(main())

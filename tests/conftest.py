@@ -1,12 +1,12 @@
 """Shared test set-up: two logical CPU devices (for tf.distribute tests) and tiny networks."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import dgan  # noqa: F401  (arranges Keras 2 before TensorFlow is used)
+from dgan import data
 from dgan.compat import tf
 
 # Two logical CPUs so MirroredStrategy can be tested on one machine; this must happen before
@@ -17,7 +17,7 @@ tf.config.set_logical_device_configuration(
 )
 
 #: ../shared/data beside the repository: real data, never committed.
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = data.SHARED_DATA
 
 
 @pytest.fixture

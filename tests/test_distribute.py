@@ -107,7 +107,7 @@ def test_global_batch_must_split_evenly_between_replicas(tmp_path, capsys):
     cli = distributed_worker.load_cli()
     assert cli.main([*TINY, "--strategy", "mirrored", "--batch-size", "3",
                      "--out", str(tmp_path / "run")]) == 2
-    assert "--batch-size 3 (the global batch) must be a multiple of the number of replicas, 2" \
+    assert "batch_size 3 (the global batch) must be a multiple of the number of replicas, 2" \
         in capsys.readouterr().err
 
 

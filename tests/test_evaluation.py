@@ -1,4 +1,5 @@
-"""The evaluation (dgan.evaluation, eval/*.py) and the learned baselines (dgan.baselines), tiny."""
+"""The evaluation (dgan.evaluation, dgan-evaluate), the learned baselines (dgan.baselines) trained
+through the one run (dgan-train-baselines), and the speed benchmark (dgan.speed), tiny."""
 
 import csv
 import importlib.util
@@ -10,10 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgan import baselines, evaluation, synth
+from dgan import baselines, data, evaluation, speed, synth, training
+from dgan.cli import bench_speed, train_baselines
+from dgan.cli import evaluate as evaluate_cli
 from dgan.compat import tf
 from dgan.export import Preprocessing, load_model_folder, save_model_folder
 from dgan.networks import NetworkConfig, build_registration_net
+from dgan.register import Registrar
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,7 +30,8 @@ TINY_CONFIG = NetworkConfig(
 #: Demo data on a 16^3 grid of 12 mm voxels, tiny networks, small loss windows.
 TINY_DATA = ["--shape", "16", "16", "16", "--spacing", "12"]
 TINY_TRAIN = [*TINY_DATA, "--t-features", "4,8/8,8,4", "--g-features", "4,4/4,4",
-              "--d-features", "4", "--lg-window", "3", "--lcc-window", "5", "--no-progress"]
+              "--d-features", "4", "--d-layers", "2", "--lg-window", "3", "--lcc-window", "5",
+              "--refine-steps", "0", "--n-val", "1", "--no-progress"]
 
 
 def load_script(name):
@@ -37,17 +42,23 @@ def load_script(name):
     return module
 
 
-train_baselines = load_script("train_baselines")
-evaluate_cli = load_script("evaluate")
-bench_speed = load_script("bench_speed")
+@pytest.mark.parametrize("name", ["train_baselines", "evaluate", "bench_speed", "probe_loss",
+                                  "probe_matching"])
+def test_the_eval_scripts_are_the_console_scripts(name):
+    import importlib
+
+    assert load_script(name).main is importlib.import_module(f"dgan.cli.{name}").main
 
 
 @pytest.fixture(scope="module")
-def vxm_run(tmp_path_factory):
-    """VoxelMorph's VxmDense trained 2 steps on the tiny demo data by the CLI."""
+def method_runs(tmp_path_factory):
+    """Every method trained 2 steps on the tiny demo data through the one run
+    (dgan-train-baselines), then resumed to step 3."""
     out = tmp_path_factory.mktemp("baselines")
-    assert train_baselines.main([*TINY_TRAIN, "--data", "demo", "--methods", "vxm",
-                                 "--steps", "2", "--out", str(out)]) == 0
+    assert train_baselines.main([*TINY_TRAIN, "--data", "demo", "--steps", "2",
+                                 "--out", str(out)]) == 0
+    assert train_baselines.main(["--resume", "--steps", "3", "--no-progress",
+                                 "--out", str(out)]) == 0
     return out
 
 
@@ -129,7 +140,7 @@ def test_summary_markdown_has_every_method_and_structure():
     records = [{"method": m, "pair": k, "dice_mean": d, "hd95_mean_mm": 2.0,
                 "folding_fraction": f, "sdlogj": 0.1, "seconds": 1.0, "dice_1": d, "dice_2": d}
                for m, d, f in (("a", 0.5, 0.0), ("b", 0.7, 0.001)) for k in range(2)]
-    bench = evaluation.Benchmark("x", [], (1.0,) * 3, (1, 2), {1: "one", 2: "two"})
+    bench = data.Benchmark("x", [], (1.0,) * 3, (1, 2), {1: "one", 2: "two"})
     text = evaluation.summary_markdown(records, bench)
     assert "| a | 0.500 ± 0.000 | 2.000 ± 0.000 | 0.000 ± 0.000 |" in text
     assert "| b | 0.700 ± 0.000 | 2.000 ± 0.000 | 0.100 ± 0.000 |" in text  # folding in %
@@ -139,23 +150,44 @@ def test_summary_markdown_has_every_method_and_structure():
 # --- the baseline trainer --------------------------------------------------------------------
 
 
-def test_baseline_trainer_writes_a_loadable_model_folder(vxm_run):
-    run = vxm_run / "vxm"
-    model = load_model_folder(run / "model")
-    assert model.network_config.shape == (16, 16, 16)
-    assert model.preprocessing.spacing == (12.0, 12.0, 12.0)
-    config = json.loads((run / "config.json").read_text())
-    assert config["method"] == "vxm" and config["data"]["steps"] == 2
-    lines = (run / "losses.csv").read_text().splitlines()
-    assert lines[0] == "step,loss,mi,grad" and [l.split(",")[0] for l in lines[1:]] == ["1", "2"]
-    results = json.loads((run / "results.json").read_text())
-    assert results["step"] == 2 and 0 < results["validation_dice_identity"] <= 1
-    assert "validation mean Dice" in (run / "train.log").read_text()
+def test_every_method_trains_checkpoints_resumes_and_exports_through_the_one_run(method_runs):
+    pair = data.demo_validation_pairs(1, seed=7, shape=(16, 16, 16), spacing=12.0)[0]
+    saved = {}
+    for method, model_class in training.METHODS.items():
+        run = method_runs / method
+        config = json.loads((run / "config.json").read_text())
+        saved[method] = config
+        assert config["method"] == method and config["steps"] == 3
+        assert config["preset"] == "demo"
+        checkpoints = run / "checkpoints"
+        assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-3")
+        assert (checkpoints / "ckpt-2.index").exists()  # the first run's, kept by the resume
+        reader = tf.train.load_checkpoint(str(checkpoints / "ckpt-3"))
+        iterations = [k for k in reader.get_variable_to_shape_map()
+                      if k.endswith("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")]
+        # one optimizer per network, each restored at 2 and stepped once more
+        assert len(iterations) == len(model_class.NETWORKS)
+        assert all(reader.get_tensor(k) == 3 for k in iterations)
+        lines = (run / "losses.csv").read_text().splitlines()
+        assert lines[0] == ",".join(("step", *model_class.LOSS_NAMES))
+        assert [line.split(",")[0] for line in lines[1:]] == ["1", "2", "3"]
+        results = json.loads((run / "results.json").read_text())
+        assert results["step"] == 3 and results["method"] == method
+        assert 0 < results["validation_dice_identity"] <= 1
+        model = load_model_folder(run / "model")
+        assert model.network_config.shape == (16, 16, 16)
+        assert model.preprocessing.spacing == (12.0, 12.0, 12.0)
+        assert (model.generator is None) == (method != "deformgan")
+        out = Registrar(model, refine_steps=0).register_arrays(pair["moving"], pair["fixed"])
+        assert out.flow.shape == (16, 16, 16, 3) and np.all(np.isfinite(out.flow))
+    # one loss configuration: every method was given the same weights and windows
+    assert saved["deformgan"]["loss"] == saved["vxm"]["loss"] == saved["lcc"]["loss"]
+    assert saved["lcc"]["loss"]["alpha"] == training.DEMO_LOSS["alpha"]
 
 
-def test_baseline_refuses_an_existing_run(vxm_run, capsys):
+def test_baseline_refuses_an_existing_run(method_runs, capsys):
     assert train_baselines.main([*TINY_TRAIN, "--data", "demo", "--methods", "vxm", "--steps",
-                                 "2", "--out", str(vxm_run)]) == 2
+                                 "2", "--out", str(method_runs)]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
 
@@ -163,7 +195,7 @@ def test_brain_training_data_seeds_are_disjoint_from_evaluation(tmp_path):
     from dgan.errors import InputError
 
     with pytest.raises(InputError, match="must differ from the evaluation seed"):
-        baselines.write_brain_training_data("unused.npz", tmp_path, seed=0)
+        data.write_brain_training_data("unused.npz", tmp_path, seed=0)
 
 
 # --- the mono-modal ceiling ---------------------------------------------------------------------
@@ -197,7 +229,7 @@ def tiny_benchmark(with_t1=True):
         if with_t1:
             pair["fixed_t1"] = rng.random((8, 8, 8), np.float32)
         pairs.append(pair)
-    return evaluation.Benchmark("tiny", pairs, (2.0,) * 3, (1,), {1: "box"})
+    return data.Benchmark("tiny", pairs, (2.0,) * 3, (1,), {1: "box"})
 
 
 def test_the_ceiling_registers_to_the_same_modality_fixed_image(tmp_path):
@@ -235,10 +267,8 @@ def test_ants_ceiling_is_syn_cc_to_the_t1_fixed_image():
 def test_the_benchmark_has_eight_pairs_by_default():
     import inspect
 
-    from dgan import data
-
     assert data.BRAIN_PAIRS == 8
-    for fn in (data.load_brain_benchmark, evaluation.benchmark_pairs):
+    for fn in (data.load_brain_benchmark, data.benchmark_pairs):
         assert inspect.signature(fn).parameters["n_pairs"].default == 8
     assert evaluate_cli.parser().parse_args(["--out", "x"]).pairs == 8
 
@@ -247,13 +277,18 @@ def test_the_benchmark_has_eight_pairs_by_default():
 
 
 @pytest.fixture(scope="module")
-def evaluation_run(tmp_path_factory, vxm_run, untrained_dgan):
+def evaluation_run(tmp_path_factory, method_runs, untrained_dgan):
     out = tmp_path_factory.mktemp("eval")
     code = evaluate_cli.main(["--data", "demo", *TINY_DATA, "--pairs", "2", "--dgan",
-                              str(untrained_dgan), "--runs", str(vxm_run), "--no-ants",
+                              str(untrained_dgan), "--runs", str(method_runs), "--no-ants",
                               "--no-progress", "--out", str(out)])
     assert code == 0
     return out
+
+
+#: What evaluation_run evaluates: the identity, the untrained Deform-GAN given by --dgan, and the
+#: other methods' models from --runs.
+METHODS_EVALUATED = ("identity", "Deform-GAN", "VoxelMorph (MI)", "T + LCC (no G, D)")
 
 
 def test_evaluation_writes_csv_markdown_and_figures(evaluation_run):
@@ -261,7 +296,7 @@ def test_evaluation_writes_csv_markdown_and_figures(evaluation_run):
     with open(out / "results.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["method"], r["pair"]) for r in rows] == [
-        (m, str(k)) for m in ("identity", "Deform-GAN", "VoxelMorph (MI)") for k in (0, 1)]
+        (m, str(k)) for m in METHODS_EVALUATED for k in (0, 1)]
     assert {"dice_mean", "hd95_mean_mm", "folding_fraction", "sdlogj", "seconds", "dice_1",
             "dice_2", "dice_3"} <= set(rows[0])
     for row in rows:
@@ -279,17 +314,17 @@ def test_evaluation_writes_csv_markdown_and_figures(evaluation_run):
     assert "| Deform-GAN |" in summary and "| grey matter (2) |" in summary
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert figures == ["comparison_pair0.png", "deform_gan_pair0.png", "dice_boxplot.png",
-                       "identity_pair0.png", "voxelmorph_mi_pair0.png"]
+                       "identity_pair0.png", "t_lcc_no_g_d_pair0.png", "voxelmorph_mi_pair0.png"]
     for name in figures:
         assert (out / "figures" / name).read_bytes()[:8] == PNG
     config = json.loads((out / "config.json").read_text())
-    assert config["methods"] == ["identity", "Deform-GAN", "VoxelMorph (MI)"]
+    assert config["methods"] == list(METHODS_EVALUATED)
 
 
 def test_evaluation_records_read_back(evaluation_run):
     records = evaluation.read_csv(evaluation_run / "results.csv")
     summary = evaluation.summary_markdown(records)
-    assert summary.count("\n") == 4  # header, rule, three methods
+    assert summary.count("\n") == 1 + len(METHODS_EVALUATED)  # header, rule, one per method
 
 
 def test_missing_ants_is_skipped_with_a_message(monkeypatch, tmp_path, capsys):
@@ -334,13 +369,13 @@ def test_ants_flow_follows_the_flow_convention():
 def test_each_method_is_measured_in_a_fresh_process():
     import os
 
-    assert evaluation.in_fresh_process(os.getpid) != os.getpid()
-    assert evaluation.in_fresh_process(max, 2, 7) == 7
+    assert speed.in_fresh_process(os.getpid) != os.getpid()
+    assert speed.in_fresh_process(max, 2, 7) == 7
 
 
 def test_bench_speed_runs_small(tmp_path, capsys):
     """Registration timing only: tracing Deform-GAN's training step takes half a minute even
-    for tiny networks (eval/bench_speed.py --train-sizes; measured in docs/BENCHMARKS.md)."""
+    for tiny networks (dgan-bench-speed --train-sizes; measured in docs/BENCHMARKS.md)."""
     assert bench_speed.main(["--sizes", "12x16x20", "--train-sizes", "--repeats", "2",
                              "--warmup", "1", "--no-ants", "--t-features", "4,8/8,8,4",
                              "--out", str(tmp_path)]) == 0

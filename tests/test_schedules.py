@@ -27,13 +27,13 @@ def test_learning_rate_by_name_and_refusals():
         learning_rate(2e-4, "cosine", 100)
     with pytest.raises(ValueError, match="decay_start"):
         LinearDecay(1e-3, total_steps=10, decay_start=10)
-    with pytest.raises(InputError, match="--lr-decay must be one of constant, linear"):
-        training.TrainConfig(lr_decay="cosine")
+    with pytest.raises(InputError, match="lr_decay must be one of constant, linear"):
+        training.TrainConfig.demo(lr_decay="cosine")
 
 
 @pytest.mark.parametrize("decay", ["constant", "linear"])
 def test_each_optimizer_follows_the_run_schedule(decay):
-    config = training.TrainConfig(steps=10, lr_t=1e-3, lr_g=4e-4, lr_d=2e-4, lr_decay=decay)
+    config = training.TrainConfig.demo(steps=10, lr_t=1e-3, lr_g=4e-4, lr_d=2e-4, lr_decay=decay)
     optimizers = training.make_optimizers(config)
     for name, lr in (("t_optimizer", 1e-3), ("g_optimizer", 4e-4), ("d_optimizer", 2e-4)):
         optimizer = optimizers[name]
@@ -44,3 +44,10 @@ def test_each_optimizer_follows_the_run_schedule(decay):
         want = lr * (0.4 if decay == "linear" else 1.0)
         assert float(optimizer.learning_rate) == pytest.approx(want, rel=1e-6), name  # float32
     assert optimizers["g_optimizer"].beta_1 == 0.5 and optimizers["t_optimizer"].beta_1 == 0.9
+
+
+def test_a_method_gets_one_optimizer_per_network():
+    for method, networks in (("lcc", ["t_optimizer"]), ("vxm", ["t_optimizer"]),
+                             ("deformgan", ["t_optimizer", "g_optimizer", "d_optimizer"])):
+        config = training.TrainConfig.demo(method=method, network={"flow_resolution": 1})
+        assert sorted(training.make_optimizers(config)) == sorted(networks)

@@ -1,4 +1,4 @@
-"""The training CLI, in-process through main(argv), on tiny demo volumes in tmp_path."""
+"""The training CLI (dgan-train), in-process through main(argv), on tiny demo volumes in tmp_path."""
 
 import json
 import os
@@ -9,23 +9,9 @@ import numpy as np
 import pytest
 
 from dgan import training
+from dgan.cli import train as cli
 from dgan.compat import keras, tf
-from dgan.errors import TrainingDiverged
-
-
-
-def load_cli():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "train" / "train_dgan.py"
-    spec = importlib.util.spec_from_file_location("train_dgan", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-cli = load_cli()
+from dgan.errors import InputError, TrainingDiverged
 
 TINY = ["--shape", "16", "16", "16", "--spacing", "12", "--t-features", "4,8/8,8,4",
         "--g-features", "4,4/4,4", "--d-features", "4", "--lg-window", "3", "--lcc-window", "5",
@@ -33,9 +19,10 @@ TINY = ["--shape", "16", "16", "16", "--spacing", "12", "--t-features", "4,8/8,8
 
 
 def tiny_config(**changes):
+    """The configuration the CLI makes of TINY (the demo preset), with ``changes``."""
     settings = cli.settings_from_args(cli.parser().parse_args(TINY))
     settings.update(changes)
-    return training.TrainConfig(**settings)
+    return cli.make_config(settings)
 
 
 def checkpoint_weights(path):
@@ -94,35 +81,45 @@ def test_validation_goes_through_the_registrar_and_refines_at_the_first_and_last
     assert Registrar(run / "model", refine_steps=0).refine_config.steps == 0
 
 
-def test_demo_and_user_data_get_their_own_defaults_and_the_cli_overrides_them():
-    demo = training.TrainConfig()
-    assert demo.lr_g == training.DEMO_LR_G and demo.network_config.g_residual
-    assert demo.network_config.d_pool == 2 and demo.loss_weights.lam == 10.0
-    scans = training.TrainConfig(moving=["t1/"], fixed=["t2/"], shape=(32, 32, 32))
-    assert scans.lr_g == training.DEFAULT_LR_G
+def test_presets_are_explicit_and_recorded_and_the_cli_overrides_them():
+    demo = training.TrainConfig.demo()
+    assert demo.preset == "demo" and demo.lr_g == training.DEMO_LR_G
+    assert demo.network_config.g_residual and demo.network_config.d_pool == 2
+    assert demo.loss_weights.alpha == training.DEMO_LOSS["alpha"] == 0.05
+    assert demo.refine_config.steps == training.DEMO_REFINE["steps"]
+    assert demo.to_dict()["preset"] == "demo"
+    # no hidden switch: the demo data alone changes no setting
+    plain = training.TrainConfig(shape=(32, 32, 32))
+    assert plain.preset is None and plain.uses_demo_data and plain.lr_g == training.DEFAULT_LR_G
+    assert not plain.network_config.g_residual and plain.loss_weights.alpha == 1.0
+    scans = training.TrainConfig.for_scans(["t1/"], ["t2/"], shape=(32, 32, 32))
+    assert scans.preset == "scans" and scans.lr_g == training.DEFAULT_LR_G
     assert not scans.network_config.g_residual and scans.network_config.d_pool == 1
-    assert training.TrainConfig(lr_g=5e-4).lr_g == 5e-4
+    # a preset's dicts are overridden key by key; the module's constants stay as they are
+    changed = training.TrainConfig.demo(network={"d_pool": 1}, lr_g=5e-4)
+    assert changed.network_config.d_pool == 1 and changed.network_config.g_residual
+    assert changed.lr_g == 5e-4 and training.DEMO_NETWORK["d_pool"] == 2
+    with pytest.raises(InputError, match="preset must be one of"):
+        training.TrainConfig.from_preset("fast")
     args = cli.parser().parse_args([*TINY, "--no-g-residual", "--d-pool", "1", "--lr-g", "3e-4"])
-    config = training.TrainConfig(**cli.settings_from_args(args))
+    config = cli.make_config(cli.settings_from_args(args))
     assert not config.network_config.g_residual and config.network_config.d_pool == 1
-    assert config.lr_g == 3e-4
+    assert config.lr_g == 3e-4 and config.preset == "demo"
+    cube = {"shape": (32, 32, 32)}
+    assert cli.make_config({"moving": ["t1/"], "fixed": ["t2/"], **cube}).preset == "scans"
+    assert cli.make_config(cube, preset="scans").lr_g == training.DEFAULT_LR_G
     assert training.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).lr_g == 3e-4
 
 
-def test_resume_continues_at_the_saved_step_with_a_larger_budget(three_step_run, tmp_path):
-    resumed = tmp_path / "resumed"
-    shutil.copytree(three_step_run, resumed)
-    saved = checkpoint_weights(tf.train.latest_checkpoint(str(resumed / "checkpoints")))
-    assert cli.main(["--resume", str(resumed), "--steps", "5", "--no-progress"]) == 0
-    assert tf.train.latest_checkpoint(str(resumed / "checkpoints")).endswith("ckpt-5")
-    steps = [l.split(",")[0] for l in (resumed / "losses.csv").read_text().splitlines()[1:]]
-    assert steps == ["1", "2", "3", "4", "5"]
-    assert (resumed / "checkpoints" / "ckpt-3.index").exists()  # nothing overwritten
-    assert json.loads((resumed / "config.json").read_text())["steps"] == 5
-    after = checkpoint_weights(tf.train.latest_checkpoint(str(resumed / "checkpoints")))
-    iterations = [k for k in after if k.endswith("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE")]
-    assert len(iterations) == 3 and all(after[k] == 5 for k in iterations)  # 3 restored + 2
-    assert all(saved[k] == 3 for k in iterations)
+def test_a_config_written_before_presets_keeps_the_demo_refinement(three_step_run):
+    """Before presets, the demo data implied DEMO_REFINE; a file without ``refine`` (written
+    before refinement existed) must not lose it on resume."""
+    saved = json.loads((three_step_run / "config.json").read_text())
+    del saved["refine"], saved["preset"], saved["method"]
+    old = training.TrainConfig.from_dict(saved)
+    assert old.method == "deformgan"
+    assert old.refine_config.steps == training.DEMO_REFINE["steps"]
+    assert old.refine_config.levels == tuple(training.DEMO_REFINE["levels"])
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):

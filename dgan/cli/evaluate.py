@@ -1,0 +1,176 @@
+"""``dgan-evaluate`` (also ``python eval/evaluate.py``): evaluate Deform-GAN against identity,
+VoxelMorph, the LCC ablation and ANTs SyN, on the same pairs.
+
+Beside them runs the mono-modal ceiling: ANTs SyN-CC from the moving T1 to the fixed anatomy
+as a T1 (the pair's ``fixed_t1``, same deformation and labels as the cross-modal fixed image).
+
+Writes ``results.csv`` (one row per method and pair), ``summary.md`` (mean ± std per method, Dice
+per structure), ``figures/*.png`` and ``config.json`` into ``--out``. Examples::
+
+    # the 2 mm cross-modal brain benchmark, models from dgan-train-baselines
+    dgan-evaluate --runs runs/baselines --out runs/eval-2mm
+    # explicit model folders; the demo data's validation pairs
+    dgan-evaluate --data demo --dgan runs/x/model --vxm runs/y/model --out runs/eval-demo
+
+Every learned method is a dgan model folder, registered through ``dgan.register.Registrar``.
+ANTs SyN needs ``pip install antspyx``; without it, it is skipped with a message.
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from . import show_warnings
+from .. import data as ddata
+from .. import evaluation, training
+from ..errors import InputError
+from ..export import as_model_folder
+from ..io import write_json
+from ..register import DEFAULT_REFINE_STEPS, model_refinement
+from .train_baselines import model_folder
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="dgan-evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    data = p.add_argument_group("pairs")
+    data.add_argument("--data", choices=("brain", "demo"), default="brain",
+                      help="brain: real T1 -> T2-like benchmark (default); demo: MNI152 demo")
+    data.add_argument("--brain-npz", default=str(ddata.SHARED_DATA / "brain_t1_aseg.npz"))
+    data.add_argument("--labels", default=str(ddata.SHARED_DATA / "aseg_eval_labels.npz"),
+                      help="npz with the label ids scored (key 'labels')")
+    data.add_argument("--resolution", type=float, default=2.0, help="brain: 2 or 1 mm")
+    data.add_argument("--pairs", type=int, default=ddata.BRAIN_PAIRS,
+                      help="number of pairs (default %(default)s)")
+    data.add_argument("--seed", type=int, default=0, help="seed of the pairs (default 0)")
+    data.add_argument("--shape", type=int, nargs=3, default=list(ddata.DEMO_SHAPE),
+                      help="demo grid")
+    data.add_argument("--spacing", type=float, default=ddata.DEMO_SPACING,
+                      help="demo voxel size in mm")
+    methods = p.add_argument_group("methods (identity always runs)")
+    methods.add_argument("--runs", metavar="DIR",
+                         help="a folder from dgan-train-baselines: takes every <DIR>/<method>/"
+                              "model that exists (deformgan, vxm, lcc)")
+    methods.add_argument("--dgan", metavar="FOLDER", help="Deform-GAN model folder")
+    methods.add_argument("--vxm", metavar="FOLDER", help="VoxelMorph (MI) model folder")
+    methods.add_argument("--lcc", metavar="FOLDER", help="LCC ablation model folder")
+    methods.add_argument("--refine-steps", type=int, default=0, metavar="N",
+                         help="also run every model method followed by N instance-refinement "
+                              "iterations per level (dgan.refine; default 0: T alone)")
+    methods.add_argument("--refine-alone", action="store_true",
+                         help="add 'refinement alone': no model, from the identity, local "
+                              "gradient + smoothness (--refine-steps, or the default "
+                              f"{DEFAULT_REFINE_STEPS}, iterations per level)")
+    methods.add_argument("--refine-set", nargs="+", metavar="KEY=VALUE",
+                         help="change refinement settings (dgan.refine.RefineConfig), e.g. "
+                              "alpha=1 control=4 levels=2,1")
+    methods.add_argument("--diffeomorphic", action="store_true",
+                         help="refine a stationary velocity field (scaling and squaring)")
+    methods.add_argument("--no-ants", action="store_true",
+                         help="skip ANTs SyN (the cross-modal MI run and the ceiling)")
+    methods.add_argument("--no-ceiling", action="store_true",
+                         help="skip the mono-modal ceiling, ANTs SyN-CC to the T1 fixed image")
+    methods.add_argument("--ants-iterations", type=int, nargs="+",
+                         default=list(evaluation.ANTS_DEFAULTS["reg_iterations"]),
+                         help="SyN iterations per level, coarse to fine (default %(default)s)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output folder")
+    out.add_argument("--figure-pairs", type=int, default=1,
+                     help="pairs drawn per method (default 1; 0: no figures)")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def model_folders(args):
+    """[(name, folder)] of the learned methods, in table order."""
+    given = {"deformgan": args.dgan, "vxm": args.vxm, "lcc": args.lcc}
+    folders = []
+    for method in training.METHODS:
+        folder = given[method]
+        if folder is None and args.runs is not None:
+            candidate = model_folder(args.runs, method)
+            folder = candidate if os.path.isdir(candidate) else None
+        if folder is not None:
+            folders.append((training.METHOD_NAMES[method], folder))
+    return folders
+
+
+def refinement_methods(args):
+    """The model methods (T alone, and T + refinement with --refine-steps) and refinement alone."""
+    if args.refine_steps < 0:
+        raise InputError(f"--refine-steps must be >= 0, got {args.refine_steps}")
+    changes = parse_settings(args.refine_set)
+    if args.diffeomorphic:
+        changes["int_steps"] = 7
+
+    def config(folder):  # the model's own refinement settings (its windows), then the changes
+        model = None if folder is None else as_model_folder(folder)
+        try:
+            return dataclasses.replace(model_refinement(model), **changes)
+        except TypeError as error:
+            raise InputError(f"--refine-set: {error}") from None
+
+    methods = []
+    for name, folder in model_folders(args):
+        methods.append(evaluation.ModelMethod(name, folder))
+        if args.refine_steps:
+            methods.append(evaluation.ModelMethod(f"{name} + refinement {args.refine_steps}",
+                                                  folder, args.refine_steps, config(folder)))
+    if args.refine_alone:
+        steps = args.refine_steps or DEFAULT_REFINE_STEPS
+        methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps,
+                                              config(None)))
+    return methods
+
+
+def parse_settings(items):
+    """``["alpha=1", "levels=2,1"]`` -> ``{"alpha": 1.0, "levels": (2, 1)}`` (numbers; commas
+    make tuples)."""
+    settings = {}
+    for item in items or ():
+        key, sep, text = item.partition("=")
+        if not sep:
+            raise InputError(f"--refine-set takes KEY=VALUE, got {item!r}")
+        values = [float(v) if "." in v or "e" in v else int(v) for v in text.split(",")]
+        settings[key] = tuple(values) if "," in text else values[0]
+    return settings
+
+
+def main(argv=None):
+    """``dgan-evaluate``; returns the exit status (2 for bad input)."""
+    args = parser().parse_args(argv)
+    show_warnings()
+    try:
+        benchmark = ddata.benchmark_pairs(
+            args.data, npz_path=args.brain_npz, labels_path=args.labels,
+            resolution_mm=args.resolution, n_pairs=args.pairs, seed=args.seed,
+            shape=tuple(args.shape), spacing=args.spacing)
+        methods = [evaluation.IdentityMethod()]
+        methods += refinement_methods(args)
+        ants_settings = {"reg_iterations": tuple(args.ants_iterations)}
+        if not args.no_ants:
+            ants, reason = evaluation.import_ants()
+            if ants is None:
+                print(reason, file=sys.stderr)
+            else:
+                methods.append(evaluation.AntsSyNMethod(ants, **ants_settings))
+                if not args.no_ceiling and "fixed_t1" in benchmark.pairs[0]:
+                    methods.append(evaluation.ants_ceiling(ants, **ants_settings))
+        write_json(Path(args.out) / "config.json", {
+            **vars(args), "benchmark": benchmark.name, "spacing_mm": benchmark.spacing,
+            "label_ids": list(benchmark.label_ids), "methods": [m.name for m in methods],
+            "ants": {**evaluation.ANTS_DEFAULTS, **ants_settings},
+            "ants_ceiling": {**evaluation.ANTS_DEFAULTS, **evaluation.ANTS_CC, **ants_settings},
+        })
+        result = evaluation.evaluate(methods, benchmark, args.out,
+                                     figure_pairs=args.figure_pairs,
+                                     progress=not args.no_progress)
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(result.summary_path.read_text())
+    print(f"wrote {result.csv_path}, {result.summary_path} and {len(result.figures)} figures")
+    return 0
+

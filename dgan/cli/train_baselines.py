@@ -1,0 +1,168 @@
+"""``dgan-train-baselines``: train Deform-GAN and its learned baselines on the same data with the
+same step budget, each through the one training run (``dgan.training.train``);
+``python eval/train_baselines.py`` runs the same.
+
+Methods (``--methods``, default all): ``deformgan`` (Deform-GAN), ``vxm`` (VoxelMorph's VxmDense,
+same U-Net, loss -MI + lambda Grad_l2) and ``lcc`` (T alone with LCC(fixed, moved) + local
+gradient + smoothness, no G and D). All take their loss settings from the one loss
+configuration (``dgan.model.LossWeights``: the same alpha, beta and windows for every method).
+Each run folder ``<out>/<method>/`` holds what any training run writes (config.json, losses.csv,
+checkpoints/, tensorboard/, results.json, ...) and ends in ``<out>/<method>/model/``, a dgan model
+folder for dgan-evaluate. Examples::
+
+    # brain benchmark, 4 mm training grid (40 x 48 x 56), 300 steps each
+    dgan-train-baselines --data brain --steps 300 --out runs/baselines
+    # embedded demo data (the demo preset's loss and refinement settings)
+    dgan-train-baselines --data demo --steps 200 --out runs/baselines-demo
+    # continue every run to 400 steps
+    dgan-train-baselines --resume --steps 400 --out runs/baselines-demo
+
+With ``--data brain``, the training scans (T1 moving, T2-like fixed, unpaired, seed 1000) and
+validation pairs (seed 2000) are first written to ``<out>/data/``; the evaluation pairs use seed
+0. Deform-GAN alone can be trained on the same files with dgan-train (``--moving
+<out>/data/moving --fixed <out>/data/fixed --val-pairs <out>/data/val_pairs.csv``).
+"""
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from . import show_warnings
+from .. import data as ddata
+from .. import training
+from ..errors import InputError, TrainingDiverged
+from ..model import LossWeights
+from ..networks import parse_features
+from ..schedules import SCHEDULES
+
+
+def model_folder(run_root, method):
+    """Where dgan-train-baselines leaves ``method``'s model folder under ``run_root``."""
+    return os.path.join(os.fspath(run_root), method, "model")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="dgan-train-baselines", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", nargs="+", choices=training.METHODS,
+                   default=list(training.METHODS))
+    p.add_argument("--out", required=True, help="output folder: <out>/<method>/ per method")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the runs in <out>/<method>/ (with --steps: a new budget)")
+    data = p.add_argument_group("data")
+    data.add_argument("--data", choices=("brain", "demo"), default="brain")
+    data.add_argument("--brain-npz", default=str(ddata.SHARED_DATA / "brain_t1_aseg.npz"))
+    data.add_argument("--resolution", type=float, default=4.0,
+                      help="brain: training voxel size in mm (default 4: 40 x 48 x 56)")
+    data.add_argument("--n-train", type=int, default=8,
+                      help="brain: moving and fixed training scans (default 8 each)")
+    data.add_argument("--n-val", type=int, default=2, help="validation pairs (default 2)")
+    data.add_argument("--shape", type=int, nargs=3,
+                      help="network grid (default: the brain grid, or the demo's "
+                           f"{' '.join(map(str, ddata.DEMO_SHAPE))})")
+    data.add_argument("--spacing", type=float,
+                      help=f"demo: voxel size in mm (default {ddata.DEMO_SPACING:g})")
+    run = p.add_argument_group("the same budget for every method")
+    run.add_argument("--steps", type=int, help="training steps (default 300)")
+    run.add_argument("--batch-size", type=int, default=1)
+    run.add_argument("--lr", type=float, default=1e-3,
+                     help="learning rate of the registration network (default 1e-3)")
+    run.add_argument("--lr-decay", choices=SCHEDULES, default="constant",
+                     help="the learning rates' schedule (default constant)")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--t-features", default="16,32,32/32,32,32,16,16",
+                     help="T's (and VxmDense's) U-Net features (default %(default)s)")
+    run.add_argument("--g-features", default="8,16,16/16,16,16,8", help="Deform-GAN's G")
+    run.add_argument("--d-features", type=int, default=8, help="Deform-GAN's D: features")
+    run.add_argument("--d-layers", type=int,
+                     help="Deform-GAN's D: strided layers (default: the preset's, 2 on the demo "
+                          "data where D pools its input by 2, else 3)")
+    run.add_argument("--int-steps", type=int, default=0)
+    run.add_argument("--refine-steps", type=int,
+                     help="refinement iterations per level at the first and last validation and "
+                          "in the model folders (default: the preset's)")
+    run.add_argument("--log-every", type=int, default=25)
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    loss = p.add_argument_group("losses (one configuration for every method)")
+    loss.add_argument("--alpha", type=float, help="smoothness weight (Deform-GAN, lcc)")
+    loss.add_argument("--beta", type=float, help="local-gradient weight (Deform-GAN, lcc)")
+    loss.add_argument("--vxm-lambda", type=float,
+                      help=f"VoxelMorph: weight of Grad_l2 (default {LossWeights.vxm_lambda:g})")
+    loss.add_argument("--mi-bins", type=int,
+                      help=f"VoxelMorph: mutual-information bins (default {LossWeights.mi_bins})")
+    loss.add_argument("--lg-window", type=int,
+                      help="local-gradient neighbourhood n (default: the preset's, 3 on the demo "
+                           f"data, else {LossWeights.lg_window})")
+    loss.add_argument("--lcc-window", type=int,
+                      help="LCC window (default: the preset's, 5 on the demo data, else "
+                           f"{LossWeights.lcc_window})")
+    return p
+
+
+#: The default step budget.
+DEFAULT_STEPS = 300
+
+
+def train_config(args, out):
+    """The :class:`dgan.training.TrainConfig` every method trains with (``method`` aside): the
+    demo preset on the demo data, the preset for scans on the brain benchmark, and the
+    options given over it (an option left out keeps the preset's value). Every method has
+    flow_resolution 1 (VxmDense cannot have another), so that T is the same network for all."""
+    network = {"t_features": parse_features(args.t_features),
+               "g_features": parse_features(args.g_features),
+               "d_features": args.d_features, "int_steps": args.int_steps, "flow_resolution": 1}
+    if args.d_layers is not None:
+        network["d_layers"] = args.d_layers
+    loss = {k: getattr(args, k) for k in ("alpha", "beta", "lg_window", "lcc_window", "vxm_lambda",
+                                          "mi_bins") if getattr(args, k) is not None}
+    steps = args.steps or DEFAULT_STEPS
+    common = dict(steps=steps, batch_size=args.batch_size, lr_t=args.lr, seed=args.seed,
+                  lr_decay=args.lr_decay, network=network, loss=loss, n_val=args.n_val,
+                  log_every=args.log_every, checkpoint_every=steps, validate_every=0)
+    if args.refine_steps is not None:
+        common["refine"] = {"steps": args.refine_steps}
+    if args.data == "demo":
+        if args.shape:
+            common["shape"] = tuple(args.shape)
+        if args.spacing:
+            common["spacing"] = args.spacing
+        return training.TrainConfig.demo(**common)
+    files = ddata.write_brain_training_data(args.brain_npz, out / "data", args.resolution,
+                                            n_train=args.n_train, n_val=args.n_val)
+    print(f"training data: {files['moving']} and {files['fixed']} (unpaired), validation "
+          f"{files['val_pairs']}, grid {files['shape']} at {args.resolution:g} mm")
+    return training.TrainConfig.for_scans([files["moving"]], [files["fixed"]],
+                                          val_pairs=files["val_pairs"],
+                                          shape=tuple(args.shape or files["shape"]),
+                                          spacing=args.resolution, **common)
+
+
+def main(argv=None):
+    """``dgan-train-baselines``; returns the exit status (2 for bad input or a diverged run)."""
+    args = parser().parse_args(argv)
+    show_warnings()
+    out = Path(args.out)
+    try:
+        if args.resume:
+            config = {} if args.steps is None else {"steps": args.steps}
+        else:
+            if args.data == "brain" and not Path(args.brain_npz).is_file():
+                raise InputError("the brain benchmark file is missing", args.brain_npz)
+            config = train_config(args, out)
+        results = []
+        for method in args.methods:
+            run_config = config if args.resume else dataclasses.replace(
+                config, method=method,
+                network=training.network_for_method(method, config.network))
+            results.append(training.train(run_config, out / method, resume=args.resume,
+                                          progress=not args.no_progress))
+    except (InputError, TrainingDiverged) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(f"{training.METHOD_NAMES[r.method]}: step {r.step} in {r.seconds:.0f} s, "
+              f"validation mean Dice {r.dice_identity:.4f} -> T alone {r.dice_network:.4f} "
+              f"-> registered {r.dice_registered:.4f}, model {model_folder(out, r.method)}")
+    return 0
