@@ -36,6 +36,7 @@ accurate and faster: it needs only scattered points, L_LG a whole grid per level
 """
 
 import dataclasses
+import functools
 import logging
 import time
 
@@ -56,8 +57,9 @@ RADIUS_MM = 50.0
 #: more than this RMS distance (mm) from where the two headers put it; below it the deformable
 #: stage (T, refinement) takes the misalignment as it is.
 AUTO_THRESHOLD_MM = 2.0
-#: A level's grid must have at least this many voxels along every axis.
-MIN_LEVEL_VOXELS = 8
+#: A level's grid must have at least this many voxels along every axis (at 8 mm a brain
+#: spans about 20; a coarser grid holds too few voxels of the object to align).
+MIN_LEVEL_VOXELS = 16
 #: Normalised intensity above which a voxel counts as foreground (brain or head) for the
 #: centre-of-mass-free measures: RMS displacement, overlap.
 FOREGROUND = 0.05
@@ -258,10 +260,13 @@ def _euler(angles):
 
 
 def _linear(params, base, rigid):
-    """(M, t) from the parameters: rigid (t, theta * r) or affine (t, K), (6,) or (12,)."""
-    if rigid:
-        return base @ _euler(params[3:6] / RADIUS_MM), params[:3]
-    return base @ (tf.eye(3) + tf.reshape(params[3:12], (3, 3)) / RADIUS_MM), params[:3]
+    """(M, t) from the 12 parameters: t = params[:3]; rigid: M = base R(params[3:6] / r),
+    affine: M = base (I + K / r), K = params[3:12] as 3 x 3. ``rigid`` is a boolean tensor, so
+    that both stages share one traced function (the rigid stage leaves params[6:] at 0: their
+    gradient is 0)."""
+    rotation = _euler(params[3:6] / RADIUS_MM)
+    general = tf.eye(3) + tf.reshape(params[3:12], (3, 3)) / RADIUS_MM
+    return base @ tf.where(rigid, rotation, general), params[:3]
 
 
 def _bin_position(values, bins):
@@ -302,22 +307,20 @@ def _mutual_information(fixed_bins, moving_values, bins):
                                   - tf.math.log(p_moving + tiny)))
 
 
-def _objective(level, params, base, rigid, config):
+def _objective(level, params, base, rigid, similarity, bins, lg_window):
     """-MI or 1 - L_LG of the moving scan sampled at the transformed fixed points."""
     m, t = _linear(params, base, rigid)
     world = level["centre_moving"] + t + tf.matmul(level["points"], m, transpose_b=True)
     inverse = level["moving_inverse"]  # world -> padded moving voxels, (4, 4)
     coords = tf.matmul(world, inverse[:3, :3], transpose_b=True) + inverse[:3, 3]
     values = _sample(level["moving"], coords)  # (N,)
-    if config.similarity == "mi":
-        return -_mutual_information(level["fixed_bins"], values, config.bins)
+    if similarity == "mi":
+        return -_mutual_information(level["fixed_bins"], values, bins)
     warped = tf.reshape(values, level["shape"])[tf.newaxis, ..., tf.newaxis]
-    return 1.0 - losses.local_gradient_agreement(level["fixed_direction"], warped,
-                                                 config.lg_window)[0]
+    return 1.0 - losses.local_gradient_agreement(level["fixed_direction"], warped, lg_window)[0]
 
 
-@tf.function(reduce_retracing=True)
-def _adam(level, params, base, steps, learning_rate, rigid, config):
+def _adam(level, params, base, rigid, steps, learning_rate, similarity, bins, lg_window):
     """``steps`` Adam steps on the parameters; returns (params, objective at the result)."""
     m = tf.zeros_like(params)
     v = tf.zeros_like(params)
@@ -326,14 +329,47 @@ def _adam(level, params, base, steps, learning_rate, rigid, config):
     for step in tf.range(steps):
         with tf.GradientTape() as tape:
             tape.watch(params)
-            loss = _objective(level, params, base, rigid, config)
+            loss = _objective(level, params, base, rigid, similarity, bins, lg_window)
         g = tape.gradient(loss, params)
         t = tf.cast(step, tf.float32) + 1.0
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         rate = learning_rate * (1.0 - 0.9 * (t - 1.0) / total)  # linear decay to a tenth
         params = params - rate * tf.sqrt(1 - b2**t) / (1 - b1**t) * m / (tf.sqrt(v) + ADAM_EPS)
-    return params, _objective(level, params, base, rigid, config)
+    return params, _objective(level, params, base, rigid, similarity, bins, lg_window)
+
+
+#: The MI optimiser's inputs: any level's shapes, so that it is traced once per process.
+_MI_SIGNATURE = [
+    {"moving": tf.TensorSpec([None, None, None], tf.float32),
+     "moving_inverse": tf.TensorSpec([4, 4], tf.float32),
+     "centre_moving": tf.TensorSpec([3], tf.float32),
+     "points": tf.TensorSpec([None, 3], tf.float32),
+     "fixed_bins": tf.TensorSpec([None], tf.int32)},
+    tf.TensorSpec([12], tf.float32), tf.TensorSpec([3, 3], tf.float32),
+    tf.TensorSpec([], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _optimiser(similarity, bins, lg_window):
+    """The compiled :func:`_adam` for one similarity: ``(level, params, base, rigid, steps,
+    learning_rate) -> (params, objective)``; MI's is traced once for every shape."""
+    def run(level, params, base, rigid, steps, learning_rate):
+        return _adam(level, params, base, rigid, steps, learning_rate, similarity, bins,
+                     lg_window)
+
+    if similarity == "mi":
+        return tf.function(run, input_signature=_MI_SIGNATURE)
+    return tf.function(run, reduce_retracing=True)
+
+
+def _run(level, params, base, rigid, steps, learning_rate, config):
+    optimise = _optimiser(config.similarity, config.bins, config.lg_window)
+    result, value = optimise(level, tf.constant(params, tf.float32),
+                             tf.constant(base, tf.float32), tf.constant(rigid),
+                             tf.constant(steps, tf.int32), tf.constant(learning_rate, tf.float32))
+    return result.numpy(), float(value)
 
 
 # --- levels ------------------------------------------------------------------------------------
@@ -439,14 +475,12 @@ def estimate_affine(moving, fixed, config=None, progress=None):
     objective = np.nan
     for index, (spacing, steps) in enumerate(levels):
         level = _prepare_level(moving_n, fixed_n, spacing, centre_fixed, centre_moving, config)
-        rate = tf.constant(config.learning_rate * spacing / levels[0][0], tf.float32)
+        rate = config.learning_rate * spacing / levels[0][0]
         if index == 0:
-            base, translation = _best_rigid_start(level, config, rate)
-            params = np.concatenate([translation, np.zeros(9, np.float32)])
-        result, value = _adam(level, tf.constant(params), tf.constant(base), tf.constant(steps),
-                              rate, False, config)
-        m, t = _linear(result, tf.constant(base), False)
-        base, objective = m.numpy(), float(value)
+            base, params = _best_rigid_start(level, config, rate)
+        params, objective = _run(level, params, base, False, steps, rate, config)
+        m, t = _linear(tf.constant(params), tf.constant(base), False)
+        base = m.numpy()
         params = np.concatenate([t.numpy(), np.zeros(9, np.float32)])
     matrix = _matrix(base.astype(np.float64), params[:3].astype(np.float64), centre_fixed,
                      centre_moving)
@@ -464,19 +498,20 @@ def estimate_affine(moving, fixed, config=None, progress=None):
 
 
 def _best_rigid_start(level, config, rate):
-    """The rigid stage from the restart rotations: (M, t) of the best objective."""
+    """The rigid stage from the restart rotations: (M, affine parameters (t, 0)) of the start
+    with the best objective."""
     angle = np.deg2rad(config.restart_deg) * RADIUS_MM  # in parameter units
     starts = [np.zeros(3)] + [sign * angle * np.eye(3)[axis]
                               for axis in range(3) for sign in (1.0, -1.0)]
+    eye = np.eye(3, dtype=np.float32)
     best = None
     for start in starts:
-        params = tf.constant(np.concatenate([np.zeros(3), start]).astype(np.float32))
-        result, value = _adam(level, params, tf.eye(3), tf.constant(config.rigid_steps), rate,
-                              True, config)
-        if best is None or float(value) < best[0]:
-            best = (float(value), result)
-    m, t = _linear(best[1], tf.eye(3), True)
-    return m.numpy(), t.numpy()
+        params = np.concatenate([np.zeros(3), start, np.zeros(6)]).astype(np.float32)
+        result, value = _run(level, params, eye, True, config.rigid_steps, rate, config)
+        if best is None or value < best[0]:
+            best = (value, result)
+    m, t = _linear(tf.constant(best[1]), tf.constant(eye), True)
+    return m.numpy(), np.concatenate([t.numpy(), np.zeros(9, np.float32)])
 
 
 def check_overlap(moving, fixed, matrix, points=None):

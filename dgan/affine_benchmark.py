@@ -91,13 +91,18 @@ def move_content(array, affine, truth, margin_mm=MARGIN_MM, order=1):
     return Volume(out.astype(np.int32 if order == 0 else np.float32), grid)
 
 
-def make_cases(pairs, n, spacing, seed=0, moving_key="fixed_t1", limits=None):
+def make_cases(pairs, n, spacing, seed=0, moving_key="fixed_t1", limits=None, resample=True):
     """``n`` cases over the benchmark ``pairs`` (cycling through them), seeded.
 
     :param pairs: dicts of :func:`dgan.data.load_brain_benchmark`
     :param spacing: their voxel size, mm
     :param moving_key: ``"fixed_t1"`` (same anatomy: exact truth) or ``"moving"`` (the pair's
         own deformed T1, with its labels)
+    :param resample: move the content onto a larger rectilinear grid (:func:`move_content`, a
+        head that moved in the scanner); False: keep the voxels and move the grid instead (the
+        moving affine becomes ``truth A``, an oblique acquisition), so that the moving image and
+        its labels are interpolated only once, by the registration itself: Dice then measures
+        the registration, not a second nearest-neighbour resampling of the labels
     :return: list of :class:`AffineCase`
     """
     limits = {**DEFAULT_LIMITS, **(limits or {})}
@@ -108,10 +113,15 @@ def make_cases(pairs, n, spacing, seed=0, moving_key="fixed_t1", limits=None):
         fixed = Volume(np.asarray(pair["fixed"], np.float32), affine)
         rng = np.random.default_rng([seed, 15, k])
         truth = random_affine(rng, daffine.centre_of_mass(fixed), **limits)
-        moving = move_content(pair[moving_key], affine, truth)
+        if resample:
+            moving = move_content(pair[moving_key], affine, truth)
+        else:
+            moving = Volume(np.asarray(pair[moving_key], np.float32), truth @ affine)
         labels = None
-        if moving_key == "moving":
+        if moving_key == "moving" and resample:
             labels = move_content(pair["moving_labels"], affine, truth, order=0)
+        elif moving_key == "moving":
+            labels = Volume(np.asarray(pair["moving_labels"], np.int32), truth @ affine)
         cases.append(AffineCase(moving, fixed, truth, labels,
                                 pair["fixed_labels"] if moving_key == "moving" else None))
     return cases
@@ -159,3 +169,102 @@ class AntsAffine:
             transform = ants.read_transform(result["fwdtransforms"][0])
             matrix = itk.from_itk_parameters(transform.parameters, transform.fixed_parameters)
         return matrix, seconds
+
+
+# --- the two measurements ----------------------------------------------------------------------
+
+
+def accuracy_records(cases, config=None, ants=None, progress=None):
+    """Our affine (and ANTs's, when ``ants`` is given) on each case: error (mm RMS over the
+    fixed brain, :func:`case_error`) and wall time.
+
+    :return: list of dicts ``case``, ``initial_mm`` (the headers' alignment), ``dgan_mm``,
+        ``dgan_s``, and ``ants_mm``, ``ants_s`` (NaN without ANTs)
+    """
+    method = AntsAffine(ants) if ants is not None else None
+    records = []
+    for k, case in enumerate(cases):
+        started = time.perf_counter()
+        estimate = daffine.estimate_affine(case.moving, case.fixed, config)
+        record = {"case": k, "initial_mm": case_error(case, np.eye(4)),
+                  "dgan_mm": case_error(case, estimate.matrix),
+                  "dgan_s": time.perf_counter() - started,
+                  "ants_mm": float("nan"), "ants_s": float("nan")}
+        if method is not None:
+            matrix, seconds = method.estimate(case.moving, case.fixed)
+            record.update(ants_mm=case_error(case, matrix), ants_s=seconds)
+        records.append(record)
+        if progress is not None:
+            progress(f"case {k}: {record['initial_mm']:.1f} mm before; dgan {record['dgan_mm']:.2f} "
+                     f"mm in {record['dgan_s']:.1f} s; ANTs {record['ants_mm']:.2f} mm in "
+                     f"{record['ants_s']:.1f} s")
+    return records
+
+
+def dice_records(pairs, cases, label_ids, refine_steps, progress=None):
+    """Refinement alone (``Registrar(None)``) on each benchmark pair as it is (affine off) and on
+    its affinely perturbed case (affine on): mean Dice over ``label_ids`` of both.
+
+    :param pairs: the benchmark pairs; ``cases[k]`` is pair k perturbed (``moving_key="moving"``)
+    :return: list of dicts ``pair``, ``dice_unperturbed``, ``dice_perturbed``, ``seconds_*``,
+        ``affine_s``
+    """
+    from .metrics import mean_dice
+    from .register import Registrar
+
+    plain = Registrar(None, refine_steps=refine_steps, affine="off")
+    aligned = Registrar(None, refine_steps=refine_steps, affine="on")
+    records = []
+    for k, (pair, case) in enumerate(zip(pairs, cases)):
+        fixed = case.fixed
+        moving = Volume(np.asarray(pair["moving"], np.float32), fixed.affine)
+        labels = Volume(np.asarray(pair["moving_labels"], np.int32), fixed.affine)
+        started = time.perf_counter()
+        before = plain.register_volumes(moving, fixed, labels)
+        middle = time.perf_counter()
+        after = aligned.register_volumes(case.moving, fixed, case.moving_labels)
+        record = {
+            "pair": k,
+            "dice_unperturbed": mean_dice(before.labels, pair["fixed_labels"], label_ids),
+            "dice_perturbed": mean_dice(after.labels, pair["fixed_labels"], label_ids),
+            "seconds_unperturbed": middle - started,
+            "seconds_perturbed": time.perf_counter() - middle,
+            "affine_s": after.seconds["affine"],
+        }
+        records.append(record)
+        if progress is not None:
+            progress(f"pair {k}: Dice unperturbed {record['dice_unperturbed']:.4f}, perturbed + "
+                     f"affine {record['dice_perturbed']:.4f} ({record['seconds_unperturbed']:.0f} "
+                     f"s, {record['seconds_perturbed']:.0f} s)")
+    return records
+
+
+def save_overlay_figure(path, case, matrix, title=None):
+    """Fixed scan in grey with the moving scan's contours (T1 levels 0.1: brain outline, 0.6:
+    white matter), before (the headers) and after the affine ``matrix``, three middle slices."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .figures import display_slice, finish_panels, save_figure
+    from .io import normalize_intensity, resample_to_grid
+
+    fixed = case.fixed
+    views = {
+        "before (headers)": resample_to_grid(case.moving, fixed.affine, fixed.shape).array,
+        "after (affine)": resample_to_grid(daffine.through(case.moving, matrix), fixed.affine,
+                                           fixed.shape).array,
+    }
+    fig, axes = plt.subplots(2, 3, figsize=(9, 6.4))
+    for row, (name, moved) in enumerate(views.items()):
+        moved = normalize_intensity(moved)
+        for axis in range(3):
+            ax = axes[row, axis]
+            ax.imshow(display_slice(fixed.array, axis), cmap="gray")
+            ax.contour(display_slice(moved, axis), levels=[0.1, 0.6], colors=["#ff3080", "#30ff60"],
+                       linewidths=0.8)
+            if axis == 0:
+                ax.set_ylabel(name)
+    finish_panels(fig, axes, title)
+    save_figure(fig, path)
