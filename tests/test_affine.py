@@ -1,12 +1,15 @@
 """The affine stage (dgan.affine), ITK transform files (dgan.itk), and their use by dgan-register."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from dgan import affine as daffine
 from dgan import io as dio
-from dgan import itk
+from dgan import itk, prealign, training
 from dgan.affine_benchmark import move_content
 from dgan.errors import InputError
 from dgan.refine import RefineConfig
@@ -279,3 +282,49 @@ def test_ants_applies_the_itk_file_as_dgan_does(tmp_path, fixed):
     # both interpolate trilinearly at the same points; ITK computes them in float64 from float32
     # header values: coordinates agree to ~1e-5 voxel, intensities (gradient < 1) to 1e-4
     np.testing.assert_allclose(warped[inside], ours[inside], atol=1e-4)
+
+
+# --- training on unaligned scans (train_dgan.py --align) ------------------------------------------
+
+
+def _train_script():
+    path = Path(__file__).resolve().parents[1] / "train" / "train_dgan.py"
+    spec = importlib.util.spec_from_file_location("train_dgan_for_affine_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_training_scans_are_aligned_once_and_cached(tmp_path, monkeypatch):
+    truths = {"moving": transform(angles_deg=(0, 0, 20.0)), "fixed1": transform(translation=(0, 7, -4))}
+    paths = {"fixed0": str(tmp_path / "fixed0.nii.gz")}
+    dio.save_volume(paths["fixed0"], rendered(phantom_labels(), FIXED_CONTRAST), AFFINE)
+    for name, truth in truths.items():
+        volume = move_content(rendered(phantom_labels(), MOVING_CONTRAST if name == "moving"
+                                       else FIXED_CONTRAST), AFFINE, truth, margin_mm=12.0)
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        dio.save_volume(paths[name], volume.array, volume.affine)
+    script = _train_script()
+    args = script.parser().parse_args(["--moving", paths["moving"], "--fixed", paths["fixed0"],
+                                       paths["fixed1"], "--shape", "32", "32", "32",
+                                       "--spacing", "0", "--align"])
+    config = training.TrainConfig(**script.settings_from_args(args))
+    assert config.align and config.to_dict()["align"] is True
+    cache = tmp_path / "run" / training.ALIGNED_DIR
+    training._dataset_fn(config, cache)
+    reference = dio.load_volume(paths["fixed0"])
+    for name, truth in truths.items():
+        [aligned] = cache.glob(f"{name}-*.nii.gz")
+        volume = dio.load_volume(aligned)
+        np.testing.assert_array_equal(volume.affine, reference.affine)  # on the reference grid
+        matrix = itk.read_affine(aligned.with_name(aligned.name.replace(".nii.gz", ".txt")))
+        assert error_mm(reference, matrix, truth) < 1.0  # the recovery bound above
+    assert len(list(cache.iterdir())) == 4  # two scans, two transforms; the reference as it is
+
+    def never(*args, **kwargs):
+        raise AssertionError("aligned again")
+
+    monkeypatch.setattr(daffine, "estimate_affine", never)
+    moving, fixed = prealign.align_scans([paths["moving"]], [paths["fixed0"], paths["fixed1"]],
+                                         cache)
+    assert fixed[0] == paths["fixed0"] and moving[0].startswith(str(cache))
