@@ -590,7 +590,8 @@ def _parser():
         prog="dgan-register",
         description="Register a moving scan to a fixed scan with a trained Deform-GAN model, "
         "then refine the field on the pair (Deform-GAN's objective, G frozen); without --model, "
-        "refinement alone (local gradient + smoothness, no training). "
+        "refinement alone (local gradient + smoothness, no training). An affine stage (mutual "
+        "information) runs first when the scans are misaligned (--affine). "
         "Outputs are NIfTI on the fixed scan's grid, with its affine and header. "
         "The flow is 4D (X, Y, Z, 3): displacements in voxels of the fixed grid, 'ij' "
         "indexing, moved(p) = moving(p + flow(p)).",
