@@ -178,27 +178,30 @@ def accuracy_records(cases, config=None, ants=None, progress=None):
     """Our affine (and ANTs's, when ``ants`` is given) on each case: error (mm RMS over the
     fixed brain, :func:`case_error`) and wall time.
 
-    :return: list of dicts ``case``, ``initial_mm`` (the headers' alignment), ``dgan_mm``,
-        ``dgan_s``, and ``ants_mm``, ``ants_s`` (NaN without ANTs)
+    :return: (records, matrices): one dict per case, ``case``, ``initial_mm`` (the headers'
+        alignment), ``dgan_mm``, ``dgan_s`` (wall), ``dgan_cpu_s`` (the process's CPU time,
+        all threads), ``ants_mm``, ``ants_s`` (NaN without ANTs); and our estimated matrices
     """
     method = AntsAffine(ants) if ants is not None else None
-    records = []
+    records, matrices = [], []
     for k, case in enumerate(cases):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         estimate = daffine.estimate_affine(case.moving, case.fixed, config)
         record = {"case": k, "initial_mm": case_error(case, np.eye(4)),
                   "dgan_mm": case_error(case, estimate.matrix),
                   "dgan_s": time.perf_counter() - started,
+                  "dgan_cpu_s": time.process_time() - cpu,
                   "ants_mm": float("nan"), "ants_s": float("nan")}
         if method is not None:
             matrix, seconds = method.estimate(case.moving, case.fixed)
             record.update(ants_mm=case_error(case, matrix), ants_s=seconds)
         records.append(record)
+        matrices.append(estimate.matrix)
         if progress is not None:
             progress(f"case {k}: {record['initial_mm']:.1f} mm before; dgan {record['dgan_mm']:.2f} "
                      f"mm in {record['dgan_s']:.1f} s; ANTs {record['ants_mm']:.2f} mm in "
                      f"{record['ants_s']:.1f} s")
-    return records
+    return records, matrices
 
 
 def dice_records(pairs, cases, label_ids, refine_steps, progress=None):

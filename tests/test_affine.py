@@ -10,7 +10,7 @@ from scipy import ndimage
 from dgan import affine as daffine
 from dgan import io as dio
 from dgan import itk, prealign, training
-from dgan.affine_benchmark import move_content
+from dgan.affine_benchmark import make_cases, move_content
 from dgan.errors import InputError
 from dgan.refine import RefineConfig
 from dgan.io import Volume
@@ -328,3 +328,37 @@ def test_training_scans_are_aligned_once_and_cached(tmp_path, monkeypatch):
     moving, fixed = prealign.align_scans([paths["moving"]], [paths["fixed0"], paths["fixed1"]],
                                          cache)
     assert fixed[0] == paths["fixed0"] and moving[0].startswith(str(cache))
+
+
+# --- the benchmark's cases (eval/bench_affine.py) -------------------------------------------------
+
+
+def test_benchmark_cases_have_the_issues_ranges_and_an_exact_truth(fixed):
+    labels = phantom_labels()
+    pair = {"fixed": fixed.array, "fixed_t1": rendered(labels, MOVING_CONTRAST),
+            "moving": rendered(labels, MOVING_CONTRAST), "moving_labels": labels,
+            "fixed_labels": labels}
+    cases = make_cases([pair], 3, 2.0, seed=1)
+    centre = daffine.centre_of_mass(cases[0].fixed)  # the cases' grid: diag(2 mm), origin 0
+    for case in cases:
+        linear = case.truth[:3, :3]  # R_z R_y R_x diag(scales) H, H unit upper triangular
+        q, r = np.linalg.qr(linear)
+        signs = np.sign(np.diag(r))
+        rotation, upper = q * signs, signs[:, None] * r  # QR with a positive diagonal
+        angles = np.degrees([np.arctan2(rotation[2, 1], rotation[2, 2]),
+                             -np.arcsin(rotation[2, 0]),
+                             np.arctan2(rotation[1, 0], rotation[0, 0])])
+        np.testing.assert_allclose(rotation, daffine.euler_matrix(np.radians(angles)), atol=1e-12)
+        assert np.all(np.abs(angles) <= 15.0)
+        assert np.all(np.abs(np.diag(upper) - 1) <= 0.10)  # scales
+        assert np.all(np.abs((upper / np.diag(upper)[:, None])[np.triu_indices(3, 1)]) <= 0.05)
+        translation = case.truth[:3, 3] - centre + linear @ centre
+        assert np.all(np.abs(translation) <= 15.0)
+        assert case.moving.shape == tuple(n + 2 * 12 for n in SHAPE)  # 24 mm of margin, 2 mm voxels
+    [case] = make_cases([pair], 1, 2.0, seed=1, moving_key="moving", resample=False)
+    # moving the grid, not the voxels: read through the truth, the moving scan and its labels
+    # are the pair's own on the fixed grid (float64 matrix products: 1e-9 voxel, snapped)
+    np.testing.assert_array_equal(case.moving.array, pair["moving"])
+    on_fixed = sample_through_world(daffine.through(case.moving_labels, case.truth), case.fixed.affine,
+                                    np.zeros(SHAPE + (3,), np.float32), order=0)
+    np.testing.assert_array_equal(on_fixed, labels)
