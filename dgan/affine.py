@@ -378,9 +378,14 @@ def _run(level, params, base, rigid, steps, learning_rate, config):
 # --- levels ------------------------------------------------------------------------------------
 
 
-def _level_spacings(fixed, config):
+def pyramid_levels(fixed, config=None):
     """The pyramid's voxel sizes (mm) that the fixed scan allows, coarse to fine, with their
-    steps: no finer than its own voxels, at least :data:`MIN_LEVEL_VOXELS` per axis."""
+    steps: no finer than its own voxels, at least :data:`MIN_LEVEL_VOXELS` per axis; empty when
+    the scan is too small for the affine stage.
+
+    :return: list of (spacing in mm, Adam steps)
+    """
+    config = AffineConfig() if config is None else config
     own = float(np.min(fixed.spacing))
     extent = np.asarray(fixed.shape) * fixed.spacing  # mm
     levels = {}
@@ -388,12 +393,18 @@ def _level_spacings(fixed, config):
         spacing = max(spacing, own)
         if np.all(extent / spacing >= MIN_LEVEL_VOXELS):
             levels[spacing] = levels.get(spacing, 0) + steps
+    return list(levels.items())
+
+
+def _level_spacings(fixed, config):
+    """:func:`pyramid_levels`, refusing a scan too small for any level."""
+    levels = pyramid_levels(fixed, config)
     if not levels:
         raise InputError(f"too small for the affine stage: {fixed.shape} voxels of "
                          f"{np.round(fixed.spacing, 2).tolist()} mm, need at least "
                          f"{MIN_LEVEL_VOXELS} voxels of {config.levels_mm[-1]:g} mm per axis",
                          fixed.path)
-    return list(levels.items())
+    return levels
 
 
 def _at_spacing(volume, spacing):

@@ -163,7 +163,8 @@ class Registrar:
     :param affine: the affine stage of :meth:`register_volumes` (:data:`AFFINE_MODES`):
         ``"off"`` (the default here; ``dgan-register``'s default is ``"auto"``), ``"on"``, or
         ``"auto"``: applied when it moves the fixed foreground by more than
-        :data:`dgan.affine.AUTO_THRESHOLD_MM` RMS. Arrays (:meth:`register_arrays`) have no
+        :data:`dgan.affine.AUTO_THRESHOLD_MM` RMS (skipped for scans too small for its pyramid:
+        fewer than 16 voxels of 2 mm along an axis). Arrays (:meth:`register_arrays`) have no
         world coordinates and are never aligned affinely.
     :param affine_config: :class:`dgan.affine.AffineConfig`, or None for the defaults
     :raises InputError: not a dgan model folder; bad refinement settings
@@ -341,6 +342,11 @@ class Registrar:
     def _affine_stage(self, moving, fixed):
         """(alignment or None, the transform to apply or None) under ``self.affine``."""
         if self.affine == "off":
+            return None, None
+        if self.affine == "auto" and not daffine.pyramid_levels(fixed, self.affine_config):
+            if self.progress is not None:
+                self.progress("affine: skipped (auto: the fixed scan is too small for its "
+                              "pyramid)")
             return None, None
         alignment = self.estimate_affine(moving, fixed)
         if self.affine == "on" or alignment.rms_mm > daffine.AUTO_THRESHOLD_MM:

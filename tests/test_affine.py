@@ -241,6 +241,17 @@ def test_auto_applies_the_affine_only_beyond_the_threshold(fixed):
     assert shifted.transform is shifted.alignment.matrix
 
 
+def test_auto_skips_scans_too_small_for_the_pyramid(fixed):
+    tiny = np.diag([0.5, 0.5, 0.5, 1.0])  # 16 mm: 8 voxels at 2 mm, fewer than 16
+    refine = RefineConfig(steps=1, levels=(1,))
+    small_fixed = fixed.replace(affine=tiny)
+    result = Registrar(None, refine_config=refine, affine="auto").register_volumes(
+        moving_for(np.eye(4)).replace(affine=tiny), small_fixed)
+    assert result.alignment is None and np.array_equal(result.transform, np.eye(4))
+    with pytest.raises(InputError, match="too small for the affine stage"):
+        daffine.estimate_affine(small_fixed, small_fixed)
+
+
 def test_a_pair_without_overlap_is_refused(tmp_path, capsys, fixed):
     paths = write_pair(tmp_path, np.eye(4), moving_affine_shift=(500.0, 0, 0))
     out = tmp_path / "out"
