@@ -153,7 +153,8 @@ class Registrar:
     """Registers scans with the T of a dgan model folder, then refines the field on the pair.
 
     :param model: a model folder path, a :class:`dgan.export.ModelFolder`, or None: refinement
-        alone from the identity (local gradient + smoothness; ``refine_steps`` must be > 0)
+        alone from the identity (local gradient + smoothness; ``refine_steps`` must be > 0,
+        unless ``affine="on"``: the affine stage alone)
     :param refine_steps: refinement iterations per level; 0: T's field as it is; None: those
         of ``refine_config`` (by default the model folder's own, :func:`model_refinement`)
     :param refine_config: :class:`dgan.refine.RefineConfig` for everything else (its ``steps``
@@ -181,7 +182,7 @@ class Registrar:
             raise InputError(f"affine must be one of {', '.join(AFFINE_MODES)}, got {affine!r}")
         self.affine = affine
         self.affine_config = daffine.AffineConfig() if affine_config is None else affine_config
-        if self.model is None and self.refine_config.steps == 0 and affine == "off":
+        if self.model is None and self.refine_config.steps == 0 and affine != "on":
             raise InputError("without a model folder, refinement steps must be > 0 "
                              "(or the affine stage on: affine alone)")
         self.progress = progress

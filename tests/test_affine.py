@@ -231,11 +231,12 @@ def test_affine_off_is_todays_registration(tmp_path, monkeypatch):
 
 
 def test_auto_applies_the_affine_only_beyond_the_threshold(fixed):
-    aligned = Registrar(None, refine_steps=0, affine="auto").register_volumes(
+    refine = RefineConfig(steps=1, levels=(1,))  # auto may apply nothing: refinement required
+    aligned = Registrar(None, refine_config=refine, affine="auto").register_volumes(
         moving_for(np.eye(4)), fixed)
     np.testing.assert_array_equal(aligned.transform, np.eye(4))  # well under 2 mm: left out
     assert aligned.alignment.rms_mm < daffine.AUTO_THRESHOLD_MM
-    shifted = Registrar(None, refine_steps=0, affine="auto").register_volumes(
+    shifted = Registrar(None, refine_config=refine, affine="auto").register_volumes(
         moving_for(transform(translation=(0, 6.0, 0))), fixed)
     assert shifted.alignment.rms_mm > daffine.AUTO_THRESHOLD_MM
     assert shifted.transform is shifted.alignment.matrix
@@ -276,6 +277,8 @@ def test_bad_affine_arguments(tmp_path, capsys):
     assert "--out-affine must end in .txt or .tfm" in capsys.readouterr().err
     with pytest.raises(InputError, match="affine must be one of"):
         Registrar(None, affine="yes")
+    with pytest.raises(InputError, match="refinement steps must be > 0"):
+        Registrar(None, refine_steps=0, affine="auto")  # auto may apply nothing: a no-op
 
 
 def test_ants_applies_the_itk_file_as_dgan_does(tmp_path, fixed):
