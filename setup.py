@@ -33,6 +33,7 @@ setup(
             "dgan-bench-speed=dgan.cli.bench_speed:main",
             "dgan-probe-loss=dgan.cli.probe_loss:main",
             "dgan-probe-matching=dgan.cli.probe_matching:main",
+            "dgan-bench-affine=dgan.cli.bench_affine:main",
             "dgan-register=dgan.register:main",
             "dgan-export=dgan.export:main",
         ]

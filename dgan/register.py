@@ -15,6 +15,14 @@ training.
   and the flow is cropped back.
 - :meth:`Registrar.register_files` / :meth:`Registrar.register_volumes`: scans on their own grids.
 
+  0. With the affine stage (``affine="on"``, or ``"auto"`` when the scans are misaligned by more
+     than :data:`dgan.affine.AUTO_THRESHOLD_MM`), :func:`dgan.affine.estimate_affine` finds the
+     world transform T (fixed point -> moving point) and the moving scan (and its labels) is
+     from then on read through it (:func:`dgan.affine.through`: its affine becomes
+     ``T^-1 A_m``), so that every step below sees it aligned and its voxels are still
+     interpolated once, at step 5. The flow returned and written is the composition, affine
+     then T's field then refinement (:func:`dgan.affine.compose_flow`), relative to the moving
+     scan resampled through the two headers.
   1. The moving scan is resampled onto the fixed scan's grid through the two affines (world
      coordinates).
   2. Both are prepared as in training: reoriented to RAS+ and resampled to the training voxel
@@ -46,7 +54,9 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from . import affine as daffine
 from . import io as dio
+from . import itk
 from . import metrics, synth
 from .errors import InputError
 from .export import as_model_folder, generator_for_shape, registration_net_for_shape
@@ -63,6 +73,12 @@ FLOW_DESCRIP = "dgan flow: voxels of this grid, ij, moved(p)=moving(p+flow(p))"
 FLOW_INTENT_NAME = "dgan_flow_vox"
 MOVED_DESCRIP = "dgan moved image (moving scan on this grid)"
 LABELS_DESCRIP = "dgan warped labels (moving labels on this grid)"
+
+#: ``--affine``: ``auto`` applies the affine stage when the scans are misaligned by more than
+#: :data:`dgan.affine.AUTO_THRESHOLD_MM`, ``on`` always, ``off`` never.
+AFFINE_MODES = ("auto", "on", "off")
+#: File endings of ``--out-affine`` (ITK text transforms).
+ITK_SUFFIXES = (".txt", ".tfm")
 
 #: Voxels per block when sampling on a full-resolution grid (bounds temporary memory).
 _BLOCK_VOXELS = 2**21
@@ -96,7 +112,11 @@ class FileRegistration:
     :param folding_fraction: fraction of voxels with det(I + grad flow) <= 0
     :param network_affine: affine of the grid T ran on (RAS+, training spacing)
     :param network_shape: shape of that grid, before padding (the fixed grid without a model)
-    :param seconds: wall time, ``{"network": T, "refinement": refinement}``
+    :param seconds: wall time, ``{"affine": ..., "network": T, "refinement": refinement}``
+    :param transform: the affine stage's world transform, (4, 4): fixed-world point (RAS mm) ->
+        moving-world point; the identity when the stage was off or ``auto`` left it out
+    :param alignment: :class:`dgan.affine.AffineResult` of the estimate (also when ``auto``
+        left it out), or None when the stage was off
     """
 
     moved: np.ndarray
@@ -108,6 +128,8 @@ class FileRegistration:
     network_affine: np.ndarray
     network_shape: tuple
     seconds: dict = dataclasses.field(default_factory=dict)
+    transform: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(4))
+    alignment: object = None
 
 
 def model_refinement(model):
@@ -130,24 +152,38 @@ class Registrar:
     """Registers scans with the T of a dgan model folder, then refines the field on the pair.
 
     :param model: a model folder path, a :class:`dgan.export.ModelFolder`, or None: refinement
-        alone from the identity (local gradient + smoothness; ``refine_steps`` must be > 0)
+        alone from the identity (local gradient + smoothness; ``refine_steps`` must be > 0,
+        unless ``affine="on"``: the affine stage alone)
     :param refine_steps: refinement iterations per level; 0: T's field as it is; None: those
         of ``refine_config`` (by default the model folder's own, :func:`model_refinement`)
     :param refine_config: :class:`dgan.refine.RefineConfig` for everything else (its ``steps``
         is replaced by ``refine_steps``); None: the settings the model folder was saved with
         (e.g. the windows it was trained with), else the defaults
     :param progress: called with one line of text per refinement level, or None
+    :param affine: the affine stage of :meth:`register_volumes` (:data:`AFFINE_MODES`):
+        ``"off"`` (the default here; ``dgan-register``'s default is ``"auto"``), ``"on"``, or
+        ``"auto"``: applied when it moves the fixed foreground by more than
+        :data:`dgan.affine.AUTO_THRESHOLD_MM` RMS (skipped for scans too small for its pyramid:
+        fewer than 16 voxels of 2 mm along an axis). Arrays (:meth:`register_arrays`) have no
+        world coordinates and are never aligned affinely.
+    :param affine_config: :class:`dgan.affine.AffineConfig`, or None for the defaults
     :raises InputError: not a dgan model folder; bad refinement settings
     """
 
-    def __init__(self, model, refine_steps=None, refine_config=None, progress=None):
+    def __init__(self, model, refine_steps=None, refine_config=None, progress=None,
+                 affine="off", affine_config=None):
         self.model = None if model is None else as_model_folder(model)
         base = model_refinement(self.model) if refine_config is None else refine_config
         if refine_steps is None:
             refine_steps = base.steps
         self.refine_config = dataclasses.replace(base, steps=refine_steps)  # checks the value
-        if self.model is None and self.refine_config.steps == 0:
-            raise InputError("without a model folder, refinement steps must be > 0")
+        if affine not in AFFINE_MODES:
+            raise InputError(f"affine must be one of {', '.join(AFFINE_MODES)}, got {affine!r}")
+        self.affine = affine
+        self.affine_config = daffine.AffineConfig() if affine_config is None else affine_config
+        if self.model is None and self.refine_config.steps == 0 and affine != "on":
+            raise InputError("without a model folder, refinement steps must be > 0 "
+                             "(or the affine stage on: affine alone)")
         self.progress = progress
         self._nets = {}  # (kind, spatial shape) -> T or G built for it
         self._said_no_generator = False
@@ -304,6 +340,31 @@ class Registrar:
         grid = self.network_grid(volume)
         return self._network_input(grid.array[np.newaxis])[0][0, ..., 0]
 
+    def estimate_affine(self, moving, fixed):
+        """The affine stage's estimate for two scans (:func:`dgan.affine.estimate_affine`).
+
+        :return: :class:`dgan.affine.AffineResult`; ``matrix`` maps fixed-world points (RAS mm)
+            to moving-world points
+        """
+        return daffine.estimate_affine(moving, fixed, self.affine_config, self.progress)
+
+    def _affine_stage(self, moving, fixed):
+        """(alignment or None, the transform to apply or None) under ``self.affine``."""
+        if self.affine == "off":
+            return None, None
+        if self.affine == "auto" and not daffine.pyramid_levels(fixed, self.affine_config):
+            if self.progress is not None:
+                self.progress("affine: skipped (auto: the fixed scan is too small for its "
+                              "pyramid)")
+            return None, None
+        alignment = self.estimate_affine(moving, fixed)
+        if self.affine == "on" or alignment.rms_mm > daffine.AUTO_THRESHOLD_MM:
+            return alignment, alignment.matrix
+        if self.progress is not None:
+            self.progress(f"affine: not applied (auto: {alignment.rms_mm:.1f} mm RMS <= "
+                          f"{daffine.AUTO_THRESHOLD_MM:g} mm)")
+        return alignment, None
+
     def register_volumes(self, moving, fixed, moving_labels=None):
         """Register a moving scan to a fixed scan on their own grids (see the module docstring).
 
@@ -311,9 +372,21 @@ class Registrar:
         :param fixed: :class:`dgan.io.Volume`; all outputs are on its grid
         :param moving_labels: :class:`dgan.io.Volume` of labels (its own affine), or None
         :return: :class:`FileRegistration`
+        :raises InputError: the moving scan does not overlap the fixed scan's grid at all
         """
         started = time.perf_counter()
+        alignment, transform = self._affine_stage(moving, fixed)
+        if transform is not None:  # read through T from now on: still one interpolation
+            moving = daffine.through(moving, transform)
+            if moving_labels is not None:
+                moving_labels = daffine.through(moving_labels, transform)
+        aligned = time.perf_counter()
         on_fixed = dio.resample_to_grid(moving, fixed.affine, fixed.shape, order=1)
+        if not on_fixed.array.any():
+            raise InputError(
+                f"the moving scan ({moving.path or 'array'}) does not overlap the fixed scan "
+                f"({fixed.path or 'array'}) at all: its headers put it outside the fixed "
+                "scan's field of view; check the headers, or use the affine stage (--affine on)")
         fixed_n = self.network_grid(fixed)
         moving_n = self.network_grid(on_fixed)  # same grid: a function of affine and shape
         flow_n = self.predict_flow(moving_n.array[np.newaxis], fixed_n.array[np.newaxis])[0]
@@ -326,11 +399,14 @@ class Registrar:
                     dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
                 ).array
             flow = self.refine_flow(on_fixed.array, fixed.array, flow, translated)
-        seconds = {"network": network - started, "refinement": time.perf_counter() - network}
+        seconds = {"affine": aligned - started, "network": network - aligned,
+                   "refinement": time.perf_counter() - network}
         moved = sample_through_world(moving, fixed.affine, flow, order=1)
         labels = None
         if moving_labels is not None:
             labels = sample_through_world(moving_labels, fixed.affine, flow, order=0)
+        if transform is not None:  # the written flow: affine, then T's field and refinement
+            flow = daffine.compose_flow(flow, transform, fixed.affine)
         return FileRegistration(
             moved=moved,
             flow=flow,
@@ -341,6 +417,8 @@ class Registrar:
             network_affine=fixed_n.affine,
             network_shape=fixed_n.shape,
             seconds=seconds,
+            transform=np.eye(4) if transform is None else transform,
+            alignment=alignment,
         )
 
     def register_files(self, moving_path, fixed_path, moving_labels=None):
@@ -452,8 +530,9 @@ def sample_through_world(volume, target_affine, flow, order=1):
 # --- writing ------------------------------------------------------------------------------------
 
 
-def write_outputs(result, out_moved, out_flow, out_labels=None):
-    """Write a :class:`FileRegistration` as NIfTI with the fixed scan's affine and header.
+def write_outputs(result, out_moved, out_flow, out_labels=None, out_affine=None):
+    """Write a :class:`FileRegistration` as NIfTI with the fixed scan's affine and header, and
+    its affine transform as an ITK text file (:func:`dgan.itk.write_affine`) when ``out_affine``.
 
     All files are written under temporary names first and renamed into place together at the
     end: after a failure no output is half-written and existing files are left as they were.
@@ -480,6 +559,11 @@ def write_outputs(result, out_moved, out_flow, out_labels=None):
                 current = path
                 dio.save_volume(tmp, array, result.affine, header=result.header,
                                 description=description, intent=intent)
+            if out_affine is not None:
+                current = out_affine
+                with open(stack.enter_context(dio.atomic_write(out_affine)), "w",
+                          encoding="ascii") as handle:
+                    handle.write(itk.affine_text(result.transform))
             current = None  # leaving the block renames every temporary file into place
     except OSError as error:
         problem = error.strerror or str(error) or type(error).__name__
@@ -521,7 +605,8 @@ def _parser():
         prog="dgan-register",
         description="Register a moving scan to a fixed scan with a trained Deform-GAN model, "
         "then refine the field on the pair (Deform-GAN's objective, G frozen); without --model, "
-        "refinement alone (local gradient + smoothness, no training). "
+        "refinement alone (local gradient + smoothness, no training). An affine stage (mutual "
+        "information) runs first when the scans are misaligned (--affine). "
         "Outputs are NIfTI on the fixed scan's grid, with its affine and header. "
         "The flow is 4D (X, Y, Z, 3): displacements in voxels of the fixed grid, 'ij' "
         "indexing, moved(p) = moving(p + flow(p)).",
@@ -543,6 +628,13 @@ def _parser():
              f"powers of two (default: the model's, else {' '.join(map(str, RefineConfig.levels))})")
     add("--diffeomorphic", action="store_true",
         help="refine a stationary velocity field (scaling and squaring): no folding")
+    add("--affine", choices=AFFINE_MODES, default="auto",
+        help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
+             "applied when it moves the fixed scan's foreground by more than "
+             f"{daffine.AUTO_THRESHOLD_MM:g} mm RMS")
+    add("--out-affine", metavar="PATH",
+        help="write the affine transform as an ITK text file (.txt or .tfm; fixed -> moving, "
+             "LPS, for antsApplyTransforms and ITK-SNAP); the identity when none was applied")
     return parser
 
 
@@ -552,6 +644,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if (args.moving_labels is None) != (args.out_labels is None):
         parser.error("--moving-labels and --out-labels must be given together")
+    if args.out_affine is not None and not args.out_affine.lower().endswith(ITK_SUFFIXES):
+        parser.error(f"--out-affine must end in {' or '.join(ITK_SUFFIXES)}: {args.out_affine}")
     start = time.perf_counter()
     try:
         check_outputs(args.out_moved, args.out_flow, args.out_labels)
@@ -563,10 +657,10 @@ def main(argv=None):
             changes["int_steps"] = 7
         config = dataclasses.replace(model_refinement(model), **changes)
         registrar = Registrar(model, refine_steps=args.refine_steps, refine_config=config,
-                              progress=print)
+                              progress=print, affine=args.affine)
         moving, fixed, labels = load_inputs(args.moving, args.fixed, args.moving_labels)
         result = registrar.register_volumes(moving, fixed, labels)
-        write_outputs(result, args.out_moved, args.out_flow, args.out_labels)
+        write_outputs(result, args.out_moved, args.out_flow, args.out_labels, args.out_affine)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -575,7 +669,8 @@ def main(argv=None):
         f"non-positive Jacobian determinant: {result.folding_fraction:.6f} of voxels "
         f"({100 * result.folding_fraction:.4f}%)"
     )
-    print(f"run time: {seconds:.2f} s (network {result.seconds['network']:.2f} s, "
+    print(f"run time: {seconds:.2f} s (affine {result.seconds['affine']:.2f} s, "
+          f"network {result.seconds['network']:.2f} s, "
           f"refinement {result.seconds['refinement']:.2f} s)")
     return 0
 

@@ -18,6 +18,7 @@ A run folder holds::
     losses.png           the loss curves
     results.json         validation Dice before (identity) and after registration, wall time
     model/               the exported registration model (see :mod:`dgan.export`)
+    aligned/             with --align: the training scans aligned to the first fixed scan
 
 The CLI ``dgan-train`` (:mod:`dgan.cli.train`, also ``python train/train_dgan.py``) is a thin
 layer over :func:`train`.
@@ -37,7 +38,7 @@ import numpy as np
 
 from . import callbacks as cb
 from . import data as ddata
-from . import figures, metrics, synth
+from . import figures, metrics, prealign, synth
 from .baselines import VxmTrainer
 from .compat import keras, tf
 from .errors import InputError, TrainingDiverged
@@ -52,10 +53,13 @@ from .schedules import SCHEDULES, learning_rate
 
 logger = logging.getLogger(__name__)
 
+#: The run folder's cache of affinely aligned training scans (``--align``).
+ALIGNED_DIR = "aligned"
+
 #: Keys of ``config.json`` that describe the data, the networks and the losses; a resumed run
 #: must not change them (the step budget, logging and output options may change).
 FROZEN_ON_RESUME = ("method", "moving", "fixed", "shape", "spacing", "batch_size", "seed",
-                    "network", "loss")
+                    "network", "loss", "align")
 
 
 #: Small networks that train in minutes on two CPU cores at the demo size. T predicts its field
@@ -171,6 +175,7 @@ class TrainConfig:
     n_val: int = 4
     seed: int = 0
     strategy: str = "auto"
+    align: bool = False  # align every scan affinely to the first fixed scan first (dgan.prealign)
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
@@ -306,16 +311,22 @@ def new_run_dir(root="runs"):
 # --- data ------------------------------------------------------------------------------------
 
 
-def _dataset_fn(config):
-    """A function ``(input_context or None, start_step) -> tf.data.Dataset`` for the run."""
+def _dataset_fn(config, align_dir=None):
+    """A function ``(input_context or None, start_step) -> tf.data.Dataset`` for the run.
+
+    With ``config.align``, the scans are first aligned to the first fixed scan and cached in
+    ``align_dir`` (:func:`dgan.prealign.align_scans`)."""
     if config.uses_demo_data:
         def make(input_context, start_step):
             return ddata.demo_dataset(config.batch_size, config.seed, start_step=start_step,
                                       shape=config.shape, spacing=config.spacing,
                                       input_context=input_context)
         return make
-    moving = ddata.ScanSet(ddata.find_scans(config.moving), config.shape, config.spacing)
-    fixed = ddata.ScanSet(ddata.find_scans(config.fixed), config.shape, config.spacing)
+    moving_paths, fixed_paths = ddata.find_scans(config.moving), ddata.find_scans(config.fixed)
+    if config.align:
+        moving_paths, fixed_paths = prealign.align_scans(moving_paths, fixed_paths, align_dir)
+    moving = ddata.ScanSet(moving_paths, config.shape, config.spacing)
+    fixed = ddata.ScanSet(fixed_paths, config.shape, config.spacing)
     logger.info("training data: %d moving and %d fixed scans (unpaired)", len(moving), len(fixed))
 
     def make(input_context, start_step):
@@ -529,7 +540,7 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
         if not resume:
             for log in ("losses.csv", VALIDATION_CSV):  # left by a restarted run
                 (out_dir / log).unlink(missing_ok=True)
-    make_dataset = _dataset_fn(config)
+    make_dataset = _dataset_fn(config, out_dir / ALIGNED_DIR)
     pairs = validation_pairs(config)
 
     keras.utils.set_random_seed(config.seed)  # reproducible initial weights

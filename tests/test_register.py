@@ -104,7 +104,7 @@ def scans(tmp_path_factory):
 def run_cli(model, paths, out, labels=True):
     argv = ["--model", model, "--moving", paths["moving"], "--fixed", paths["fixed"],
             "--out-moved", str(out / "moved.nii.gz"), "--out-flow", str(out / "flow.nii.gz"),
-            "--refine-steps", "0"]
+            "--refine-steps", "0", "--affine", "off"]  # the affine stage: tests/test_affine.py
     if labels:
         argv += ["--moving-labels", paths["labels"], "--out-labels", str(out / "labels.nii.gz")]
     return main(argv)

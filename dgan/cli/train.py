@@ -40,6 +40,9 @@ def parser():
     data.add_argument("--val-pairs", help="CSV: moving,fixed,moving_labels,fixed_labels for Dice")
     data.add_argument("--shape", nargs=3, type=int, help="network input shape X Y Z")
     data.add_argument("--spacing", type=float, help="resample to this voxel size in mm (0: native)")
+    data.add_argument("--align", action="store_true",
+                      help="align every scan affinely to the first fixed scan first (mutual "
+                           "information; once, cached in the run folder's aligned/)")
     run = p.add_argument_group("run")
     run.add_argument("--steps", type=int, help="total training steps (default 400)")
     run.add_argument("--batch-size", type=int, help="global batch size (default 1)")
@@ -102,6 +105,8 @@ def settings_from_args(args):
             fields[name] = getattr(args, name)
     if args.shape is not None:
         fields["shape"] = tuple(args.shape)
+    if args.align:
+        fields["align"] = True
     if args.spacing is not None:
         fields["spacing"] = args.spacing or None
     loss = {k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window", "lcc_window",
