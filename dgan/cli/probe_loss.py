@@ -22,8 +22,7 @@ import time
 
 import numpy as np
 
-from . import show_warnings
-from .. import data as ddata
+from . import add_pair_arguments, probe_pairs, show_warnings
 from .. import metrics, synth
 from ..errors import InputError
 from ..refine import RefineConfig, refine
@@ -32,14 +31,7 @@ from ..refine import RefineConfig, refine
 def parser():
     p = argparse.ArgumentParser(prog="dgan-probe-loss", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=("brain", "demo"), default="brain")
-    p.add_argument("--pairs", type=int, default=2, help="pairs to probe (default 2)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the pairs (default 0, the benchmark's; 1234: the demo's "
-                        "validation pairs)")
-    p.add_argument("--resolution", type=float, default=2.0, help="brain: voxel size in mm")
-    p.add_argument("--brain-npz", default=str(ddata.SHARED_DATA / "brain_t1_aseg.npz"))
-    p.add_argument("--labels", default=str(ddata.SHARED_DATA / "aseg_eval_labels.npz"))
+    add_pair_arguments(p, pairs=2)
     p.add_argument("--same-modality", action="store_true",
                    help="brain: register to the fixed anatomy rendered as a T1 (fixed_t1), so "
                         "that L_LCC (which sees F(phi) itself: there is no G here) is mono-modal")
@@ -61,10 +53,7 @@ def main(argv=None):
                               learning_rate=args.learning_rate, alpha=args.alpha, beta=args.beta,
                               w_lcc=args.w_lcc, lg_window=args.lg_window,
                               lcc_window=args.lcc_window)
-        labels = None if args.data == "demo" else args.labels
-        benchmark = ddata.benchmark_pairs(
-            args.data, npz_path=args.brain_npz, labels_path=labels,
-            resolution_mm=args.resolution, n_pairs=args.pairs, seed=args.seed)
+        benchmark = probe_pairs(args)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

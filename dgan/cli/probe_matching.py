@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from . import show_warnings
+from . import add_pair_arguments, probe_pairs, show_warnings
 from .. import data as ddata
 from .. import matching, metrics, synth
 from ..compat import tf, vxm
@@ -27,16 +27,9 @@ from ..networks import parse_matching
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="dgan-probe-matching", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", choices=("brain", "demo"), default="brain")
-    p.add_argument("--pairs", type=int, default=ddata.BRAIN_PAIRS, help="pairs (default 8)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the pairs (default 0, the benchmark's; 1234: the demo's "
-                        "validation pairs)")
-    p.add_argument("--resolution", type=float, default=2.0, help="brain: voxel size in mm")
-    p.add_argument("--brain-npz", default=str(ddata.SHARED_DATA / "brain_t1_aseg.npz"))
-    p.add_argument("--labels", default=str(ddata.SHARED_DATA / "aseg_eval_labels.npz"))
+    add_pair_arguments(p, pairs=ddata.BRAIN_PAIRS)
     p.add_argument("--pool", type=int, default=1, choices=(1, 2, 4),
                    help="match on a grid this many times coarser (average-pooled images)")
     p.add_argument("--passes", type=parse_matching, default=matching.DEFAULT_PASSES,
@@ -68,10 +61,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     show_warnings()
     try:
-        labels = None if args.data == "demo" else args.labels
-        benchmark = ddata.benchmark_pairs(
-            args.data, npz_path=args.brain_npz, labels_path=labels,
-            resolution_mm=args.resolution, n_pairs=args.pairs, seed=args.seed)
+        benchmark = probe_pairs(args)
         match = matcher(args)
     except (InputError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
