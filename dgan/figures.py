@@ -111,7 +111,7 @@ def save_curves(path, history, title="training losses"):
 
 
 def save_validation_curve(path, history, title="held-out Dice against the training step",
-                          labels=None):
+                          labels=None, xlabel="step"):
     """Validation Dice against the step: T alone as a line, after refinement as markers, and
     the identity (no registration) dashed.
 
@@ -127,7 +127,7 @@ def save_validation_curve(path, history, title="held-out Dice against the traini
         style = {"identity": dict(linestyle="--", color="gray"),
                  "refined": dict(marker="o", linestyle="none")}.get(name, dict(marker="."))
         ax.plot(steps, values, label=labels.get(name, name), linewidth=1, **style)
-    ax.set_xlabel("step", fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=9)
     ax.set_ylabel("mean Dice", fontsize=9)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
@@ -210,7 +210,8 @@ def save_comparison_figure(path, pair, results, label_ids, title=None):
                                   "Jacobian det. (0..2)")):
         ax.set_title(name, fontsize=9)
     finish_panels(fig, axes, title)
-    fig.tight_layout()
+    # leave 0.4 inch at the top for the title, above the column titles
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight() if title else 1))
     save_figure(fig, path)
 
 

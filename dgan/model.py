@@ -30,7 +30,12 @@ from dataclasses import asdict, dataclass
 
 from . import losses
 from .compat import keras, tf
-from .networks import build_discriminator, build_generator, build_registration_net
+from .networks import (build_discriminator, build_generator, build_registration_net,
+                       training_view)
+
+
+#: What :attr:`LossWeights.smooth` may name.
+SMOOTHED_FIELDS = ("residual", "flow")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,11 @@ class LossWeights:
     :param vxm_lambda: VoxelMorph's lambda in ``-MI(R, F(phi)) + lambda * Grad_l2(phi)``
         (the VxmDense baseline only)
     :param mi_bins: histogram bins of VoxelMorph's soft mutual information (VxmDense only)
+    :param smooth: the field the smoothness term acts on when T has block matching
+        (:mod:`dgan.matching`): ``"residual"``, the U-Net's residual r alone, or ``"flow"``, the
+        composed phi (the paper's term, on T's whole field). phi_0 is the matching's own smoothed
+        estimate and gets no gradient, so a penalty on phi's roughness can only be lowered by an
+        r that undoes phi_0 (docs/TRAINING.md, entry 11). Without matching both are phi.
     """
 
     alpha: float = 1.0
@@ -66,6 +76,12 @@ class LossWeights:
     w_lcc: float = 1.0
     vxm_lambda: float = 1.0
     mi_bins: int = 16
+    smooth: str = "residual"
+
+    def __post_init__(self):
+        if self.smooth not in SMOOTHED_FIELDS:
+            raise ValueError(f"smooth must be one of {', '.join(SMOOTHED_FIELDS)}, "
+                             f"got {self.smooth!r}")
 
     def to_dict(self):
         return asdict(self)
@@ -98,6 +114,13 @@ class _TrainableModel(keras.Model):
     @property
     def metrics(self):
         return list(self.trackers.values())
+
+    def _training_view(self, moving, fixed, training):
+        """T's outputs ``moved`` and ``flow`` and the field its smoothness term acts on,
+        ``residual`` (:func:`dgan.networks.training_view`; built once)."""
+        if getattr(self, "_view", None) is None:
+            self._view = training_view(self.registration_net)
+        return self._view({"moving": moving, "fixed": fixed}, training=training)
 
     def _report(self, terms):
         """Each tracker takes its per-example term (shape (B,)); the running means."""
@@ -194,13 +217,13 @@ class DeformGAN(_TrainableModel):
 
     def registration_terms(self, moving, fixed, training):
         w = self.loss_config
-        out = self.registration_net({"moving": moving, "fixed": fixed}, training=training)
-        moved, flow = out["moved"], out["flow"]
+        out = self._training_view(moving, fixed, training)
+        moved = out["moved"]
         translated = self.generator(moved, training=False)
         terms = {
             "t_lcc": 1.0 - losses.local_cross_correlation(fixed, translated, w.lcc_window),
             "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
-            "t_smooth": losses.smoothness(flow),
+            "t_smooth": losses.smoothness(out[w.smooth]),
         }
         lcc_weight = self.lcc_weight()
         terms["t_loss"] = (lcc_weight * terms["t_lcc"] + w.beta * terms["t_lg"]
@@ -325,11 +348,12 @@ class RegistrationTrainer(_TrainableModel):
     def registration_terms(self, moving, fixed, training):
         """Per-example loss terms, each shape = (B,); ``"t_loss"`` is the total."""
         w = self.loss_config
-        moved, flow = self.warp(moving, fixed, training=training)
+        out = self._training_view(moving, fixed, training)
+        moved = out["moved"]
         terms = {
             "t_lcc": 1.0 - losses.local_cross_correlation(fixed, moved, w.lcc_window),
             "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
-            "t_smooth": losses.smoothness(flow),
+            "t_smooth": losses.smoothness(out[w.smooth]),
         }
         terms["t_loss"] = (w.w_lcc * terms["t_lcc"] + w.beta * terms["t_lg"]
                            + w.alpha * terms["t_smooth"])

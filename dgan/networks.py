@@ -186,6 +186,18 @@ def build_registration_net(config, name="registration_net"):
     return keras.Model({"moving": moving, "fixed": fixed}, {"moved": moved, "flow": flow}, name=name)
 
 
+def training_view(net):
+    """T (from :func:`build_registration_net`) with a third output for training, ``residual``:
+    the U-Net's residual r when T has block matching (layer ``residual_flow``), else phi itself.
+    The view shares T's layers and weights; T itself (what is saved and served) is unchanged."""
+    names = {layer.name for layer in net.layers}
+    residual = "residual_flow" if "residual_flow" in names else "flow"
+    return keras.Model(net.inputs, {"moved": net.get_layer("moved").output,
+                                    "flow": net.get_layer("flow").output,
+                                    "residual": net.get_layer(residual).output},
+                       name=f"{net.name}_training_view")
+
+
 def build_generator(config, name="generator"):
     """G: F(phi) -> F'(phi), the moved image rendered in the fixed image's modality."""
     moved = keras.Input((*config.shape, 1), name="moved")

@@ -104,13 +104,18 @@ REFINE_DEFAULTS = {"w_lcc": 0.0}
 DEMO_LR_G = 1e-3
 DEFAULT_LR_G = 2e-4
 
+#: The demo's step budget: a demo step takes about 1.3 s on two cores of an AMD EPYC without
+#: AVX-512, so 300 steps keep the README's first command within 10 minutes of training; T's
+#: accuracy there is mostly its block matching's (docs/TRAINING.md, entries 10, 11 and 13).
+DEMO_STEPS = 300
+
 
 #: The presets :meth:`TrainConfig.from_preset` knows: settings over the dataclass defaults.
 #: ``demo``: the embedded demo data's coarse grid (the values above); ``scans``: your scans at
 #: about 1 mm (the paper's windows and weights, pix2pix's learning rate for G).
 PRESETS = {
     "demo": {"network": DEMO_NETWORK, "loss": DEMO_LOSS, "refine": DEMO_REFINE,
-             "lr_g": DEMO_LR_G},
+             "lr_g": DEMO_LR_G, "steps": DEMO_STEPS},
     "scans": {"lr_g": DEFAULT_LR_G, "network": {"matching": [list(p) for p in DEFAULT_PASSES]}},
 }
 #: Both presets give T its block-matching front end (:mod:`dgan.matching`; docs/TRAINING.md,
@@ -236,6 +241,8 @@ class TrainConfig:
             return LossWeights(**self.loss)
         except TypeError as error:
             raise InputError(f"unknown loss setting ({error})") from None
+        except ValueError as error:
+            raise InputError(f"loss setting: {error}") from None
 
     @property
     def preprocessing(self):

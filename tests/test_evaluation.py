@@ -191,6 +191,52 @@ def test_baseline_refuses_an_existing_run(method_runs, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_brain_defaults_coarse_windows_pooled_d_and_each_methods_learning_rate(monkeypatch,
+                                                                              tmp_path):
+    def fake_data(npz, out, resolution, n_train, n_val):
+        return {"moving": "m", "fixed": "f", "val_pairs": "v.csv", "shape": (40, 48, 56)}
+
+    monkeypatch.setattr(data, "write_brain_training_data", fake_data)
+    args = train_baselines.parser().parse_args(["--out", str(tmp_path)])
+    config = train_baselines.train_config(args, tmp_path)
+    assert config.loss["lg_window"] == 3 and config.loss["lcc_window"] == 5  # 4 mm grid
+    assert config.network["d_pool"] == 2 and config.network["g_residual"] is True
+    assert config.steps == train_baselines.DEFAULT_STEPS and config.validate_every == 25
+    args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--resolution", "2",
+                                                "--lg-window", "5"])
+    config = train_baselines.train_config(args, tmp_path)
+    assert config.loss == {"lg_window": 5}  # 2 mm: the paper's LCC window, n as given
+
+
+def test_evaluate_refines_only_the_methods_named(untrained_dgan):
+    args = evaluate_cli.parser().parse_args(["--dgan", str(untrained_dgan), "--vxm",
+                                             str(untrained_dgan), "--refine-steps", "2",
+                                             "--refine-methods", "deformgan", "--out", "x"])
+    names = [m.name for m in evaluate_cli.refinement_methods(args)]
+    assert names == ["Deform-GAN", "Deform-GAN + refinement 2", "VoxelMorph (MI)"]
+    args = evaluate_cli.parser().parse_args(["--dgan", str(untrained_dgan), "--refine-steps", "5",
+                                             "2", "--refine-alone", "--out", "x"])
+    methods = evaluate_cli.refinement_methods(args)
+    assert [m.name for m in methods] == ["Deform-GAN", "Deform-GAN + refinement 2",
+                                         "Deform-GAN + refinement 5", "refinement alone 5"]
+    args.refine_steps = [3, -1]
+    with pytest.raises(evaluate_cli.InputError, match="must be >= 0, got -1"):
+        evaluate_cli.refinement_methods(args)
+
+
+def test_refine_curve_draws_mean_dice_against_iterations(untrained_dgan, tmp_path):
+    args = evaluate_cli.parser().parse_args(["--dgan", str(untrained_dgan), "--refine-steps", "0",
+                                             "10", "20", "--out", str(tmp_path)])
+    records = [{"method": m, "pair": k, "dice_mean": d} for k in range(2)
+               for m, d in (("identity", 0.5), ("Deform-GAN", 0.6),
+                            ("Deform-GAN + refinement 10", 0.65),
+                            ("Deform-GAN + refinement 20", 0.7))]
+    path = evaluate_cli.save_refine_curve(tmp_path / "curve.png", records, args)
+    assert path.read_bytes().startswith(PNG)
+    args.refine_steps = [20]
+    assert evaluate_cli.save_refine_curve(tmp_path / "none.png", records, args) is None
+
+
 def test_brain_training_data_seeds_are_disjoint_from_evaluation(tmp_path):
     from dgan.errors import InputError
 

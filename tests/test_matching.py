@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dgan import matching, synth
+from dgan import losses, matching, synth
 from dgan.compat import tf
 from dgan.export import export_saved_model, load_model_folder, save_model_folder
-from dgan.networks import NetworkConfig, build_registration_net, parse_matching
+from dgan.model import LossWeights, RegistrationTrainer
+from dgan.networks import NetworkConfig, build_registration_net, parse_matching, training_view
 
 
 def numpy_cost(fixed_direction, moving_direction, radius, window):
@@ -85,6 +86,41 @@ def test_t_with_matching_starts_from_the_block_matching_field(rng):
         loss = tf.reduce_sum(net({"moving": moving, "fixed": fixed})["flow"] ** 2)
     grads = tape.gradient(loss, net.trainable_variables)
     assert all(g is not None for g in grads)
+
+
+@pytest.mark.parametrize("smooth", ["residual", "flow"])
+def test_smoothness_acts_on_the_residual_unless_told_otherwise(rng, smooth):
+    """With block matching, sum |grad r|^2 of the U-Net's residual r (0 here) is the smoothness
+    term by default; ``smooth="flow"`` takes the composed phi, whose roughness is phi_0's."""
+    config = matching_config()
+    net = build_registration_net(config)
+    residual = net.get_layer("residual_flow")
+    residual.set_weights([np.zeros_like(w) for w in residual.get_weights()])
+    moving = rng.random((1, 16, 16, 16, 1)).astype("float32")
+    fixed = np.roll(moving, 1, axis=1)
+    out = training_view(net)({"moving": moving, "fixed": fixed})
+    np.testing.assert_array_equal(out["residual"].numpy(), 0.0)
+    np.testing.assert_array_equal(out["flow"].numpy(),
+                                  net({"moving": moving, "fixed": fixed})["flow"].numpy())
+    trainer = RegistrationTrainer(net)
+    trainer.compile(tf.keras.optimizers.Adam(1e-3), LossWeights(smooth=smooth))
+    terms = trainer.registration_terms(tf.constant(moving), tf.constant(fixed), training=False)
+    rough = float(losses.smoothness(out["flow"])[0])
+    assert rough > 1e-3  # the matching's field is not constant
+    want = 0.0 if smooth == "residual" else rough
+    # the same tensor through the same ops: equal but for summation order
+    assert float(terms["t_smooth"][0]) == pytest.approx(want, rel=1e-5, abs=1e-12)
+
+
+def test_without_matching_the_regularised_field_is_phi(rng):
+    net = build_registration_net(NetworkConfig((16, 16, 16), t_features=((4, 8), (8, 8, 4)),
+                                               g_features=((4, 4), (4, 4)), d_features=4,
+                                               d_layers=2))
+    moving = rng.random((1, 16, 16, 16, 1)).astype("float32")
+    out = training_view(net)({"moving": moving, "fixed": moving[:, ::-1]})
+    np.testing.assert_array_equal(out["residual"].numpy(), out["flow"].numpy())
+    with pytest.raises(ValueError, match="smooth must be one of"):
+        LossWeights(smooth="velocity")
 
 
 def test_t_with_matching_saves_reloads_and_serves(tmp_path, rng):

@@ -20,7 +20,8 @@ A size is ``<r>mm`` (the brain benchmark's first pair on its grid at r mm: 2mm 8
 160x192x224, 4mm 40x48x56) or ``XxYxZ`` (random smooth volumes, 1 mm voxels); volumes are
 zero-padded to a multiple of the U-Net's down-sampling (4mm: 48x48x64), as registration does.
 Networks are VoxelMorph's default U-Net ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16)) unless
-``--t-features`` says otherwise (G takes the same U-Net, D its defaults). Times are the network
+``--t-features`` says otherwise; T has its block-matching front end (``--matching``); G and D
+are the lighter networks dgan-train-baselines trains (``--g-features``, ``--d-pool``). Times are the network
 alone for T and VxmDense (no resampling), the whole registration for ANTs. Each method is
 measured in a fresh process. Memory is the resident set of that process: ``peak`` is its highest
 value from just before the method's network is built to the end of its timed calls (warm-up
@@ -37,11 +38,13 @@ from pathlib import Path
 import numpy as np
 
 from . import show_warnings
+from .train_baselines import D_NETWORK, G_FEATURES
 from .. import data as ddata
 from .. import evaluation, speed, synth
 from ..errors import InputError
 from ..io import crop_or_pad, write_json
-from ..networks import VXM_FEATURES, NetworkConfig, parse_features
+from ..matching import DEFAULT_PASSES
+from ..networks import VXM_FEATURES, NetworkConfig, parse_features, parse_matching
 from ..preprocessing import padded_shape
 from ..refine import RefineConfig, refine
 
@@ -61,8 +64,16 @@ def parser():
                    help="the sizes at which ANTs runs (default: every one of --sizes)")
     p.add_argument("--ants-iterations", type=int, nargs="+",
                    default=list(evaluation.ANTS_DEFAULTS["reg_iterations"]))
-    p.add_argument("--t-features", help="U-Net features of T, VxmDense and G, e.g. "
+    p.add_argument("--t-features", help="U-Net features of T and VxmDense, e.g. "
                    "'16,32,32/32,32,32,16,16' (default: VoxelMorph's)")
+    p.add_argument("--g-features", default=G_FEATURES,
+                   help="G's U-Net features (default %(default)s, dgan-train-baselines')")
+    p.add_argument("--d-pool", type=int, default=D_NETWORK["d_pool"],
+                   help="D pools its input by this factor (default %(default)s; D has "
+                        f"{D_NETWORK['d_features']} features and {D_NETWORK['d_layers']} strided "
+                        "layers, as dgan-train-baselines trains it)")
+    p.add_argument("--matching", type=parse_matching, default=list(DEFAULT_PASSES),
+                   help="T's block-matching passes, e.g. 4:2,2:2,1:1 (the default) or none")
     p.add_argument("--brain-npz", default=str(ddata.SHARED_DATA / "brain_t1_aseg.npz"))
     p.add_argument("--refine-only", action="store_true",
                    help="only the seconds per refinement iteration at each of --sizes")
@@ -97,11 +108,13 @@ def network_config(moving, fixed, args):
     same U-Net, D its default; the arrays zero-padded, centred, to the networks' multiple, as
     dgan.register.Registrar pads them."""
     features = parse_features(args.t_features) if args.t_features else VXM_FEATURES
-    probe = NetworkConfig((64, 64, 64), t_features=features, g_features=features)
+    settings = dict(t_features=features, g_features=parse_features(args.g_features),
+                    g_residual=True, matching=args.matching, **{**D_NETWORK, "d_pool": args.d_pool})
+    probe = NetworkConfig((64, 64, 64), **settings)
     shape = padded_shape(moving.shape, probe.multiple)
     moving, _ = crop_or_pad(moving, shape)
     fixed, _ = crop_or_pad(fixed, shape)
-    return NetworkConfig(shape, t_features=features, g_features=features), moving, fixed
+    return NetworkConfig(shape, **settings), moving, fixed
 
 
 def refine_seconds_per_iteration(moving, fixed, iterations, repeats, int_steps=0, lcc=True):

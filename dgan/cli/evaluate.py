@@ -22,9 +22,11 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import show_warnings
 from .. import data as ddata
-from .. import evaluation, training
+from .. import evaluation, figures, training
 from ..errors import InputError
 from ..export import as_model_folder
 from ..io import write_json
@@ -56,13 +58,19 @@ def parser():
     methods.add_argument("--dgan", metavar="FOLDER", help="Deform-GAN model folder")
     methods.add_argument("--vxm", metavar="FOLDER", help="VoxelMorph (MI) model folder")
     methods.add_argument("--lcc", metavar="FOLDER", help="LCC ablation model folder")
-    methods.add_argument("--refine-steps", type=int, default=0, metavar="N",
+    methods.add_argument("--refine-steps", type=int, nargs="+", default=[0], metavar="N",
                          help="also run every model method followed by N instance-refinement "
-                              "iterations per level (dgan.refine; default 0: T alone)")
+                              "iterations per level (dgan.refine; default 0: T alone); several "
+                              "values add one method each and refine_curve.png, mean Dice "
+                              "against N")
+    methods.add_argument("--refine-methods", nargs="+", choices=list(training.METHODS),
+                         default=list(training.METHODS), metavar="METHOD",
+                         help="the model methods that --refine-steps refines (default all: "
+                              f"{' '.join(training.METHODS)})")
     methods.add_argument("--refine-alone", action="store_true",
                          help="add 'refinement alone': no model, from the identity, local "
-                              "gradient + smoothness (--refine-steps, or the default "
-                              f"{DEFAULT_REFINE_STEPS}, iterations per level)")
+                              "gradient + smoothness (the largest --refine-steps, or the "
+                              f"default {DEFAULT_REFINE_STEPS}, iterations per level)")
     methods.add_argument("--refine-set", nargs="+", metavar="KEY=VALUE",
                          help="change refinement settings (dgan.refine.RefineConfig), e.g. "
                               "alpha=1 control=4 levels=2,1")
@@ -84,7 +92,7 @@ def parser():
 
 
 def model_folders(args):
-    """[(name, folder)] of the learned methods, in table order."""
+    """[(method, name, folder)] of the learned methods, in table order."""
     given = {"deformgan": args.dgan, "vxm": args.vxm, "lcc": args.lcc}
     folders = []
     for method in training.METHODS:
@@ -93,14 +101,15 @@ def model_folders(args):
             candidate = model_folder(args.runs, method)
             folder = candidate if os.path.isdir(candidate) else None
         if folder is not None:
-            folders.append((training.METHOD_NAMES[method], folder))
+            folders.append((method, training.METHOD_NAMES[method], folder))
     return folders
 
 
 def refinement_methods(args):
     """The model methods (T alone, and T + refinement with --refine-steps) and refinement alone."""
-    if args.refine_steps < 0:
-        raise InputError(f"--refine-steps must be >= 0, got {args.refine_steps}")
+    if min(args.refine_steps) < 0:
+        raise InputError(f"--refine-steps must be >= 0, got {min(args.refine_steps)}")
+    steps_list = sorted({n for n in args.refine_steps if n > 0})
     changes = parse_settings(args.refine_set)
     if args.diffeomorphic:
         changes["int_steps"] = 7
@@ -113,16 +122,50 @@ def refinement_methods(args):
             raise InputError(f"--refine-set: {error}") from None
 
     methods = []
-    for name, folder in model_folders(args):
+    for method, name, folder in model_folders(args):
         methods.append(evaluation.ModelMethod(name, folder))
-        if args.refine_steps:
-            methods.append(evaluation.ModelMethod(f"{name} + refinement {args.refine_steps}",
-                                                  folder, args.refine_steps, config(folder)))
+        for steps in steps_list if method in args.refine_methods else ():
+            methods.append(evaluation.ModelMethod(refined_name(name, steps), folder, steps,
+                                                  config(folder)))
     if args.refine_alone:
-        steps = args.refine_steps or DEFAULT_REFINE_STEPS
+        steps = max(steps_list, default=DEFAULT_REFINE_STEPS)
         methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps,
                                               config(None)))
     return methods
+
+
+def refined_name(name, steps):
+    """The table's name of model method ``name`` refined ``steps`` iterations per level."""
+    return f"{name} + refinement {steps}"
+
+
+def save_refine_curve(path, records, args):
+    """``refine_curve.png``: each refined model method's mean Dice (over pairs) against the
+    refinement iterations per level, from 0 (T alone); None when fewer than two counts ran."""
+    steps_list = sorted({n for n in args.refine_steps if n > 0})
+    if len(steps_list) < 2:
+        return None
+
+    def mean_dice(method):
+        values = [r["dice_mean"] for r in records if r["method"] == method]
+        return float(np.mean(values)) if values else None
+
+    history, labels = {}, {}
+    for method, name, _ in model_folders(args):
+        if method not in args.refine_methods:
+            continue
+        points = [(n, mean_dice(name if n == 0 else refined_name(name, n)))
+                  for n in (0, *steps_list)]
+        history[method] = [(n, d) for n, d in points if d is not None]
+        labels[method] = name
+    identity = mean_dice(evaluation.IdentityMethod.name)
+    if identity is not None:
+        history["identity"] = [(0, identity), (steps_list[-1], identity)]
+        labels["identity"] = "identity"
+    figures.save_validation_curve(path, history, labels=labels,
+                                  title="mean Dice against refinement iterations per level",
+                                  xlabel="refinement iterations per level (0: T alone)")
+    return path
 
 
 def parse_settings(items):
@@ -170,7 +213,10 @@ def main(argv=None):
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    curve = save_refine_curve(Path(args.out) / "refine_curve.png", result.records, args)
     print(result.summary_path.read_text())
+    if curve:
+        print(f"wrote {curve}")
     print(f"wrote {result.csv_path}, {result.summary_path} and {len(result.figures)} figures")
     return 0
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import distribute, training
 from ..compat import tf
 from ..errors import InputError, TrainingDiverged
+from ..model import SMOOTHED_FIELDS
 from ..networks import parse_features, parse_matching
 from ..schedules import SCHEDULES
 
@@ -44,7 +45,8 @@ def parser():
                       help="align every scan affinely to the first fixed scan first (mutual "
                            "information; once, cached in the run folder's aligned/)")
     run = p.add_argument_group("run")
-    run.add_argument("--steps", type=int, help="total training steps (default 400)")
+    run.add_argument("--steps", type=int, help="total training steps (default: the preset's, 300 on the demo "
+                     "data, 400 for scans)")
     run.add_argument("--batch-size", type=int, help="global batch size (default 1)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -76,6 +78,9 @@ def parser():
     opt.add_argument("--lcc-warmup", type=int,
                      help="ramp T's LCC weight from 0 to 1 over this many steps (0: paper, weight 1)")
     opt.add_argument("--w-lcc", type=float, help="weight of T's LCC term (default 1, the paper)")
+    opt.add_argument("--smooth", choices=SMOOTHED_FIELDS,
+                     help="with --matching: the smoothness term on the U-Net's residual (default) "
+                          "or on the whole field phi (the paper's)")
     opt.add_argument("--vxm-lambda", type=float, help="vxm: weight of Grad_l2 (default 1)")
     opt.add_argument("--mi-bins", type=int, help="vxm: mutual-information bins (default 16)")
     net = p.add_argument_group("networks")
@@ -91,6 +96,7 @@ def parser():
                      help="T's block-matching first estimate, passes 'factor:radius,...' coarse "
                           "to fine (default '4:2,2:2,1:1'); 'none': the paper's T, U-Net alone")
     net.add_argument("--d-features", type=int, help="D's first-layer features")
+    net.add_argument("--d-layers", type=int, help="D's strided 4^3 convolutions (default 3)")
     net.add_argument("--d-pool", type=int, choices=(1, 2, 4),
                      help="D average-pools its input by this factor first (demo: 2)")
     return p
@@ -110,7 +116,8 @@ def settings_from_args(args):
     if args.spacing is not None:
         fields["spacing"] = args.spacing or None
     loss = {k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window", "lcc_window",
-                                          "lcc_warmup", "w_lcc", "vxm_lambda", "mi_bins")
+                                          "lcc_warmup", "w_lcc", "vxm_lambda", "mi_bins",
+                                          "smooth")
             if getattr(args, k) is not None}
     if args.refine_steps is not None:
         fields["refine"] = {"steps": args.refine_steps}
@@ -118,7 +125,7 @@ def settings_from_args(args):
     for key, value in (("t_features", args.t_features), ("g_features", args.g_features)):
         if value is not None:
             network[key] = parse_features(value)
-    for key in ("d_features", "int_steps", "flow_resolution", "g_residual", "d_pool", "matching"):
+    for key in ("d_features", "d_layers", "int_steps", "flow_resolution", "g_residual", "d_pool", "matching"):
         if getattr(args, key) is not None:
             network[key] = getattr(args, key)
     if network:

@@ -8,10 +8,12 @@ gradient + smoothness, no G and D). All take their loss settings from the one lo
 configuration (``dgan.model.LossWeights``: the same alpha, beta and windows for every method).
 Each run folder ``<out>/<method>/`` holds what any training run writes (config.json, losses.csv,
 checkpoints/, tensorboard/, results.json, ...) and ends in ``<out>/<method>/model/``, a dgan model
-folder for dgan-evaluate. Examples::
+folder for dgan-evaluate, and ``<out>/learning_curves.png`` draws every method's held-out Dice
+against the step (TensorBoard: ``tensorboard --logdir <out>`` shows the runs side by side).
+Examples::
 
-    # brain benchmark, 4 mm training grid (40 x 48 x 56), 300 steps each
-    dgan-train-baselines --data brain --steps 300 --out runs/baselines
+    # brain benchmark, 4 mm training grid (40 x 48 x 56), 150 steps each (the defaults)
+    dgan-train-baselines --data brain --out runs/baselines
     # embedded demo data (the demo preset's loss and refinement settings)
     dgan-train-baselines --data demo --steps 200 --out runs/baselines-demo
     # continue every run to 400 steps
@@ -31,11 +33,18 @@ from pathlib import Path
 
 from . import show_warnings
 from .. import data as ddata
-from .. import training
+from .. import figures, training
 from ..errors import InputError, TrainingDiverged
 from ..model import LossWeights
 from ..networks import parse_features
 from ..schedules import SCHEDULES
+
+
+#: The networks every method trains with (T's U-Net, and Deform-GAN's G and D); dgan-bench-speed
+#: times these. G and D are lighter than T; D pools its input by 2, as on the demo.
+T_FEATURES = "16,32,32/32,32,32,16,16"
+G_FEATURES = "8,16,16/16,16,16,8"
+D_NETWORK = {"d_features": 8, "d_layers": 2, "d_pool": 2}
 
 
 def model_folder(run_root, method):
@@ -58,27 +67,37 @@ def parser():
                       help="brain: training voxel size in mm (default 4: 40 x 48 x 56)")
     data.add_argument("--n-train", type=int, default=8,
                       help="brain: moving and fixed training scans (default 8 each)")
-    data.add_argument("--n-val", type=int, default=2, help="validation pairs (default 2)")
+    data.add_argument("--n-val", type=int, default=4, help="validation pairs (default 4)")
     data.add_argument("--shape", type=int, nargs=3,
                       help="network grid (default: the brain grid, or the demo's "
                            f"{' '.join(map(str, ddata.DEMO_SHAPE))})")
     data.add_argument("--spacing", type=float,
                       help=f"demo: voxel size in mm (default {ddata.DEMO_SPACING:g})")
     run = p.add_argument_group("the same budget for every method")
-    run.add_argument("--steps", type=int, help="training steps (default 300)")
+    run.add_argument("--steps", type=int, help=f"training steps (default {DEFAULT_STEPS})")
+    run.add_argument("--validate-every", type=int, default=25,
+                     help="held-out Dice every this many steps (default 25; 0: first and last)")
     run.add_argument("--batch-size", type=int, default=1)
-    run.add_argument("--lr", type=float, default=1e-3,
-                     help="learning rate of the registration network (default 1e-3)")
+    run.add_argument("--lr", type=float,
+                     help="learning rate of the registration network (default: each method's "
+                          "own, 1e-3 for T and 1e-4 for VxmDense, VoxelMorph's default; at 1e-3 "
+                          "two Adam steps took VxmDense from Dice 0.548 to 0.293 at 4 mm)")
     run.add_argument("--lr-decay", choices=SCHEDULES, default="constant",
                      help="the learning rates' schedule (default constant)")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--t-features", default="16,32,32/32,32,32,16,16",
+    run.add_argument("--t-features", default=T_FEATURES,
                      help="T's (and VxmDense's) U-Net features (default %(default)s)")
-    run.add_argument("--g-features", default="8,16,16/16,16,16,8", help="Deform-GAN's G")
-    run.add_argument("--d-features", type=int, default=8, help="Deform-GAN's D: features")
-    run.add_argument("--d-layers", type=int,
-                     help="Deform-GAN's D: strided layers (default: the preset's, 2 on the demo "
-                          "data where D pools its input by 2, else 3)")
+    run.add_argument("--g-features", default=G_FEATURES, help="Deform-GAN's G")
+    run.add_argument("--g-residual", action=argparse.BooleanOptionalAction, default=True,
+                     help="Deform-GAN's G as the identity plus a learnt correction (default on, "
+                          "as on the demo, where the paper's sigmoid G stayed flat grey)")
+    run.add_argument("--d-features", type=int, default=D_NETWORK["d_features"],
+                     help="Deform-GAN's D: features")
+    run.add_argument("--d-layers", type=int, default=D_NETWORK["d_layers"],
+                     help="Deform-GAN's D: strided layers (default 2)")
+    run.add_argument("--d-pool", type=int, default=D_NETWORK["d_pool"],
+                     help="Deform-GAN's D: average-pools its input by this factor (default 2, "
+                          "as on the demo: D's update 0.32 s instead of 1.5 s at 4 mm)")
     run.add_argument("--int-steps", type=int, default=0)
     run.add_argument("--refine-steps", type=int,
                      help="refinement iterations per level at the first and last validation and "
@@ -93,16 +112,26 @@ def parser():
     loss.add_argument("--mi-bins", type=int,
                       help=f"VoxelMorph: mutual-information bins (default {LossWeights.mi_bins})")
     loss.add_argument("--lg-window", type=int,
-                      help="local-gradient neighbourhood n (default: the preset's, 3 on the demo "
-                           f"data, else {LossWeights.lg_window})")
+                      help="local-gradient neighbourhood n (default 3 on grids of 3 mm or "
+                           f"coarser, as on the demo's, else {LossWeights.lg_window})")
     loss.add_argument("--lcc-window", type=int,
-                      help="LCC window (default: the preset's, 5 on the demo data, else "
-                           f"{LossWeights.lcc_window})")
+                      help="LCC window (default 5 on grids of 3 mm or coarser, as on the "
+                           f"demo's, else {LossWeights.lcc_window})")
     return p
 
 
-#: The default step budget.
-DEFAULT_STEPS = 300
+#: The default step budget: Deform-GAN's 150 steps at 4 mm take about 13 minutes on two cores
+#: of an AMD EPYC without AVX-512 (a step 4.6 s; T alone or VxmDense 2.3 s), inside the
+#: 20 minutes a method may take (docs/TRAINING.md, entry 12).
+DEFAULT_STEPS = 150
+
+#: The paper's windows (n = 7, LCC 9) are for ~1 mm voxels; on grids this coarse or coarser
+#: (mm) the demo's (3, 5) are the default, as the paper's would span 28-36 mm at 4 mm.
+COARSE_GRID_MM = 3.0
+
+#: Each method's own learning rate unless --lr gives one: T's, and VoxelMorph's for VxmDense.
+T_LR, VXM_LR = 1e-3, 1e-4
+COARSE_WINDOWS = {"lg_window": 3, "lcc_window": 5}
 
 
 def train_config(args, out):
@@ -112,15 +141,19 @@ def train_config(args, out):
     flow_resolution 1 (VxmDense cannot have another), so that T is the same network for all."""
     network = {"t_features": parse_features(args.t_features),
                "g_features": parse_features(args.g_features),
-               "d_features": args.d_features, "int_steps": args.int_steps, "flow_resolution": 1}
-    if args.d_layers is not None:
-        network["d_layers"] = args.d_layers
-    loss = {k: getattr(args, k) for k in ("alpha", "beta", "lg_window", "lcc_window", "vxm_lambda",
-                                          "mi_bins") if getattr(args, k) is not None}
+               "g_residual": args.g_residual,
+               "d_features": args.d_features, "d_layers": args.d_layers, "d_pool": args.d_pool,
+               "int_steps": args.int_steps, "flow_resolution": 1}
+    loss = dict(COARSE_WINDOWS) if args.data == "brain" and args.resolution >= COARSE_GRID_MM \
+        else {}
+    loss.update({k: getattr(args, k) for k in ("alpha", "beta", "lg_window", "lcc_window",
+                                               "vxm_lambda", "mi_bins")
+                 if getattr(args, k) is not None})
     steps = args.steps or DEFAULT_STEPS
-    common = dict(steps=steps, batch_size=args.batch_size, lr_t=args.lr, seed=args.seed,
+    common = dict(steps=steps, batch_size=args.batch_size, lr_t=args.lr or T_LR, seed=args.seed,
                   lr_decay=args.lr_decay, network=network, loss=loss, n_val=args.n_val,
-                  log_every=args.log_every, checkpoint_every=steps, validate_every=0)
+                  log_every=args.log_every, checkpoint_every=steps,
+                  validate_every=args.validate_every)
     if args.refine_steps is not None:
         common["refine"] = {"steps": args.refine_steps}
     if args.data == "demo":
@@ -155,14 +188,36 @@ def main(argv=None):
         for method in args.methods:
             run_config = config if args.resume else dataclasses.replace(
                 config, method=method,
-                network=training.network_for_method(method, config.network))
+                network=training.network_for_method(method, config.network),
+                lr_t=args.lr or (VXM_LR if method == "vxm" else T_LR))
             results.append(training.train(run_config, out / method, resume=args.resume,
                                           progress=not args.no_progress))
     except (InputError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    curves = save_learning_curves(out, [r.method for r in results])
     for r in results:
         print(f"{training.METHOD_NAMES[r.method]}: step {r.step} in {r.seconds:.0f} s, "
               f"validation mean Dice {r.dice_identity:.4f} -> T alone {r.dice_network:.4f} "
               f"-> registered {r.dice_registered:.4f}, model {model_folder(out, r.method)}")
+    if curves:
+        print(f"learning curves: {curves}")
     return 0
+
+
+def save_learning_curves(out, methods):
+    """``<out>/learning_curves.png``: each method's held-out Dice (T alone) against the step, and
+    the identity; returns its path, or None when no run has validated."""
+    history, labels = {}, {"identity": "identity"}
+    for method in methods:
+        runs = training.read_validation_history(out / method / training.VALIDATION_CSV)
+        if runs["network"]:
+            history[method] = runs["network"]
+            labels[method] = training.METHOD_NAMES[method]
+            history.setdefault("identity", runs["identity"])
+    if not history:
+        return None
+    path = out / "learning_curves.png"
+    figures.save_validation_curve(path, history, labels=labels,
+                                  title="held-out Dice (T alone) against the training step")
+    return path
