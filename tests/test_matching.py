@@ -68,13 +68,19 @@ def matching_config():
                          d_features=4, d_layers=2, matching=((2, 2), (1, 1)))
 
 
-def test_t_with_matching_starts_from_the_block_matching_field(rng):
+def zero_residual_t(rng):
+    """(config, T with matching whose U-Net's residual is 0, moving, fixed = moving shifted by
+    one voxel along x)."""
     config = matching_config()
     net = build_registration_net(config)
     residual = net.get_layer("residual_flow")
     residual.set_weights([np.zeros_like(w) for w in residual.get_weights()])
     moving = rng.random((1, 16, 16, 16, 1)).astype("float32")
-    fixed = np.roll(moving, 1, axis=1)
+    return config, net, moving, np.roll(moving, 1, axis=1)
+
+
+def test_t_with_matching_starts_from_the_block_matching_field(rng):
+    config, net, moving, fixed = zero_residual_t(rng)
     want = matching.BlockMatching(config.matching)([tf.constant(moving), tf.constant(fixed)])
     out = net({"moving": moving, "fixed": fixed})
     # a zero residual: phi(p) = 0 + phi_0(p + 0), interpolated at grid points exactly
@@ -92,12 +98,7 @@ def test_t_with_matching_starts_from_the_block_matching_field(rng):
 def test_smoothness_acts_on_the_residual_unless_told_otherwise(rng, smooth):
     """With block matching, sum |grad r|^2 of the U-Net's residual r (0 here) is the smoothness
     term by default; ``smooth="flow"`` takes the composed phi, whose roughness is phi_0's."""
-    config = matching_config()
-    net = build_registration_net(config)
-    residual = net.get_layer("residual_flow")
-    residual.set_weights([np.zeros_like(w) for w in residual.get_weights()])
-    moving = rng.random((1, 16, 16, 16, 1)).astype("float32")
-    fixed = np.roll(moving, 1, axis=1)
+    _, net, moving, fixed = zero_residual_t(rng)
     out = training_view(net)({"moving": moving, "fixed": fixed})
     np.testing.assert_array_equal(out["residual"].numpy(), 0.0)
     np.testing.assert_array_equal(out["flow"].numpy(),
