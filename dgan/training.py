@@ -106,7 +106,7 @@ DEFAULT_LR_G = 2e-4
 
 #: The demo's step budget: a demo step takes about 1.3 s on two cores of an AMD EPYC without
 #: AVX-512, so 300 steps keep the README's first command within 10 minutes of training; T's
-#: accuracy there is mostly its block matching's (docs/TRAINING.md, entries 10, 11 and 13).
+#: accuracy there is mostly its block matching's (docs/TRAINING.md, entries 10 and 11).
 DEMO_STEPS = 300
 
 

@@ -109,7 +109,7 @@ def refinement_methods(args):
     """The model methods (T alone, and T + refinement with --refine-steps) and refinement alone."""
     if min(args.refine_steps) < 0:
         raise InputError(f"--refine-steps must be >= 0, got {min(args.refine_steps)}")
-    steps_list = sorted({n for n in args.refine_steps if n > 0})
+    steps_list = refine_counts(args)
     changes = parse_settings(args.refine_set)
     if args.diffeomorphic:
         changes["int_steps"] = 7
@@ -134,6 +134,11 @@ def refinement_methods(args):
     return methods
 
 
+def refine_counts(args):
+    """The positive --refine-steps, each once, in increasing order."""
+    return sorted({n for n in args.refine_steps if n > 0})
+
+
 def refined_name(name, steps):
     """The table's name of model method ``name`` refined ``steps`` iterations per level."""
     return f"{name} + refinement {steps}"
@@ -142,7 +147,7 @@ def refined_name(name, steps):
 def save_refine_curve(path, records, args):
     """``refine_curve.png``: each refined model method's mean Dice (over pairs) against the
     refinement iterations per level, from 0 (T alone); None when fewer than two counts ran."""
-    steps_list = sorted({n for n in args.refine_steps if n > 0})
+    steps_list = refine_counts(args)
     if len(steps_list) < 2:
         return None
 

@@ -128,10 +128,16 @@ DEFAULT_STEPS = 150
 #: The paper's windows (n = 7, LCC 9) are for ~1 mm voxels; on grids this coarse or coarser
 #: (mm) the demo's (3, 5) are the default, as the paper's would span 28-36 mm at 4 mm.
 COARSE_GRID_MM = 3.0
+COARSE_WINDOWS = {"lg_window": 3, "lcc_window": 5}
 
 #: Each method's own learning rate unless --lr gives one: T's, and VoxelMorph's for VxmDense.
 T_LR, VXM_LR = 1e-3, 1e-4
-COARSE_WINDOWS = {"lg_window": 3, "lcc_window": 5}
+
+
+def learning_rate(method, given=None):
+    """The registration network's learning rate for ``method``: ``given`` (--lr), else the
+    method's own (:data:`T_LR`, :data:`VXM_LR`)."""
+    return given or (VXM_LR if method == "vxm" else T_LR)
 
 
 def train_config(args, out):
@@ -150,7 +156,8 @@ def train_config(args, out):
                                                "vxm_lambda", "mi_bins")
                  if getattr(args, k) is not None})
     steps = args.steps or DEFAULT_STEPS
-    common = dict(steps=steps, batch_size=args.batch_size, lr_t=args.lr or T_LR, seed=args.seed,
+    common = dict(steps=steps, batch_size=args.batch_size, lr_t=learning_rate("deformgan", args.lr),
+                  seed=args.seed,
                   lr_decay=args.lr_decay, network=network, loss=loss, n_val=args.n_val,
                   log_every=args.log_every, checkpoint_every=steps,
                   validate_every=args.validate_every)
@@ -189,7 +196,7 @@ def main(argv=None):
             run_config = config if args.resume else dataclasses.replace(
                 config, method=method,
                 network=training.network_for_method(method, config.network),
-                lr_t=args.lr or (VXM_LR if method == "vxm" else T_LR))
+                lr_t=learning_rate(method, args.lr))
             results.append(training.train(run_config, out / method, resume=args.resume,
                                           progress=not args.no_progress))
     except (InputError, TrainingDiverged) as error:
