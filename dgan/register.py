@@ -66,7 +66,7 @@ from .refine import RefineConfig, refine
 logger = logging.getLogger(__name__)
 
 #: Refinement iterations per level by default (see docs/BENCHMARKS.md for the measurements).
-DEFAULT_REFINE_STEPS = 50
+DEFAULT_REFINE_STEPS = 25
 
 #: The flow file's NIfTI ``descrip`` (at most 80 characters) and intent name (at most 16).
 FLOW_DESCRIP = "dgan flow: voxels of this grid, ij, moved(p)=moving(p+flow(p))"

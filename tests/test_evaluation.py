@@ -202,10 +202,12 @@ def test_brain_defaults_coarse_windows_pooled_d_and_each_methods_learning_rate(m
     assert config.loss["lg_window"] == 3 and config.loss["lcc_window"] == 5  # 4 mm grid
     assert config.network["d_pool"] == 2 and config.network["g_residual"] is True
     assert config.steps == train_baselines.DEFAULT_STEPS and config.validate_every == 25
+    assert config.loss_weights.mu == 10.0 and config.loss_weights.lam == 1.0  # G translates
     args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--resolution", "2",
-                                                "--lg-window", "5"])
+                                                "--lg-window", "5", "--lambda", "4"])
     config = train_baselines.train_config(args, tmp_path)
-    assert config.loss == {"lg_window": 5}  # 2 mm: the paper's LCC window, n as given
+    # 2 mm: the paper's LCC window, n and lambda as given
+    assert config.loss == {"lg_window": 5, "mu": 10.0, "lam": 4.0}
 
 
 def test_evaluate_refines_only_the_methods_named(untrained_dgan):
@@ -222,6 +224,16 @@ def test_evaluate_refines_only_the_methods_named(untrained_dgan):
     args.refine_steps = [3, -1]
     with pytest.raises(evaluate_cli.InputError, match="must be >= 0, got -1"):
         evaluate_cli.refinement_methods(args)
+
+
+def test_refine_settings_parse_numbers_tuples_and_words():
+    settings = evaluate_cli.parse_settings(["alpha=0.5", "levels=4,2,1", "steps=25", "xla=off",
+                                            "learning_rate=1e-1"])
+    assert settings == {"alpha": 0.5, "levels": (4, 2, 1), "steps": 25, "xla": "off",
+                        "learning_rate": 0.1}
+    assert type(settings["steps"]) is int
+    with pytest.raises(evaluate_cli.InputError, match="--refine-set takes KEY=VALUE, got 'alpha'"):
+        evaluate_cli.parse_settings(["alpha"])
 
 
 def test_refine_curve_draws_mean_dice_against_iterations(untrained_dgan, tmp_path):

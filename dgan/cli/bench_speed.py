@@ -14,7 +14,8 @@ one VxmDense training step at each of ``--train-sizes``; and the ratios. Example
 ``--refine-only`` measures instance refinement (:mod:`dgan.refine`) alone: the seconds per
 iteration at each size's full-resolution level, as the difference of two runs with different
 iteration counts (so tracing and the once-per-level terms of R cancel), best of ``--repeats``;
-with the L_LCC term (G(F) stood in by 1 - F) and without it.
+with the L_LCC term (G(F) stood in by 1 - F) and without it, each compiled with XLA (the
+default) and without.
 
 A size is ``<r>mm`` (the brain benchmark's first pair on its grid at r mm: 2mm 80x96x112, 1mm
 160x192x224, 4mm 40x48x56) or ``XxYxZ`` (random smooth volumes, 1 mm voxels); volumes are
@@ -117,19 +118,20 @@ def network_config(moving, fixed, args):
     return NetworkConfig(shape, **settings), moving, fixed
 
 
-def refine_seconds_per_iteration(moving, fixed, iterations, repeats, int_steps=0, lcc=True):
+def refine_seconds_per_iteration(moving, fixed, iterations, repeats, int_steps=0, lcc=True,
+                                 xla="on"):
     """Seconds per refinement iteration on one full-resolution level (best of ``repeats``)."""
     translated = 1.0 - moving if lcc else None
-    times = {}
-    for steps in (*iterations, *iterations):  # the first pass traces
-        config = RefineConfig(steps=steps, levels=(1,), int_steps=int_steps)
-        times.setdefault(steps, []).append(sum(refine(moving, fixed, None, translated,
-                                                      config).seconds))
+
+    def seconds(steps):
+        config = RefineConfig(steps=steps, levels=(1,), int_steps=int_steps, xla=xla)
+        return sum(refine(moving, fixed, None, translated, config).seconds)
+
+    for steps in iterations:  # the first call traces (and compiles)
+        seconds(steps)
     best = []
     for _ in range(repeats):
-        a, b = (sum(refine(moving, fixed, None, translated,
-                           RefineConfig(steps=s, levels=(1,), int_steps=int_steps)).seconds)
-                for s in iterations)
+        a, b = (seconds(s) for s in iterations)
         best.append((b - a) / (iterations[1] - iterations[0]))
     return min(best), best
 
@@ -139,10 +141,12 @@ def refine_main(args):
         moving, fixed, _, name = pair_for(size, args.brain_npz)
         for label, kwargs in (("LG + LCC + smoothness", {}), ("LG + smoothness", {"lcc": False}),
                               ("diffeomorphic, LG + LCC", {"int_steps": 7})):
-            best, all_ = refine_seconds_per_iteration(moving, fixed, args.refine_iterations,
-                                                      args.repeats, **kwargs)
-            print(f"{name} {moving.shape} refinement ({label}): {best:.3f} s per iteration "
-                  f"(best of {args.repeats}: {', '.join(f'{t:.3f}' for t in all_)})", flush=True)
+            for xla in ("on", "off"):
+                best, all_ = refine_seconds_per_iteration(moving, fixed, args.refine_iterations,
+                                                          args.repeats, xla=xla, **kwargs)
+                print(f"{name} {moving.shape} refinement ({label}, {'XLA' if xla == 'on' else 'no XLA'}): "
+                      f"{best:.3f} s per iteration (best of {args.repeats}: "
+                      f"{', '.join(f'{t:.3f}' for t in all_)})", flush=True)
     return 0
 
 

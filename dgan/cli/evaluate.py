@@ -174,16 +174,26 @@ def save_refine_curve(path, records, args):
 
 
 def parse_settings(items):
-    """``["alpha=1", "levels=2,1"]`` -> ``{"alpha": 1.0, "levels": (2, 1)}`` (numbers; commas
-    make tuples)."""
+    """``["alpha=1", "levels=2,1", "xla=off"]`` -> ``{"alpha": 1, "levels": (2, 1), "xla": "off"}``
+    (numbers, or words; commas make tuples)."""
     settings = {}
     for item in items or ():
         key, sep, text = item.partition("=")
         if not sep:
             raise InputError(f"--refine-set takes KEY=VALUE, got {item!r}")
-        values = [float(v) if "." in v or "e" in v else int(v) for v in text.split(",")]
+        values = [_setting_value(v) for v in text.split(",")]
         settings[key] = tuple(values) if "," in text else values[0]
     return settings
+
+
+def _setting_value(text):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
 
 
 def main(argv=None):

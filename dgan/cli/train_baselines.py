@@ -107,6 +107,12 @@ def parser():
     loss = p.add_argument_group("losses (one configuration for every method)")
     loss.add_argument("--alpha", type=float, help="smoothness weight (Deform-GAN, lcc)")
     loss.add_argument("--beta", type=float, help="local-gradient weight (Deform-GAN, lcc)")
+    loss.add_argument("--mu", type=float,
+                      help="Deform-GAN: weight of L_LG(F'(phi), F(phi)) in G's loss (default "
+                           f"{BRAIN_G_LOSS['mu']:g} with --data brain, else the preset's)")
+    loss.add_argument("--lambda", dest="lam", type=float,
+                      help="Deform-GAN: weight of L1(F'(phi), R) in G's loss (default "
+                           f"{BRAIN_G_LOSS['lam']:g} with --data brain, else the preset's)")
     loss.add_argument("--vxm-lambda", type=float,
                       help=f"VoxelMorph: weight of Grad_l2 (default {LossWeights.vxm_lambda:g})")
     loss.add_argument("--mi-bins", type=int,
@@ -130,6 +136,12 @@ DEFAULT_STEPS = 150
 COARSE_GRID_MM = 3.0
 COARSE_WINDOWS = {"lg_window": 3, "lcc_window": 5}
 
+#: G's weights on the brain benchmark: mu 10, lambda 1 (the paper's pix2pix-style 1 and 10 the
+#: other way round), so that G translates F(phi), keeping its local-gradient structure, rather
+#: than drawing R: T's term L_LCC(R, G(F(phi))) then no longer pulls T off its block matching
+#: (held-out Dice at step 150: 0.584 against 0.563; docs/TRAINING.md, entry 15).
+BRAIN_G_LOSS = {"mu": 10.0, "lam": 1.0}
+
 #: Each method's own learning rate unless --lr gives one: T's, and VoxelMorph's for VxmDense.
 T_LR, VXM_LR = 1e-3, 1e-4
 
@@ -152,8 +164,10 @@ def train_config(args, out):
                "int_steps": args.int_steps, "flow_resolution": 1}
     loss = dict(COARSE_WINDOWS) if args.data == "brain" and args.resolution >= COARSE_GRID_MM \
         else {}
-    loss.update({k: getattr(args, k) for k in ("alpha", "beta", "lg_window", "lcc_window",
-                                               "vxm_lambda", "mi_bins")
+    if args.data == "brain":
+        loss.update(BRAIN_G_LOSS)
+    loss.update({k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window",
+                                               "lcc_window", "vxm_lambda", "mi_bins")
                  if getattr(args, k) is not None})
     steps = args.steps or DEFAULT_STEPS
     common = dict(steps=steps, batch_size=args.batch_size, lr_t=learning_rate("deformgan", args.lr),
