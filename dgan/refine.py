@@ -31,7 +31,9 @@ level starts from the previous level's u, upsampled; Adam's moments restart.
 
 Warping is trilinear with edge values beyond the border, as VoxelMorph's ``SpatialTransformer``,
 written here as eight gathers so that its gradient with respect to the field costs no scatter.
-Everything runs in float32 on fixed shapes; for a given input the result is deterministic.
+Everything runs in float32 on fixed shapes; for a given input the result is deterministic. An
+iteration is one ``tf.function``, traced once per level shape in a process, and compiled with
+XLA on levels large enough to earn the compilation back (``RefineConfig.xla``).
 
 Flow convention as everywhere in dgan: displacement in voxels of the grid it lives on, 'ij'
 indexing, moved(p) = moving(p + flow(p)).
