@@ -22,12 +22,12 @@ A size is ``<r>mm`` (the brain benchmark's first pair on its grid at r mm: 2mm 8
 zero-padded to a multiple of the U-Net's down-sampling (4mm: 48x48x64), as registration does.
 Networks are VoxelMorph's default U-Net ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16)) unless
 ``--t-features`` says otherwise; T has its block-matching front end (``--matching``); G and D
-are the lighter networks dgan-train-baselines trains (``--g-features``, ``--d-pool``). Times are the network
-alone for T and VxmDense (no resampling), the whole registration for ANTs. Each method is
-measured in a fresh process. Memory is the resident set of that process: ``peak`` is its highest
-value from just before the method's network is built to the end of its timed calls (warm-up
-included: TensorFlow keeps what the first call allocates), ``added`` that minus the value just
-before (the inputs and TensorFlow already loaded).
+are the lighter networks dgan-train-baselines trains (``--g-features``, ``--d-pool``). Times are
+the network alone for T and VxmDense (no resampling), the whole registration for ANTs. Each
+method is measured in a fresh process. Memory is the resident set of that process: ``peak`` is
+its highest value from just before the method's network is built to the end of its timed calls
+(warm-up included: TensorFlow keeps what the first call allocates), ``added`` that minus the
+value just before (the inputs and TensorFlow already loaded).
 """
 
 import argparse
@@ -141,12 +141,12 @@ def refine_main(args):
         moving, fixed, _, name = pair_for(size, args.brain_npz)
         for label, kwargs in (("LG + LCC + smoothness", {}), ("LG + smoothness", {"lcc": False}),
                               ("diffeomorphic, LG + LCC", {"int_steps": 7})):
-            for xla in ("on", "off"):
+            for xla, compiled in (("on", "XLA"), ("off", "no XLA")):
                 best, all_ = refine_seconds_per_iteration(moving, fixed, args.refine_iterations,
                                                           args.repeats, xla=xla, **kwargs)
-                print(f"{name} {moving.shape} refinement ({label}, {'XLA' if xla == 'on' else 'no XLA'}): "
-                      f"{best:.3f} s per iteration (best of {args.repeats}: "
-                      f"{', '.join(f'{t:.3f}' for t in all_)})", flush=True)
+                print(f"{name} {moving.shape} refinement ({label}, {compiled}): {best:.3f} s per "
+                      f"iteration (best of {args.repeats}: {', '.join(f'{t:.3f}' for t in all_)})",
+                      flush=True)
     return 0
 
 

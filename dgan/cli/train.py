@@ -45,8 +45,8 @@ def parser():
                       help="align every scan affinely to the first fixed scan first (mutual "
                            "information; once, cached in the run folder's aligned/)")
     run = p.add_argument_group("run")
-    run.add_argument("--steps", type=int, help="total training steps (default: the preset's, 300 on the demo "
-                     "data, 400 for scans)")
+    run.add_argument("--steps", type=int, help="total training steps (default: the preset's, "
+                     "300 on the demo data, 400 for scans)")
     run.add_argument("--batch-size", type=int, help="global batch size (default 1)")
     run.add_argument("--out", help="run folder (default runs/<timestamp>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
@@ -125,7 +125,8 @@ def settings_from_args(args):
     for key, value in (("t_features", args.t_features), ("g_features", args.g_features)):
         if value is not None:
             network[key] = parse_features(value)
-    for key in ("d_features", "d_layers", "int_steps", "flow_resolution", "g_residual", "d_pool", "matching"):
+    for key in ("d_features", "d_layers", "int_steps", "flow_resolution", "g_residual", "d_pool",
+                "matching"):
         if getattr(args, key) is not None:
             network[key] = getattr(args, key)
     if network:
