@@ -29,13 +29,15 @@ under ``tf.distribute`` strategies.
 from dataclasses import asdict, dataclass
 
 from . import losses
-from .compat import keras, tf
+from .compat import keras, tf, vxm
 from .networks import (build_discriminator, build_generator, build_registration_net,
                        training_view)
 
 
 #: What :attr:`LossWeights.smooth` may name.
 SMOOTHED_FIELDS = ("residual", "flow")
+#: What :attr:`LossWeights.translate` may name.
+TRANSLATED_IMAGES = ("moved", "moving")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class LossWeights:
         composed phi (the paper's term, on T's whole field). phi_0 is the matching's own smoothed
         estimate and gets no gradient, so a penalty on phi's roughness can only be lowered by an
         r that undoes phi_0 (docs/TRAINING.md, entry 11). Without matching both are phi.
+    :param translate: the image G renders for T's L_LCC term (Deform-GAN only): ``"moved"``,
+        the paper's F'(phi) = G(F(phi)), so T's gradient passes through G; or ``"moving"``,
+        G(F) warped by phi, equal for a smooth phi since G is convolutional (as refinement
+        does, :mod:`dgan.refine`), so T's gradient passes through the warp alone and T meets
+        a mono-modal L_LCC term. G and D train on F(phi) either way.
     """
 
     alpha: float = 1.0
@@ -77,11 +84,15 @@ class LossWeights:
     vxm_lambda: float = 1.0
     mi_bins: int = 16
     smooth: str = "residual"
+    translate: str = "moved"
 
     def __post_init__(self):
         if self.smooth not in SMOOTHED_FIELDS:
             raise ValueError(f"smooth must be one of {', '.join(SMOOTHED_FIELDS)}, "
                              f"got {self.smooth!r}")
+        if self.translate not in TRANSLATED_IMAGES:
+            raise ValueError(f"translate must be one of {', '.join(TRANSLATED_IMAGES)}, "
+                             f"got {self.translate!r}")
 
     def to_dict(self):
         return asdict(self)
@@ -149,6 +160,9 @@ class DeformGAN(_TrainableModel):
         self.registration_net = registration_net
         self.generator = generator
         self.discriminator = discriminator
+        # G(F) warped by phi (LossWeights.translate "moving"), as T warps F
+        self._warp = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij",
+                                                   name="translation_at_flow")
 
     #: The networks, each with its optimizer ``<name>_optimizer``: T, G, D.
     NETWORKS = ("t", "g", "d")
@@ -219,7 +233,10 @@ class DeformGAN(_TrainableModel):
         w = self.loss_config
         out = self._training_view(moving, fixed, training)
         moved = out["moved"]
-        translated = self.generator(moved, training=False)
+        if w.translate == "moving":
+            translated = self._warp([self.generator(moving, training=False), out["flow"]])
+        else:
+            translated = self.generator(moved, training=False)
         terms = {
             "t_lcc": 1.0 - losses.local_cross_correlation(fixed, translated, w.lcc_window),
             "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),

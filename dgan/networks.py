@@ -52,6 +52,10 @@ class NetworkConfig:
     :param d_pool: D average-pools its input pair by this factor before its first strided
         convolution (1: none). D's weight gradients are the costliest part of a step on CPU;
         2 makes D's update about six times cheaper
+    :param g_pointwise: G sees one voxel at a time: 1x1x1 convolutions with the widths of
+        ``g_features``' encoder (leaky ReLU), a per-voxel intensity map of F(phi). Such a G can
+        translate contrast but cannot draw R's anatomy, which a U-Net G trained with
+        L1(F'(phi), R) on unaligned pairs learns instead (docs/TRAINING.md, entry 17)
     """
 
     shape: tuple
@@ -64,6 +68,7 @@ class NetworkConfig:
     g_residual: bool = False
     d_pool: int = 1
     matching: tuple = ()
+    g_pointwise: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -201,18 +206,25 @@ def training_view(net):
 def build_generator(config, name="generator"):
     """G: F(phi) -> F'(phi), the moved image rendered in the fixed image's modality."""
     moved = keras.Input((*config.shape, 1), name="moved")
-    feeder = keras.Model(moved, moved, name=f"{name}_inputs")
     encoder, decoder = config.g_features
-    unet = vxm.networks.Unet(
-        input_model=feeder, nb_features=[list(encoder), list(decoder)], name=f"{name}_unet"
-    )
+    if config.g_pointwise:
+        features, kernel = moved, 1
+        for i, width in enumerate(encoder):
+            features = keras.layers.Conv3D(width, 1, name=f"{name}_pointwise_{i}")(features)
+            features = keras.layers.LeakyReLU(0.2, name=f"{name}_pointwise_{i}_activation")(
+                features)
+    else:
+        feeder = keras.Model(moved, moved, name=f"{name}_inputs")
+        features, kernel = vxm.networks.Unet(
+            input_model=feeder, nb_features=[list(encoder), list(decoder)], name=f"{name}_unet"
+        ).output, 3
     if config.g_residual:
-        delta = keras.layers.Conv3D(1, 3, padding="same", kernel_initializer="zeros",
-                                    name="translation_residual")(unet.output)
+        delta = keras.layers.Conv3D(1, kernel, padding="same", kernel_initializer="zeros",
+                                    name="translation_residual")(features)
         translated = keras.layers.Add(name="translated")([moved, delta])
     else:
-        translated = keras.layers.Conv3D(1, 3, padding="same", activation="sigmoid",
-                                         name="translated")(unet.output)
+        translated = keras.layers.Conv3D(1, kernel, padding="same", activation="sigmoid",
+                                         name="translated")(features)
     return keras.Model(moved, translated, name=name)
 
 

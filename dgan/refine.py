@@ -32,8 +32,10 @@ level starts from the previous level's u, upsampled; Adam's moments restart.
 Warping is trilinear with edge values beyond the border, as VoxelMorph's ``SpatialTransformer``,
 written here as eight gathers so that its gradient with respect to the field costs no scatter.
 Everything runs in float32 on fixed shapes; for a given input the result is deterministic. An
-iteration is one ``tf.function``, traced once per level shape in a process, and compiled with
-XLA on levels large enough to earn the compilation back (``RefineConfig.xla``).
+iteration is traced once per level shape in a process and compiled with XLA on levels large
+enough to earn the compilation back (``RefineConfig.xla``), in three pieces (the warp, the
+objective's gradients, the chain rule back to the control field and Adam's update) so that
+XLA does not fuse the warp into the local-gradient sums (:class:`_CompiledStep`).
 
 Flow convention as everywhere in dgan: displacement in voxels of the grid it lives on, 'ij'
 indexing, moved(p) = moving(p + flow(p)).
@@ -41,6 +43,7 @@ indexing, moved(p) = moving(p + flow(p)).
 
 import collections
 import dataclasses
+import functools
 import itertools
 import logging
 import time
@@ -279,9 +282,16 @@ def _field(level, u, config):
     return level.base + resize(u, level.upsample)
 
 
-def _objective(level, u, config):
+def _moved(level, u, config):
+    """phi on the level's grid and the moving channels warped by it, F(phi) (and G(F)(phi))."""
     flow = _field(level, u, config)
-    warped = warp(level.moving, flow, level.grid)[tf.newaxis]  # (1, x, y, z, C)
+    channels = tf.unstack(level.moving[..., tf.newaxis], axis=-2)  # XLA gathers one faster
+    return flow, tf.concat([warp(c, flow, level.grid) for c in channels], axis=-1)
+
+
+def _objective(level, flow, warped, config):
+    """L of the module docstring from phi and the warped channels (x, y, z, C)."""
+    warped = warped[tf.newaxis]  # (1, x, y, z, C)
     loss = config.beta * (1.0 - losses.local_gradient_agreement(
         level.fixed_direction, warped[..., :1], config.lg_window))
     if level.fixed_statistics is not None:
@@ -291,21 +301,73 @@ def _objective(level, u, config):
     return loss[0]
 
 
-def _adam_step(level, u, m, v, t, config):
+def _objective_gradients(level, flow, warped, config):
+    """L and its gradients with respect to phi and to the warped channels."""
+    with tf.GradientTape() as tape:
+        tape.watch([flow, warped])
+        loss = _objective(level, flow, warped, config)
+    g_flow, g_warped = tape.gradient(loss, [flow, warped])
+    return loss, g_flow, g_warped
+
+
+def _adam_update(level, u, m, v, t, g_flow, g_warped, config):
+    """dL/du by the chain rule through :func:`_moved` (recomputed), then one Adam step on u."""
     with tf.GradientTape() as tape:
         tape.watch(u)
-        loss = _objective(level, u, config)
-    g = tape.gradient(loss, u)
+        flow, warped = _moved(level, u, config)
+    g = tape.gradient([flow, warped], u, output_gradients=[g_flow, g_warped])
     b1, b2 = ADAM_BETAS
     t = t + 1.0
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
     step = config.learning_rate * tf.sqrt(1 - b2**t) / (1 - b1**t)
     u = u - step * m / (tf.sqrt(v) + ADAM_EPS)
+    return u, m, v, t
+
+
+class _CompiledStep:
+    """One Adam iteration: phi and F(phi) from u (:func:`_moved`); L and its gradients with
+    respect to them (:func:`_objective_gradients`); dL/du and the update (:func:`_adam_update`).
+
+    ``split``: the three pieces are compiled apart. Compiled as one XLA cluster, the warp's
+    gathers are fused into the local-gradient sums and their backward pass and recomputed there;
+    apart, a 2 mm iteration of L_LG and smoothness takes about half the time. The diffeomorphic
+    field is the exception: apart, :func:`_adam_update` recomputes its integration, which one
+    cluster shares, so it stays whole (docs/BENCHMARKS.md)."""
+
+    def __init__(self, jit_compile, split):
+        compile_ = functools.partial(tf.function, jit_compile=jit_compile)
+        if split:
+            self.pieces = [compile_(_moved), compile_(_objective_gradients),
+                           compile_(_adam_update)]
+            self.step = tf.function(functools.partial(_iteration, *self.pieces))
+        else:
+            self.pieces = []
+            self.step = compile_(functools.partial(_iteration, _moved, _objective_gradients,
+                                                   _adam_update))
+
+    def __call__(self, level, u, m, v, t, config):
+        """(u, m, v, t) after one iteration, and L before it."""
+        return self.step(level, u, m, v, t, config)
+
+    def tracing_count(self):
+        return sum(f.experimental_get_tracing_count() for f in [*self.pieces, self.step])
+
+
+def _iteration(moved, objective_gradients, adam_update, level, u, m, v, t, config):
+    flow, warped = moved(level, u, config)
+    loss, g_flow, g_warped = objective_gradients(level, flow, warped, config)
+    u, m, v, t = adam_update(level, u, m, v, t, g_flow, g_warped, config)
     return u, m, v, t, loss
 
 
-_compiled_steps = {False: tf.function(_adam_step), True: tf.function(_adam_step, jit_compile=True)}
+def _compiled_step(config, shape):
+    """The :class:`_CompiledStep` for a level of images of ``shape`` under ``config``."""
+    return _compiled_steps[config.uses_xla(shape), config.int_steps == 0]
+
+
+_compiled_steps = {(xla, split): _CompiledStep(jit_compile=xla, split=split)
+                   for xla in (False, True) for split in (False, True)}
 _field_function = tf.function(_field)
 
 
@@ -390,7 +452,7 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
         else:  # the previous level's control field, in this level's voxels
             u = resize_flow(u, control_shape) if previous != control_shape else u
         m, v, t = tf.zeros_like(u), tf.zeros_like(u), tf.constant(0.0)
-        step = _compiled_steps[config.uses_xla(shapes[factor])]
+        step = _compiled_step(config, shapes[factor])
         values = []
         for _ in range(config.steps):
             u, m, v, t, loss = step(level, u, m, v, t, step_config)

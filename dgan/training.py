@@ -289,7 +289,8 @@ class TrainConfig:
 
 #: What a ``config.json`` written before these settings existed was trained with.
 _ABSENT_MEANS = {"lr_decay": "constant"}
-_ABSENT_NETWORK_MEANS = {"flow_resolution": 1, "g_residual": False, "d_pool": 1, "matching": []}
+_ABSENT_NETWORK_MEANS = {"flow_resolution": 1, "g_residual": False, "d_pool": 1, "matching": [],
+                         "g_pointwise": False}
 
 
 @dataclass

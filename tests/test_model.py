@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from dgan.compat import keras, tf
+from dgan import losses
+from dgan.compat import keras, tf, vxm
 from dgan.model import LOSS_NAMES, DeformGAN, LossWeights
 from trained_alike import assert_trained_alike
 
@@ -150,3 +151,29 @@ def test_lcc_warmup_ramps_the_lcc_weight_in_t_loss(tiny_config, rng):
         want = expected_weight * terms["t_lcc"] + 2.0 * terms["t_lg"] + 0.5 * terms["t_smooth"]
         # the same float32 products and sums as in t_loss: equal to an ulp or two (1.2e-7 each)
         np.testing.assert_allclose(terms["t_loss"].numpy(), want.numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("translate", ["moved", "moving"])
+def test_t_lcc_term_translates_the_moved_or_the_moving_image(tiny_config, rng, translate):
+    """translate="moved" (the paper): T's L_LCC term compares R with G(F(phi));
+    "moving": with G(F) warped by phi (T's own warp of F), so no gradient passes through G."""
+    model = make_model(tiny_config)
+    model.compile(keras.optimizers.Adam(), keras.optimizers.Adam(), keras.optimizers.Adam(),
+                  LossWeights(lg_window=3, lcc_window=5, translate=translate))
+    data = make_batch(rng, size=1)
+    out = model.registration_net(data, training=False)
+    flow = out["flow"] + tf.constant(rng.normal(0, 1.5, out["flow"].shape), tf.float32)
+    # a T whose field is far from zero, so that warping before or after G differs
+    model._view = lambda inputs, training: {"moved": vxm.layers.SpatialTransformer(
+        indexing="ij")([inputs["moving"], flow]), "flow": flow, "residual": flow}
+    terms, moved, translated = model.registration_terms(data["moving"], data["fixed"], False)
+    warp = vxm.layers.SpatialTransformer(indexing="ij")
+    want = {"moved": model.generator(moved), "moving": warp([model.generator(data["moving"]), flow])}
+    # the same layers on the same tensors: equal but for summation order
+    np.testing.assert_allclose(translated.numpy(), want[translate].numpy(), rtol=1e-5, atol=1e-6)
+    other = want["moving" if translate == "moved" else "moved"]
+    assert np.max(np.abs(translated.numpy() - other.numpy())) > 1e-3
+    lcc = 1.0 - losses.local_cross_correlation(data["fixed"], want[translate], 5)
+    np.testing.assert_allclose(terms["t_lcc"].numpy(), lcc.numpy(), rtol=1e-5)
+    with pytest.raises(ValueError, match="translate must be one of"):
+        LossWeights(translate="fixed")

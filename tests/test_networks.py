@@ -132,6 +132,27 @@ def test_residual_generator_starts_as_the_identity_and_learns_a_correction(tiny_
     assert np.abs(g(x).numpy() - x).max() > 1e-3
 
 
+@pytest.mark.parametrize("pointwise", [True, False])
+def test_pointwise_generator_maps_each_voxel_by_its_intensity_alone(tiny_config, rng, pointwise):
+    """g_pointwise: G(F)(p) depends on F(p) only, so shuffling the voxels shuffles the output
+    (a U-Net G mixes neighbours and does not); it starts as the identity when residual."""
+    config = NetworkConfig(**{**tiny_config.__dict__, "g_residual": True,
+                              "g_pointwise": pointwise})
+    g = build_generator(config)
+    x = rng.random((1, 16, 16, 16, 1)).astype("float32")
+    np.testing.assert_array_equal(g(x).numpy(), x)
+    last = g.get_layer("translation_residual")
+    last.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in last.get_weights()])
+    order = rng.permutation(x.size)
+    shuffled = g(x.reshape(-1)[order].reshape(x.shape)).numpy().reshape(-1)
+    # the same per-voxel arithmetic either way: equal to float32 round-off (pointwise); a U-Net's
+    # 3x3x3 convolutions see other neighbours after the shuffle
+    difference = np.abs(shuffled - g(x).numpy().reshape(-1)[order]).max()
+    assert (difference < 1e-5) if pointwise else (difference > 1e-2)
+    if pointwise:
+        assert np.abs(g(x).numpy() - x).max() > 1e-2
+
+
 def test_pooled_discriminator_scores_a_coarser_grid(tiny_config, rng):
     x = rng.random((1, 16, 16, 16, 1)).astype("float32")
     plain = build_discriminator(tiny_config)

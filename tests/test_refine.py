@@ -108,22 +108,50 @@ def test_refinement_is_deterministic_and_zero_steps_return_the_start():
     np.testing.assert_array_equal(unchanged, start)
 
 
-def test_xla_and_plain_iterations_compute_the_same_objective_and_gradient():
-    moving, fixed = random_pair(shape=(16, 20, 12), seed=3)
+def one_level(seed):
+    """A one-level refinement problem with L_LG, L_LCC and smoothness, and a random control field:
+    (level, u, zeros like u, the iteration's settings)."""
+    moving, fixed = random_pair(shape=(16, 20, 12), seed=seed)
     config = dr.RefineConfig(steps=1, levels=(1,), lg_window=3, lcc_window=3)
     shapes = dr._level_shapes(moving.shape, config.levels, config.control)
     level = dr._prepare_level(shapes, 1, config, tf.constant(np.stack([moving, 1 - moving], -1)),
                               tf.constant(fixed[..., None]), tf.zeros(moving.shape + (3,)))
-    u = tf.constant(np.random.default_rng(4).normal(0, 0.5, shapes[2] + (3,)).astype("f4"))
-    zeros, settings = tf.zeros_like(u), dr._StepSettings.of(config)
-    xla = dr._compiled_steps[True](level, u, zeros, zeros, tf.constant(0.0), settings)
-    plain = dr._compiled_steps[False](level, u, zeros, zeros, tf.constant(0.0), settings)
+    u = tf.constant(np.random.default_rng(seed + 1).normal(0, 0.5, shapes[2] + (3,)).astype("f4"))
+    return level, u, tf.zeros_like(u), dr._StepSettings.of(config)
+
+
+def test_xla_and_plain_iterations_compute_the_same_objective_and_gradient():
+    level, u, zeros, settings = one_level(seed=3)
+    xla = dr._compiled_steps[True, True](level, u, zeros, zeros, tf.constant(0.0), settings)
+    plain = dr._compiled_steps[False, True](level, u, zeros, zeros, tf.constant(0.0), settings)
     # The same float32 arithmetic in another order: a mean of 3840 terms in [0, 1] differs by at
     # most 3840 ulps relative (4.6e-4); the first moment m = (1 - beta1) g likewise, relative to
     # its largest entry
     np.testing.assert_allclose(xla[4].numpy(), plain[4].numpy(), rtol=5e-4)
     m_xla, m_plain = xla[1].numpy(), plain[1].numpy()
     assert np.abs(m_xla - m_plain).max() <= 5e-4 * np.abs(m_plain).max()
+
+
+def test_the_split_iteration_takes_the_gradient_of_the_whole_objective():
+    """Adam's first moment after one compiled iteration is (1 - beta1) dL/du, with dL/du taken by
+    the chain rule across the iteration's pieces, compiled apart or as one; here against one
+    tape over all of L(u)."""
+    level, u, zeros, settings = one_level(seed=6)
+    _, m, _, _, loss = dr._compiled_steps[False, True](level, u, zeros, zeros,
+                                                       tf.constant(0.0), settings)
+    # the pieces compiled as one (what a diffeomorphic field uses): the same iteration
+    _, m_one, _, _, _ = dr._compiled_steps[False, False](level, u, zeros, zeros,
+                                                         tf.constant(0.0), settings)
+    with tf.GradientTape() as tape:
+        tape.watch(u)
+        whole = dr._objective(level, *dr._moved(level, u, settings), settings)
+    gradient = tape.gradient(whole, u).numpy()
+    assert np.abs(gradient).max() > 0
+    # the same float32 operations, summed in another order: bounds as in the test above
+    np.testing.assert_allclose(loss.numpy(), whole.numpy(), rtol=5e-4)
+    want = (1 - dr.ADAM_BETAS[0]) * gradient
+    for moment in (m, m_one):
+        assert np.abs(moment.numpy() - want).max() <= 5e-4 * np.abs(want).max()
 
 
 def test_xla_compiles_large_levels_by_default_and_obeys_on_and_off():
@@ -135,16 +163,16 @@ def test_xla_compiles_large_levels_by_default_and_obeys_on_and_off():
 
 def test_a_new_pair_with_equal_settings_reuses_the_traced_iteration():
     moving, fixed = random_pair(shape=(12, 12, 12), seed=5)
-    step = dr._compiled_steps[False]
+    step = dr._compiled_steps[False, True]
 
     def run(steps):  # a new RefineConfig object every call, as for every pair registered
         dr.refine(moving, fixed, config=dr.RefineConfig(steps=steps, levels=(1,), lg_window=3,
                                                         xla="off"))
 
     run(2)
-    traces = step.experimental_get_tracing_count()
+    traces = step.tracing_count()
     run(3)  # another object, another iteration count: the same trace
-    assert step.experimental_get_tracing_count() == traces
+    assert step.tracing_count() == traces
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import distribute, training
 from ..compat import tf
 from ..errors import InputError, TrainingDiverged
-from ..model import SMOOTHED_FIELDS
+from ..model import SMOOTHED_FIELDS, TRANSLATED_IMAGES
 from ..networks import parse_features, parse_matching
 from ..schedules import SCHEDULES
 
@@ -81,6 +81,9 @@ def parser():
     opt.add_argument("--smooth", choices=SMOOTHED_FIELDS,
                      help="with --matching: the smoothness term on the U-Net's residual (default) "
                           "or on the whole field phi (the paper's)")
+    opt.add_argument("--translate", choices=TRANSLATED_IMAGES,
+                     help="Deform-GAN: G renders F(phi) for T's LCC term ('moved', the paper's "
+                          "G(F(phi))) or F before it is warped ('moving', G(F) warped by phi)")
     opt.add_argument("--vxm-lambda", type=float, help="vxm: weight of Grad_l2 (default 1)")
     opt.add_argument("--mi-bins", type=int, help="vxm: mutual-information bins (default 16)")
     net = p.add_argument_group("networks")
@@ -92,6 +95,9 @@ def parser():
     net.add_argument("--g-residual", action=argparse.BooleanOptionalAction,
                      help="G adds a learnt correction to its input and starts as the identity "
                           "(demo: on)")
+    net.add_argument("--g-pointwise", action=argparse.BooleanOptionalAction,
+                     help="G maps each voxel's intensity alone (1x1x1 convolutions of the "
+                          "--g-features encoder widths) instead of a U-Net")
     net.add_argument("--matching", type=parse_matching,
                      help="T's block-matching first estimate, passes 'factor:radius,...' coarse "
                           "to fine (default '4:2,2:2,1:1'); 'none': the paper's T, U-Net alone")
@@ -117,7 +123,7 @@ def settings_from_args(args):
         fields["spacing"] = args.spacing or None
     loss = {k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window", "lcc_window",
                                           "lcc_warmup", "w_lcc", "vxm_lambda", "mi_bins",
-                                          "smooth")
+                                          "smooth", "translate")
             if getattr(args, k) is not None}
     if args.refine_steps is not None:
         fields["refine"] = {"steps": args.refine_steps}
@@ -126,7 +132,7 @@ def settings_from_args(args):
         if value is not None:
             network[key] = parse_features(value)
     for key in ("d_features", "d_layers", "int_steps", "flow_resolution", "g_residual", "d_pool",
-                "matching"):
+                "matching", "g_pointwise"):
         if getattr(args, key) is not None:
             network[key] = getattr(args, key)
     if network:
