@@ -33,9 +33,9 @@ Warping is trilinear with edge values beyond the border, as VoxelMorph's ``Spati
 written here as eight gathers so that its gradient with respect to the field costs no scatter.
 Everything runs in float32 on fixed shapes; for a given input the result is deterministic. An
 iteration is traced once per level shape in a process and compiled with XLA on levels large
-enough to earn the compilation back (``RefineConfig.xla``), in three pieces (the warp, the
-objective's gradients, the chain rule back to the control field and Adam's update) so that
-XLA does not fuse the warp into the local-gradient sums (:class:`_CompiledStep`).
+enough to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the
+warp, the objective's gradients, the chain rule back to the control field and Adam's update)
+so that XLA does not fuse the warp into the local-gradient sums (:class:`_CompiledStep`).
 
 Flow convention as everywhere in dgan: displacement in voxels of the grid it lives on, 'ij'
 indexing, moved(p) = moving(p + flow(p)).
@@ -282,11 +282,14 @@ def _field(level, u, config):
     return level.base + resize(u, level.upsample)
 
 
-def _moved(level, u, config):
-    """phi on the level's grid and the moving channels warped by it, F(phi) (and G(F)(phi))."""
+def _moved(level, u, config, apart=False):
+    """phi on the level's grid and the moving channels warped by it, F(phi) (and G(F)(phi));
+    ``apart``: one warp per channel (XLA gathers one channel faster than two)."""
     flow = _field(level, u, config)
-    channels = tf.unstack(level.moving[..., tf.newaxis], axis=-2)  # XLA gathers one faster
-    return flow, tf.concat([warp(c, flow, level.grid) for c in channels], axis=-1)
+    if apart and level.moving.shape[-1] > 1:
+        channels = tf.unstack(level.moving[..., tf.newaxis], axis=-2)
+        return flow, tf.concat([warp(c, flow, level.grid) for c in channels], axis=-1)
+    return flow, warp(level.moving, flow, level.grid)
 
 
 def _objective(level, flow, warped, config):
@@ -301,6 +304,30 @@ def _objective(level, flow, warped, config):
     return loss[0]
 
 
+def _adam(u, m, v, t, g, config):
+    """One Adam step on u with gradient g."""
+    b1, b2 = ADAM_BETAS
+    t = t + 1.0
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    step = config.learning_rate * tf.sqrt(1 - b2**t) / (1 - b1**t)
+    return u - step * m / (tf.sqrt(v) + ADAM_EPS), m, v, t
+
+
+def _whole_step(level, u, m, v, t, config):
+    """One iteration, L(u) on one tape: (u, m, v, t) after it, and L before it."""
+    with tf.GradientTape() as tape:
+        tape.watch(u)
+        loss = _objective(level, *_moved(level, u, config), config)
+    return (*_adam(u, m, v, t, tape.gradient(loss, u), config), loss)
+
+
+# The same iteration in three pieces, compiled apart (:class:`_CompiledStep`).
+
+def _moved_apart(level, u, config):
+    return _moved(level, u, config, apart=True)
+
+
 def _objective_gradients(level, flow, warped, config):
     """L and its gradients with respect to phi and to the warped channels."""
     with tf.GradientTape() as tape:
@@ -311,63 +338,57 @@ def _objective_gradients(level, flow, warped, config):
 
 
 def _adam_update(level, u, m, v, t, g_flow, g_warped, config):
-    """dL/du by the chain rule through :func:`_moved` (recomputed), then one Adam step on u."""
+    """dL/du by the chain rule through :func:`_moved_apart` (recomputed), then Adam's step."""
     with tf.GradientTape() as tape:
         tape.watch(u)
-        flow, warped = _moved(level, u, config)
+        flow, warped = _moved_apart(level, u, config)
     g = tape.gradient([flow, warped], u, output_gradients=[g_flow, g_warped])
-    b1, b2 = ADAM_BETAS
-    t = t + 1.0
-    m = b1 * m + (1 - b1) * g
-    v = b2 * v + (1 - b2) * g * g
-    step = config.learning_rate * tf.sqrt(1 - b2**t) / (1 - b1**t)
-    u = u - step * m / (tf.sqrt(v) + ADAM_EPS)
-    return u, m, v, t
+    return _adam(u, m, v, t, g, config)
 
 
 class _CompiledStep:
-    """One Adam iteration: phi and F(phi) from u (:func:`_moved`); L and its gradients with
-    respect to them (:func:`_objective_gradients`); dL/du and the update (:func:`_adam_update`).
+    """One Adam iteration, called as ``step(level, u, m, v, t, settings)`` -> (u, m, v, t, L).
 
-    ``split``: the three pieces are compiled apart. Compiled as one XLA cluster, the warp's
-    gathers are fused into the local-gradient sums and their backward pass and recomputed there;
-    apart, a 2 mm iteration of L_LG and smoothness takes about half the time. The diffeomorphic
-    field is the exception: apart, :func:`_adam_update` recomputes its integration, which one
-    cluster shares, so it stays whole (docs/BENCHMARKS.md)."""
+    ``split`` (with XLA, for displacement fields): in three pieces compiled apart, phi and F(phi)
+    from u (:func:`_moved_apart`), L and its gradients with respect to them
+    (:func:`_objective_gradients`), dL/du and the update (:func:`_adam_update`). Compiled as
+    one cluster, XLA fuses the warp's gathers into the local-gradient sums and their backward
+    pass and recomputes them there; apart, a 2 mm iteration of L_LG and smoothness takes 0.18 s
+    instead of 0.30 (docs/BENCHMARKS.md). Otherwise :func:`_whole_step`: without XLA nothing is
+    fused, and a diffeomorphic field's integration would be recomputed by the third piece."""
 
     def __init__(self, jit_compile, split):
         compile_ = functools.partial(tf.function, jit_compile=jit_compile)
         if split:
-            self.pieces = [compile_(_moved), compile_(_objective_gradients),
+            self.pieces = [compile_(_moved_apart), compile_(_objective_gradients),
                            compile_(_adam_update)]
-            self.step = tf.function(functools.partial(_iteration, *self.pieces))
+            self.step = tf.function(self._pieces_step)
         else:
             self.pieces = []
-            self.step = compile_(functools.partial(_iteration, _moved, _objective_gradients,
-                                                   _adam_update))
+            self.step = compile_(_whole_step)
+
+    def _pieces_step(self, level, u, m, v, t, config):
+        moved, gradients, update = self.pieces
+        flow, warped = moved(level, u, config)
+        loss, g_flow, g_warped = gradients(level, flow, warped, config)
+        return (*update(level, u, m, v, t, g_flow, g_warped, config), loss)
 
     def __call__(self, level, u, m, v, t, config):
-        """(u, m, v, t) after one iteration, and L before it."""
         return self.step(level, u, m, v, t, config)
 
     def tracing_count(self):
         return sum(f.experimental_get_tracing_count() for f in [*self.pieces, self.step])
 
 
-def _iteration(moved, objective_gradients, adam_update, level, u, m, v, t, config):
-    flow, warped = moved(level, u, config)
-    loss, g_flow, g_warped = objective_gradients(level, flow, warped, config)
-    u, m, v, t = adam_update(level, u, m, v, t, g_flow, g_warped, config)
-    return u, m, v, t, loss
-
-
 def _compiled_step(config, shape):
     """The :class:`_CompiledStep` for a level of images of ``shape`` under ``config``."""
-    return _compiled_steps[config.uses_xla(shape), config.int_steps == 0]
+    xla = config.uses_xla(shape)
+    return _compiled_steps[xla, xla and config.int_steps == 0]
 
 
-_compiled_steps = {(xla, split): _CompiledStep(jit_compile=xla, split=split)
-                   for xla in (False, True) for split in (False, True)}
+_compiled_steps = {(False, False): _CompiledStep(jit_compile=False, split=False),
+                   (True, False): _CompiledStep(jit_compile=True, split=False),
+                   (True, True): _CompiledStep(jit_compile=True, split=True)}
 _field_function = tf.function(_field)
 
 

@@ -123,7 +123,7 @@ def one_level(seed):
 def test_xla_and_plain_iterations_compute_the_same_objective_and_gradient():
     level, u, zeros, settings = one_level(seed=3)
     xla = dr._compiled_steps[True, True](level, u, zeros, zeros, tf.constant(0.0), settings)
-    plain = dr._compiled_steps[False, True](level, u, zeros, zeros, tf.constant(0.0), settings)
+    plain = dr._compiled_steps[False, False](level, u, zeros, zeros, tf.constant(0.0), settings)
     # The same float32 arithmetic in another order: a mean of 3840 terms in [0, 1] differs by at
     # most 3840 ulps relative (4.6e-4); the first moment m = (1 - beta1) g likewise, relative to
     # its largest entry
@@ -134,14 +134,14 @@ def test_xla_and_plain_iterations_compute_the_same_objective_and_gradient():
 
 def test_the_split_iteration_takes_the_gradient_of_the_whole_objective():
     """Adam's first moment after one compiled iteration is (1 - beta1) dL/du, with dL/du taken by
-    the chain rule across the iteration's pieces, compiled apart or as one; here against one
-    tape over all of L(u)."""
+    the chain rule across the iteration's pieces compiled apart (or on one tape, compiled as
+    one); here against one tape over all of L(u), uncompiled."""
     level, u, zeros, settings = one_level(seed=6)
-    _, m, _, _, loss = dr._compiled_steps[False, True](level, u, zeros, zeros,
-                                                       tf.constant(0.0), settings)
-    # the pieces compiled as one (what a diffeomorphic field uses): the same iteration
-    _, m_one, _, _, _ = dr._compiled_steps[False, False](level, u, zeros, zeros,
-                                                         tf.constant(0.0), settings)
+    _, m, _, _, loss = dr._compiled_steps[True, True](level, u, zeros, zeros,
+                                                      tf.constant(0.0), settings)
+    # one tape, compiled as one cluster (what a diffeomorphic field uses): the same iteration
+    _, m_one, _, _, _ = dr._compiled_steps[True, False](level, u, zeros, zeros,
+                                                        tf.constant(0.0), settings)
     with tf.GradientTape() as tape:
         tape.watch(u)
         whole = dr._objective(level, *dr._moved(level, u, settings), settings)
@@ -163,7 +163,7 @@ def test_xla_compiles_large_levels_by_default_and_obeys_on_and_off():
 
 def test_a_new_pair_with_equal_settings_reuses_the_traced_iteration():
     moving, fixed = random_pair(shape=(12, 12, 12), seed=5)
-    step = dr._compiled_steps[False, True]
+    step = dr._compiled_steps[False, False]
 
     def run(steps):  # a new RefineConfig object every call, as for every pair registered
         dr.refine(moving, fixed, config=dr.RefineConfig(steps=steps, levels=(1,), lg_window=3,
