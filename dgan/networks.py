@@ -8,7 +8,8 @@
   moved(p) = moving(p + flow(p)).
 - G, the generator: VoxelMorph's U-Net translating F(phi) into the fixed modality,
   F'(phi) = G(F(phi)), with a sigmoid output (intensities are normalised to [0, 1]); or,
-  residual, F'(phi) = F(phi) + U(F(phi)) with U's last layer zero at initialisation.
+  residual, F'(phi) = F(phi) + U(F(phi)) with U's last layer zero at initialisation; U may be
+  per voxel (``g_pointwise``: 1x1x1 convolutions) instead of a U-Net.
 - D, the discriminator: a 3D conditional PatchGAN (Isola et al. 2017). Inputs the condition
   F(phi) and an image in the fixed modality (R, or G's F'(phi)), optionally average-pooled;
   output one unbounded score per patch, (B, x', y', z', 1).
