@@ -20,6 +20,10 @@ One :meth:`DeformGAN.train_step` on a batch of unpaired (F = moving, R = fixed) 
    ``L_T = w * (1 - L_LCC(R, F'(phi))) + beta * (1 - L_LG(R, F(phi))) + alpha * sum |grad phi|^2``
    where w = ``w_lcc`` (1 in the paper), or ramps up from 0 to it over ``lcc_warmup`` steps.
 
+``LossWeights.translate`` = ``"fixed"`` turns the translation round: G renders R in the moving
+modality (R' = G(R); D tells (R, F(phi)) from (R, R'); L1 and L_LG compare R' with F(phi) and R)
+and T's term is L_LCC(R', F(phi)).
+
 This is the paper's objective with each similarity S written as the loss 1 - S (S in [0, 1]),
 which changes no gradient. Each loss is computed per example and averaged over the *global*
 batch with ``tf.nn.compute_average_loss``, so the step gives the same update on one device and
@@ -37,7 +41,7 @@ from .networks import (build_discriminator, build_generator, build_registration_
 #: What :attr:`LossWeights.smooth` may name.
 SMOOTHED_FIELDS = ("residual", "flow")
 #: What :attr:`LossWeights.translate` may name.
-TRANSLATED_IMAGES = ("moved", "moving")
+TRANSLATED_IMAGES = ("moved", "moving", "fixed")
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,11 @@ class LossWeights:
         the paper's F'(phi) = G(F(phi)), so T's gradient passes through G; or ``"moving"``,
         G(F) warped by phi, equal for a smooth phi since G is convolutional (as refinement
         does, :mod:`dgan.refine`), so T's gradient passes through the warp alone and T meets
-        a mono-modal L_LCC term. G and D train on F(phi) either way.
+        a mono-modal L_LCC term. G and D train on F(phi) either way. Or ``"fixed"``: the
+        other direction, G renders R in the moving modality (G: R -> R', D tells (R, F(phi))
+        from (R, R'), G's terms are L_LG(R', R) and L1(R', F(phi))) and T's term is
+        L_LCC(R', F(phi)), whose gradient passes through the warp alone (docs/TRAINING.md,
+        entry 18: a T2 -> T1 map is a function of the voxel, T1 -> T2 is not).
     """
 
     alpha: float = 1.0
@@ -212,19 +220,26 @@ class DeformGAN(_TrainableModel):
 
     # --- the loss terms, per example -------------------------------------------------------
 
+    def translation_pair(self, moved, fixed):
+        """(what G translates, what it should look like): (F(phi), R), or (R, F(phi)) when
+        :attr:`LossWeights.translate` is ``"fixed"``."""
+        return (fixed, moved) if self.loss_config.translate == "fixed" else (moved, fixed)
+
     def discriminator_terms(self, moved, translated, fixed, training):
-        real = self.discriminator([moved, fixed], training=training)
-        fake = self.discriminator([moved, translated], training=training)
+        source, target = self.translation_pair(moved, fixed)
+        real = self.discriminator([source, target], training=training)
+        fake = self.discriminator([source, translated], training=training)
         return {"d_loss": losses.discriminator_loss(real, fake)}
 
     def generator_terms(self, moved, fixed, training):
         w = self.loss_config
-        translated = self.generator(moved, training=training)
-        fake = self.discriminator([moved, translated], training=False)
+        source, target = self.translation_pair(moved, fixed)
+        translated = self.generator(source, training=training)
+        fake = self.discriminator([source, translated], training=False)
         terms = {
             "g_adv": losses.generator_adversarial_loss(fake),
-            "g_lg": 1.0 - losses.local_gradient_similarity(translated, moved, w.lg_window),
-            "g_l1": losses.l1(translated, fixed),
+            "g_lg": 1.0 - losses.local_gradient_similarity(translated, source, w.lg_window),
+            "g_l1": losses.l1(translated, target),
         }
         terms["g_loss"] = terms["g_adv"] + w.mu * terms["g_lg"] + w.lam * terms["g_l1"]
         return terms
@@ -233,12 +248,17 @@ class DeformGAN(_TrainableModel):
         w = self.loss_config
         out = self._training_view(moving, fixed, training)
         moved = out["moved"]
-        if w.translate == "moving":
+        if w.translate == "fixed":  # R' = G(R) against F(phi)
+            translated = self.generator(fixed, training=False)
+            lcc = losses.local_cross_correlation(translated, moved, w.lcc_window)
+        elif w.translate == "moving":
             translated = self._warp([self.generator(moving, training=False), out["flow"]])
+            lcc = losses.local_cross_correlation(fixed, translated, w.lcc_window)
         else:
             translated = self.generator(moved, training=False)
+            lcc = losses.local_cross_correlation(fixed, translated, w.lcc_window)
         terms = {
-            "t_lcc": 1.0 - losses.local_cross_correlation(fixed, translated, w.lcc_window),
+            "t_lcc": 1.0 - lcc,
             "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
             "t_smooth": losses.smoothness(out[w.smooth]),
         }
@@ -267,7 +287,7 @@ class DeformGAN(_TrainableModel):
 
     def train_d(self, moved, fixed):
         """Step 1: update D only. ``moved``: F(phi) from the current, frozen T."""
-        translated = self.generator(moved, training=False)
+        translated = self.generator(self.translation_pair(moved, fixed)[0], training=False)
         with tf.GradientTape() as tape:
             terms = self.discriminator_terms(moved, translated, fixed, training=True)
             loss = tf.nn.compute_average_loss(terms["d_loss"])

@@ -257,9 +257,13 @@ class TrainConfig:
         settings = {"lg_window": w.lg_window, "lcc_window": w.lcc_window, "beta": w.beta,
                     **REFINE_DEFAULTS, **self.refine}
         try:
-            return RefineConfig(**settings)
+            config = RefineConfig(**settings)
         except TypeError as error:
             raise InputError(f"unknown refinement setting ({error})") from None
+        if w.translate == "fixed" and config.steps and config.w_lcc:
+            raise InputError("refinement's L_LCC term needs G(F), but with translate 'fixed' G "
+                             "renders R: set the refinement's w_lcc to 0")
+        return config
 
     @property
     def uses_demo_data(self):
@@ -595,8 +599,9 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
         logger.info("step %d: validation mean Dice: identity %.4f, T %.4f%s", step,
                     scores.identity, scores.network, refined_text)
         first = scores.first
+        source = "fixed" if config.loss_weights.translate == "fixed" else "moved"
         first["translated"] = None if model.generator is None else model.generator.predict(
-            first["moved"][None, ..., None], verbose=0)[0, ..., 0]
+            first[source][None, ..., None], verbose=0)[0, ..., 0]
         with writer.as_default(step=step):
             tf.summary.scalar("validation/dice", scores.network)
             tf.summary.scalar("validation/dice_identity", scores.identity)
@@ -616,6 +621,7 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
             figures.save_pair_figure(
                 out_dir / "validation.png", first["fixed"], first["moving"], first["moved"],
                 first["flow"], first["translated"], fixed_labels=first["fixed_labels"],
+                translated_title="G(R)" if source == "fixed" else "translated F'(phi)",
                 title=f"step {step}: mean Dice {scores.registered:.3f} with {what} "
                       f"(T alone {scores.network:.3f}, identity {scores.identity:.3f})")
 

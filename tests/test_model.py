@@ -176,4 +176,36 @@ def test_t_lcc_term_translates_the_moved_or_the_moving_image(tiny_config, rng, t
     lcc = 1.0 - losses.local_cross_correlation(data["fixed"], want[translate], 5)
     np.testing.assert_allclose(terms["t_lcc"].numpy(), lcc.numpy(), rtol=1e-5)
     with pytest.raises(ValueError, match="translate must be one of"):
-        LossWeights(translate="fixed")
+        LossWeights(translate="sideways")
+
+
+def test_translate_fixed_renders_r_for_g_d_and_t(tiny_config, rng):
+    """translate="fixed": G renders R in the moving modality, R' = G(R); D tells (R, F(phi)) from
+    (R, R'); G's terms are L_LG(R', R) and L1(R', F(phi)); T's term is L_LCC(R', F(phi)), and R'
+    does not depend on T's field."""
+    model = make_model(tiny_config)
+    model.compile(keras.optimizers.Adam(), keras.optimizers.Adam(), keras.optimizers.Adam(),
+                  LossWeights(lg_window=3, lcc_window=5, translate="fixed"))
+    data = make_batch(rng, size=1)
+    moving, fixed = data["moving"], data["fixed"]
+    flows = [tf.constant(rng.normal(0, 1.5, (1, 16, 16, 16, 3)), tf.float32) for _ in range(2)]
+    g_of_r = model.generator(fixed)
+    for flow in flows:
+        moved = vxm.layers.SpatialTransformer(indexing="ij")([moving, flow])
+        model._view = lambda inputs, training, _f=flow, _m=moved: {
+            "moved": _m, "flow": _f, "residual": _f}
+        terms, _, translated = model.registration_terms(moving, fixed, False)
+        # the same layers on the same tensors: equal but for summation order
+        np.testing.assert_allclose(translated.numpy(), g_of_r.numpy(), rtol=1e-5, atol=1e-6)
+        want = 1.0 - losses.local_cross_correlation(g_of_r, moved, 5)
+        np.testing.assert_allclose(terms["t_lcc"].numpy(), want.numpy(), rtol=1e-5)
+    g_terms = model.generator_terms(moved, fixed, training=False)
+    np.testing.assert_allclose(g_terms["g_l1"].numpy(), losses.l1(g_of_r, moved).numpy(), rtol=1e-5)
+    assert abs(float(g_terms["g_l1"][0]) - float(losses.l1(model.generator(moved), fixed)[0])) > 1e-4
+    want_lg = 1.0 - losses.local_gradient_similarity(g_of_r, fixed, 3)
+    np.testing.assert_allclose(g_terms["g_lg"].numpy(), want_lg.numpy(), rtol=1e-5)
+    d_terms = model.discriminator_terms(moved, g_of_r, fixed, training=False)
+    real = model.discriminator([fixed, moved])
+    fake = model.discriminator([fixed, g_of_r])
+    np.testing.assert_allclose(d_terms["d_loss"].numpy(),
+                               losses.discriminator_loss(real, fake).numpy(), rtol=1e-5)

@@ -278,3 +278,16 @@ def test_too_small_shape_and_mismatched_labels_are_refused(scans, tmp_path, caps
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert "labels.nii.gz" in err and "does not match" in err
+
+
+def test_refinement_refuses_an_lcc_term_that_g_cannot_give():
+    """With translate 'fixed' G renders R, not F: refinement's L_LCC(R, G(F)(phi)) is refused
+    (one line); the default refinement (L_LG alone) and no refinement are accepted."""
+    fixed_direction = {"translate": "fixed"}
+    with pytest.raises(InputError, match="needs G\\(F\\).*translate 'fixed'"):
+        training.TrainConfig.demo(loss=fixed_direction, refine={"w_lcc": 1.0}).refine_config
+    assert training.TrainConfig.demo(loss=fixed_direction).refine_config.w_lcc == 0
+    assert training.TrainConfig.demo(loss=fixed_direction,
+                                     refine={"w_lcc": 1.0, "steps": 0}).refine_config.steps == 0
+    assert training.TrainConfig.demo(loss={"translate": "moving"},
+                                     refine={"w_lcc": 1.0}).refine_config.w_lcc == 1.0

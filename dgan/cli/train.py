@@ -83,7 +83,8 @@ def parser():
                           "or on the whole field phi (the paper's)")
     opt.add_argument("--translate", choices=TRANSLATED_IMAGES,
                      help="Deform-GAN: G renders F(phi) for T's LCC term ('moved', the paper's "
-                          "G(F(phi))) or F before it is warped ('moving', G(F) warped by phi)")
+                          "G(F(phi))), F before it is warped ('moving', G(F) warped by phi), or "
+                          "R in the moving modality ('fixed': T's term L_LCC(G(R), F(phi)))")
     opt.add_argument("--vxm-lambda", type=float, help="vxm: weight of Grad_l2 (default 1)")
     opt.add_argument("--mi-bins", type=int, help="vxm: mutual-information bins (default 16)")
     net = p.add_argument_group("networks")
