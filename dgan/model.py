@@ -42,6 +42,8 @@ from .networks import (build_discriminator, build_generator, build_registration_
 SMOOTHED_FIELDS = ("residual", "flow")
 #: What :attr:`LossWeights.translate` may name.
 TRANSLATED_IMAGES = ("moved", "moving", "fixed")
+#: What :attr:`LossWeights.lg_reference` may name.
+LG_REFERENCES = ("fixed", "translated")
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,9 @@ class LossWeights:
         from (R, R'), G's terms are L_LG(R', R) and L1(R', F(phi))) and T's term is
         L_LCC(R', F(phi)), whose gradient passes through the warp alone (docs/TRAINING.md,
         entry 18: a T2 -> T1 map is a function of the voxel, T1 -> T2 is not).
+    :param lg_reference: the image T's L_LG term compares F(phi) with: ``"fixed"``, R (the
+        paper's), or ``"translated"``, R' = G(R) (with ``translate = "fixed"`` only), so that
+        both of T's similarity terms compare images of the moving modality
     """
 
     alpha: float = 1.0
@@ -93,6 +98,7 @@ class LossWeights:
     mi_bins: int = 16
     smooth: str = "residual"
     translate: str = "moved"
+    lg_reference: str = "fixed"
 
     def __post_init__(self):
         if self.smooth not in SMOOTHED_FIELDS:
@@ -101,6 +107,11 @@ class LossWeights:
         if self.translate not in TRANSLATED_IMAGES:
             raise ValueError(f"translate must be one of {', '.join(TRANSLATED_IMAGES)}, "
                              f"got {self.translate!r}")
+        if self.lg_reference not in LG_REFERENCES:
+            raise ValueError(f"lg_reference must be one of {', '.join(LG_REFERENCES)}, "
+                             f"got {self.lg_reference!r}")
+        if self.lg_reference == "translated" and self.translate != "fixed":
+            raise ValueError("lg_reference 'translated' needs translate 'fixed' (G renders R)")
 
     def to_dict(self):
         return asdict(self)
@@ -259,7 +270,8 @@ class DeformGAN(_TrainableModel):
             lcc = losses.local_cross_correlation(fixed, translated, w.lcc_window)
         terms = {
             "t_lcc": 1.0 - lcc,
-            "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
+            "t_lg": 1.0 - losses.local_gradient_similarity(
+                translated if w.lg_reference == "translated" else fixed, moved, w.lg_window),
             "t_smooth": losses.smoothness(out[w.smooth]),
         }
         lcc_weight = self.lcc_weight()

@@ -209,3 +209,14 @@ def test_translate_fixed_renders_r_for_g_d_and_t(tiny_config, rng):
     fake = model.discriminator([fixed, g_of_r])
     np.testing.assert_allclose(d_terms["d_loss"].numpy(),
                                losses.discriminator_loss(real, fake).numpy(), rtol=1e-5)
+    # T's L_LG term: against R (the paper's) or, with lg_reference "translated", against R'
+    for reference, image in (("fixed", fixed), ("translated", g_of_r)):
+        model.loss_config = LossWeights(lg_window=3, lcc_window=5, translate="fixed",
+                                        lg_reference=reference)
+        terms, _, _ = model.registration_terms(moving, fixed, False)
+        want = 1.0 - losses.local_gradient_similarity(image, moved, 3)
+        np.testing.assert_allclose(terms["t_lg"].numpy(), want.numpy(), rtol=1e-5)
+    assert abs(float(terms["t_lg"][0])
+               - float(1.0 - losses.local_gradient_similarity(fixed, moved, 3)[0])) > 1e-4
+    with pytest.raises(ValueError, match="needs translate 'fixed'"):
+        LossWeights(lg_reference="translated")

@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import distribute, training
 from ..compat import tf
 from ..errors import InputError, TrainingDiverged
-from ..model import SMOOTHED_FIELDS, TRANSLATED_IMAGES
+from ..model import LG_REFERENCES, SMOOTHED_FIELDS, TRANSLATED_IMAGES
 from ..networks import parse_features, parse_matching
 from ..schedules import SCHEDULES
 
@@ -85,6 +85,9 @@ def parser():
                      help="Deform-GAN: G renders F(phi) for T's LCC term ('moved', the paper's "
                           "G(F(phi))), F before it is warped ('moving', G(F) warped by phi), or "
                           "R in the moving modality ('fixed': T's term L_LCC(G(R), F(phi)))")
+    opt.add_argument("--lg-reference", choices=LG_REFERENCES,
+                     help="Deform-GAN: T's L_LG term compares F(phi) with R ('fixed', the "
+                          "paper's) or with G(R) ('translated', needs --translate fixed)")
     opt.add_argument("--vxm-lambda", type=float, help="vxm: weight of Grad_l2 (default 1)")
     opt.add_argument("--mi-bins", type=int, help="vxm: mutual-information bins (default 16)")
     net = p.add_argument_group("networks")
@@ -124,7 +127,7 @@ def settings_from_args(args):
         fields["spacing"] = args.spacing or None
     loss = {k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window", "lcc_window",
                                           "lcc_warmup", "w_lcc", "vxm_lambda", "mi_bins",
-                                          "smooth", "translate")
+                                          "smooth", "translate", "lg_reference")
             if getattr(args, k) is not None}
     if args.refine_steps is not None:
         fields["refine"] = {"steps": args.refine_steps}
