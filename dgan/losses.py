@@ -44,18 +44,28 @@ def _check_window(window):
     return int(window)
 
 
-def box_sum(x, window):
-    """Sum of ``x`` over a ``window``^3 neighbourhood of every voxel, zero-padded at the borders.
+def box_sum(x, window, *more_windows):
+    """Sum of ``x`` over a ``window``^3 neighbourhood of every voxel, zero-padded at the borders;
+    with ``more_windows``, that sum summed again over each of their neighbourhoods in turn
+    (on static sizes in one pass: the windows' banded matrices are multiplied first, exactly,
+    as they hold small integers).
 
     :param x: shape = (B, X, Y, Z, C)
     :return: shape = (B, X, Y, Z, C)
     """
-    window = _check_window(window)
-    if window == 1:
+    windows = [w for w in (_check_window(w) for w in (window, *more_windows)) if w > 1]
+    if not windows:
         return x
     x = tf.convert_to_tensor(x)
     if x.shape[1:4].is_fully_defined():
-        return _banded_box_sum(x, window)
+        return _banded_box_sum(x, windows)
+    for window in windows:
+        x = _convolved_box_sum(x, window)
+    return x
+
+
+def _convolved_box_sum(x, window):
+    """:func:`box_sum` over one window for dynamic sizes: three 1D convolutions."""
     shape = tf.shape(x)
     channels = x.shape[-1]
     # channels into the batch axis, so one single-channel kernel serves them all
@@ -70,20 +80,24 @@ def box_sum(x, window):
     return tf.transpose(x, [0, 2, 3, 4, 1])
 
 
-def _band(n, window, dtype):
-    """(n, n) matrix of ones where |i - j| <= window // 2: band @ v sums v over the window."""
+def _band(n, windows, dtype):
+    """(n, n) matrix whose product with v sums v over each window in turn (zeros beyond the
+    ends): the product of the windows' band matrices of ones (|i - j| <= window // 2)."""
     i = np.arange(n)
-    return tf.constant(np.abs(i[:, None] - i[None, :]) <= window // 2, dtype=dtype)
+    band = np.eye(n, dtype=np.int64)
+    for window in windows:
+        band = (np.abs(i[:, None] - i[None, :]) <= window // 2).astype(np.int64) @ band
+    return tf.constant(band, dtype=dtype)
 
 
-def _banded_box_sum(x, window):
-    """:func:`box_sum` for static spatial sizes as three matrix products with banded matrices of
-    ones; on CPU several times faster than the separable convolution, backward pass included."""
+def _banded_box_sum(x, windows):
+    """:func:`box_sum` for static spatial sizes as three matrix products with banded matrices;
+    on CPU several times faster than the separable convolution, backward pass included."""
     x_size, y_size, z_size = x.shape[1:4]
     x = tf.transpose(x, [1, 2, 3, 0, 4])  # (X, Y, Z, B, C)
-    x = tf.tensordot(_band(x_size, window, x.dtype), x, [[1], [0]])  # (X, Y, Z, B, C)
-    x = tf.tensordot(x, _band(y_size, window, x.dtype), [[1], [1]])  # (X, Z, B, C, Y)
-    x = tf.tensordot(x, _band(z_size, window, x.dtype), [[1], [1]])  # (X, B, C, Y, Z)
+    x = tf.tensordot(_band(x_size, windows, x.dtype), x, [[1], [0]])  # (X, Y, Z, B, C)
+    x = tf.tensordot(x, _band(y_size, windows, x.dtype), [[1], [1]])  # (X, Z, B, C, Y)
+    x = tf.tensordot(x, _band(z_size, windows, x.dtype), [[1], [1]])  # (X, B, C, Y, Z)
     return tf.transpose(x, [1, 0, 3, 4, 2])  # (B, X, Y, Z, C)
 
 

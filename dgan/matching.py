@@ -53,10 +53,14 @@ def _pooled_directions(image, factor, lg_window):
     return tf.nn.avg_pool3d(directions, factor, factor, "VALID")
 
 
-def matching_cost(fixed_direction, moving_direction, radius, window):
+def matching_cost(fixed_direction, moving_direction, radius, window, smoothing=1):
     """C(p, d) for every displacement of :func:`displacements` (radius): the box mean of the
     squared dot product of the fixed directions at p and the moving directions at p + d
-    (zero outside the volume).
+    (zero outside the volume), averaged again over ``smoothing``^3 voxels (1: not at all).
+
+    Each displacement's dot products come from one shifted slice of the padded moving
+    directions, and the two box means are one pass (:func:`dgan.losses.box_sum`): at 2 mm
+    about half the time of gathering every voxel's neighbours and filtering twice.
 
     :param fixed_direction: n(R), shape = (B, X, Y, Z, 3)
     :param moving_direction: n(F), same shape
@@ -64,20 +68,13 @@ def matching_cost(fixed_direction, moving_direction, radius, window):
     """
     r = int(radius)
     size = [int(s) for s in fixed_direction.shape[1:4]]
-    padded_size = [s + 2 * r for s in size]
     padded = tf.pad(moving_direction, [[0, 0], [r, r], [r, r], [r, r], [0, 0]])
-    padded = tf.reshape(padded, [-1, np.prod(padded_size), 3])  # (B, P, 3)
-    # flat index in the padded volume of p + d, for every voxel p and displacement d
-    strides = np.array([padded_size[1] * padded_size[2], padded_size[2], 1])
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in size], indexing="ij"), -1) + r
-    base = tf.constant((grid.reshape(-1, 3) @ strides).astype(np.int32))
-    offsets = tf.constant((displacements(r).astype(np.int64) @ strides).astype(np.int32))
-    index = base[:, None] + offsets[None, :]  # (X*Y*Z, D)
-    shifted = tf.gather(padded, index, axis=1)  # (B, X*Y*Z, D, 3)
-    fixed_flat = tf.reshape(fixed_direction, [-1, int(np.prod(size)), 1, 3])
-    dots = tf.reshape(tf.reduce_sum(fixed_flat * shifted, axis=-1), [-1, *size, (2 * r + 1)**3])
-    cost = tf.square(dots)
-    return box_sum(cost, window) / float(window**3)
+    dots = []
+    for d in displacements(r).astype(int) + r:  # the slice of padded that holds F's at p + d
+        shifted = padded[:, d[0]:d[0] + size[0], d[1]:d[1] + size[1], d[2]:d[2] + size[2]]
+        dots.append(tf.reduce_sum(fixed_direction * shifted, axis=-1))
+    cost = tf.square(tf.stack(dots, axis=-1))
+    return box_sum(cost, window, smoothing) / float(window**3 * smoothing**3)
 
 
 def soft_argmax_flow(cost, radius, temperature):
@@ -91,9 +88,7 @@ def block_match(moving, fixed, factor, radius, lg_window=DEFAULT_LG_WINDOW, wind
     """One matching pass: moving F, fixed R (B, X, Y, Z, 1) -> phi (B, X, Y, Z, 3) in image voxels,
     with ``moved(p) = F(p + phi(p))``. X, Y, Z must be multiples of ``factor``."""
     cost = matching_cost(_pooled_directions(fixed, factor, lg_window),
-                         _pooled_directions(moving, factor, lg_window), radius, window)
-    if smoothing > 1:
-        cost = box_sum(cost, smoothing) / float(smoothing**3)
+                         _pooled_directions(moving, factor, lg_window), radius, window, smoothing)
     flow = soft_argmax_flow(cost, radius, temperature)
     if factor == 1:
         return flow

@@ -40,6 +40,15 @@ def test_cost_matches_numpy(rng):
                                   [[-1, -1, -1], [0, 0, 0], [1, 1, 1]])
 
 
+def test_smoothed_cost_is_the_cost_averaged_again(rng):
+    fixed = rng.normal(size=(6, 7, 5, 3))
+    moving = rng.normal(size=(6, 7, 5, 3))
+    got = matching.matching_cost(tf.constant(fixed[None]), tf.constant(moving[None]), 1, 3, 5)
+    want = ndimage.uniform_filter(numpy_cost(fixed, moving, 1, 3), (5, 5, 5, 1), mode="constant")
+    # float64 throughout (sums of <= 27 * 125 products of O(1) numbers): round-off ~1e-12
+    np.testing.assert_allclose(got.numpy()[0], want, atol=1e-10)
+
+
 def test_soft_argmax_of_a_peaked_cost_is_its_displacement():
     cost = np.zeros((1, 2, 2, 2, 27), np.float32)
     cost[..., 5] = 1.0  # displacements(1)[5] = (-1, 0, 1)
