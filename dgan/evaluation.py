@@ -116,14 +116,17 @@ class ModelMethod:
     :param refine_steps: instance refinement iterations per level after T (:mod:`dgan.refine`);
         0: T alone
     :param refine_config: :class:`dgan.refine.RefineConfig` for the other settings, or None
+    :param network_spacing: the voxel size in mm T runs at, or None: the model's training
+        spacing (:class:`dgan.register.Registrar`)
     """
 
     warmup = True  # the first call builds T for the padded shape and traces predict
 
-    def __init__(self, name, folder, refine_steps=0, refine_config=None):
+    def __init__(self, name, folder, refine_steps=0, refine_config=None, network_spacing=None):
         self.name = name
         self.folder = None if folder is None else os.fspath(folder)
-        self.registrar = Registrar(folder, refine_steps=refine_steps, refine_config=refine_config)
+        self.registrar = Registrar(folder, refine_steps=refine_steps, refine_config=refine_config,
+                                   network_spacing=network_spacing)
 
     def register(self, moving, fixed, moving_labels, spacing):
         affine = _affine(spacing)

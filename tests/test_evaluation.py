@@ -226,6 +226,16 @@ def test_evaluate_refines_only_the_methods_named(untrained_dgan):
         evaluate_cli.refinement_methods(args)
 
 
+def test_evaluate_runs_t_at_each_network_spacing_given(untrained_dgan):
+    args = evaluate_cli.parser().parse_args(["--dgan", str(untrained_dgan), "--network-spacing",
+                                             "4", "2.5", "--refine-steps", "3", "--out", "x"])
+    methods = evaluate_cli.refinement_methods(args)
+    assert [m.name for m in methods] == [
+        "Deform-GAN (T at 4 mm)", "Deform-GAN (T at 4 mm) + refinement 3",
+        "Deform-GAN (T at 2.5 mm)", "Deform-GAN (T at 2.5 mm) + refinement 3"]
+    assert [m.registrar.preprocessing.spacing for m in methods] == [(4.0,) * 3] * 2 + [(2.5,) * 3] * 2
+
+
 def test_refine_settings_parse_numbers_tuples_and_words():
     settings = evaluate_cli.parse_settings(["alpha=0.5", "levels=4,2,1", "steps=25", "xla=off",
                                             "learning_rate=1e-1"])

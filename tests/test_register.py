@@ -203,6 +203,37 @@ def test_flow_vectors_are_converted_to_fixed_voxels(models, tmp_path):
     np.testing.assert_allclose(result.moved[inside], content(world)[inside], atol=1e-4)  # as above
 
 
+def test_network_spacing_runs_t_on_that_grid(models, tmp_path, capsys):
+    """The same constant-flow T (trained at 2 mm) run at 1 mm: the network grid is the fixed
+    box at 1 mm, and t network voxels are t mm, (-t_x, t_y, t_z) fixed voxels."""
+    paths = write_scans(tmp_path)
+    result = Registrar(models["shift"], refine_steps=0, network_spacing=1.0).register_files(
+        paths["moving"], paths["fixed"])
+    assert result.network_shape == (20, 22, 18)
+    np.testing.assert_array_equal(result.network_affine[:3, :3], np.eye(3))
+    # a zero kernel gives the bias exactly; 1 mm voxels re-expressed in 1 mm voxels: exact
+    np.testing.assert_allclose(result.flow, np.broadcast_to([-1.0, -0.5, 0.25], result.flow.shape),
+                               atol=1e-6)
+    out = tmp_path / "cli"
+    out.mkdir()
+    argv = ["--model", models["shift"], "--moving", paths["moving"], "--fixed", paths["fixed"],
+            "--out-moved", str(out / "moved.nii.gz"), "--out-flow", str(out / "flow.nii.gz"),
+            "--refine-steps", "0", "--affine", "off", "--network-spacing", "1"]
+    assert main(argv) == 0
+    np.testing.assert_allclose(nib.load(out / "flow.nii.gz").get_fdata(), result.flow, atol=1e-6)
+
+
+@pytest.mark.parametrize("spacing", [0.0, -2.0, float("nan"), (1.0, 2.0)])
+def test_bad_network_spacing_refused(models, spacing):
+    with pytest.raises(InputError, match="network spacing must be one or three positive"):
+        Registrar(models["shift"], refine_steps=0, network_spacing=spacing)
+
+
+def test_network_spacing_needs_a_model():
+    with pytest.raises(InputError, match="network spacing needs a model folder"):
+        Registrar(None, refine_steps=5, network_spacing=2.0)
+
+
 def test_flow_to_grid_keeps_the_world_displacement():
     """An affine field on a 2 mm RAS grid, re-expressed on the flipped 1 mm fixed grid: for every
     fixed voxel p, A_f (p + out(p)) == A_s (q + flow(q)) with q = A_s^-1 A_f p."""

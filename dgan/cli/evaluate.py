@@ -58,6 +58,10 @@ def parser():
     methods.add_argument("--dgan", metavar="FOLDER", help="Deform-GAN model folder")
     methods.add_argument("--vxm", metavar="FOLDER", help="VoxelMorph (MI) model folder")
     methods.add_argument("--lcc", metavar="FOLDER", help="LCC ablation model folder")
+    methods.add_argument("--network-spacing", type=float, nargs="+", metavar="MM",
+                         help="run every model's T on a grid of this voxel size in mm (default: "
+                              "each model's training spacing); several values add one method "
+                              "each, e.g. 4 2 for a model trained at 4 mm")
     methods.add_argument("--refine-steps", type=int, nargs="+", default=[0], metavar="N",
                          help="also run every model method followed by N instance-refinement "
                               "iterations per level (dgan.refine; default 0: T alone); several "
@@ -122,11 +126,13 @@ def refinement_methods(args):
             raise InputError(f"--refine-set: {error}") from None
 
     methods = []
-    for method, name, folder in model_folders(args):
-        methods.append(evaluation.ModelMethod(name, folder))
-        for steps in steps_list if method in args.refine_methods else ():
-            methods.append(evaluation.ModelMethod(refined_name(name, steps), folder, steps,
-                                                  config(folder)))
+    for method, model_name, folder in model_folders(args):
+        for spacing in args.network_spacing or [None]:
+            name = spaced_name(model_name, spacing)
+            methods.append(evaluation.ModelMethod(name, folder, network_spacing=spacing))
+            for steps in steps_list if method in args.refine_methods else ():
+                methods.append(evaluation.ModelMethod(refined_name(name, steps), folder, steps,
+                                                      config(folder), network_spacing=spacing))
     if args.refine_alone:
         steps = max(steps_list, default=DEFAULT_REFINE_STEPS)
         methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps,
@@ -139,6 +145,11 @@ def refine_counts(args):
     return sorted({n for n in args.refine_steps if n > 0})
 
 
+def spaced_name(name, spacing):
+    """The table's name of model method ``name`` with T run at ``spacing`` mm (None: as trained)."""
+    return name if spacing is None else f"{name} (T at {spacing:g} mm)"
+
+
 def refined_name(name, steps):
     """The table's name of model method ``name`` refined ``steps`` iterations per level."""
     return f"{name} + refinement {steps}"
@@ -146,8 +157,10 @@ def refined_name(name, steps):
 
 def save_refine_curve(path, records, args):
     """``refine_curve.png``: each refined model method's mean Dice (over pairs) against the
-    refinement iterations per level, from 0 (T alone); None when fewer than two counts ran."""
+    refinement iterations per level, from 0 (T alone), with T at the first --network-spacing;
+    None when fewer than two counts ran."""
     steps_list = refine_counts(args)
+    spacing = (args.network_spacing or [None])[0]
     if len(steps_list) < 2:
         return None
 
@@ -156,9 +169,10 @@ def save_refine_curve(path, records, args):
         return float(np.mean(values)) if values else None
 
     history, labels = {}, {}
-    for method, name, _ in model_folders(args):
+    for method, model_name, _ in model_folders(args):
         if method not in args.refine_methods:
             continue
+        name = spaced_name(model_name, spacing)
         points = [(n, mean_dice(name if n == 0 else refined_name(name, n)))
                   for n in (0, *steps_list)]
         history[method] = [(n, d) for n, d in points if d is not None]
