@@ -124,7 +124,7 @@ def _first_input_shape(net):
 
 
 def save_model_folder(registration_net, network_config, preprocessing, path, *, generator=None,
-                      refinement=None):
+                      refinement=None, network_spacing=None):
     """Write T (and G) and their description as a dgan model folder, atomically.
 
     The folder is built under a temporary name beside ``path`` and renamed into place when
@@ -141,6 +141,9 @@ def save_model_folder(registration_net, network_config, preprocessing, path, *, 
     :param refinement: the :class:`dgan.refine.RefineConfig` settings (a dict) that suit this
         model (e.g. its training windows), used by :class:`dgan.register.Registrar` unless the
         caller gives its own; None: refinement's defaults
+    :param network_spacing: the voxel size in mm (one or three) at which
+        :class:`dgan.register.Registrar` runs T by default (``registration`` in the description);
+        None: the training spacing
     :return: ``path`` as a string
     """
     preprocessing = _as_preprocessing(preprocessing, network_config)
@@ -158,6 +161,9 @@ def save_model_folder(registration_net, network_config, preprocessing, path, *, 
     description = _description(network_config, preprocessing, generator is not None)
     if refinement is not None:
         description["refinement"] = dict(refinement)
+    if network_spacing is not None:
+        spacing = dataclasses.replace(preprocessing, spacing=network_spacing).spacing  # checked
+        description["registration"] = {"network_spacing": list(spacing)}
     path = os.fspath(path)
     with dio.atomic_write(path) as tmp:
         os.makedirs(tmp)

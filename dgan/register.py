@@ -168,10 +168,11 @@ class Registrar:
         world coordinates and are never aligned affinely.
     :param affine_config: :class:`dgan.affine.AffineConfig`, or None for the defaults
     :param network_spacing: the voxel size in mm (a number, or three) of the grid T runs on;
-        None: the model's training spacing. T is convolutional and its block matching searches
-        in voxels of whatever grid it is given, so a T trained at 4 mm can run on a finer grid:
-        on the 2 mm brain benchmark, at 2 mm, Dice 0.741 against 0.671 at 4 mm, in about five
-        times the time (docs/TRAINING.md, entry 19)
+        None: the model folder's ``registration.network_spacing`` if it has one (training's
+        ``TrainConfig.network_spacing``), else the training spacing. T is convolutional and its
+        block matching searches in voxels of whatever grid it is given, so a T trained at 4 mm
+        can run on a finer grid: on the 2 mm brain benchmark, at 2 mm, Dice 0.741 against 0.671
+        at 4 mm, in about three times the time (docs/TRAINING.md, entry 19)
     :raises InputError: not a dgan model folder; bad refinement settings; a bad network spacing
     """
 
@@ -179,6 +180,10 @@ class Registrar:
                  affine="off", affine_config=None, network_spacing=None):
         self.model = None if model is None else as_model_folder(model)
         self._preprocessing = None if self.model is None else self.model.preprocessing
+        from_folder = network_spacing is None and self.model is not None
+        if from_folder:
+            network_spacing = (self.model.description.get("registration") or {}).get(
+                "network_spacing")
         if network_spacing is not None:
             if self.model is None:
                 raise InputError("a network spacing needs a model folder (T runs on that grid)")
@@ -187,7 +192,8 @@ class Registrar:
                                                           spacing=network_spacing)
             except (TypeError, ValueError):
                 raise InputError(f"the network spacing must be one or three positive "
-                                 f"millimetre sizes, got {network_spacing!r}") from None
+                                 f"millimetre sizes, got {network_spacing!r}",
+                                 self.model.path if from_folder else None) from None
         base = model_refinement(self.model) if refine_config is None else refine_config
         if refine_steps is None:
             refine_steps = base.steps

@@ -148,6 +148,9 @@ class TrainConfig:
     ``moving``/``fixed`` are lists of scan specs (folders, globs, CSV files) for the two
     modalities, unpaired; both None selects the embedded demo data (MNI152 T1 -> T2-like).
     ``val_pairs`` is an optional CSV with columns moving, fixed, moving_labels, fixed_labels.
+    ``network_spacing`` (mm, or None: ``spacing``) is written into the model folder as the grid
+    :class:`dgan.register.Registrar` runs T on by default; validation stays on the training
+    grid.
     ``method`` is what is trained (:data:`METHODS`): ``deformgan``, ``lcc`` (T alone with
     L_T's terms on F(phi)) or ``vxm`` (VoxelMorph's VxmDense with -MI + lambda Grad_l2); every
     method takes its loss settings from ``loss`` (:class:`dgan.model.LossWeights`).
@@ -181,6 +184,7 @@ class TrainConfig:
     seed: int = 0
     strategy: str = "auto"
     align: bool = False  # align every scan affinely to the first fixed scan first (dgan.prealign)
+    network_spacing: float | None = None  # mm; T's grid in dgan-register (None: spacing)
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
@@ -199,6 +203,10 @@ class TrainConfig:
         if self.method == "vxm" and self.network_config.flow_resolution != 1:
             raise InputError("the vxm method needs flow_resolution 1: VoxelMorph 0.2 does not "
                              "upsample a coarse field the way T does")
+        if self.network_spacing is not None and not (math.isfinite(self.network_spacing)
+                                                     and self.network_spacing > 0):
+            raise InputError(f"network_spacing must be a positive number of mm, "
+                             f"got {self.network_spacing!r}")
         self.network_config  # noqa: B018  (validates the shape against the networks)
         self.loss_weights  # noqa: B018
         self.refine_config  # noqa: B018
@@ -665,7 +673,8 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
         figures.save_curves(out_dir / "losses.png", read_loss_history(out_dir / "losses.csv"))
         save_model_folder(model.registration_model, config.network_config, config.preprocessing,
                           out_dir / "model", generator=model.generator,
-                          refinement=dataclasses.asdict(config.refine_config))
+                          refinement=dataclasses.asdict(config.refine_config),
+                          network_spacing=config.network_spacing)
         write_json(out_dir / "results.json", {
             "method": config.method,
             "step": step,

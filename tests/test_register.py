@@ -223,6 +223,23 @@ def test_network_spacing_runs_t_on_that_grid(models, tmp_path, capsys):
     np.testing.assert_allclose(nib.load(out / "flow.nii.gz").get_fdata(), result.flow, atol=1e-6)
 
 
+def test_the_model_folder_says_where_t_runs_unless_told(tmp_path):
+    net = constant_flow_net([0, 0, 0])
+    prep = {"shape": (16, 16, 16), "spacing": 2.0}
+    folder = save_model_folder(net, TINY_CONFIG, prep, tmp_path / "m", network_spacing=1.5)
+    assert Registrar(folder, refine_steps=0).preprocessing.spacing == (1.5, 1.5, 1.5)
+    assert Registrar(folder, refine_steps=0, network_spacing=3).preprocessing.spacing == (3.0,) * 3
+    plain = save_model_folder(net, TINY_CONFIG, prep, tmp_path / "plain")
+    assert Registrar(plain, refine_steps=0).preprocessing.spacing == (2.0, 2.0, 2.0)
+    with pytest.raises(ValueError, match="spacing must be three positive"):
+        save_model_folder(net, TINY_CONFIG, prep, tmp_path / "bad", network_spacing=-1.0)
+    assert not (tmp_path / "bad").exists()
+    description = tmp_path / "m" / "dgan_model.json"
+    description.write_text(description.read_text().replace("1.5", "-1.5"))
+    with pytest.raises(InputError, match=r"m: the network spacing must be one or three"):
+        Registrar(folder, refine_steps=0)
+
+
 @pytest.mark.parametrize("spacing", [0.0, -2.0, float("nan"), (1.0, 2.0)])
 def test_bad_network_spacing_refused(models, spacing):
     with pytest.raises(InputError, match="network spacing must be one or three positive"):

@@ -36,7 +36,7 @@ def checkpoint_weights(path):
 def three_step_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("runs") / "three"
     assert cli.main([*TINY, "--steps", "3", "--checkpoint-every", "2", "--validate-every", "2",
-                     "--out", str(run)]) == 0
+                     "--network-spacing", "6", "--out", str(run)]) == 0
     return run
 
 
@@ -50,7 +50,9 @@ def test_run_writes_every_output(three_step_run, capsys):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     for png in ("validation.png", "losses.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (run / "model" / "dgan_model.json").exists()
+    description = json.loads((run / "model" / "dgan_model.json").read_text())
+    assert description["registration"] == {"network_spacing": [6.0, 6.0, 6.0]}
+    assert description["preprocessing"]["spacing"] == [12.0, 12.0, 12.0]  # trained at 12 mm
     results = json.loads((run / "results.json").read_text())
     assert results["step"] == 3 and 0 < results["validation_dice_identity"] <= 1
     lines = (run / "losses.csv").read_text().splitlines()
@@ -109,6 +111,12 @@ def test_presets_are_explicit_and_recorded_and_the_cli_overrides_them():
     assert cli.make_config({"moving": ["t1/"], "fixed": ["t2/"], **cube}).preset == "scans"
     assert cli.make_config(cube, preset="scans").lr_g == training.DEFAULT_LR_G
     assert training.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).lr_g == 3e-4
+    args = cli.parser().parse_args([*TINY, "--network-spacing", "2.5"])
+    assert cli.make_config(cli.settings_from_args(args)).network_spacing == 2.5
+    assert config.network_spacing is None  # T registers on the training grid unless told
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(InputError, match="network_spacing must be a positive number of mm"):
+            training.TrainConfig(shape=(32, 32, 32), network_spacing=bad)
 
 
 def test_a_config_written_before_presets_keeps_the_demo_refinement(three_step_run):

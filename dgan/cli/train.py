@@ -41,6 +41,10 @@ def parser():
     data.add_argument("--val-pairs", help="CSV: moving,fixed,moving_labels,fixed_labels for Dice")
     data.add_argument("--shape", nargs=3, type=int, help="network input shape X Y Z")
     data.add_argument("--spacing", type=float, help="resample to this voxel size in mm (0: native)")
+    data.add_argument("--network-spacing", type=float, metavar="MM",
+                      help="the voxel size in mm at which dgan-register runs T with the model "
+                           "(default: --spacing): a T trained at 4 mm registers more accurately "
+                           "at 2 mm")
     data.add_argument("--align", action="store_true",
                       help="align every scan affinely to the first fixed scan first (mutual "
                            "information; once, cached in the run folder's aligned/)")
@@ -116,7 +120,8 @@ def settings_from_args(args):
     """The TrainConfig fields the user gave on the command line (and nothing else)."""
     fields = {}
     for name in ("method", "moving", "fixed", "val_pairs", "steps", "batch_size", "seed", "checkpoint_every",
-                 "keep_checkpoints", "validate_every", "strategy", "lr_t", "lr_g", "lr_d", "lr_decay"):
+                 "keep_checkpoints", "validate_every", "strategy", "lr_t", "lr_g", "lr_d", "lr_decay",
+                 "network_spacing"):
         if getattr(args, name) is not None:
             fields[name] = getattr(args, name)
     if args.shape is not None:
