@@ -171,8 +171,8 @@ class Registrar:
         None: the model folder's ``registration.network_spacing`` if it has one (training's
         ``TrainConfig.network_spacing``), else the training spacing. T is convolutional and its
         block matching searches in voxels of whatever grid it is given, so a T trained at 4 mm
-        can run on a finer grid: on the 2 mm brain benchmark, at 2 mm, Dice 0.741 against 0.671
-        at 4 mm, in about three times the time (docs/TRAINING.md, entry 19)
+        can run on a finer grid: on the 2 mm brain benchmark, at 2 mm, Dice 0.741 against 0.670
+        at 4 mm, in about four times the time (docs/TRAINING.md, entry 19)
     :raises InputError: not a dgan model folder; bad refinement settings; a bad network spacing
     """
 
@@ -653,7 +653,7 @@ def _parser():
         help="refine a stationary velocity field (scaling and squaring): no folding")
     add("--network-spacing", type=float, metavar="MM",
         help="voxel size in mm of the grid T runs on (default: the model's training spacing); "
-             "a T trained at 4 mm is more accurate at 2 mm, in about five times the time")
+             "a T trained at 4 mm is more accurate at 2 mm, in about four times the time")
     add("--affine", choices=AFFINE_MODES, default="auto",
         help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
              "applied when it moves the fixed scan's foreground by more than "

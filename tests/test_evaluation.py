@@ -204,6 +204,7 @@ def test_brain_defaults_coarse_windows_pooled_d_and_each_methods_learning_rate(m
     assert config.steps == train_baselines.DEFAULT_STEPS and config.validate_every == 25
     assert config.loss_weights.mu == 10.0 and config.loss_weights.lam == 1.0  # G translates
     assert config.network_spacing == 2.0  # the models register at the benchmark's grid
+    assert config.refine_config.steps == 0  # with T alone, more accurate there than refined
     args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--resolution", "2",
                                                 "--lg-window", "5", "--lambda", "4",
                                                 "--network-spacing", "3"])
@@ -212,7 +213,8 @@ def test_brain_defaults_coarse_windows_pooled_d_and_each_methods_learning_rate(m
     assert config.loss == {"lg_window": 5, "mu": 10.0, "lam": 4.0}
     assert config.network_spacing == 3.0
     args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--data", "demo"])
-    assert train_baselines.train_config(args, tmp_path).network_spacing is None
+    demo = train_baselines.train_config(args, tmp_path)
+    assert demo.network_spacing is None and demo.refine_config.steps == training.DEMO_REFINE["steps"]
 
 
 def test_evaluate_refines_only_the_methods_named(untrained_dgan):
