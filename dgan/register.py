@@ -215,8 +215,9 @@ class Registrar:
 
     @property
     def preprocessing(self):
-        """:class:`dgan.export.Preprocessing` of the model (with the network spacing given to
-        the constructor, if any), or None without one."""
+        """:class:`dgan.export.Preprocessing` of the model, its spacing the network spacing
+        (the constructor's, else the model folder's, else the training spacing), or None
+        without a model."""
         return self._preprocessing
 
     def network_for(self, shape, kind="T"):
