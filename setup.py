@@ -22,7 +22,7 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "tensorflow-serving-api>=2.16"],
+        "test": ["pytest>=7", "pytest-xdist>=3", "tensorflow-serving-api>=2.16"],
         "ants": ["antspyx>=0.4"],
     },
     entry_points={
