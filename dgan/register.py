@@ -654,8 +654,8 @@ def _parser():
         help="refine a stationary velocity field (scaling and squaring): no folding")
     add("--network-spacing", type=float, metavar="MM",
         help="voxel size in mm of the grid T runs on (default: the model folder's, else its "
-             "training spacing); "
-             "a T trained at 4 mm is more accurate at 2 mm, in about four times the time")
+             "training spacing); a T trained at 4 mm is more accurate at 2 mm, in about four "
+             "times the time")
     add("--affine", choices=AFFINE_MODES, default="auto",
         help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
              "applied when it moves the fixed scan's foreground by more than "
