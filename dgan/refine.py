@@ -6,8 +6,9 @@ identity), with G frozen and only the field changing:
 
     L(phi) = w_lcc (1 - L_LCC(R, G(F)(phi))) + beta (1 - L_LG(R, F(phi))) + alpha sum |grad phi|^2
 
-the T objective of :mod:`dgan.model` (terms from :mod:`dgan.losses`). Two approximations make a
-step cheap:
+the T objective of :mod:`dgan.model` (terms from :mod:`dgan.losses`). By default the smoothness
+term acts on the change refinement makes, phi - phi_0, rather than on phi (``RefineConfig.smooth``):
+T's field keeps its detail. Two approximations make a step cheap:
 
 - **G runs once.** G is a convolutional network, so for a smooth phi it commutes with the warp:
   G(F(phi)) ~= G(F)(phi). The caller translates the moving image once (``translated`` = G(F)) and
@@ -58,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 #: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
 XLA_CHOICES = ("auto", "on", "off")
+SMOOTH_CHOICES = ("flow", "residual")
 XLA_MIN_VOXELS = 2**18
 
 #: Adam's moment decay rates and epsilon.
@@ -92,6 +94,14 @@ class RefineConfig:
     :param lcc_window: the local cross-correlation window
     :param int_steps: 0: displacement field; K > 0: diffeomorphic, a stationary velocity field
         integrated by K scaling-and-squaring steps
+    :param smooth: the field alpha's term acts on: ``"residual"``, the change refinement makes,
+        phi - phi_0, so that the detail of the starting field phi_0 (T's) is kept rather than
+        smoothed away (as :class:`dgan.model.LossWeights`' ``smooth`` does for T's residual);
+        or ``"flow"``, phi itself (the paper's term). From the identity both are phi. After
+        the brain default's T on the 2 mm benchmark's 8 pairs, 25 iterations per level:
+        0.740 with ``"residual"`` against 0.722 with ``"flow"`` (T alone 0.741); after the
+        same T run at 4 mm, 0.730 against 0.722; the demo model, 0.649 against 0.648
+        (docs/TRAINING.md, entry 21)
     :param xla: ``"auto"``: compile the iterations of levels of at least
         :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
         ``tf.function``; ``"on"``: every level; ``"off"``: none. XLA fuses the many small
@@ -111,6 +121,7 @@ class RefineConfig:
     lg_window: int = 3
     lcc_window: int = losses.DEFAULT_LCC_WINDOW
     int_steps: int = 0
+    smooth: str = "residual"
     xla: str = "auto"
 
     def __post_init__(self):
@@ -139,6 +150,9 @@ class RefineConfig:
                 raise InputError(f"refinement {name} must be an odd positive integer, got {value!r}")
         if not isinstance(self.int_steps, (int, np.integer)) or not 0 <= self.int_steps <= 16:
             raise InputError(f"refinement int_steps must be 0..16, got {self.int_steps!r}")
+        if self.smooth not in SMOOTH_CHOICES:
+            raise InputError(f"refinement smooth must be one of {', '.join(SMOOTH_CHOICES)}, "
+                             f"got {self.smooth!r}")
         if self.xla not in XLA_CHOICES:
             raise InputError(f"refinement xla must be one of {', '.join(XLA_CHOICES)}, "
                              f"got {self.xla!r}")
@@ -250,7 +264,8 @@ def exponentiate(velocity, steps, grid):
 
 
 class _StepSettings(collections.namedtuple("_StepSettings", [
-        "learning_rate", "alpha", "beta", "w_lcc", "lg_window", "lcc_window", "int_steps"])):
+        "learning_rate", "alpha", "beta", "w_lcc", "lg_window", "lcc_window", "int_steps",
+        "smooth"])):
     """What an iteration needs of :class:`RefineConfig`, as plain numbers in a namedtuple:
     ``tf.function`` keys its traces on their values, so every pair and every iteration count
     reuses one trace (and one XLA compilation) per level shape. A dataclass would be keyed on
@@ -301,7 +316,8 @@ def _objective(level, flow, warped, config):
     if level.fixed_statistics is not None:
         loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
             level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window))
-    loss += config.alpha * losses.smoothness(flow[tf.newaxis])
+    smoothed = flow - level.base if config.smooth == "residual" else flow
+    loss += config.alpha * losses.smoothness(smoothed[tf.newaxis])
     return loss[0]
 
 

@@ -61,7 +61,7 @@ from . import metrics, synth
 from .errors import InputError
 from .export import as_model_folder, generator_for_shape, registration_net_for_shape
 from .preprocessing import padded_shape, scale_intensity
-from .refine import RefineConfig, refine
+from .refine import SMOOTH_CHOICES, RefineConfig, refine
 
 logger = logging.getLogger(__name__)
 
@@ -652,6 +652,10 @@ def _parser():
              f"powers of two (default: the model's, else {' '.join(map(str, RefineConfig.levels))})")
     add("--diffeomorphic", action="store_true",
         help="refine a stationary velocity field (scaling and squaring): no folding")
+    add("--refine-smooth", choices=SMOOTH_CHOICES,
+        help="what refinement's smoothness term acts on: residual, the change it makes to T's "
+             "field (keeps T's detail), or flow, the whole field (the paper's term); default: "
+             f"the model's, else {RefineConfig.smooth}")
     add("--network-spacing", type=float, metavar="MM",
         help="voxel size in mm of the grid T runs on (default: the model folder's, else its "
              "training spacing); a T trained at 4 mm is more accurate at 2 mm, in about four "
@@ -683,6 +687,8 @@ def main(argv=None):
             changes["levels"] = tuple(args.refine_levels)
         if args.diffeomorphic:
             changes["int_steps"] = 7
+        if args.refine_smooth is not None:
+            changes["smooth"] = args.refine_smooth
         config = dataclasses.replace(model_refinement(model), **changes)
         registrar = Registrar(model, refine_steps=args.refine_steps, refine_config=config,
                               progress=print, affine=args.affine,

@@ -1,5 +1,6 @@
 """Instance refinement (dgan.refine) and its use by Registrar and dgan-register."""
 
+import dataclasses
 import json
 import logging
 
@@ -154,6 +155,43 @@ def test_the_split_iteration_takes_the_gradient_of_the_whole_objective():
         assert np.abs(moment.numpy() - want).max() <= 5e-4 * np.abs(want).max()
 
 
+def smoothness_reference(flow):
+    """NumPy sum |grad phi|^2: per axis and component, the mean squared forward difference."""
+    return sum(np.mean(np.diff(flow[..., c], axis=d) ** 2) for d in range(3) for c in range(3))
+
+
+def test_the_smoothness_term_acts_on_the_change_to_the_start_unless_told_otherwise():
+    """With u = 0, phi is the starting field phi_0: its roughness costs nothing by default
+    ("residual", the change refinement makes) and alpha sum |grad phi_0|^2 with "flow"."""
+    moving, fixed = random_pair(shape=(12, 16, 8), seed=7)
+    start = np.random.default_rng(8).normal(0, 0.5, moving.shape + (3,)).astype("f4")
+    want = {"residual": 0.0, "flow": 2.0 * smoothness_reference(start.astype(np.float64))}
+    for smooth, expected in want.items():
+        config = dr.RefineConfig(steps=1, levels=(1,), alpha=2.0, beta=0.0, smooth=smooth)
+        shapes = dr._level_shapes(moving.shape, config.levels, config.control)
+        level = dr._prepare_level(shapes, 1, config, tf.constant(moving[..., None]),
+                                  tf.constant(fixed[..., None]), tf.constant(start))
+        settings = dr._StepSettings.of(config)
+        u = tf.zeros(shapes[2] + (3,))
+        loss = dr._objective(level, *dr._moved(level, u, settings), settings)
+        # a mean of about 1e3 squares in float32: relative round-off well under 1e-5
+        np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-5, atol=1e-7)
+    assert dr.RefineConfig().smooth == "residual"
+
+
+def test_residual_smoothness_keeps_the_detail_of_the_start_where_flow_smooths_it():
+    """Smoothness alone (beta = 0): "residual" has nothing to lower from phi_0, so phi_0 comes
+    back unchanged; "flow" lowers phi_0's roughness."""
+    moving, fixed = random_pair(shape=(12, 16, 8), seed=9)
+    start = np.random.default_rng(10).normal(0, 0.5, moving.shape + (3,)).astype("f4")
+    config = dr.RefineConfig(steps=10, levels=(1,), control=1, alpha=1.0, beta=0.0)
+    kept = dr.refine(moving, fixed, start, config=config).flow
+    np.testing.assert_array_equal(kept, start)
+    smoothed = dr.refine(moving, fixed, start,
+                         config=dataclasses.replace(config, smooth="flow")).flow
+    assert smoothness_reference(smoothed) < 0.9 * smoothness_reference(start)
+
+
 def test_xla_compiles_large_levels_by_default_and_obeys_on_and_off():
     large, small = (80, 96, 112), (40, 48, 56)  # 860160 and 107520 voxels
     assert dr.RefineConfig().uses_xla(large) and not dr.RefineConfig().uses_xla(small)
@@ -183,6 +221,7 @@ def test_a_new_pair_with_equal_settings_reuses_the_traced_iteration():
     ({"alpha": float("nan")}, "refinement alpha must be a finite number >= 0"),
     ({"lg_window": 4}, "refinement lg_window must be an odd positive integer"),
     ({"xla": True}, "refinement xla must be one of auto, on, off"),
+    ({"smooth": "phi"}, "refinement smooth must be one of flow, residual, got 'phi'"),
 ])
 def test_bad_settings_are_refused(changes, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -292,6 +331,7 @@ def test_cli_without_a_model_refines_from_the_identity(tmp_path, capsys):
     (["--refine-steps", "x"], "argument --refine-steps: expected a whole number >= 0, got 'x'"),
     (["--refine-levels", "3"], "error: refinement levels must be decreasing powers of two"),
     (["--unknown-option"], "unrecognized arguments: --unknown-option"),
+    (["--refine-smooth", "phi"], "argument --refine-smooth: invalid choice: 'phi'"),
     (["--refine-steps", "0"], "error: without a model folder, refinement steps must be > 0"),
 ])
 def test_bad_command_lines_are_refused_in_one_line(tmp_path, capsys, extra, message):
