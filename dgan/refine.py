@@ -59,8 +59,10 @@ logger = logging.getLogger(__name__)
 
 #: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
 XLA_CHOICES = ("auto", "on", "off")
-SMOOTH_CHOICES = ("flow", "residual")
 XLA_MIN_VOXELS = 2**18
+
+#: ``RefineConfig.smooth`` values: the field the smoothness term acts on.
+SMOOTH_CHOICES = ("flow", "residual")
 
 #: Adam's moment decay rates and epsilon.
 ADAM_BETAS = (0.9, 0.999)
@@ -100,7 +102,7 @@ class RefineConfig:
         or ``"flow"``, phi itself (the paper's term). From the identity both are phi. After
         the brain default's T on the 2 mm benchmark's 8 pairs, 25 iterations per level:
         0.740 with ``"residual"`` against 0.722 with ``"flow"`` (T alone 0.741); after the
-        same T run at 4 mm, 0.730 against 0.722; the demo model, 0.649 against 0.648
+        same T run at 4 mm, 0.730 against 0.722; two demo models, +0.0002 and +0.0015
         (docs/TRAINING.md, entry 21)
     :param xla: ``"auto"``: compile the iterations of levels of at least
         :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
