@@ -11,6 +11,7 @@ import pytest
 from dgan import io as dio
 from dgan import metrics
 from dgan import refine as dr
+from dgan import register as dregister
 from dgan.compat import tf
 from dgan.errors import InputError
 from dgan.export import CONFIG_FILE, GENERATOR_FILE, load_model_folder, save_model_folder
@@ -325,6 +326,23 @@ def test_cli_without_a_model_refines_from_the_identity(tmp_path, capsys):
     assert "refinement" in out.splitlines()[-1] and "network" in out.splitlines()[-1]
     flow = nib.load(str(tmp_path / "flow.nii.gz")).get_fdata()
     assert flow.shape == (24, 24, 24, 3) and np.abs(flow).max() > 0.01
+
+
+@pytest.mark.parametrize("extra, smooth", [([], "residual"), (["--refine-smooth", "flow"], "flow")])
+def test_cli_passes_what_the_smoothness_acts_on_to_refinement(tmp_path, monkeypatch, extra, smooth):
+    used = []
+
+    def recording_refine(moving, fixed, flow, translated, config, progress):
+        used.append(config.smooth)
+        return dr.refine(moving, fixed, flow, translated, config, progress)
+
+    monkeypatch.setattr(dregister, "refine", recording_refine)
+    paths = _write_pair(tmp_path)
+    status = main(["--moving", paths["moving"], "--fixed", paths["fixed"],
+                   "--out-moved", str(tmp_path / "moved.nii.gz"),
+                   "--out-flow", str(tmp_path / "flow.nii.gz"), "--refine-steps", "1",
+                   "--refine-levels", "1"] + extra)
+    assert status == 0 and used == [smooth]
 
 
 @pytest.mark.parametrize("extra, message", [
