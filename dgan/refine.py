@@ -54,15 +54,13 @@ import numpy as np
 from . import losses
 from .compat import tf
 from .errors import InputError
+from .model import SMOOTHED_FIELDS
 
 logger = logging.getLogger(__name__)
 
 #: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
 XLA_CHOICES = ("auto", "on", "off")
 XLA_MIN_VOXELS = 2**18
-
-#: ``RefineConfig.smooth`` values: the field the smoothness term acts on.
-SMOOTH_CHOICES = ("flow", "residual")
 
 #: Adam's moment decay rates and epsilon.
 ADAM_BETAS = (0.9, 0.999)
@@ -96,10 +94,11 @@ class RefineConfig:
     :param lcc_window: the local cross-correlation window
     :param int_steps: 0: displacement field; K > 0: diffeomorphic, a stationary velocity field
         integrated by K scaling-and-squaring steps
-    :param smooth: the field alpha's term acts on: ``"residual"``, the change refinement makes,
-        phi - phi_0, so that the detail of the starting field phi_0 (T's) is kept rather than
-        smoothed away (as :class:`dgan.model.LossWeights`' ``smooth`` does for T's residual);
-        or ``"flow"``, phi itself (the paper's term). From the identity both are phi. After
+    :param smooth: the field alpha's term acts on (:data:`dgan.model.SMOOTHED_FIELDS`):
+        ``"residual"``, the change refinement makes, phi - phi_0, so that the detail of the
+        starting field phi_0 (T's) is kept rather than smoothed away (as
+        :class:`dgan.model.LossWeights`' ``smooth`` does for T's residual); or ``"flow"``, phi
+        itself (the paper's term). From the identity both are phi. After
         the brain default's T on the 2 mm benchmark's 8 pairs, 25 iterations per level:
         0.740 with ``"residual"`` against 0.722 with ``"flow"`` (T alone 0.741); after the
         same T run at 4 mm, 0.730 against 0.722; two demo models, +0.0002 and +0.0015
@@ -152,12 +151,11 @@ class RefineConfig:
                 raise InputError(f"refinement {name} must be an odd positive integer, got {value!r}")
         if not isinstance(self.int_steps, (int, np.integer)) or not 0 <= self.int_steps <= 16:
             raise InputError(f"refinement int_steps must be 0..16, got {self.int_steps!r}")
-        if self.smooth not in SMOOTH_CHOICES:
-            raise InputError(f"refinement smooth must be one of {', '.join(SMOOTH_CHOICES)}, "
-                             f"got {self.smooth!r}")
-        if self.xla not in XLA_CHOICES:
-            raise InputError(f"refinement xla must be one of {', '.join(XLA_CHOICES)}, "
-                             f"got {self.xla!r}")
+        for name, choices in (("smooth", SMOOTHED_FIELDS), ("xla", XLA_CHOICES)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise InputError(f"refinement {name} must be one of {', '.join(choices)}, "
+                                 f"got {value!r}")
 
     def uses_xla(self, shape):
         """Whether a level of images of ``shape`` compiles its iterations with XLA."""

@@ -60,8 +60,9 @@ from . import itk
 from . import metrics, synth
 from .errors import InputError
 from .export import as_model_folder, generator_for_shape, registration_net_for_shape
+from .model import SMOOTHED_FIELDS
 from .preprocessing import padded_shape, scale_intensity
-from .refine import SMOOTH_CHOICES, RefineConfig, refine
+from .refine import RefineConfig, refine
 
 logger = logging.getLogger(__name__)
 
@@ -652,7 +653,7 @@ def _parser():
              f"powers of two (default: the model's, else {' '.join(map(str, RefineConfig.levels))})")
     add("--diffeomorphic", action="store_true",
         help="refine a stationary velocity field (scaling and squaring): no folding")
-    add("--refine-smooth", choices=SMOOTH_CHOICES,
+    add("--refine-smooth", choices=SMOOTHED_FIELDS,
         help="what refinement's smoothness term acts on: residual, the change it makes to T's "
              "field (keeps T's detail), or flow, the whole field (the paper's term); default: "
              f"the model's, else {RefineConfig.smooth}")

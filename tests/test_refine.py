@@ -223,7 +223,7 @@ def test_a_new_pair_with_equal_settings_reuses_the_traced_iteration():
     ({"alpha": float("nan")}, "refinement alpha must be a finite number >= 0"),
     ({"lg_window": 4}, "refinement lg_window must be an odd positive integer"),
     ({"xla": True}, "refinement xla must be one of auto, on, off"),
-    ({"smooth": "phi"}, "refinement smooth must be one of flow, residual, got 'phi'"),
+    ({"smooth": "phi"}, "refinement smooth must be one of residual, flow, got 'phi'"),
 ])
 def test_bad_settings_are_refused(changes, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
