@@ -8,6 +8,7 @@ import pytest
 
 from dgan import io as dio
 from dgan import register, synth
+from dgan.compat import tf
 from dgan.errors import InputError
 from dgan.export import save_model_folder
 from dgan.networks import NetworkConfig, build_registration_net
@@ -78,6 +79,7 @@ def constant_flow_net(displacement):
 def models(tmp_path_factory):
     """Model folders: a perturbed T at native spacing, and constant-flow Ts at 2 mm."""
     folder = tmp_path_factory.mktemp("models")
+    tf.keras.utils.set_random_seed(0)  # the same T whatever the test order or the worker
     net = build_registration_net(TINY_CONFIG)
     layer = net.get_layer("flow")
     kernel, bias = layer.get_weights()
@@ -118,7 +120,9 @@ def test_api_and_cli_give_identical_outputs_on_the_fixed_grid(registrar, models,
     assert result.moved.shape == FIXED_SHAPE and result.moved.dtype == np.float32
     assert result.flow.shape == FIXED_SHAPE + (3,) and result.flow.dtype == np.float32
     assert result.labels.shape == FIXED_SHAPE and result.labels.dtype == np.int32
-    assert 0.1 < np.abs(result.flow).max() < 5  # the perturbed T moves things
+    assert np.isfinite(result.flow).all()
+    # The perturbed T moves things, and by less than the fixed box (1 mm voxels) is long.
+    assert 0.1 < np.abs(result.flow).max() < max(FIXED_SHAPE)
     assert 0.0 <= result.folding_fraction <= 1.0
 
     assert run_cli(models["perturbed"], scans, tmp_path) == 0
