@@ -167,6 +167,7 @@ def local_cross_correlation(fixed, moving, window=DEFAULT_LCC_WINDOW, eps=DEFAUL
 
     With sums S over the window^3 neighbourhood (zero-padded) and N = window^3:
     cross = S(RF) - S(R) S(F) / N, var_R = S(R^2) - S(R)^2 / N (clamped at 0), likewise var_F.
+    A window where var_R or var_F is within round-off of 0 (:func:`flat_tolerance`) counts 0.
 
     :param fixed: R, shape = (B, X, Y, Z, 1)
     :param moving: F, shape = (B, X, Y, Z, 1)
@@ -207,7 +208,22 @@ def correlation_from_statistics(fixed_statistics, fixed, moving, window=DEFAULT_
     var_r = tf.maximum(s_rr - s_r * s_r / count, zero)
     var_f = tf.maximum(s_ff - s_f * s_f / count, zero)
     cc = cross * cross / (var_r * var_f + tf.constant(eps, fixed.dtype))
-    return tf.reduce_mean(cc, axis=[1, 2, 3])
+    # A window where either image is flat to the precision of its sums has no correlation: its
+    # cross term is then round-off alone, and divided by eps its gradient would be noise.
+    tolerance = tf.constant(flat_tolerance(window, fixed.dtype), fixed.dtype)
+    flat = tf.logical_or(var_r <= tolerance * s_rr, var_f <= tolerance * s_ff)
+    return tf.reduce_mean(tf.where(flat, zero, cc), axis=[1, 2, 3])
+
+
+def flat_tolerance(window, dtype):
+    """The largest var / S(I^2) that :func:`correlation_from_statistics` treats as a flat window.
+
+    var = S(I^2) - S(I)^2 / N loses its digits to cancellation when I barely varies in the
+    window: S(I^2) and S(I) come from three passes of ``window`` additions each, so each carries a
+    relative error of at most 3 window u (u = eps / 2 the unit round-off), and S(I)^2 / N <=
+    S(I^2), so var is off by at most about 9 window u S(I^2). Twice that: 9 window eps.
+    """
+    return 9 * window * float(np.finfo(tf.as_dtype(dtype).as_numpy_dtype).eps)
 
 
 def smoothness(flow):

@@ -47,7 +47,10 @@ def np_lcc(a, b, n, eps=losses.DEFAULT_LCC_EPS):
     cross = s_ab - s_a * s_b / count
     var_a = np.maximum(s_aa - s_a**2 / count, 0)
     var_b = np.maximum(s_bb - s_b**2 / count, 0)
-    return np.mean(cross**2 / (var_a * var_b + eps))
+    # windows flat to float32 precision count 0 (dgan.losses.flat_tolerance)
+    tolerance = 9 * n * np.finfo(np.float32).eps
+    flat = (var_a <= tolerance * s_aa) | (var_b <= tolerance * s_bb)
+    return np.mean(np.where(flat, 0.0, cross**2 / (var_a * var_b + eps)))
 
 
 def batch(*volumes):
@@ -172,6 +175,40 @@ def test_gan_and_l1_losses_by_hand():
     np.testing.assert_allclose(losses.generator_adversarial_loss(fake).numpy(), [1.0, (0 + 4) / 2])
     a = tf.constant(np.arange(16.0).reshape(2, 2, 2, 2, 1), tf.float32)
     np.testing.assert_allclose(losses.l1(a, a + 0.25).numpy(), [0.25, 0.25])
+
+
+def test_a_flat_window_has_no_correlation_and_no_round_off_gradient(rng):
+    """Where F is constant (0.7) and R is not, L_LCC's cross term is round-off alone; divided by
+    eps it gave the gradient noise as large as the real gradient elsewhere. Flat windows count 0."""
+    window = 5
+    fixed = rng.random((1, 20, 20, 20, 1)).astype(np.float32)
+    moving = np.full_like(fixed, 0.7)
+    moving[0, :6, :6, :6] += rng.random((6, 6, 6, 1)).astype(np.float32)  # structure in a corner
+    moving_t = tf.constant(moving)
+    with tf.GradientTape() as tape:
+        tape.watch(moving_t)
+        value = losses.local_cross_correlation(tf.constant(fixed), moving_t, window)
+    gradient = tape.gradient(value, moving_t).numpy()[0, ..., 0]
+    # a voxel's gradient comes from the windows centred within h = window // 2 of it; those
+    # reach 2 h from it: the corner's structure, or the zero padding beyond the border
+    h = window // 2
+    assert np.abs(gradient[:6, :6, :6]).max() > 1e-6
+    far = np.zeros(gradient.shape, bool)
+    far[2 * h:-2 * h, 2 * h:-2 * h, 2 * h:-2 * h] = True
+    far[:6 + 2 * h, :6 + 2 * h, :6 + 2 * h] = False
+    assert far.sum() > 100
+    np.testing.assert_array_equal(gradient[far], 0.0)
+    # the value: as the NumPy reference (float64 sums, the same rule for flat windows). The
+    # windows that are not flat have var / S(I^2) >= ~0.06, so float32's error on var and cross
+    # (<= 9 n u S(I^2), dgan.losses.flat_tolerance) is <= 5e-5 of each, and <= 2e-4 of cc
+    np.testing.assert_allclose(value.numpy(), [np_lcc(fixed[0, ..., 0], moving[0, ..., 0], window)],
+                               rtol=2e-4)
+    # contrast of 1 % of the intensity is not flat: it still counts (a flat count would give 0;
+    # float32's error here is up to ~15 % of var per window in the worst case)
+    faint = (0.7 + 0.01 * rng.random(fixed.shape)).astype(np.float32)
+    got = losses.local_cross_correlation(tf.constant(fixed), tf.constant(faint), window).numpy()[0]
+    want = np_lcc(fixed[0, ..., 0], faint[0, ..., 0], window)
+    assert 0.5 * want < got < 1.5 * want
 
 
 @pytest.mark.parametrize("value", [0.0, 1.0, 0.37])
