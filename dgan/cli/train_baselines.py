@@ -153,8 +153,9 @@ BRAIN_G_LOSS = {"mu": 10.0, "lam": 1.0}
 #: (docs/TRAINING.md, entry 19).
 BRAIN_NETWORK_SPACING_MM = 2.0
 #: Refinement iterations per level saved in a brain model folder (and run at its first and last
-#: validation): none. After T at 2 mm, refinement lowers Dice (0.741 -> 0.722 for Deform-GAN)
-#: and doubles the time; ``dgan-register --refine-steps N`` still refines (entry 19).
+#: validation): none. After T at 2 mm, refinement adds nothing (0.741 -> 0.740 for Deform-GAN,
+#: entry 21; 0.7396 -> 0.7427 with its L_LCC term through G, which then folds 0.12 % of the
+#: voxels, entry 23) and doubles the time; ``dgan-register --refine-steps N`` still refines.
 BRAIN_REFINE_STEPS = 0
 
 #: Each method's own learning rate unless --lr gives one: T's, and VoxelMorph's for VxmDense.
