@@ -661,6 +661,10 @@ def _parser():
         help="weight of refinement's L_LCC term through the model's G, w_lcc (default: the "
              "model's; 0 for the models trained here, which refine with L_LG alone). After a "
              "brain model's T at 4 mm, 1 scores higher (docs/TRAINING.md, entry 23)")
+    add("--refine-alpha", type=float, metavar="A",
+        help="weight of refinement's smoothness term, alpha (default: the model's, else "
+             f"{RefineConfig.alpha:g}). After a brain model's T at 2 mm, --refine-lcc 1 "
+             "--refine-alpha 4 adds to T alone without folding (docs/TRAINING.md, entry 23)")
     add("--network-spacing", type=float, metavar="MM",
         help="voxel size in mm of the grid T runs on (default: the model folder's, else its "
              "training spacing); a T trained at 4 mm is more accurate at 2 mm, in about four "
@@ -694,8 +698,9 @@ def main(argv=None):
             changes["int_steps"] = 7
         if args.refine_smooth is not None:
             changes["smooth"] = args.refine_smooth
-        if args.refine_lcc is not None:
-            changes["w_lcc"] = args.refine_lcc
+        for name, value in (("w_lcc", args.refine_lcc), ("alpha", args.refine_alpha)):
+            if value is not None:
+                changes[name] = value
         config = dataclasses.replace(model_refinement(model), **changes)
         registrar = Registrar(model, refine_steps=args.refine_steps, refine_config=config,
                               progress=print, affine=args.affine,

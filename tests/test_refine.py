@@ -345,14 +345,16 @@ def test_cli_passes_what_the_smoothness_acts_on_to_refinement(tmp_path, monkeypa
     assert status == 0 and used == [smooth]
 
 
-@pytest.mark.parametrize("extra, weight", [([], None), (["--refine-lcc", "0"], 0.0),
-                                           (["--refine-lcc", "0.5"], 0.5)])
-def test_cli_sets_the_weight_of_refinements_lcc_term_through_g(folders, tmp_path, monkeypatch,
-                                                                extra, weight):
+@pytest.mark.parametrize("extra, weight, alpha", [
+    ([], None, None), (["--refine-lcc", "0"], 0.0, None),
+    (["--refine-lcc", "0.5", "--refine-alpha", "4"], 0.5, 4.0)])
+def test_cli_sets_the_weights_of_refinements_lcc_term_and_smoothness(folders, tmp_path,
+                                                                     monkeypatch, extra, weight,
+                                                                     alpha):
     used = []
 
     def recording_refine(moving, fixed, flow, translated, config, progress):
-        used.append((config.w_lcc, translated is not None))
+        used.append((config.w_lcc, translated is not None, config.alpha))
         return dr.refine(moving, fixed, flow, translated, config, progress)
 
     monkeypatch.setattr(dregister, "refine", recording_refine)
@@ -361,10 +363,11 @@ def test_cli_sets_the_weight_of_refinements_lcc_term_through_g(folders, tmp_path
                    "--fixed", paths["fixed"], "--out-moved", str(tmp_path / "moved.nii.gz"),
                    "--out-flow", str(tmp_path / "flow.nii.gz"), "--refine-steps", "1",
                    "--refine-levels", "1", "--affine", "off"] + extra)
-    default = dregister.model_refinement(load_model_folder(folders["with_g"])).w_lcc
-    weight = default if weight is None else weight
+    default = dregister.model_refinement(load_model_folder(folders["with_g"]))
+    weight = default.w_lcc if weight is None else weight
+    alpha = default.alpha if alpha is None else alpha
     # G renders the moving scan only when its term counts
-    assert status == 0 and used == [(weight, weight > 0)]
+    assert status == 0 and used == [(weight, weight > 0, alpha)]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -375,6 +378,7 @@ def test_cli_sets_the_weight_of_refinements_lcc_term_through_g(folders, tmp_path
     (["--refine-smooth", "phi"], "argument --refine-smooth: invalid choice: 'phi'"),
     (["--refine-lcc", "-1"], "error: refinement w_lcc must be a finite number >= 0, got -1.0"),
     (["--refine-lcc", "nan"], "error: refinement w_lcc must be a finite number >= 0, got nan"),
+    (["--refine-alpha", "-2"], "error: refinement alpha must be a finite number >= 0, got -2.0"),
     (["--refine-steps", "0"], "error: without a model folder, refinement steps must be > 0"),
 ])
 def test_bad_command_lines_are_refused_in_one_line(tmp_path, capsys, extra, message):
