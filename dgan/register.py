@@ -696,9 +696,8 @@ def main(argv=None):
             changes["levels"] = tuple(args.refine_levels)
         if args.diffeomorphic:
             changes["int_steps"] = 7
-        if args.refine_smooth is not None:
-            changes["smooth"] = args.refine_smooth
-        for name, value in (("w_lcc", args.refine_lcc), ("alpha", args.refine_alpha)):
+        for name, value in (("smooth", args.refine_smooth), ("w_lcc", args.refine_lcc),
+                            ("alpha", args.refine_alpha)):
             if value is not None:
                 changes[name] = value
         config = dataclasses.replace(model_refinement(model), **changes)

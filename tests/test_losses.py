@@ -47,8 +47,8 @@ def np_lcc(a, b, n, eps=losses.DEFAULT_LCC_EPS):
     cross = s_ab - s_a * s_b / count
     var_a = np.maximum(s_aa - s_a**2 / count, 0)
     var_b = np.maximum(s_bb - s_b**2 / count, 0)
-    # windows flat to float32 precision count 0 (dgan.losses.flat_tolerance)
-    tolerance = 9 * n * np.finfo(np.float32).eps
+    # windows flat to float32 precision count 0
+    tolerance = losses.flat_tolerance(n, tf.float32)
     flat = (var_a <= tolerance * s_aa) | (var_b <= tolerance * s_bb)
     return np.mean(np.where(flat, 0.0, cross**2 / (var_a * var_b + eps)))
 

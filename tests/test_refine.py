@@ -328,12 +328,13 @@ def test_cli_without_a_model_refines_from_the_identity(tmp_path, capsys):
     assert flow.shape == (24, 24, 24, 3) and np.abs(flow).max() > 0.01
 
 
-@pytest.mark.parametrize("extra, smooth", [([], "residual"), (["--refine-smooth", "flow"], "flow")])
-def test_cli_passes_what_the_smoothness_acts_on_to_refinement(tmp_path, monkeypatch, extra, smooth):
+def refinements_run_by_the_cli(monkeypatch, tmp_path, argv):
+    """dgan-register's exit status on ``_write_pair``'s scans with ``argv`` (one refinement level,
+    one step), and (config, whether G(F) was given) for each call to refine()."""
     used = []
 
     def recording_refine(moving, fixed, flow, translated, config, progress):
-        used.append(config.smooth)
+        used.append((config, translated is not None))
         return dr.refine(moving, fixed, flow, translated, config, progress)
 
     monkeypatch.setattr(dregister, "refine", recording_refine)
@@ -341,8 +342,14 @@ def test_cli_passes_what_the_smoothness_acts_on_to_refinement(tmp_path, monkeypa
     status = main(["--moving", paths["moving"], "--fixed", paths["fixed"],
                    "--out-moved", str(tmp_path / "moved.nii.gz"),
                    "--out-flow", str(tmp_path / "flow.nii.gz"), "--refine-steps", "1",
-                   "--refine-levels", "1"] + extra)
-    assert status == 0 and used == [smooth]
+                   "--refine-levels", "1"] + argv)
+    return status, used
+
+
+@pytest.mark.parametrize("extra, smooth", [([], "residual"), (["--refine-smooth", "flow"], "flow")])
+def test_cli_passes_what_the_smoothness_acts_on_to_refinement(tmp_path, monkeypatch, extra, smooth):
+    status, used = refinements_run_by_the_cli(monkeypatch, tmp_path, extra)
+    assert status == 0 and [config.smooth for config, _ in used] == [smooth]
 
 
 @pytest.mark.parametrize("extra, weight, alpha", [
@@ -351,23 +358,14 @@ def test_cli_passes_what_the_smoothness_acts_on_to_refinement(tmp_path, monkeypa
 def test_cli_sets_the_weights_of_refinements_lcc_term_and_smoothness(folders, tmp_path,
                                                                      monkeypatch, extra, weight,
                                                                      alpha):
-    used = []
-
-    def recording_refine(moving, fixed, flow, translated, config, progress):
-        used.append((config.w_lcc, translated is not None, config.alpha))
-        return dr.refine(moving, fixed, flow, translated, config, progress)
-
-    monkeypatch.setattr(dregister, "refine", recording_refine)
-    paths = _write_pair(tmp_path)
-    status = main(["--model", str(folders["with_g"]), "--moving", paths["moving"],
-                   "--fixed", paths["fixed"], "--out-moved", str(tmp_path / "moved.nii.gz"),
-                   "--out-flow", str(tmp_path / "flow.nii.gz"), "--refine-steps", "1",
-                   "--refine-levels", "1", "--affine", "off"] + extra)
+    status, used = refinements_run_by_the_cli(
+        monkeypatch, tmp_path, ["--model", str(folders["with_g"]), "--affine", "off"] + extra)
     default = dregister.model_refinement(load_model_folder(folders["with_g"]))
     weight = default.w_lcc if weight is None else weight
     alpha = default.alpha if alpha is None else alpha
     # G renders the moving scan only when its term counts
-    assert status == 0 and used == [(weight, weight > 0, alpha)]
+    assert status == 0
+    assert [(c.w_lcc, given, c.alpha) for c, given in used] == [(weight, weight > 0, alpha)]
 
 
 @pytest.mark.parametrize("extra, message", [
