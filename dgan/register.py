@@ -659,12 +659,13 @@ def _parser():
              f"the model's, else {RefineConfig.smooth}")
     add("--refine-lcc", type=float, metavar="W",
         help="weight of refinement's L_LCC term through the model's G, w_lcc (default: the "
-             "model's; 0 for the models trained here, which refine with L_LG alone). After a "
-             "brain model's T at 4 mm, 1 scores higher (docs/TRAINING.md, entry 23)")
+             "model's: 1 for brain models from dgan-train-baselines, whose G translates; 0 for "
+             "the demo's and train_dgan's, whose G draws the fixed image). After a brain "
+             "model's T, 1 scores higher (docs/TRAINING.md, entries 23 and 24)")
     add("--refine-alpha", type=float, metavar="A",
         help="weight of refinement's smoothness term, alpha (default: the model's, else "
-             f"{RefineConfig.alpha:g}). After a brain model's T at 2 mm, --refine-lcc 1 "
-             "--refine-alpha 4 adds to T alone without folding (docs/TRAINING.md, entry 23)")
+             f"{RefineConfig.alpha:g}; 4 for brain models: after their T at 2 mm, alpha 1 "
+             "with --refine-lcc 1 folds, docs/TRAINING.md, entry 23)")
     add("--network-spacing", type=float, metavar="MM",
         help="voxel size in mm of the grid T runs on (default: the model folder's, else its "
              "training spacing); a T trained at 4 mm is more accurate at 2 mm, in about four "

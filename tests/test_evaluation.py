@@ -201,17 +201,20 @@ def test_brain_defaults_coarse_windows_pooled_d_and_each_methods_learning_rate(m
     config = train_baselines.train_config(args, tmp_path)
     assert config.loss["lg_window"] == 3 and config.loss["lcc_window"] == 5  # 4 mm grid
     assert config.network["d_pool"] == 2 and config.network["g_residual"] is True
-    assert config.steps == train_baselines.DEFAULT_STEPS and config.validate_every == 25
+    assert config.steps == train_baselines.BRAIN_STEPS and config.validate_every == 25
     assert config.loss_weights.mu == 10.0 and config.loss_weights.lam == 1.0  # G translates
     assert config.network_spacing == 2.0  # the models register at the benchmark's grid
-    assert config.refine_config.steps == 0  # with T alone, more accurate there than refined
+    refine = config.refine_config  # 10 iterations, L_LCC through G, alpha 4 (entry 24)
+    assert (refine.steps, refine.w_lcc, refine.alpha) == (10, 1.0, 4.0)
+    assert (refine.lg_window, refine.lcc_window) == (3, 5)  # the training loss's windows
     args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--resolution", "2",
                                                 "--lg-window", "5", "--lambda", "4",
-                                                "--network-spacing", "3"])
+                                                "--network-spacing", "3", "--refine-steps", "0"])
     config = train_baselines.train_config(args, tmp_path)
     # 2 mm: the paper's LCC window, n and lambda as given
     assert config.loss == {"lg_window": 5, "mu": 10.0, "lam": 4.0}
     assert config.network_spacing == 3.0
+    assert (config.refine_config.steps, config.refine_config.w_lcc) == (0, 1.0)  # only the count
     args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--data", "demo"])
     demo = train_baselines.train_config(args, tmp_path)
     assert demo.network_spacing is None and demo.refine_config.steps == training.DEMO_REFINE["steps"]

@@ -12,7 +12,7 @@ folder for dgan-evaluate, and ``<out>/learning_curves.png`` draws every method's
 against the step (TensorBoard: ``tensorboard --logdir <out>`` shows the runs side by side).
 Examples::
 
-    # brain benchmark, 4 mm training grid (40 x 48 x 56), 150 steps each (the defaults)
+    # brain benchmark, 4 mm training grid (40 x 48 x 56), 600 steps each (the defaults)
     dgan-train-baselines --data brain --out runs/baselines
     # embedded demo data (the demo preset's loss and refinement settings)
     dgan-train-baselines --data demo --steps 200 --out runs/baselines-demo
@@ -79,7 +79,9 @@ def parser():
     data.add_argument("--spacing", type=float,
                       help=f"demo: voxel size in mm (default {ddata.DEMO_SPACING:g})")
     run = p.add_argument_group("the same budget for every method")
-    run.add_argument("--steps", type=int, help=f"training steps (default {DEFAULT_STEPS})")
+    run.add_argument("--steps", type=int,
+                     help=f"training steps (default {BRAIN_STEPS} with --data brain, "
+                          f"{DEFAULT_STEPS} on the demo)")
     run.add_argument("--validate-every", type=int, default=25,
                      help="held-out Dice every this many steps (default 25; 0: first and last)")
     run.add_argument("--batch-size", type=int, default=1)
@@ -106,8 +108,9 @@ def parser():
     run.add_argument("--int-steps", type=int, default=0)
     run.add_argument("--refine-steps", type=int,
                      help="refinement iterations per level at the first and last validation and "
-                          "in the model folders (default 0 with --data brain: after T at 2 mm "
-                          "refinement lowers Dice; else the preset's)")
+                          "in the model folders (default 10 with --data brain, with the L_LCC "
+                          "term through G and alpha 4: BRAIN_REFINE; else the preset's; 0: T "
+                          "alone)")
     run.add_argument("--log-every", type=int, default=25)
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     loss = p.add_argument_group("losses (one configuration for every method)")
@@ -132,10 +135,15 @@ def parser():
     return p
 
 
-#: The default step budget: Deform-GAN's 150 steps at 4 mm take about 13 minutes on two cores
-#: of an AMD EPYC without AVX-512 (a step 4.6 s; T alone or VxmDense 2.3 s), inside the
-#: 20 minutes a method may take (docs/TRAINING.md, entry 12).
+#: The step budget on the embedded demo data (each step a fraction of a brain step's cost).
 DEFAULT_STEPS = 150
+#: The step budget on the brain benchmark: 600 steps. Deform-GAN's take 10.5 minutes at 4 mm on two cores of an
+#: AMD EPYC with AVX-512 (the ablation 5.8), inside the 20 minutes a method may take; on the same
+#: CPU model without AVX-512 a step took 4.6 s (entry 12), so there 600 steps take well over 20
+#: minutes and ``--steps 150`` is the budget (13 minutes). At 150 steps Deform-GAN's T ties with
+#: the ablation on the 2 mm benchmark (0.7405 against 0.7416); at 600 it is above it with two
+#: seeds (0.7469 against 0.7443 and 0.7481 against 0.7462; docs/TRAINING.md, entry 25).
+BRAIN_STEPS = 600
 
 #: The paper's windows (n = 7, LCC 9) are for ~1 mm voxels; on grids this coarse or coarser
 #: (mm) the demo's (3, 5) are the default, as the paper's would span 28-36 mm at 4 mm.
@@ -152,11 +160,14 @@ BRAIN_G_LOSS = {"mu": 10.0, "lam": 1.0}
 #: Deform-GAN's T, trained at 4 mm, scores 0.741 against 0.670 on its own 4 mm grid
 #: (docs/TRAINING.md, entry 19).
 BRAIN_NETWORK_SPACING_MM = 2.0
-#: Refinement iterations per level saved in a brain model folder (and run at its first and last
-#: validation): none. After T at 2 mm, refinement adds nothing (0.741 -> 0.740 for Deform-GAN,
-#: entry 21; 0.7396 -> 0.7427 with its L_LCC term through G, which then folds 0.12 % of the
-#: voxels, entry 23) and doubles the time; ``dgan-register --refine-steps N`` still refines.
-BRAIN_REFINE_STEPS = 0
+#: The refinement saved in a brain model folder (and run at its first and last validation):
+#: 10 iterations per level with the L_LCC term through G (w_lcc 1) and alpha 4. After T at 2 mm
+#: on the benchmark's 8 pairs this scores 0.747 against T alone's 0.741, above it on 8 of 8
+#: pairs, in 0.31 of ANTs SyN-MI's time (6.8 s a pair); 25 iterations score 0.745 in twice the
+#: time, alpha 1 folds 0.12 % of the voxels, and without the term refinement adds nothing
+#: (docs/TRAINING.md, entries 21, 23 and 24). A model without G (the ablation, VoxelMorph)
+#: refines with L_LG and smoothness alone.
+BRAIN_REFINE = {"steps": 10, "w_lcc": 1.0, "alpha": 4.0}
 
 #: Each method's own learning rate unless --lr gives one: T's, and VoxelMorph's for VxmDense.
 T_LR, VXM_LR = 1e-3, 1e-4
@@ -185,7 +196,7 @@ def train_config(args, out):
     loss.update({k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window",
                                                "lcc_window", "vxm_lambda", "mi_bins")
                  if getattr(args, k) is not None})
-    steps = args.steps or DEFAULT_STEPS
+    steps = args.steps or (BRAIN_STEPS if args.data == "brain" else DEFAULT_STEPS)
     common = dict(steps=steps, batch_size=args.batch_size, lr_t=learning_rate("deformgan", args.lr),
                   seed=args.seed,
                   lr_decay=args.lr_decay, network=network, loss=loss, n_val=args.n_val,
@@ -195,9 +206,9 @@ def train_config(args, out):
     refine_steps = args.refine_steps
     if args.data == "brain":
         network_spacing = BRAIN_NETWORK_SPACING_MM if network_spacing is None else network_spacing
-        refine_steps = BRAIN_REFINE_STEPS if refine_steps is None else refine_steps
+        common["refine"] = dict(BRAIN_REFINE)
     if refine_steps is not None:
-        common["refine"] = {"steps": refine_steps}
+        common["refine"] = {**common.get("refine", {}), "steps": refine_steps}
     common["network_spacing"] = network_spacing
     if args.data == "demo":
         if args.shape:
