@@ -138,10 +138,10 @@ def parser():
 #: The step budget on the embedded demo data (each step a fraction of a brain step's cost).
 DEFAULT_STEPS = 150
 #: The step budget on the brain benchmark: 600 steps. Deform-GAN's take 9.8 minutes at 4 mm on
-#: two cores of an AMD EPYC with AVX-512 (the ablation 6.7, VoxelMorph 3.8; validations, and the
-#: refinement at the first and last, included), inside the 20 minutes a method may take; on the same
-#: CPU model without AVX-512 a step took 4.6 s (entry 12), so there 600 steps take well over 20
-#: minutes and ``--steps 150`` is the budget (13 minutes). At 150 steps Deform-GAN's T ties with
+#: two cores of an AMD EPYC with AVX-512 (the ablation 6.7, VoxelMorph 3.8; validations, and
+#: the refinement at the first and last, included), inside the 20 minutes a method may take; on
+#: the same CPU model without AVX-512 a step took 4.6 s (entry 12), so there 600 steps take well
+#: over 20 minutes and ``--steps 150`` is the budget (13 minutes). At 150 steps Deform-GAN's T ties with
 #: the ablation on the 2 mm benchmark (0.7405 against 0.7416); at 600 it is above it with two
 #: seeds (0.7469 against 0.7443 and 0.7481 against 0.7462; docs/TRAINING.md, entry 25).
 BRAIN_STEPS = 600
