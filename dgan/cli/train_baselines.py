@@ -141,9 +141,9 @@ DEFAULT_STEPS = 150
 #: two cores of an AMD EPYC with AVX-512 (the ablation 6.7, VoxelMorph 3.8; validations, and
 #: the refinement at the first and last, included), inside the 20 minutes a method may take; on
 #: the same CPU model without AVX-512 a step took 4.6 s (entry 12), so there 600 steps take well
-#: over 20 minutes and ``--steps 150`` is the budget (13 minutes). At 150 steps Deform-GAN's T ties with
-#: the ablation on the 2 mm benchmark (0.7405 against 0.7416); at 600 it is above it with two
-#: seeds (0.7469 against 0.7443 and 0.7481 against 0.7462; docs/TRAINING.md, entry 25).
+#: over 20 minutes and ``--steps 150`` is the budget (13 minutes). At 150 steps Deform-GAN's T
+#: ties with the ablation on the 2 mm benchmark (0.7405 against 0.7416); at 600 it is above it
+#: with two seeds (0.7469 against 0.7443 and 0.7481 against 0.7462; docs/TRAINING.md, entry 25).
 BRAIN_STEPS = 600
 
 #: The paper's windows (n = 7, LCC 9) are for ~1 mm voxels; on grids this coarse or coarser
@@ -204,12 +204,14 @@ def train_config(args, out):
                   log_every=args.log_every, checkpoint_every=steps,
                   validate_every=args.validate_every)
     network_spacing = args.network_spacing
-    refine_steps = args.refine_steps
+    refine = {}
     if args.data == "brain":
         network_spacing = BRAIN_NETWORK_SPACING_MM if network_spacing is None else network_spacing
-        common["refine"] = dict(BRAIN_REFINE)
-    if refine_steps is not None:
-        common["refine"] = {**common.get("refine", {}), "steps": refine_steps}
+        refine = dict(BRAIN_REFINE)
+    if args.refine_steps is not None:
+        refine["steps"] = args.refine_steps
+    if refine:
+        common["refine"] = refine
     common["network_spacing"] = network_spacing
     if args.data == "demo":
         if args.shape:
