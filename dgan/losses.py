@@ -123,17 +123,27 @@ def spatial_gradient(image):
     )
 
 
-def local_gradient_direction(image, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS):
+def local_gradient_direction(image, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS,
+                             sums_first=False):
     """n(I, p) = v / (|v| + eps), v = the spatial gradient of I summed over a window^3 neighbourhood.
 
     |v| is computed as sqrt(|v|^2 + tiny) so that its gradient stays finite where v = 0
     (flat or all-zero images); tiny is the dtype's smallest normal number.
 
     :param image: shape = (B, X, Y, Z, 1)
+    :param sums_first: v as the central differences of I's window sums, D(B(I)), instead of the
+        window sums of its central differences, B(D(I)). The two operators commute away from
+        the volume's faces, so v is the same there, for one window sum of one channel instead
+        of three (:func:`dgan.refine` uses it). Within window // 2 + 1 voxels of a face the two
+        differ, unless I is zero there. Where I is flat, the differences of sums carry round-off
+        of about window^3 ulp(|I|), where the derivatives-first form gives exactly 0.
     :return: shape = (B, X, Y, Z, 3)
     """
     image = tf.convert_to_tensor(image)
-    v = box_sum(spatial_gradient(image), window)
+    if sums_first:
+        v = spatial_gradient(box_sum(image, window))
+    else:
+        v = box_sum(spatial_gradient(image), window)
     tiny = tf.constant(np.finfo(image.dtype.as_numpy_dtype).tiny, image.dtype)
     norm = tf.sqrt(tf.reduce_sum(tf.square(v), axis=-1, keepdims=True) + tiny)
     return v / (norm + tf.constant(eps, image.dtype))
@@ -149,16 +159,19 @@ def local_gradient_similarity(fixed, moving, window=DEFAULT_LG_WINDOW, eps=DEFAU
     return local_gradient_agreement(local_gradient_direction(fixed, window, eps), moving, window, eps)
 
 
-def local_gradient_agreement(fixed_direction, moving, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS):
+def local_gradient_agreement(fixed_direction, moving, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS,
+                             sums_first=False):
     """L_LG(R, F) from R's precomputed directions n(R, p): mean over p of |n(R, p) . n(F, p)|.
 
     For a fixed image R that does not change (instance refinement), n(R, p) is computed once.
 
     :param fixed_direction: n(R, p) from :func:`local_gradient_direction`, shape = (B, X, Y, Z, 3)
     :param moving: F, shape = (B, X, Y, Z, 1)
+    :param sums_first: n(F, p) as :func:`local_gradient_direction`'s ``sums_first``
     :return: shape = (B,)
     """
-    dot = tf.reduce_sum(fixed_direction * local_gradient_direction(moving, window, eps), axis=-1)
+    direction = local_gradient_direction(moving, window, eps, sums_first)
+    dot = tf.reduce_sum(fixed_direction * direction, axis=-1)
     return tf.reduce_mean(tf.abs(dot), axis=[1, 2, 3])
 
 

@@ -35,8 +35,11 @@ written here as eight gathers so that its gradient with respect to the field cos
 Everything runs in float32 on fixed shapes; for a given input the result is deterministic. An
 iteration is traced once per level shape in a process and compiled with XLA on levels large
 enough to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the
-warp, the objective's gradients, the chain rule back to the control field and Adam's update)
-so that XLA does not fuse the warp into the local-gradient sums (:class:`_CompiledStep`).
+warp's corner values, the objective and its gradient with respect to phi, the chain rule back
+to the control field and Adam's update) so that XLA does not fuse the warp into the
+local-gradient sums (:class:`_CompiledStep`). L_LG's directions are taken as the central
+differences of the window sums (``sums_first`` of :func:`dgan.losses.local_gradient_direction`):
+the same away from the volume's faces, for a third of the sums.
 
 Flow convention as everywhere in dgan: displacement in voxels of the grid it lives on, 'ij'
 indexing, moved(p) = moving(p + flow(p)).
@@ -106,8 +109,8 @@ class RefineConfig:
     :param xla: ``"auto"``: compile the iterations of levels of at least
         :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
         ``tf.function``; ``"on"``: every level; ``"off"``: none. XLA fuses the many small
-        element-wise operations of an iteration (at 2 mm on 2 CPU cores 0.18-0.21 s against
-        0.65-0.69 without, L_LG + smoothness), but
+        element-wise operations of an iteration (at 2 mm on 2 cores of an AVX-512 CPU,
+        0.084 s against 0.45 without, L_LG + smoothness), but
         compiling costs seconds per level shape, once per process, which small levels do not
         earn back (docs/BENCHMARKS.md)
     """
@@ -228,28 +231,64 @@ def warp(image, flow, grid):
     :param grid: :func:`voxel_grid` of (X, Y, Z)
     :return: shape = (X, Y, Z, C)
     """
+    corners, weight, _ = warp_corners(image, flow, grid)
+    return interpolate(corners, weight)
+
+
+def warp_corners(image, flow, grid):
+    """What the trilinear warp reads: the values at the eight corners of each voxel's cell.
+
+    :return: (corners, weight, inside): eight arrays (X, Y, Z, C), in the order of
+        ``itertools.product((0, 1), repeat=3)`` (offsets along x, y, z); the position in the
+        cell (X, Y, Z, 3), in [0, 1]; 1.0 where p + flow(p) lies within the volume along each
+        axis, else 0.0 (there the position is clamped, and it does not move with the flow)
+    """
     shape = tuple(image.shape[:3])
     upper = tf.constant([n - 1 for n in shape], flow.dtype)
-    location = tf.clip_by_value(grid + flow, tf.zeros_like(upper), upper)
+    target = grid + flow
+    location = tf.clip_by_value(target, tf.zeros_like(upper), upper)
+    inside = tf.cast(tf.logical_and(target >= 0, target <= upper), flow.dtype)
     lower = tf.stop_gradient(tf.minimum(tf.floor(location), tf.maximum(upper - 1, 0)))
-    upper_weight = location - lower  # (X, Y, Z, 3), in [0, 1]
     strides = (shape[1] * shape[2], shape[2], 1)
     index = tf.cast(lower, tf.int32)
     base = index[..., 0] * strides[0] + index[..., 1] * strides[1] + index[..., 2]  # (X, Y, Z)
     values = tf.reshape(image, [-1, image.shape[-1]])  # (XYZ, C)
-    corners = {
-        corner: tf.gather(values, base + sum(c * s for c, s, n in zip(corner, strides, shape)
-                                             if n > 1))
-        for corner in itertools.product((0, 1), repeat=3)
-    }  # 8 x (X, Y, Z, C)
-    wx, wy, wz = (upper_weight[..., d:d + 1] for d in range(3))  # (X, Y, Z, 1) each
+    corners = [tf.gather(values, base + sum(c * s for c, s, n in zip(corner, strides, shape)
+                                            if n > 1))
+               for corner in itertools.product((0, 1), repeat=3)]
+    return corners, location - lower, inside
 
-    def lerp(a, b, w):
-        return a + w * (b - a)
 
-    along_z = {(i, j): lerp(corners[i, j, 0], corners[i, j, 1], wz) for i in (0, 1) for j in (0, 1)}
-    along_y = [lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
-    return lerp(along_y[0], along_y[1], wx)
+def _lerp(a, b, w):
+    return a + w * (b - a)
+
+
+def _along_z(corners, weight):
+    """The cell's four edges along z, interpolated at the position: {(i, j): (X, Y, Z, C)}."""
+    corner = dict(zip(itertools.product((0, 1), repeat=3), corners))
+    wz = weight[..., 2:3]
+    return {(i, j): _lerp(corner[i, j, 0], corner[i, j, 1], wz) for i in (0, 1) for j in (0, 1)}
+
+
+def interpolate(corners, weight):
+    """The trilinear value from :func:`warp_corners`' corners and position, (X, Y, Z, C)."""
+    along_z = _along_z(corners, weight)
+    wx, wy = weight[..., 0:1], weight[..., 1:2]
+    along_y = [_lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
+    return _lerp(along_y[0], along_y[1], wx)
+
+
+def interpolation_slopes(corners, weight):
+    """d value / d position along x, y, z of the trilinear interpolation: 3 x (X, Y, Z, C)."""
+    corner = dict(zip(itertools.product((0, 1), repeat=3), corners))
+    along_z = _along_z(corners, weight)
+    wx, wy = weight[..., 0:1], weight[..., 1:2]
+    along_y = [_lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
+    rise_z = [_lerp(corner[i, 0, 1] - corner[i, 0, 0], corner[i, 1, 1] - corner[i, 1, 0], wy)
+              for i in (0, 1)]
+    return (along_y[1] - along_y[0],
+            _lerp(along_z[0, 1] - along_z[0, 0], along_z[1, 1] - along_z[1, 0], wx),
+            _lerp(rise_z[0], rise_z[1], wx))
 
 
 def exponentiate(velocity, steps, grid):
@@ -298,13 +337,9 @@ def _field(level, u, config):
     return level.base + resize(u, level.upsample)
 
 
-def _moved(level, u, config, apart=False):
-    """phi on the level's grid and the moving channels warped by it, F(phi) (and G(F)(phi));
-    ``apart``: one warp per channel (XLA gathers one channel faster than two)."""
+def _moved(level, u, config):
+    """phi on the level's grid and the moving channels warped by it, F(phi) (and G(F)(phi))."""
     flow = _field(level, u, config)
-    if apart and level.moving.shape[-1] > 1:
-        channels = tf.unstack(level.moving[..., tf.newaxis], axis=-2)
-        return flow, tf.concat([warp(c, flow, level.grid) for c in channels], axis=-1)
     return flow, warp(level.moving, flow, level.grid)
 
 
@@ -312,7 +347,7 @@ def _objective(level, flow, warped, config):
     """L of the module docstring from phi and the warped channels (x, y, z, C)."""
     warped = warped[tf.newaxis]  # (1, x, y, z, C)
     loss = config.beta * (1.0 - losses.local_gradient_agreement(
-        level.fixed_direction, warped[..., :1], config.lg_window))
+        level.fixed_direction, warped[..., :1], config.lg_window, sums_first=True))
     if level.fixed_statistics is not None:
         loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
             level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window))
@@ -341,43 +376,60 @@ def _whole_step(level, u, m, v, t, config):
 
 # The same iteration in three pieces, compiled apart (:class:`_CompiledStep`).
 
-def _moved_apart(level, u, config):
-    return _moved(level, u, config, apart=True)
+def _warp_corners_apart(level, u, config):
+    """phi on the level's grid and :func:`warp_corners` of the moving channels, one gather per
+    channel (XLA gathers one channel faster than two), the corners stacked (x, y, z, 8, C): as
+    one array, XLA runs the next piece faster than with eight (docs/BENCHMARKS.md)."""
+    flow = _field(level, u, config)
+    per_channel = [warp_corners(level.moving[..., c:c + 1], flow, level.grid)
+                   for c in range(level.moving.shape[-1])]
+    corners = tf.concat([tf.stack(c, axis=-2) for c, _, _ in per_channel], axis=-1)
+    _, weight, inside = per_channel[0]
+    return flow, corners, weight, inside
 
 
-def _objective_gradients(level, flow, warped, config):
-    """L and its gradients with respect to phi and to the warped channels."""
+def _objective_gradients(level, flow, corners, weight, inside, config):
+    """L and dL/dphi: L's own gradient with respect to phi (smoothness) plus, by the chain rule
+    through the warp, its gradient with respect to the warped channels times their slopes."""
+    corners = tf.unstack(corners, axis=-2)
+    warped = interpolate(corners, weight)
     with tf.GradientTape() as tape:
         tape.watch([flow, warped])
         loss = _objective(level, flow, warped, config)
     g_flow, g_warped = tape.gradient(loss, [flow, warped])
-    return loss, g_flow, g_warped
+    slopes = interpolation_slopes(corners, weight)
+    g_position = tf.concat([tf.reduce_sum(g_warped * slope, axis=-1, keepdims=True)
+                            for slope in slopes], axis=-1)
+    return loss, g_flow + inside * g_position
 
 
-def _adam_update(level, u, m, v, t, g_flow, g_warped, config):
-    """dL/du by the chain rule through :func:`_moved_apart` (recomputed), then Adam's step."""
+def _adam_update(level, u, m, v, t, g_flow, config):
+    """dL/du from dL/dphi by the chain rule through :func:`_field` (recomputed), then Adam."""
     with tf.GradientTape() as tape:
         tape.watch(u)
-        flow, warped = _moved_apart(level, u, config)
-    g = tape.gradient([flow, warped], u, output_gradients=[g_flow, g_warped])
+        flow = _field(level, u, config)
+    g = tape.gradient(flow, u, output_gradients=g_flow)
     return _adam(u, m, v, t, g, config)
 
 
 class _CompiledStep:
     """One Adam iteration, called as ``step(level, u, m, v, t, settings)`` -> (u, m, v, t, L).
 
-    ``split`` (with XLA, for displacement fields): in three pieces compiled apart, phi and F(phi)
-    from u (:func:`_moved_apart`), L and its gradients with respect to them
+    ``split`` (with XLA, for displacement fields): in three pieces compiled apart, phi and the
+    warp's corner values from u (:func:`_warp_corners_apart`), L and dL/dphi from them
     (:func:`_objective_gradients`), dL/du and the update (:func:`_adam_update`). Compiled as
     one cluster, XLA fuses the warp's gathers into the local-gradient sums and their backward
-    pass and recomputes them there; apart, a 2 mm iteration of L_LG and smoothness takes 0.18 s
-    instead of 0.30 (docs/BENCHMARKS.md). Otherwise :func:`_whole_step`: without XLA nothing is
-    fused, and a diffeomorphic field's integration would be recomputed by the third piece."""
+    pass and recomputes them there; apart, each corner is gathered once per iteration, and the
+    warp's gradient is the interpolation's slopes, from the same corners (at 2 mm, L_LG and
+    smoothness, 0.08 s an iteration against 0.10 when the third piece gathered the warp again
+    to differentiate it, on an AVX-512 CPU; docs/BENCHMARKS.md). Otherwise
+    :func:`_whole_step`: without XLA nothing is fused, and a diffeomorphic field's integration
+    would be recomputed by the third piece."""
 
     def __init__(self, jit_compile, split):
         compile_ = functools.partial(tf.function, jit_compile=jit_compile)
         if split:
-            self.pieces = [compile_(_moved_apart), compile_(_objective_gradients),
+            self.pieces = [compile_(_warp_corners_apart), compile_(_objective_gradients),
                            compile_(_adam_update)]
             self.step = tf.function(self._pieces_step)
         else:
@@ -385,10 +437,10 @@ class _CompiledStep:
             self.step = compile_(_whole_step)
 
     def _pieces_step(self, level, u, m, v, t, config):
-        moved, gradients, update = self.pieces
-        flow, warped = moved(level, u, config)
-        loss, g_flow, g_warped = gradients(level, flow, warped, config)
-        return (*update(level, u, m, v, t, g_flow, g_warped, config), loss)
+        corners, gradients, update = self.pieces
+        flow, values, weight, inside = corners(level, u, config)
+        loss, g_flow = gradients(level, flow, values, weight, inside, config)
+        return (*update(level, u, m, v, t, g_flow, config), loss)
 
     def __call__(self, level, u, m, v, t, config):
         return self.step(level, u, m, v, t, config)
@@ -437,7 +489,8 @@ def _prepare_level(shapes, factor, config, moving, fixed, base):
     return _Level(
         moving=moving_l,
         fixed=fixed_l,
-        fixed_direction=losses.local_gradient_direction(fixed_l, config.lg_window),
+        fixed_direction=losses.local_gradient_direction(fixed_l, config.lg_window,
+                                                        sums_first=True),
         fixed_statistics=losses.local_statistics(fixed_l, config.lcc_window) if two_channels
         else None,
         base=base_l,

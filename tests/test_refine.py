@@ -75,6 +75,28 @@ def test_warp_of_a_linear_volume_is_exact_and_clamps_at_the_border():
     np.testing.assert_allclose(far, 3.0 * 5 + 6 - 2.0 * 4, atol=1e-5)  # the last voxel's value
 
 
+def test_the_slopes_from_the_warps_corners_are_its_gradient_and_zero_where_clamped():
+    """dL/dflow through the warp, by autodiff, equals inside * sum_c dL/dwarped_c * slope_c."""
+    rng = np.random.default_rng(4)
+    shape = (6, 7, 8)
+    grid = dr.voxel_grid(shape)
+    image = tf.constant(rng.random(shape + (2,)).astype("f4"))
+    flow = tf.constant(rng.normal(0, 2.0, shape + (3,)).astype("f4"))  # some beyond the border
+    weights = tf.constant(rng.normal(0, 1.0, shape + (2,)).astype("f4"))
+    with tf.GradientTape() as tape:
+        tape.watch(flow)
+        loss = tf.reduce_sum(weights * dr.warp(image, flow, grid))
+    want = tape.gradient(loss, flow).numpy()
+    corners, position, inside = dr.warp_corners(image, flow, grid)
+    np.testing.assert_array_equal(dr.interpolate(corners, position).numpy(),
+                                  dr.warp(image, flow, grid).numpy())
+    got = np.stack([np.sum(weights * slope, axis=-1) for slope in
+                    dr.interpolation_slopes(corners, position)], axis=-1) * inside.numpy()
+    assert 0 < np.mean(inside.numpy() == 0) < 0.5
+    # the same float32 products of values in [0, 1] and weights ~1, summed in another order
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 # --- refinement itself --------------------------------------------------------------------------
 
 
