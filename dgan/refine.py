@@ -263,27 +263,26 @@ def _lerp(a, b, w):
     return a + w * (b - a)
 
 
-def _along_z(corners, weight):
-    """The cell's four edges along z, interpolated at the position: {(i, j): (X, Y, Z, C)}."""
+def _cell(corners, weight):
+    """The corners by offset {(i, j, k): (X, Y, Z, C)}, and the cell's edges along z and its
+    faces' lines along y interpolated at the position: {(i, j): ...} and [i] (i, j, k in 0, 1)."""
     corner = dict(zip(itertools.product((0, 1), repeat=3), corners))
-    wz = weight[..., 2:3]
-    return {(i, j): _lerp(corner[i, j, 0], corner[i, j, 1], wz) for i in (0, 1) for j in (0, 1)}
+    wy, wz = weight[..., 1:2], weight[..., 2:3]
+    along_z = {(i, j): _lerp(corner[i, j, 0], corner[i, j, 1], wz) for i in (0, 1) for j in (0, 1)}
+    along_y = [_lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
+    return corner, along_z, along_y
 
 
 def interpolate(corners, weight):
     """The trilinear value from :func:`warp_corners`' corners and position, (X, Y, Z, C)."""
-    along_z = _along_z(corners, weight)
-    wx, wy = weight[..., 0:1], weight[..., 1:2]
-    along_y = [_lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
-    return _lerp(along_y[0], along_y[1], wx)
+    _, _, along_y = _cell(corners, weight)
+    return _lerp(along_y[0], along_y[1], weight[..., 0:1])
 
 
 def interpolation_slopes(corners, weight):
     """d value / d position along x, y, z of the trilinear interpolation: 3 x (X, Y, Z, C)."""
-    corner = dict(zip(itertools.product((0, 1), repeat=3), corners))
-    along_z = _along_z(corners, weight)
+    corner, along_z, along_y = _cell(corners, weight)
     wx, wy = weight[..., 0:1], weight[..., 1:2]
-    along_y = [_lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
     rise_z = [_lerp(corner[i, 0, 1] - corner[i, 0, 0], corner[i, 1, 1] - corner[i, 1, 0], wy)
               for i in (0, 1)]
     return (along_y[1] - along_y[0],
