@@ -24,7 +24,10 @@ halved f times (2x box averaging per halving) and the optimised field u lives on
 interpolation (three small matrix products, whose gradients are the transposed products). Each
 level starts from the previous level's u, upsampled; Adam's moments restart.
 
-- Displacement (``int_steps`` = 0): phi = phi_0 + up(u), u = 0 at the start.
+- Displacement (``int_steps`` = 0): phi = phi_0 + up(u), u = 0 at the start. The smoothness of
+  the change, phi - phi_0 = up(u), is then a quadratic form in u, u . G u, with G banded
+  (:func:`smoothness_bands`): it is computed on the control grid, exactly, for a fraction of the
+  cost on the level's grid.
 - Diffeomorphic (``int_steps`` = K > 0): u is a stationary velocity field; psi = up(exp(u)),
   exp by scaling and squaring on the control grid (u / 2^K composed with itself K times), and
   phi = phi_0 o psi, i.e. phi(p) = psi(p) + phi_0(p + psi(p)): T's moved image warped by the
@@ -110,9 +113,8 @@ class RefineConfig:
         :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
         ``tf.function``; ``"on"``: every level; ``"off"``: none. XLA fuses the many small
         element-wise operations of an iteration (at 2 mm on 2 cores of an AVX-512 CPU,
-        0.084 s against 0.45 without, L_LG + smoothness), but
-        compiling costs seconds per level shape, once per process, which small levels do not
-        earn back (docs/BENCHMARKS.md)
+        0.067 s against 0.22 without, L_LG + smoothness), but compiling costs seconds per
+        level shape, once per process, which small levels do not earn back (docs/BENCHMARKS.md)
     """
 
     steps: int = 25
@@ -182,7 +184,7 @@ class RefineResult:
 # --- grids: resizing and warping ---------------------------------------------------------------
 
 
-def interpolation_matrix(n_in, n_out):
+def interpolation_matrix(n_in, n_out, dtype=np.float32):
     """Linear interpolation from n_in samples to n_out over the same extent, (n_out, n_in).
 
     Output sample i sits at input coordinate (i + 1/2) n_in / n_out - 1/2 (voxel centres of two
@@ -195,7 +197,7 @@ def interpolation_matrix(n_in, n_out):
     matrix = np.zeros((n_out, n_in), np.float64)
     matrix[np.arange(n_out), lower] += 1 - weight
     matrix[np.arange(n_out), np.minimum(lower + 1, n_in - 1)] += weight
-    return matrix.astype(np.float32)
+    return matrix.astype(dtype)
 
 
 def resize(volume, matrices):
@@ -215,6 +217,82 @@ def resize_flow(flow, shape_out):
     shape_in = tuple(flow.shape[:3])
     scale = tf.constant([b / a for a, b in zip(shape_in, shape_out)], tf.float32)
     return resize(flow, resize_matrices(shape_in, shape_out)) * scale
+
+
+#: Half-width of the bands of :func:`smoothness_bands`: linear interpolation's U^T U is
+#: tridiagonal, and (D U)^T (D U) pentadiagonal.
+SMOOTHNESS_BAND = 2
+
+
+def smoothness_bands(control_shape, shape):
+    """The smoothness term of a field up-sampled from the control grid, as an operator on it.
+
+    With up = U_x (x) U_y (x) U_z the separable linear up-sampling of :func:`resize` from
+    ``control_shape`` to ``shape`` and D_d the forward difference along axis d,
+    :func:`dgan.losses.smoothness` of up(u) is the quadratic form u . G u, G = sum over d of
+    K_d (x) M_a (x) M_b: M = U^T U along the other two axes, K_d = (D_d U_d)^T (D_d U_d) / N_d
+    along d (N_d the number of differences). Each matrix is banded (:data:`SMOOTHNESS_BAND`),
+    so G u costs a few multiply-adds per control voxel (:func:`smoothness_operator`) where the
+    term on the level's grid costs passes over a grid control^3 times larger, and its gradient,
+    2 G u, likewise.
+
+    :return: per axis, (M, K) as diagonals (2 b + 1, c), float32: ``[k + b, i]`` = entry
+        (i, i + k), 0 beyond the ends; computed in float64
+    """
+    band, bands = SMOOTHNESS_BAND, []
+    for c, n in zip(control_shape, shape):
+        up = interpolation_matrix(c, n, np.float64)
+        count = (n - 1) * np.prod(shape) / n
+        difference = np.diff(up, axis=0)
+        pair = []
+        for matrix in (up.T @ up, difference.T @ difference / max(count, 1)):
+            i, j = np.nonzero(matrix)
+            assert np.all(np.abs(i - j) <= band), "interpolation's Gram matrix wider than its band"
+            diagonals = np.zeros((2 * band + 1, c))
+            for k in range(-band, band + 1):
+                rows = np.arange(max(0, -k), min(c, c - k))
+                diagonals[k + band, rows] = matrix[rows, rows + k]
+            pair.append(tf.constant(diagonals.astype(np.float32)))
+        bands.append(tuple(pair))
+    return bands
+
+
+def _banded_product(volume, diagonals, axis):
+    """The banded matrix of ``diagonals`` (:func:`smoothness_bands`) times ``volume`` along
+    ``axis``: shifted slices of the zero-padded volume times the diagonals."""
+    band = (diagonals.shape[0] - 1) // 2
+    n = volume.shape[axis]
+    padding = [[0, 0]] * len(volume.shape)
+    padding[axis] = [band, band]
+    padded = tf.pad(volume, padding)
+    broadcast = [1] * len(volume.shape)
+    broadcast[axis] = n
+    begin, size = [0] * len(volume.shape), list(volume.shape)
+    terms = []
+    for k in range(2 * band + 1):
+        begin[axis] = k
+        terms.append(tf.reshape(diagonals[k], broadcast) * tf.slice(padded, begin, size))
+    return tf.add_n(terms)
+
+
+def smoothness_operator(u, bands):
+    """G u of :func:`smoothness_bands` for u on the control grid (x, y, z, C)."""
+    (m_x, k_x), (m_y, k_y), (m_z, k_z) = bands
+    along_z = _banded_product(u, m_z, 2)
+    term_x = _banded_product(_banded_product(along_z, m_y, 1), k_x, 0)
+    term_yz = _banded_product(_banded_product(along_z, k_y, 1)
+                              + _banded_product(_banded_product(u, k_z, 2), m_y, 1), m_x, 0)
+    return term_x + term_yz
+
+
+def control_smoothness(u, bands):
+    """sum |grad up(u)|^2 = u . G u (:func:`smoothness_bands`), with its gradient 2 G u."""
+    @tf.custom_gradient
+    def quadratic_form(u):
+        g_u = smoothness_operator(u, bands)
+        return tf.reduce_sum(u * g_u), lambda upstream: 2.0 * upstream * g_u
+
+    return quadratic_form(u)
 
 
 def voxel_grid(shape):
@@ -316,14 +394,16 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 
 class _Level(collections.namedtuple("_Level", [
         "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "grid",
-        "control_grid", "upsample", "control_scale"])):
+        "control_grid", "upsample", "control_scale", "smoothness_bands"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
     moving: F and G(F) as channels (x, y, z, 1 or 2); fixed: R (1, x, y, z, 1); fixed_direction:
     n(R, p) (1, x, y, z, 3); fixed_statistics: S(R), S(R^2) (1, x, y, z, 2) or None without G(F);
     base: phi_0 on this level (x, y, z, 3); grid, control_grid: voxel coordinates; upsample: the
-    control grid -> level grid matrices; control_scale: level voxels -> control voxels (3,).
+    control grid -> level grid matrices; control_scale: level voxels -> control voxels (3,);
+    smoothness_bands: :func:`smoothness_bands` when the smoothness term is the control
+    field's (a displacement field and ``smooth`` "residual": phi - phi_0 = up(u)), else None.
     """
 
 
@@ -342,17 +422,29 @@ def _moved(level, u, config):
     return flow, warp(level.moving, flow, level.grid)
 
 
-def _objective(level, flow, warped, config):
-    """L of the module docstring from phi and the warped channels (x, y, z, C)."""
+def _similarity(level, warped, config):
+    """L's image terms beta (1 - L_LG) + w_lcc (1 - L_LCC) from the warped channels (x, y, z, C)."""
     warped = warped[tf.newaxis]  # (1, x, y, z, C)
     loss = config.beta * (1.0 - losses.local_gradient_agreement(
         level.fixed_direction, warped[..., :1], config.lg_window, sums_first=True))
     if level.fixed_statistics is not None:
         loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
             level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window))
-    smoothed = flow - level.base if config.smooth == "residual" else flow
-    loss += config.alpha * losses.smoothness(smoothed[tf.newaxis])
     return loss[0]
+
+
+def _regularity(level, u, flow, config):
+    """L's term alpha sum |grad phi|^2 (or of phi - phi_0): from u on the control grid where the
+    level has :func:`smoothness_bands`, else from phi on the level's grid."""
+    if level.smoothness_bands is not None:
+        return config.alpha * control_smoothness(u, level.smoothness_bands)
+    smoothed = flow - level.base if config.smooth == "residual" else flow
+    return config.alpha * losses.smoothness(smoothed[tf.newaxis])[0]
+
+
+def _objective(level, u, flow, warped, config):
+    """L of the module docstring from u, phi and the warped channels (x, y, z, C)."""
+    return _similarity(level, warped, config) + _regularity(level, u, flow, config)
 
 
 def _adam(u, m, v, t, g, config):
@@ -369,7 +461,7 @@ def _whole_step(level, u, m, v, t, config):
     """One iteration, L(u) on one tape: (u, m, v, t) after it, and L before it."""
     with tf.GradientTape() as tape:
         tape.watch(u)
-        loss = _objective(level, *_moved(level, u, config), config)
+        loss = _objective(level, u, *_moved(level, u, config), config)
     return (*_adam(u, m, v, t, tape.gradient(loss, u), config), loss)
 
 
@@ -388,27 +480,35 @@ def _warp_corners_apart(level, u, config):
 
 
 def _objective_gradients(level, flow, corners, weight, inside, config):
-    """L and dL/dphi: L's own gradient with respect to phi (smoothness) plus, by the chain rule
-    through the warp, its gradient with respect to the warped channels times their slopes."""
+    """L's terms on the level's grid and their gradient dL/dphi: the image terms' by the chain
+    rule through the warp, their gradient with respect to the warped channels times the
+    interpolation's slopes, plus the smoothness term's own when it is not the control field's."""
     corners = tf.unstack(corners, axis=-2)
     warped = interpolate(corners, weight)
     with tf.GradientTape() as tape:
         tape.watch([flow, warped])
-        loss = _objective(level, flow, warped, config)
+        loss = _similarity(level, warped, config)
+        if level.smoothness_bands is None:
+            loss += _regularity(level, None, flow, config)
     g_flow, g_warped = tape.gradient(loss, [flow, warped])
     slopes = interpolation_slopes(corners, weight)
     g_position = tf.concat([tf.reduce_sum(g_warped * slope, axis=-1, keepdims=True)
                             for slope in slopes], axis=-1)
-    return loss, g_flow + inside * g_position
+    g_flow = inside * g_position if g_flow is None else g_flow + inside * g_position
+    return loss, g_flow
 
 
 def _adam_update(level, u, m, v, t, g_flow, config):
-    """dL/du from dL/dphi by the chain rule through :func:`_field` (recomputed), then Adam."""
+    """dL/du from dL/dphi by the chain rule through :func:`_field` (recomputed), plus the
+    gradient of the smoothness term when it is the control field's; then Adam. Also returns that
+    term (0 when it is the level grid's, and counted by :func:`_objective_gradients`)."""
     with tf.GradientTape() as tape:
         tape.watch(u)
         flow = _field(level, u, config)
-    g = tape.gradient(flow, u, output_gradients=g_flow)
-    return _adam(u, m, v, t, g, config)
+        smooth = _regularity(level, u, None, config) if level.smoothness_bands is not None \
+            else tf.constant(0.0)
+    g = tape.gradient([flow, smooth], u, output_gradients=[g_flow, tf.ones_like(smooth)])
+    return (*_adam(u, m, v, t, g, config), smooth)
 
 
 class _CompiledStep:
@@ -416,12 +516,13 @@ class _CompiledStep:
 
     ``split`` (with XLA, for displacement fields): in three pieces compiled apart, phi and the
     warp's corner values from u (:func:`_warp_corners_apart`), L and dL/dphi from them
-    (:func:`_objective_gradients`), dL/du and the update (:func:`_adam_update`). Compiled as
-    one cluster, XLA fuses the warp's gathers into the local-gradient sums and their backward
-    pass and recomputes them there; apart, each corner is gathered once per iteration, and the
-    warp's gradient is the interpolation's slopes, from the same corners (at 2 mm, L_LG and
-    smoothness, 0.08 s an iteration against 0.10 when the third piece gathered the warp again
-    to differentiate it, on an AVX-512 CPU; docs/BENCHMARKS.md). Otherwise
+    (:func:`_objective_gradients`), dL/du, with the smoothness term on the control grid, and the
+    update (:func:`_adam_update`). Compiled as one cluster, XLA fuses the warp's gathers into
+    the local-gradient sums and their backward pass and recomputes them there; apart, each
+    corner is gathered once per iteration, and the warp's gradient is the interpolation's
+    slopes, from the same corners (at 2 mm, L_LG and smoothness, 0.08 s an iteration against
+    0.10 when the third piece gathered the warp again to differentiate it, on an AVX-512 CPU;
+    docs/BENCHMARKS.md). Otherwise
     :func:`_whole_step`: without XLA nothing is fused, and a diffeomorphic field's integration
     would be recomputed by the third piece."""
 
@@ -439,7 +540,8 @@ class _CompiledStep:
         corners, gradients, update = self.pieces
         flow, values, weight, inside = corners(level, u, config)
         loss, g_flow = gradients(level, flow, values, weight, inside, config)
-        return (*update(level, u, m, v, t, g_flow, config), loss)
+        u, m, v, t, smooth = update(level, u, m, v, t, g_flow, config)
+        return u, m, v, t, loss + smooth
 
     def __call__(self, level, u, m, v, t, config):
         return self.step(level, u, m, v, t, config)
@@ -497,6 +599,8 @@ def _prepare_level(shapes, factor, config, moving, fixed, base):
         control_grid=voxel_grid(control_shape),
         upsample=resize_matrices(control_shape, shape),
         control_scale=tf.constant([c / n for c, n in zip(control_shape, shape)], tf.float32),
+        smoothness_bands=smoothness_bands(control_shape, shape)
+        if config.int_steps == 0 and config.smooth == "residual" else None,
     )
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dgan import io as dio
+from dgan import losses
 from dgan import metrics
 from dgan import refine as dr
 from dgan import register as dregister
@@ -97,6 +98,55 @@ def test_the_slopes_from_the_warps_corners_are_its_gradient_and_zero_where_clamp
     np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def kron_smoothness_operator(control_shape, shape):
+    """NumPy G (float64, one field component) with u . G u = sum |grad up(u)|^2: the up-sampling
+    and the forward differences as full matrices, the term of axis d divided by its count."""
+    ups = [dr.interpolation_matrix(c, n, np.float64) for c, n in zip(control_shape, shape)]
+    up = np.kron(np.kron(ups[0], ups[1]), ups[2])
+    operator = np.zeros((up.shape[1],) * 2)
+    for d, n in enumerate(shape):
+        if n < 2:
+            continue
+        eyes = [np.eye(m) for m in shape]
+        eyes[d] = np.diff(np.eye(n), axis=0)
+        difference = np.kron(np.kron(eyes[0], eyes[1]), eyes[2]) @ up
+        operator += difference.T @ difference / difference.shape[0]
+    return operator
+
+
+@pytest.mark.parametrize("control_shape, shape", [
+    ((3, 5, 2), (6, 10, 4)),  # the 2x up-sampling of refinement's control grids
+    ((3, 2, 4), (5, 7, 4)),  # sizes that are not multiples, and one axis not up-sampled
+    ((2, 3, 1), (8, 6, 1)),  # 4x, and an axis of one voxel: no differences along it
+])
+def test_the_control_grid_smoothness_is_that_of_the_upsampled_field_and_so_is_its_gradient(
+        control_shape, shape):
+    u = np.random.default_rng(11).normal(0, 1, control_shape + (3,))
+    operator = kron_smoothness_operator(control_shape, shape)
+    flat = u.reshape(-1, 3)
+    want_value = np.sum(flat * (operator @ flat))
+    want_gradient = (2 * operator @ flat).reshape(u.shape)
+    u32 = tf.constant(u.astype("f4"))
+    bands = dr.smoothness_bands(control_shape, shape)
+    with tf.GradientTape() as tape:
+        tape.watch(u32)
+        value = dr.control_smoothness(u32, bands)
+    gradient = tape.gradient(value, u32).numpy()
+    if 1 not in shape:  # the reference is dgan.losses.smoothness of up(u), both in float64
+        ups = [dr.interpolation_matrix(c, n, np.float64) for c, n in zip(control_shape, shape)]
+        upsampled = np.einsum("ax,by,cz,xyzk->abck", *ups, u, optimize=True)
+        np.testing.assert_allclose(float(losses.smoothness(tf.constant(upsampled[np.newaxis]))[0]),
+                                   want_value, rtol=1e-12)
+    # G u in float32: the band's diagonals rounded (1 ulp), then three nested banded products of
+    # 5 terms and two additions, so each entry is off by at most ~20 ulps of (|G| |u|); the
+    # value sums len(u) products more: bounds of 32 and 32 + len(u) unit round-offs
+    unit = 2.0**-24
+    size = np.abs(operator) @ np.abs(flat)
+    assert abs(float(value) - want_value) <= (32 + flat.size) * unit * np.sum(np.abs(flat) * size)
+    assert np.all(np.abs(gradient - want_gradient).reshape(-1, 3) <= 2 * 32 * unit * size)
+    assert np.abs(want_gradient).max() > 1e4 * 2 * 32 * unit * size.max()  # not vacuous
+
+
 # --- refinement itself --------------------------------------------------------------------------
 
 
@@ -168,7 +218,7 @@ def test_the_split_iteration_takes_the_gradient_of_the_whole_objective():
                                                         tf.constant(0.0), settings)
     with tf.GradientTape() as tape:
         tape.watch(u)
-        whole = dr._objective(level, *dr._moved(level, u, settings), settings)
+        whole = dr._objective(level, u, *dr._moved(level, u, settings), settings)
     gradient = tape.gradient(whole, u).numpy()
     assert np.abs(gradient).max() > 0
     # the same float32 operations, summed in another order: bounds as in the test above
@@ -196,7 +246,7 @@ def test_the_smoothness_term_acts_on_the_change_to_the_start_unless_told_otherwi
                                   tf.constant(fixed[..., None]), tf.constant(start))
         settings = dr._StepSettings.of(config)
         u = tf.zeros(shapes[2] + (3,))
-        loss = dr._objective(level, *dr._moved(level, u, settings), settings)
+        loss = dr._objective(level, u, *dr._moved(level, u, settings), settings)
         # float32 means of at most 1536 squares: even summed one by one, a relative error of at
         # most 1536 * 2^-24 = 9.2e-5 (a few ulps more for the differences and the squares)
         np.testing.assert_allclose(loss.numpy(), expected, rtol=2e-4, atol=1e-7)
