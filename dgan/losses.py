@@ -44,24 +44,33 @@ def _check_window(window):
     return int(window)
 
 
-def box_sum(x, window, *more_windows):
+def box_sum(x, window, *more_windows, stride=1):
     """Sum of ``x`` over a ``window``^3 neighbourhood of every voxel, zero-padded at the borders;
     with ``more_windows``, that sum summed again over each of their neighbourhoods in turn
     (on static sizes in one pass: the windows' banded matrices are multiplied first, exactly,
     as they hold small integers).
 
     :param x: shape = (B, X, Y, Z, C)
-    :return: shape = (B, X, Y, Z, C)
+    :param stride: the sums around every ``stride``-th voxel along each axis only, from voxel
+        ``stride // 2`` (:func:`strided_centres`); on static sizes only the rows of the banded
+        matrices for those voxels are multiplied
+    :return: shape = (B, X, Y, Z, C), or (B, X', Y', Z', C) for the strided centres
     """
     windows = [w for w in (_check_window(w) for w in (window, *more_windows)) if w > 1]
-    if not windows:
-        return x
     x = tf.convert_to_tensor(x)
+    if not windows and stride == 1:
+        return x
     if x.shape[1:4].is_fully_defined():
-        return _banded_box_sum(x, windows)
+        return _banded_box_sum(x, windows, stride)
     for window in windows:
         x = _convolved_box_sum(x, window)
-    return x
+    start = stride // 2
+    return x[:, start::stride, start::stride, start::stride] if stride > 1 else x
+
+
+def strided_centres(n, stride):
+    """The voxels along an axis of n that :func:`box_sum` with ``stride`` keeps."""
+    return np.arange(stride // 2, n, stride)
 
 
 def _convolved_box_sum(x, window):
@@ -80,24 +89,25 @@ def _convolved_box_sum(x, window):
     return tf.transpose(x, [0, 2, 3, 4, 1])
 
 
-def _band(n, windows, dtype):
+def _band(n, windows, dtype, stride=1):
     """(n, n) matrix whose product with v sums v over each window in turn (zeros beyond the
-    ends): the product of the windows' band matrices of ones (|i - j| <= window // 2)."""
+    ends): the product of the windows' band matrices of ones (|i - j| <= window // 2); with
+    ``stride``, its rows for :func:`strided_centres` only."""
     i = np.arange(n)
     band = np.eye(n, dtype=np.int64)
     for window in windows:
         band = (np.abs(i[:, None] - i[None, :]) <= window // 2).astype(np.int64) @ band
-    return tf.constant(band, dtype=dtype)
+    return tf.constant(band[strided_centres(n, stride)], dtype=dtype)
 
 
-def _banded_box_sum(x, windows):
+def _banded_box_sum(x, windows, stride=1):
     """:func:`box_sum` for static spatial sizes as three matrix products with banded matrices;
     on CPU several times faster than the separable convolution, backward pass included."""
     x_size, y_size, z_size = x.shape[1:4]
     x = tf.transpose(x, [1, 2, 3, 0, 4])  # (X, Y, Z, B, C)
-    x = tf.tensordot(_band(x_size, windows, x.dtype), x, [[1], [0]])  # (X, Y, Z, B, C)
-    x = tf.tensordot(x, _band(y_size, windows, x.dtype), [[1], [1]])  # (X, Z, B, C, Y)
-    x = tf.tensordot(x, _band(z_size, windows, x.dtype), [[1], [1]])  # (X, B, C, Y, Z)
+    x = tf.tensordot(_band(x_size, windows, x.dtype, stride), x, [[1], [0]])  # (X, Y, Z, B, C)
+    x = tf.tensordot(x, _band(y_size, windows, x.dtype, stride), [[1], [1]])  # (X, Z, B, C, Y)
+    x = tf.tensordot(x, _band(z_size, windows, x.dtype, stride), [[1], [1]])  # (X, B, C, Y, Z)
     return tf.transpose(x, [1, 0, 3, 4, 2])  # (B, X, Y, Z, C)
 
 
@@ -190,23 +200,28 @@ def local_cross_correlation(fixed, moving, window=DEFAULT_LCC_WINDOW, eps=DEFAUL
     return correlation_from_statistics(local_statistics(fixed, window), fixed, moving, window, eps)
 
 
-def local_statistics(image, window=DEFAULT_LCC_WINDOW):
+def local_statistics(image, window=DEFAULT_LCC_WINDOW, stride=1):
     """The window sums of R that L_LCC needs, S(R) and S(R^2) (zero-padded).
 
     :param image: R, shape = (B, X, Y, Z, 1)
+    :param stride: around every stride-th voxel only (:func:`box_sum`)
     :return: shape = (B, X, Y, Z, 2)
     """
     image = tf.convert_to_tensor(image)
-    return box_sum(tf.concat([image, image * image], axis=-1), window)
+    return box_sum(tf.concat([image, image * image], axis=-1), window, stride=stride)
 
 
 def correlation_from_statistics(fixed_statistics, fixed, moving, window=DEFAULT_LCC_WINDOW,
-                                eps=DEFAULT_LCC_EPS):
+                                eps=DEFAULT_LCC_EPS, stride=1):
     """L_LCC(R, F) with R's window sums precomputed by :func:`local_statistics`.
 
-    :param fixed_statistics: S(R), S(R^2), shape = (B, X, Y, Z, 2)
+    :param fixed_statistics: S(R), S(R^2), shape = (B, X, Y, Z, 2), with the same ``stride``
     :param fixed: R, shape = (B, X, Y, Z, 1)
     :param moving: F, shape = (B, X, Y, Z, 1)
+    :param stride: the mean over the windows around every stride-th voxel along each axis
+        (:func:`box_sum`) instead of all: an estimate of L_LCC from a stride^3-th of its windows
+        (every voxel still lies in about (window / stride)^3 of them), for about a third of
+        the multiply-adds of the window sums with stride 2
     :return: shape = (B,)
     """
     window = _check_window(window)
@@ -214,7 +229,8 @@ def correlation_from_statistics(fixed_statistics, fixed, moving, window=DEFAULT_
     count = tf.constant(float(window**3), fixed.dtype)
     s_r, s_rr = tf.unstack(fixed_statistics, axis=-1)
     s_f, s_ff, s_rf = tf.unstack(
-        box_sum(tf.concat([moving, moving * moving, fixed * moving], axis=-1), window), axis=-1
+        box_sum(tf.concat([moving, moving * moving, fixed * moving], axis=-1), window,
+                stride=stride), axis=-1
     )
     zero = tf.constant(0.0, fixed.dtype)
     cross = s_rf - s_r * s_f / count

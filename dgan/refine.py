@@ -98,6 +98,12 @@ class RefineConfig:
     :param w_lcc: weight of 1 - L_LCC(R, G(F)(phi)); ignored without a translated image
     :param lg_window: n, the local-gradient neighbourhood
     :param lcc_window: the local cross-correlation window
+    :param lcc_stride: L_LCC as the mean over the windows around every ``lcc_stride``-th voxel
+        along each axis (``stride`` of :func:`dgan.losses.correlation_from_statistics`); 1: all
+        of them. With 2 (and window 9) a voxel still lies in about (9 / 2)^3 = 91 windows; the
+        window sums cost about a third: at 2 mm 0.79 of the iteration with L_LCC, and on the 2 mm
+        benchmark's 8 pairs after the brain default's T the same mean Dice, 0.7491 (pairs within
+        -0.0009 to +0.0017; 3: 0.7489) (docs/BENCHMARKS.md)
     :param int_steps: 0: displacement field; K > 0: diffeomorphic, a stationary velocity field
         integrated by K scaling-and-squaring steps
     :param smooth: the field alpha's term acts on (:data:`dgan.model.SMOOTHED_FIELDS`):
@@ -113,7 +119,7 @@ class RefineConfig:
         :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
         ``tf.function``; ``"on"``: every level; ``"off"``: none. XLA fuses the many small
         element-wise operations of an iteration (at 2 mm on 2 cores of an AVX-512 CPU,
-        0.067 s against 0.22 without, L_LG + smoothness), but compiling costs seconds per
+        0.073 s against 0.24 without, L_LG + smoothness), but compiling costs seconds per
         level shape, once per process, which small levels do not earn back (docs/BENCHMARKS.md)
     """
 
@@ -126,6 +132,7 @@ class RefineConfig:
     w_lcc: float = 1.0
     lg_window: int = 3
     lcc_window: int = losses.DEFAULT_LCC_WINDOW
+    lcc_stride: int = 2
     int_steps: int = 0
     smooth: str = "residual"
     xla: str = "auto"
@@ -150,6 +157,10 @@ class RefineConfig:
             if not np.isfinite(value) or value < 0 or (name == "learning_rate" and value == 0):
                 raise InputError(f"refinement {name} must be a finite number "
                                  f"{'> 0' if name == 'learning_rate' else '>= 0'}, got {value!r}")
+        if isinstance(self.lcc_stride, bool) or not isinstance(self.lcc_stride, (int, np.integer)) \
+                or self.lcc_stride < 1:
+            raise InputError(f"refinement lcc_stride must be a whole number >= 1, "
+                             f"got {self.lcc_stride!r}")
         for name in ("lg_window", "lcc_window"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1 or value % 2 == 0:
@@ -380,8 +391,8 @@ def exponentiate(velocity, steps, grid):
 
 
 class _StepSettings(collections.namedtuple("_StepSettings", [
-        "learning_rate", "alpha", "beta", "w_lcc", "lg_window", "lcc_window", "int_steps",
-        "smooth"])):
+        "learning_rate", "alpha", "beta", "w_lcc", "lg_window", "lcc_window", "lcc_stride",
+        "int_steps", "smooth"])):
     """What an iteration needs of :class:`RefineConfig`, as plain numbers in a namedtuple:
     ``tf.function`` keys its traces on their values, so every pair and every iteration count
     reuses one trace (and one XLA compilation) per level shape. A dataclass would be keyed on
@@ -429,7 +440,8 @@ def _similarity(level, warped, config):
         level.fixed_direction, warped[..., :1], config.lg_window, sums_first=True))
     if level.fixed_statistics is not None:
         loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
-            level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window))
+            level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window,
+            stride=config.lcc_stride))
     return loss[0]
 
 
@@ -592,8 +604,8 @@ def _prepare_level(shapes, factor, config, moving, fixed, base):
         fixed=fixed_l,
         fixed_direction=losses.local_gradient_direction(fixed_l, config.lg_window,
                                                         sums_first=True),
-        fixed_statistics=losses.local_statistics(fixed_l, config.lcc_window) if two_channels
-        else None,
+        fixed_statistics=losses.local_statistics(fixed_l, config.lcc_window, config.lcc_stride)
+        if two_channels else None,
         base=base_l,
         grid=voxel_grid(shape),
         control_grid=voxel_grid(control_shape),

@@ -662,6 +662,10 @@ def _parser():
              "model's: 1 for brain models from dgan-train-baselines, whose G translates; 0 for "
              "the demo's and train_dgan's, whose G draws the fixed image). After a brain "
              "model's T, 1 scores higher (docs/TRAINING.md, entries 23 and 24)")
+    add("--refine-lcc-stride", type=int, metavar="S",
+        help="refinement's L_LCC as the mean over the windows around every S-th voxel along "
+             f"each axis (default {RefineConfig.lcc_stride}: the same Dice on the brain "
+             "benchmark for about a third of the window sums; 1: every window)")
     add("--refine-alpha", type=float, metavar="A",
         help="weight of refinement's smoothness term, alpha (default: the model's, else "
              f"{RefineConfig.alpha:g}; 4 for brain models: after their T at 2 mm, alpha 1 "
@@ -698,7 +702,7 @@ def main(argv=None):
         if args.diffeomorphic:
             changes["int_steps"] = 7
         for name, value in (("smooth", args.refine_smooth), ("w_lcc", args.refine_lcc),
-                            ("alpha", args.refine_alpha)):
+                            ("lcc_stride", args.refine_lcc_stride), ("alpha", args.refine_alpha)):
             if value is not None:
                 changes[name] = value
         config = dataclasses.replace(model_refinement(model), **changes)

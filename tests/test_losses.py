@@ -2,18 +2,12 @@
 
 import numpy as np
 import pytest
-from numpy.lib.stride_tricks import sliding_window_view
 
 from dgan import losses
 from dgan.compat import keras, tf
+from numpy_reference import np_box_sum, np_lcc
 
 # --- an independent NumPy reference ---------------------------------------------------------
-
-
-def np_box_sum(x, n):
-    """Sum over an n^3 window around every voxel, zero-padded. x: (X, Y, Z)."""
-    r = n // 2
-    return sliding_window_view(np.pad(x, r), (n, n, n)).sum(axis=(-3, -2, -1))
 
 
 def np_gradient(x):
@@ -41,19 +35,6 @@ def np_direction(x, n, eps=losses.DEFAULT_LG_EPS):
 
 def np_lg(a, b, n, eps=losses.DEFAULT_LG_EPS):
     return np.mean(np.abs(np.sum(np_direction(a, n, eps)[0] * np_direction(b, n, eps)[0], axis=-1)))
-
-
-def np_lcc(a, b, n, eps=losses.DEFAULT_LCC_EPS):
-    count = n**3
-    s_a, s_b = np_box_sum(a, n), np_box_sum(b, n)
-    s_aa, s_bb, s_ab = np_box_sum(a * a, n), np_box_sum(b * b, n), np_box_sum(a * b, n)
-    cross = s_ab - s_a * s_b / count
-    var_a = np.maximum(s_aa - s_a**2 / count, 0)
-    var_b = np.maximum(s_bb - s_b**2 / count, 0)
-    # windows flat to float32 precision count 0
-    tolerance = losses.flat_tolerance(n, tf.float32)
-    flat = (var_a <= tolerance * s_aa) | (var_b <= tolerance * s_bb)
-    return np.mean(np.where(flat, 0.0, cross**2 / (var_a * var_b + eps)))
 
 
 def batch(*volumes):
@@ -281,6 +262,36 @@ def test_chained_box_sums_match_numpy_on_static_and_dynamic_shapes(rng, windows)
     # float64 sums of <= 5^3 * 7^3 terms in [0, 1] (<= ~4e4): round-off ~1e-11
     np.testing.assert_allclose(static, want, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(dynamic(tf.constant(x)).numpy()[0], want, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+@pytest.mark.parametrize("windows", [(5,), (3, 1, 5)])
+def test_strided_box_sums_are_the_sums_around_every_strided_voxel(rng, windows, stride):
+    x = rng.random((1, 9, 12, 10, 2))
+    want = x[0]
+    for n in windows:
+        want = np.stack([np_box_sum(want[..., c], n) for c in range(2)], axis=-1)
+    start = stride // 2
+    want = want[start::stride, start::stride, start::stride]
+    static = losses.box_sum(tf.constant(x), *windows, stride=stride).numpy()[0]
+    dynamic = tf.function(lambda v: losses.box_sum(v, *windows, stride=stride),
+                          input_signature=[tf.TensorSpec([1, None, None, None, 2], tf.float64)])
+    centres = tuple(len(range(start, n, stride)) for n in (9, 12, 10))
+    assert static.shape == want.shape == centres + (2,)
+    # float64, as in the test above
+    np.testing.assert_allclose(static, want, rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(dynamic(tf.constant(x)).numpy()[0], want, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_strided_local_cross_correlation_matches_numpy(rng, stride):
+    a, b = rng.random((17, 20, 23)), rng.random((17, 20, 23))
+    fixed, moving = batch(a), batch(0.6 * a + 0.4 * b)
+    got = losses.correlation_from_statistics(losses.local_statistics(fixed, 5, stride), fixed,
+                                             moving, 5, stride=stride).numpy()
+    # as test_local_cross_correlation_matches_numpy, over fewer voxels (same bound per voxel)
+    np.testing.assert_allclose(got, [np_lcc(a, 0.6 * a + 0.4 * b, 5, stride=stride)], atol=1e-4)
+    assert abs(got[0] - np_lcc(a, 0.6 * a + 0.4 * b, 5)) > 1e-4  # another estimate than all
 
 
 @pytest.mark.parametrize("window", [0, 2, -3, 4.5])

@@ -18,6 +18,7 @@ from dgan.errors import InputError
 from dgan.export import CONFIG_FILE, GENERATOR_FILE, load_model_folder, save_model_folder
 from dgan.networks import NetworkConfig, build_generator, build_registration_net
 from dgan.register import Registrar, main
+from numpy_reference import np_lcc
 
 TINY_CONFIG = NetworkConfig(
     (16, 16, 16), t_features=((4, 8), (8, 8, 4)), g_features=((4, 4), (4, 4)), d_features=4,
@@ -266,6 +267,28 @@ def test_residual_smoothness_keeps_the_detail_of_the_start_where_flow_smooths_it
     assert smoothness_reference(smoothed) < 0.9 * smoothness_reference(start)
 
 
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_the_lcc_term_is_the_mean_over_the_windows_around_every_strided_voxel(stride):
+    """L's L_LCC term with ``lcc_stride``: 1 - L_LCC over the windows centred on voxels
+    stride // 2, stride // 2 + stride, ... along each axis (the NumPy reference of
+    tests/numpy_reference.py, its correlation map taken there)."""
+    moving, fixed = random_pair(shape=(12, 16, 10), seed=12)
+    translated = 1.0 - moving
+    config = dr.RefineConfig(steps=1, levels=(1,), beta=0.0, alpha=0.0, lcc_window=3,
+                             lcc_stride=stride)
+    shapes = dr._level_shapes(moving.shape, config.levels, config.control)
+    level = dr._prepare_level(shapes, 1, config, tf.constant(np.stack([moving, translated], -1)),
+                              tf.constant(fixed[..., None]), tf.zeros(moving.shape + (3,)))
+    assert level.fixed_statistics.shape[1:4] == tuple(len(range(stride // 2, n, stride))
+                                                      for n in moving.shape)
+    got = dr._similarity(level, tf.constant(np.stack([moving, translated], -1)),
+                         dr._StepSettings.of(config))
+    # float32 window sums of 27 terms in [0, 1] against float64: as in tests/test_losses.py
+    np.testing.assert_allclose(got.numpy(), 1.0 - np_lcc(fixed, translated, 3, stride=stride),
+                               atol=1e-4)
+    assert dr.RefineConfig().lcc_stride == 2
+
+
 def test_xla_compiles_large_levels_by_default_and_obeys_on_and_off():
     large, small = (80, 96, 112), (40, 48, 56)  # 860160 and 107520 voxels
     assert dr.RefineConfig().uses_xla(large) and not dr.RefineConfig().uses_xla(small)
@@ -294,6 +317,8 @@ def test_a_new_pair_with_equal_settings_reuses_the_traced_iteration():
     ({"learning_rate": 0.0}, "refinement learning_rate must be a finite number > 0"),
     ({"alpha": float("nan")}, "refinement alpha must be a finite number >= 0"),
     ({"lg_window": 4}, "refinement lg_window must be an odd positive integer"),
+    ({"lcc_stride": 0}, "refinement lcc_stride must be a whole number >= 1, got 0"),
+    ({"lcc_stride": 1.5}, "refinement lcc_stride must be a whole number >= 1, got 1.5"),
     ({"xla": True}, "refinement xla must be one of auto, on, off"),
     ({"smooth": "phi"}, "refinement smooth must be one of residual, flow, got 'phi'"),
 ])
@@ -424,20 +449,22 @@ def test_cli_passes_what_the_smoothness_acts_on_to_refinement(tmp_path, monkeypa
     assert status == 0 and [config.smooth for config, _ in used] == [smooth]
 
 
-@pytest.mark.parametrize("extra, weight, alpha", [
-    ([], None, None), (["--refine-lcc", "0"], 0.0, None),
-    (["--refine-lcc", "0.5", "--refine-alpha", "4"], 0.5, 4.0)])
+@pytest.mark.parametrize("extra, weight, alpha, stride", [
+    ([], None, None, None), (["--refine-lcc", "0"], 0.0, None, None),
+    (["--refine-lcc", "0.5", "--refine-alpha", "4", "--refine-lcc-stride", "1"], 0.5, 4.0, 1)])
 def test_cli_sets_the_weights_of_refinements_lcc_term_and_smoothness(folders, tmp_path,
                                                                      monkeypatch, extra, weight,
-                                                                     alpha):
+                                                                     alpha, stride):
     status, used = refinements_run_by_the_cli(
         monkeypatch, tmp_path, ["--model", str(folders["with_g"]), "--affine", "off"] + extra)
     default = dregister.model_refinement(load_model_folder(folders["with_g"]))
     weight = default.w_lcc if weight is None else weight
     alpha = default.alpha if alpha is None else alpha
+    stride = default.lcc_stride if stride is None else stride
     # G renders the moving scan only when its term counts
     assert status == 0
-    assert [(c.w_lcc, given, c.alpha) for c, given in used] == [(weight, weight > 0, alpha)]
+    assert [(c.w_lcc, given, c.alpha, c.lcc_stride) for c, given in used] == [
+        (weight, weight > 0, alpha, stride)]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -449,6 +476,9 @@ def test_cli_sets_the_weights_of_refinements_lcc_term_and_smoothness(folders, tm
     (["--refine-lcc", "-1"], "error: refinement w_lcc must be a finite number >= 0, got -1.0"),
     (["--refine-lcc", "nan"], "error: refinement w_lcc must be a finite number >= 0, got nan"),
     (["--refine-alpha", "-2"], "error: refinement alpha must be a finite number >= 0, got -2.0"),
+    (["--refine-lcc-stride", "0"],
+     "error: refinement lcc_stride must be a whole number >= 1, got 0"),
+    (["--refine-lcc-stride", "1.5"], "argument --refine-lcc-stride: invalid int value: '1.5'"),
     (["--refine-steps", "0"], "error: without a model folder, refinement steps must be > 0"),
 ])
 def test_bad_command_lines_are_refused_in_one_line(tmp_path, capsys, extra, message):
