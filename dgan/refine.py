@@ -143,9 +143,12 @@ class RefineConfig:
 
         levels = tuple(self.levels)
         object.__setattr__(self, "levels", levels)
-        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)) \
-                or self.steps < 0:
-            raise InputError(f"refinement steps must be a whole number >= 0, got {self.steps!r}")
+        for name, least in (("steps", 0), ("lcc_stride", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or value < least:
+                raise InputError(f"refinement {name} must be a whole number >= {least}, "
+                                 f"got {value!r}")
         if not levels or not all(power_of_two(f) for f in levels) \
                 or list(levels) != sorted(set(levels), reverse=True):
             raise InputError(
@@ -157,10 +160,6 @@ class RefineConfig:
             if not np.isfinite(value) or value < 0 or (name == "learning_rate" and value == 0):
                 raise InputError(f"refinement {name} must be a finite number "
                                  f"{'> 0' if name == 'learning_rate' else '>= 0'}, got {value!r}")
-        if isinstance(self.lcc_stride, bool) or not isinstance(self.lcc_stride, (int, np.integer)) \
-                or self.lcc_stride < 1:
-            raise InputError(f"refinement lcc_stride must be a whole number >= 1, "
-                             f"got {self.lcc_stride!r}")
         for name in ("lg_window", "lcc_window"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1 or value % 2 == 0:
