@@ -34,6 +34,7 @@ setup(
             "dgan-probe-loss=dgan.cli.probe_loss:main",
             "dgan-probe-matching=dgan.cli.probe_matching:main",
             "dgan-bench-affine=dgan.cli.bench_affine:main",
+            "dgan-bench-real=dgan.cli.bench_real:main",
             "dgan-register=dgan.register:main",
             "dgan-export=dgan.export:main",
         ]

@@ -14,12 +14,21 @@ centres of mass c_F (fixed) and c_M (moving):
 
 t in mm, M a 3 x 3 matrix. Optimised:
 
-1. **Start** from the centres of mass of the two scans' intensities (t = 0, M = I).
-2. **Rigid** at the coarsest level: M = R(theta), three Euler angles, from 7 starts (no rotation,
-   and +-``restart_deg`` about each axis), keeping the start with the best objective.
+1. **Starts**: the headers' alignment (t = c_F - c_M, M = I: y = x), the centres of mass
+   (t = 0, M = I), and the centres of mass rotated by +-``restart_deg`` about each axis. The
+   centres of mass of two scans with different coverage (a slab, a whole head) are not the same
+   point, so the headers compete with them rather than being replaced by them.
+2. **Rigid** at the coarsest level: M = R(theta), three Euler angles, from every start, keeping
+   the one with the best objective.
 3. **Affine**, coarse to fine (8, 4, 2 mm by default): M = M_0 (I + K / r), the nine entries of
    K free (scales, shears and rotations; r = :data:`RADIUS_MM` makes one unit of K move a point
    at r mm from the centre by about 1 mm, like one unit of t), M_0 the previous level's M.
+
+**The decision.** At the end the objective is evaluated at the headers' alignment too, on the
+same samples: :attr:`AffineResult.gain` is the relative gain of the similarity, and
+:meth:`AffineResult.improves` says whether it reaches :data:`MIN_GAIN`. ``--affine auto``
+applies the transform only then: a stage that cannot show a clear gain leaves a pair its
+headers align where it is.
 
 Every level runs a fixed number of Adam steps (step size in mm, decaying linearly to a tenth)
 inside one ``tf.function``; the parameter vector is all that changes. The same input gives the
@@ -28,7 +37,8 @@ same result (the point subset is drawn from a seeded generator; no other randomn
 **The similarity** is mutual information (Mattes et al. 2003): at every level the fixed scan is
 sampled at (at most ``max_points``, a seeded subset) voxel centres of its level grid inside its
 foreground shrunk by 4 mm (``margin_mm``), the moving scan is sampled trilinearly at their
-images y (0 outside its field of view), and the joint histogram of the two intensities
+images y, and the joint histogram, over the samples that land inside the moving scan (and its
+mask: outside there is no data, which is not intensity 0), of the two intensities
 (``bins`` bins; the fixed side binned, the moving side spread by a cubic B-spline so that it is
 differentiable in y) gives MI = sum p(a, b) log p(a, b) / (p(a) p(b)). The paper's
 local-gradient similarity L_LG (:func:`dgan.losses.local_gradient_agreement`, on the whole level
@@ -40,12 +50,14 @@ modalities too: the brain's outline differs between a T1 and a T2-like image.
 
 import dataclasses
 import functools
+import itertools
 import logging
 import time
 
 import numpy as np
 from scipy import ndimage
 
+from . import coverage
 from . import io as dio
 from . import losses
 from .compat import tf
@@ -60,6 +72,11 @@ RADIUS_MM = 50.0
 #: more than this RMS distance (mm) from where the two headers put it; below it the deformable
 #: stage (T, refinement) takes the misalignment as it is.
 AUTO_THRESHOLD_MM = 2.0
+#: The affine stage's transform replaces the headers' alignment (``--affine auto``) only when it
+#: raises the similarity on the overlap by at least this fraction of its value there: on a pair
+#: the headers align, the optimiser still finds a transform that fits the samples' noise
+#: slightly better, and that is no reason to move the scan.
+MIN_GAIN = 0.05
 #: A level's grid must have at least this many voxels along every axis (at 8 mm a brain
 #: spans about 20; a coarser grid holds too few voxels of the object to align).
 MIN_LEVEL_VOXELS = 16
@@ -127,12 +144,29 @@ class AffineResult:
     :param rms_mm: RMS distance over the fixed scan's foreground between where ``matrix`` and
         where the identity (the two headers) put each point: how misaligned the scans were
     :param seconds: wall time
+    :param header_objective: the objective at the headers' alignment (the identity), on the
+        same samples of the finest level
+    :param start: which start of the rigid stage led to ``matrix`` (``"headers"``, ...)
     """
 
     matrix: np.ndarray
     objective: float
     rms_mm: float
     seconds: float
+    header_objective: float = np.nan
+    start: str = ""
+
+    @property
+    def gain(self):
+        """How much better ``matrix`` aligns the scans than their headers: the relative gain
+        of the similarity, (S - S_headers) / |S_headers| (MI, or L_LG), 0 when both are 0."""
+        gained = self.header_objective - self.objective  # objectives: lower is better
+        return float(gained / abs(self.header_objective)) if self.header_objective else 0.0
+
+    def improves(self, min_gain=None):
+        """Whether ``matrix`` is worth applying: it improves the similarity over the headers'
+        alignment by at least ``min_gain`` (default :data:`MIN_GAIN`)."""
+        return self.gain >= (MIN_GAIN if min_gain is None else min_gain)
 
 
 # --- geometry on plain arrays ------------------------------------------------------------------
@@ -286,23 +320,25 @@ def _cubic_bspline(u):
     return tf.where(u < 1.0, inner, outer)
 
 
-def _mutual_information(fixed_bins, moving_values, bins):
+def _mutual_information(fixed_bins, moving_values, bins, inside):
     """Mattes's MI: fixed intensities binned (zero order), moving intensities spread over four
-    bins by a cubic B-spline (differentiable), joint histogram by one segment sum.
+    bins by a cubic B-spline (differentiable), joint histogram by one segment sum over the
+    samples that land inside the moving scan (outside it there is no data, not intensity 0).
 
     :param fixed_bins: shape = (N,), int32, the fixed samples' bins
     :param moving_values: shape = (N,), in [0, 1]
+    :param inside: shape = (N,), 1.0 for a sample inside the moving scan, else 0.0
     :return: MI, a scalar
     """
     position = _bin_position(moving_values, bins)  # (N,)
     first = tf.stop_gradient(tf.floor(position)) - 1.0
     offsets = tf.constant([0.0, 1.0, 2.0, 3.0])
     neighbours = first[:, None] + offsets[None, :]  # (N, 4) bins
-    weights = _cubic_bspline(position[:, None] - neighbours)  # (N, 4), rows sum to 1
+    weights = _cubic_bspline(position[:, None] - neighbours) * inside[:, None]  # (N, 4)
     index = fixed_bins[:, None] * bins + tf.cast(neighbours, tf.int32)  # (N, 4)
     joint = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(index, [-1]),
                                          bins * bins)
-    joint = tf.reshape(joint, (bins, bins)) / tf.reduce_sum(joint)
+    joint = tf.reshape(joint, (bins, bins)) / tf.maximum(tf.reduce_sum(joint), 1e-6)
     p_fixed = tf.reduce_sum(joint, axis=1, keepdims=True)
     p_moving = tf.reduce_sum(joint, axis=0, keepdims=True)
     tiny = 1e-10
@@ -317,8 +353,10 @@ def _objective(level, params, base, rigid, similarity, bins, lg_window):
     inverse = level["moving_inverse"]  # world -> padded moving voxels, (4, 4)
     coords = tf.matmul(world, inverse[:3, :3], transpose_b=True) + inverse[:3, 3]
     values = _sample(level["moving"], coords)  # (N,)
+    # where the moving scan has data (its grid, inside its mask): 1, else 0; no gradient
+    inside = tf.cast(tf.stop_gradient(_sample(level["moving_valid"], coords)) > 0.5, tf.float32)
     if similarity == "mi":
-        return -_mutual_information(level["fixed_bins"], values, bins)
+        return -_mutual_information(level["fixed_bins"], values, bins, inside)
     warped = tf.reshape(values, level["shape"])[tf.newaxis, ..., tf.newaxis]
     return 1.0 - losses.local_gradient_agreement(level["fixed_direction"], warped, lg_window)[0]
 
@@ -345,6 +383,7 @@ def _adam(level, params, base, rigid, steps, learning_rate, similarity, bins, lg
 #: The MI optimiser's inputs: any level's shapes, so that it is traced once per process.
 _MI_SIGNATURE = [
     {"moving": tf.TensorSpec([None, None, None], tf.float32),
+     "moving_valid": tf.TensorSpec([None, None, None], tf.float32),
      "moving_inverse": tf.TensorSpec([4, 4], tf.float32),
      "centre_moving": tf.TensorSpec([3], tf.float32),
      "points": tf.TensorSpec([None, 3], tf.float32),
@@ -413,21 +452,32 @@ def _at_spacing(volume, spacing):
     return dio.resample_to_spacing(volume, spacing)
 
 
-def _prepare_level(moving, fixed, spacing, centre_fixed, centre_moving, config):
-    """Tensors of one level; moving and fixed are normalised :class:`dgan.io.Volume`."""
+def _prepare_level(moving, fixed, spacing, centre_fixed, centre_moving, config, moving_mask=None,
+                   fixed_mask=None):
+    """Tensors of one level; moving and fixed are normalised :class:`dgan.io.Volume`, the masks
+    bool :class:`dgan.io.Volume` on their grids or None."""
     fixed_l = _at_spacing(fixed, spacing)
     moving_l = _at_spacing(moving, spacing)
     padded = np.pad(moving_l.array, 1)  # the zero border that _sample reads outside
+    valid = np.ones(moving_l.shape, np.float32)
+    if moving_mask is not None:
+        valid = coverage.on_grid(moving_mask.array, moving_mask.affine, moving_l.affine,
+                                 moving_l.shape).astype(np.float32)
     shift = np.eye(4)
     shift[:3, 3] = -1.0
     inverse = np.linalg.inv(moving_l.affine @ shift)  # world -> padded voxels
     level = {
         "moving": tf.constant(padded, tf.float32),
+        "moving_valid": tf.constant(np.pad(valid, 1), tf.float32),
         "moving_inverse": tf.constant(inverse, tf.float32),
         "centre_moving": tf.constant(centre_moving, tf.float32),
     }
     if config.similarity == "mi":
-        voxels = np.argwhere(_sampled_region(fixed_l, config.margin_mm))
+        region = _sampled_region(fixed_l, config.margin_mm)
+        if fixed_mask is not None:
+            region &= coverage.on_grid(fixed_mask.array, fixed_mask.affine, fixed_l.affine,
+                                       fixed_l.shape)
+        voxels = np.argwhere(region)
         if len(voxels) > config.max_points:
             rng = np.random.default_rng([config.seed, int(spacing * 1000)])
             voxels = voxels[np.sort(rng.choice(len(voxels), config.max_points, replace=False))]
@@ -469,13 +519,17 @@ def _matrix(m, t, centre_fixed, centre_moving):
     return out
 
 
-def estimate_affine(moving, fixed, config=None, progress=None):
+def estimate_affine(moving, fixed, config=None, progress=None, moving_mask=None, fixed_mask=None):
     """Estimate the affine transform that aligns ``moving`` to ``fixed`` (module docstring).
 
     :param moving: :class:`dgan.io.Volume`, any grid and orientation
     :param fixed: :class:`dgan.io.Volume`
     :param config: :class:`AffineConfig` (defaults when None)
     :param progress: called with one line of text at the end, or None
+    :param moving_mask: bool :class:`dgan.io.Volume` on the moving grid: MI counts only the
+        samples that land inside it (and always only those inside the moving scan), or None
+    :param fixed_mask: bool :class:`dgan.io.Volume` on the fixed grid: MI samples only inside
+        it, or None
     :return: :class:`AffineResult`; ``matrix`` maps fixed-world points to moving-world points
     :raises InputError: a scan too small for the pyramid, no foreground, or no overlap at the end
     """
@@ -483,49 +537,66 @@ def estimate_affine(moving, fixed, config=None, progress=None):
     started = time.perf_counter()
     moving_n, fixed_n = _normalised(moving), _normalised(fixed)
     centre_fixed, centre_moving = centre_of_mass(fixed_n), centre_of_mass(moving_n)
+    # the parameters of y = c_M + t + M (x - c_F) that the headers' alignment (y = x) has
+    header = np.concatenate([centre_fixed - centre_moving, np.zeros(9)]).astype(np.float32)
     levels = _level_spacings(fixed, config)
     base = np.eye(3, dtype=np.float32)
     params = np.zeros(12, np.float32)
-    objective = np.nan
+    objective, start = np.nan, None
     for index, (spacing, steps) in enumerate(levels):
-        level = _prepare_level(moving_n, fixed_n, spacing, centre_fixed, centre_moving, config)
+        level = _prepare_level(moving_n, fixed_n, spacing, centre_fixed, centre_moving, config,
+                               moving_mask, fixed_mask)
         rate = config.learning_rate * spacing / levels[0][0]
         if index == 0:
-            base, params = _best_rigid_start(level, config, rate)
+            base, params, start = _best_rigid_start(level, config, rate, header)
         params, objective = _run(level, params, base, False, steps, rate, config)
         m, t = _linear(tf.constant(params), tf.constant(base), False)
         base = m.numpy()
         params = np.concatenate([t.numpy(), np.zeros(9, np.float32)])
+    header_objective = _run(level, header, np.eye(3, dtype=np.float32), False, 0, rate, config)[1]
     matrix = _matrix(base.astype(np.float64), params[:3].astype(np.float64), centre_fixed,
                      centre_moving)
     points = foreground_points(fixed, max_points=20_000, seed=config.seed)
     check_overlap(moving, fixed, matrix, points)
     result = AffineResult(matrix=matrix, objective=objective,
                           rms_mm=rms_displacement(matrix, np.eye(4), points),
-                          seconds=time.perf_counter() - started)
+                          seconds=time.perf_counter() - started,
+                          header_objective=header_objective, start=start)
     if progress is not None:
         progress(f"affine: {len(levels)} levels "
-                 f"({', '.join(f'{s:g} mm' for s, _ in levels)}), {config.similarity} "
-                 f"{-objective if config.similarity == 'mi' else 1 - objective:.4f}, "
-                 f"{result.rms_mm:.1f} mm RMS from the headers' alignment, {result.seconds:.1f} s")
+                 f"({', '.join(f'{s:g} mm' for s, _ in levels)}), best start {start}, "
+                 f"{config.similarity} {_similarity_value(objective, config):.4f} against "
+                 f"{_similarity_value(header_objective, config):.4f} at the headers' alignment "
+                 f"(gain {100 * result.gain:+.1f}%), {result.rms_mm:.1f} mm RMS from it, "
+                 f"{result.seconds:.1f} s")
     return result
 
 
-def _best_rigid_start(level, config, rate):
-    """The rigid stage from the restart rotations: (M, affine parameters (t, 0)) of the start
-    with the best objective."""
+def _similarity_value(objective, config):
+    """The similarity (MI, or L_LG) from the objective (-MI, or 1 - L_LG)."""
+    return -objective if config.similarity == "mi" else 1 - objective
+
+
+def _best_rigid_start(level, config, rate, header):
+    """The rigid stage from several starts: the headers' alignment (parameters ``header``), the
+    centres of mass, and the centres of mass with the restart rotations. Returns (M, affine
+    parameters (t, 0), the name of the start) of the start with the best objective."""
     angle = np.deg2rad(config.restart_deg) * RADIUS_MM  # in parameter units
-    starts = [np.zeros(3)] + [sign * angle * np.eye(3)[axis]
-                              for axis in range(3) for sign in (1.0, -1.0)]
+    starts = [("headers", header), ("centres of mass", np.zeros(12))]
+    for axis, sign in itertools.product(range(3), (1.0, -1.0)):
+        rotation = np.zeros(12)
+        rotation[3 + axis] = sign * angle
+        starts.append((f"centres of mass, {sign * config.restart_deg:+g} deg about axis {axis}",
+                       rotation))
     eye = np.eye(3, dtype=np.float32)
     best = None
-    for start in starts:
-        params = np.concatenate([np.zeros(3), start, np.zeros(6)]).astype(np.float32)
-        result, value = _run(level, params, eye, True, config.rigid_steps, rate, config)
+    for name, start in starts:
+        result, value = _run(level, np.asarray(start, np.float32), eye, True, config.rigid_steps,
+                             rate, config)
         if best is None or value < best[0]:
-            best = (value, result)
+            best = (value, result, name)
     m, t = _linear(tf.constant(best[1]), tf.constant(eye), True)
-    return m.numpy(), np.concatenate([t.numpy(), np.zeros(9, np.float32)])
+    return m.numpy(), np.concatenate([t.numpy(), np.zeros(9, np.float32)]), best[2]
 
 
 def check_overlap(moving, fixed, matrix, points=None):

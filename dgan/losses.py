@@ -170,7 +170,7 @@ def local_gradient_similarity(fixed, moving, window=DEFAULT_LG_WINDOW, eps=DEFAU
 
 
 def local_gradient_agreement(fixed_direction, moving, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS,
-                             sums_first=False):
+                             sums_first=False, weight=None):
     """L_LG(R, F) from R's precomputed directions n(R, p): mean over p of |n(R, p) . n(F, p)|.
 
     For a fixed image R that does not change (instance refinement), n(R, p) is computed once.
@@ -178,11 +178,15 @@ def local_gradient_agreement(fixed_direction, moving, window=DEFAULT_LG_WINDOW, 
     :param fixed_direction: n(R, p) from :func:`local_gradient_direction`, shape = (B, X, Y, Z, 3)
     :param moving: F, shape = (B, X, Y, Z, 1)
     :param sums_first: n(F, p) as :func:`local_gradient_direction`'s ``sums_first``
+    :param weight: per-voxel weights of mean 1, shape = (B, X, Y, Z) (e.g. where both scans have
+        data, :func:`dgan.coverage.weights`), or None: the plain mean
     :return: shape = (B,)
     """
     direction = local_gradient_direction(moving, window, eps, sums_first)
-    dot = tf.reduce_sum(fixed_direction * direction, axis=-1)
-    return tf.reduce_mean(tf.abs(dot), axis=[1, 2, 3])
+    agreement = tf.abs(tf.reduce_sum(fixed_direction * direction, axis=-1))
+    if weight is not None:
+        agreement = agreement * weight
+    return tf.reduce_mean(agreement, axis=[1, 2, 3])
 
 
 def local_cross_correlation(fixed, moving, window=DEFAULT_LCC_WINDOW, eps=DEFAULT_LCC_EPS):
@@ -212,7 +216,7 @@ def local_statistics(image, window=DEFAULT_LCC_WINDOW, stride=1):
 
 
 def correlation_from_statistics(fixed_statistics, fixed, moving, window=DEFAULT_LCC_WINDOW,
-                                eps=DEFAULT_LCC_EPS, stride=1):
+                                eps=DEFAULT_LCC_EPS, stride=1, weight=None):
     """L_LCC(R, F) with R's window sums precomputed by :func:`local_statistics`.
 
     :param fixed_statistics: S(R), S(R^2), shape = (B, X, Y, Z, 2), with the same ``stride``
@@ -222,6 +226,8 @@ def correlation_from_statistics(fixed_statistics, fixed, moving, window=DEFAULT_
         (:func:`box_sum`) instead of all: an estimate of L_LCC from a stride^3-th of its windows
         (every voxel still lies in about (window / stride)^3 of them), for about a third of
         the multiply-adds of the window sums with stride 2
+    :param weight: weights of mean 1 of the windows' centres (with ``stride``: of the strided
+        centres), shape = (B, X', Y', Z'), or None: the plain mean
     :return: shape = (B,)
     """
     window = _check_window(window)
@@ -241,7 +247,10 @@ def correlation_from_statistics(fixed_statistics, fixed, moving, window=DEFAULT_
     # cross term is then round-off alone, and divided by eps its gradient would be noise.
     tolerance = tf.constant(flat_tolerance(window, fixed.dtype), fixed.dtype)
     flat = tf.logical_or(var_r <= tolerance * s_rr, var_f <= tolerance * s_ff)
-    return tf.reduce_mean(tf.where(flat, zero, cc), axis=[1, 2, 3])
+    cc = tf.where(flat, zero, cc)
+    if weight is not None:
+        cc = cc * weight
+    return tf.reduce_mean(cc, axis=[1, 2, 3])
 
 
 def flat_tolerance(window, dtype):

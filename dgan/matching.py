@@ -25,6 +25,7 @@ import itertools
 import numpy as np
 
 from .compat import keras, tf, vxm
+from .coverage import shrink
 from .losses import box_sum, local_gradient_direction
 
 #: The passes T uses by default, (factor, radius) coarse to fine: on the demo's 5 mm grid and on
@@ -53,7 +54,7 @@ def _pooled_directions(image, factor, lg_window):
     return tf.nn.avg_pool3d(directions, factor, factor, "VALID")
 
 
-def matching_cost(fixed_direction, moving_direction, radius, window, smoothing=1):
+def matching_cost(fixed_direction, moving_direction, radius, window, smoothing=1, valid=None):
     """C(p, d) for every displacement of :func:`displacements` (radius): the box mean of the
     squared dot product of the fixed directions at p and the moving directions at p + d
     (zero outside the volume), averaged again over ``smoothing``^3 voxels (1: not at all).
@@ -64,17 +65,32 @@ def matching_cost(fixed_direction, moving_direction, radius, window, smoothing=1
 
     :param fixed_direction: n(R), shape = (B, X, Y, Z, 3)
     :param moving_direction: n(F), same shape
+    :param valid: where both scans have data, 1 or 0, shape = (B, X, Y, Z, 1), or None:
+        everywhere. With it, the directions outside are 0 and C(p, d) is the mean over the pairs
+        (q, q + d) of the box whose both ends are valid (0 where none is): a displacement
+        towards the edge of a scan's coverage is neither favoured nor penalised
     :return: shape = (B, X, Y, Z, (2 radius + 1)^3), in [0, 1]
     """
     r = int(radius)
     size = [int(s) for s in fixed_direction.shape[1:4]]
-    padded = tf.pad(moving_direction, [[0, 0], [r, r], [r, r], [r, r], [0, 0]])
-    dots = []
+    pad = [[0, 0], [r, r], [r, r], [r, r], [0, 0]]
+    if valid is not None:
+        fixed_direction = fixed_direction * valid
+        moving_direction = moving_direction * valid
+        padded_valid = tf.pad(valid, pad)
+    padded = tf.pad(moving_direction, pad)
+    dots, pairs = [], []
     for d in displacements(r).astype(int) + r:  # the slice of padded that holds F's at p + d
-        shifted = padded[:, d[0]:d[0] + size[0], d[1]:d[1] + size[1], d[2]:d[2] + size[2]]
-        dots.append(tf.reduce_sum(fixed_direction * shifted, axis=-1))
-    cost = tf.square(tf.stack(dots, axis=-1))
-    return box_sum(cost, window, smoothing) / float(window**3 * smoothing**3)
+        window_of = (slice(None), slice(d[0], d[0] + size[0]), slice(d[1], d[1] + size[1]),
+                     slice(d[2], d[2] + size[2]))
+        dots.append(tf.reduce_sum(fixed_direction * padded[window_of], axis=-1))
+        if valid is not None:
+            pairs.append(valid[..., 0] * padded_valid[window_of][..., 0])
+    cost = box_sum(tf.square(tf.stack(dots, axis=-1)), window, smoothing)
+    if valid is None:
+        return cost / float(window**3 * smoothing**3)
+    count = box_sum(tf.stack(pairs, axis=-1), window, smoothing)
+    return cost / tf.maximum(count, 1.0)
 
 
 def soft_argmax_flow(cost, radius, temperature):
@@ -84,11 +100,16 @@ def soft_argmax_flow(cost, radius, temperature):
 
 
 def block_match(moving, fixed, factor, radius, lg_window=DEFAULT_LG_WINDOW, window=DEFAULT_WINDOW,
-                smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE):
+                smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE, valid=None):
     """One matching pass: moving F, fixed R (B, X, Y, Z, 1) -> phi (B, X, Y, Z, 3) in image voxels,
-    with ``moved(p) = F(p + phi(p))``. X, Y, Z must be multiples of ``factor``."""
+    with ``moved(p) = F(p + phi(p))``. X, Y, Z must be multiples of ``factor``.
+
+    :param valid: where both scans have data on the pass's coarse grid (B, X/f, Y/f, Z/f, 1),
+        1 or 0, or None (:func:`matching_cost`)
+    """
     cost = matching_cost(_pooled_directions(fixed, factor, lg_window),
-                         _pooled_directions(moving, factor, lg_window), radius, window, smoothing)
+                         _pooled_directions(moving, factor, lg_window), radius, window, smoothing,
+                         valid)
     flow = soft_argmax_flow(cost, radius, temperature)
     if factor == 1:
         return flow
@@ -129,13 +150,8 @@ class BlockMatching(keras.layers.Layer):
 
     def call(self, inputs):
         moving, fixed = (tf.stop_gradient(x) for x in inputs)
-        flow = None
-        for factor, radius in self.passes:
-            source = moving if flow is None else warp(moving, flow)
-            step = block_match(source, fixed, factor, radius, self.lg_window, self.window,
-                               self.smoothing, self.temperature)
-            flow = step if flow is None else compose(flow, step)
-        return tf.stop_gradient(flow)
+        return tf.stop_gradient(match(moving, fixed, self.passes, None, self.lg_window,
+                                      self.window, self.smoothing, self.temperature))
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0][:-1]) + (3,)
@@ -144,3 +160,37 @@ class BlockMatching(keras.layers.Layer):
         return {**super().get_config(), "passes": [list(p) for p in self.passes],
                 "lg_window": self.lg_window, "window": self.window,
                 "smoothing": self.smoothing, "temperature": self.temperature}
+
+
+def pass_validity(mask, passes=DEFAULT_PASSES, lg_window=DEFAULT_LG_WINDOW):
+    """Where each pass may compare directions: ``mask`` (where both scans have data, bool
+    (X, Y, Z)) on the pass's coarse grid, kept where the directions' windows (central
+    differences, then the ``lg_window`` box) lie wholly inside it (:func:`dgan.coverage.shrink`).
+
+    :return: one float32 array (1, X/f, Y/f, Z/f, 1) per pass, or None when ``mask`` is None or
+        covers every voxel
+    """
+    if mask is None or np.all(mask):
+        return None
+    return [shrink(mask, factor, lg_window // 2 + 1).astype(np.float32)[None, ..., None]
+            for factor, _ in passes]
+
+
+def match(moving, fixed, passes=DEFAULT_PASSES, valid=None, lg_window=DEFAULT_LG_WINDOW,
+          window=DEFAULT_WINDOW, smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE):
+    """The coarse-to-fine matching of :class:`BlockMatching` on a pair, outside any network:
+    the training-free first estimate of phi, also where the scans cover different regions.
+
+    :param moving: F, shape = (B, X, Y, Z, 1), X, Y, Z multiples of every pass's factor
+    :param fixed: R, same shape
+    :param valid: :func:`pass_validity`, or None
+    :return: phi, shape = (B, X, Y, Z, 3), voxels
+    """
+    moving, fixed = tf.convert_to_tensor(moving), tf.convert_to_tensor(fixed)
+    flow = None
+    for index, (factor, radius) in enumerate(passes):
+        source = moving if flow is None else warp(moving, flow)
+        step = block_match(source, fixed, factor, radius, lg_window, window, smoothing,
+                           temperature, None if valid is None else tf.constant(valid[index]))
+        flow = step if flow is None else compose(flow, step)
+    return flow

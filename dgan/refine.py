@@ -57,7 +57,7 @@ import time
 
 import numpy as np
 
-from . import losses
+from . import coverage, losses
 from .compat import tf
 from .errors import InputError
 from .model import SMOOTHED_FIELDS
@@ -67,6 +67,10 @@ logger = logging.getLogger(__name__)
 #: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
 XLA_CHOICES = ("auto", "on", "off")
 XLA_MIN_VOXELS = 2**18
+
+#: A coarse level is left out when its grid would be narrower than this along an axis
+#: (:func:`usable_levels`).
+MIN_LEVEL_VOXELS = 16
 
 #: Adam's moment decay rates and epsilon.
 ADAM_BETAS = (0.9, 0.999)
@@ -404,7 +408,8 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 
 class _Level(collections.namedtuple("_Level", [
         "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "grid",
-        "control_grid", "upsample", "control_scale", "smoothness_bands"])):
+        "control_grid", "upsample", "control_scale", "smoothness_bands", "lg_weight",
+        "lcc_weight"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
@@ -414,6 +419,9 @@ class _Level(collections.namedtuple("_Level", [
     control grid -> level grid matrices; control_scale: level voxels -> control voxels (3,);
     smoothness_bands: :func:`smoothness_bands` when the smoothness term is the control
     field's (a displacement field and ``smooth`` "residual": phi - phi_0 = up(u)), else None.
+    lg_weight, lcc_weight: weights of mean 1 (1, x, y, z) of L_LG's voxels and of L_LCC's
+    (strided) window centres where both scans have data (:func:`dgan.coverage.level_weights`),
+    or None: every voxel.
     """
 
 
@@ -436,11 +444,12 @@ def _similarity(level, warped, config):
     """L's image terms beta (1 - L_LG) + w_lcc (1 - L_LCC) from the warped channels (x, y, z, C)."""
     warped = warped[tf.newaxis]  # (1, x, y, z, C)
     loss = config.beta * (1.0 - losses.local_gradient_agreement(
-        level.fixed_direction, warped[..., :1], config.lg_window, sums_first=True))
+        level.fixed_direction, warped[..., :1], config.lg_window, sums_first=True,
+        weight=level.lg_weight))
     if level.fixed_statistics is not None:
         loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
             level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window,
-            stride=config.lcc_stride))
+            stride=config.lcc_stride, weight=level.lcc_weight))
     return loss[0]
 
 
@@ -592,12 +601,18 @@ def _pyramid(volume, shapes, factor):
     return volume
 
 
-def _prepare_level(shapes, factor, config, moving, fixed, base):
+def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None):
     shape, control_shape = shapes[factor], shapes[factor * config.control]
+    lg_weight = lcc_weight = None
+    two_channels = moving.shape[-1] == 2
+    if mask is not None:  # a window reaches its radius, and sums_first's difference one more
+        lg_weight = coverage.level_weights(mask, factor, config.lg_window // 2 + 2)
+        if two_channels:
+            lcc_weight = coverage.level_weights(mask, factor, config.lcc_window // 2 + 1,
+                                                config.lcc_stride)
     fixed_l = _pyramid(fixed, shapes, factor)[tf.newaxis]  # (1, x, y, z, 1)
     moving_l = _pyramid(moving, shapes, factor)
     base_l = resize_flow(base, shape) if factor > 1 else base
-    two_channels = moving.shape[-1] == 2
     return _Level(
         moving=moving_l,
         fixed=fixed_l,
@@ -612,13 +627,15 @@ def _prepare_level(shapes, factor, config, moving, fixed, base):
         control_scale=tf.constant([c / n for c, n in zip(control_shape, shape)], tf.float32),
         smoothness_bands=smoothness_bands(control_shape, shape)
         if config.int_steps == 0 and config.smooth == "residual" else None,
+        lg_weight=None if lg_weight is None else tf.constant(lg_weight),
+        lcc_weight=None if lcc_weight is None else tf.constant(lcc_weight),
     )
 
 
 # --- the whole refinement ----------------------------------------------------------------------
 
 
-def refine(moving, fixed, flow=None, translated=None, config=None, progress=None):
+def refine(moving, fixed, flow=None, translated=None, config=None, progress=None, mask=None):
     """Refine phi on one pair by minimising L (module docstring), coarse to fine.
 
     :param moving: F, intensities scaled as in training, shape = (X, Y, Z)
@@ -628,11 +645,22 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
         None: no L_LCC term (L_LG and smoothness alone)
     :param config: :class:`RefineConfig` (default settings when None)
     :param progress: called after each level as ``progress(text)``, or None
+    :param mask: where both scans have data, bool, shape = (X, Y, Z)
+        (:func:`dgan.coverage.overlap`), or None: everywhere. The image terms are then the means
+        over the voxels whose windows lie inside it at each level: the edge of a scan's
+        coverage does not pull on phi
     :return: :class:`RefineResult`
-    :raises InputError: arrays of different shapes or with NaN/Inf
+    :raises InputError: arrays of different shapes or with NaN/Inf; a mask of another shape, or
+        empty
     """
     config = RefineConfig() if config is None else config
     shape = tuple(np.shape(fixed))
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != shape:
+            raise InputError(f"mask has shape {mask.shape}, expected {shape}")
+        coverage.weights(mask)  # refuses an empty one
+        mask = None if mask.all() else mask
     moving = _checked(moving, shape, "moving")
     fixed = _checked(fixed, shape, "fixed")
     base = np.zeros(shape + (3,), np.float32) if flow is None else \
@@ -650,7 +678,7 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
     step_config = _StepSettings.of(config)
     for factor in config.levels:
         started = time.perf_counter()
-        level = _prepare_level(shapes, factor, config, moving_t, fixed_t, base_t)
+        level = _prepare_level(shapes, factor, config, moving_t, fixed_t, base_t, mask)
         control_shape = shapes[factor * config.control]
         if u is None:
             u = tf.zeros(control_shape + (3,), tf.float32)
@@ -672,6 +700,14 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
     if config.levels[-1] > 1:
         field = resize_flow(field, shape)
     return RefineResult(flow=np.asarray(field, np.float32), losses=history, seconds=seconds)
+
+
+def usable_levels(shape, levels):
+    """The levels (down-sampling factors, coarse to fine) whose grid keeps at least
+    :data:`MIN_LEVEL_VOXELS` voxels along every axis of ``shape`` (the finest always): a level a
+    few voxels across holds too little of the anatomy to align and misleads the finer ones."""
+    kept = [f for f in levels if min(-(-n // f) for n in shape) >= MIN_LEVEL_VOXELS]
+    return kept or [levels[-1]]
 
 
 def _checked(array, shape, name):

@@ -55,19 +55,40 @@ import numpy as np
 from scipy import ndimage
 
 from . import affine as daffine
+from . import coverage
 from . import io as dio
 from . import itk
-from . import metrics, synth
+from . import matching as dmatching
+from . import metrics, scoring, synth
 from .errors import InputError
 from .export import as_model_folder, generator_for_shape, registration_net_for_shape
 from .model import SMOOTHED_FIELDS
 from .preprocessing import padded_shape, scale_intensity
-from .refine import RefineConfig, refine
+from .refine import RefineConfig, refine, usable_levels
 
 logger = logging.getLogger(__name__)
 
 #: Refinement iterations per level by default (see docs/BENCHMARKS.md for the measurements).
 DEFAULT_REFINE_STEPS = 25
+
+#: ``--affine auto`` applies a transform only when it also raises L_LG on the overlap by this
+#: much over the headers' alignment (:meth:`Registrar.affine_lg_scores`): twice the margin a
+#: deformable start must gain (:data:`dgan.scoring.MARGIN`), since an affine moves every voxel.
+AFFINE_LG_MARGIN = 2 * scoring.MARGIN
+
+#: ``--affine auto`` keeps the headers' alignment when it already overlaps the two scans'
+#: foregrounds (:meth:`Registrar.judge_affine`) with at least this Dice: scans of one session
+#: that their headers align. A transform must otherwise raise that Dice by
+#: ``FOREGROUND_MARGIN``.
+HEADER_TRUST_DICE = 0.9
+FOREGROUND_MARGIN = 0.01
+#: Normalised intensity above which a voxel is foreground for :meth:`Registrar.judge_affine`.
+FOREGROUND_LEVEL = 0.1
+
+#: Without a model, the start field is searched on the fixed scan's grid in RAS+ at voxels of at
+#: least this size (mm): the matching's search reaches 17 voxels, and refinement then works on
+#: the fixed scan's own grid.
+MATCHING_SPACING_MM = 2.0
 
 #: The flow file's NIfTI ``descrip`` (at most 80 characters) and intent name (at most 16).
 FLOW_DESCRIP = "dgan flow: voxels of this grid, ij, moved(p)=moving(p+flow(p))"
@@ -235,28 +256,28 @@ class Registrar:
         (:func:`dgan.preprocessing.padded_shape`)."""
         return padded_shape(shape, self.network_config.multiple)
 
-    def predict_flow(self, moving, fixed):
+    def predict_flow(self, moving, fixed, scaled=False):
         """T's flow for arrays on one grid: normalise, pad, predict, crop.
 
         :param moving: shape = (B, X, Y, Z), finite
         :param fixed: shape = (B, X, Y, Z)
+        :param scaled: the arrays are already scaled (:meth:`scaled`)
         :return: flow in voxels, shape = (B, X, Y, Z, 3), float32
         """
-        shape = moving.shape[1:]
         if self.model is None:
             return np.zeros(moving.shape + (3,), np.float32)
-        moving_in, window = self._network_input(moving)
-        fixed_in, _ = self._network_input(fixed)
+        moving_in, window = self._network_input(moving, scaled)
+        fixed_in, _ = self._network_input(fixed, scaled)
         net = self.network_for(moving_in.shape[1:4])
         flow = np.concatenate([  # one pair at a time, no tf.data pipeline per call
             net.predict_on_batch({"moving": m[np.newaxis], "fixed": f[np.newaxis]})["flow"]
             for m, f in zip(moving_in, fixed_in)])
         return np.asarray(flow[(slice(None), *window)], dtype=np.float32)
 
-    def _network_input(self, batch):
+    def _network_input(self, batch, scaled=False):
         """(B, X, Y, Z) -> ((B, X', Y', Z', 1) scaled and padded, the window that undoes it)."""
         target = self.padded_shape(batch.shape[1:])
-        padded = [dio.crop_or_pad(self.scaled(v), target) for v in batch]
+        padded = [dio.crop_or_pad(v if scaled else self.scaled(v), target) for v in batch]
         window = tuple(slice(-o, -o + n) for o, n in zip(padded[0][1].offset, batch.shape[1:]))
         return np.stack([array for array, _ in padded])[..., np.newaxis], window
 
@@ -284,19 +305,23 @@ class Registrar:
         out = np.concatenate([generator.predict_on_batch(m[np.newaxis]) for m in moving_in])
         return np.asarray(out[(slice(None), *window, 0)], dtype=np.float32)
 
-    def refine_flow(self, moving, fixed, flow, translated):
+    def refine_flow(self, moving, fixed, flow, translated, mask=None):
         """Refine ``flow`` on one pair of arrays on one grid (:func:`dgan.refine.refine`).
 
         :param moving: shape = (X, Y, Z), in its own units (scaled here)
         :param fixed: shape = (X, Y, Z)
         :param flow: T's field, shape = (X, Y, Z, 3), voxels
         :param translated: G(F) on this grid (already scaled), or None
+        :param mask: where both scans have data, bool (X, Y, Z), or None: everywhere
         :return: the refined flow, shape = (X, Y, Z, 3), float32
         """
         if self.refine_config.steps == 0:
             return flow
-        return refine(self.scaled(moving), self.scaled(fixed), flow, translated,
-                      self.refine_config, self.progress).flow
+        config = dataclasses.replace(self.refine_config,
+                                     levels=tuple(usable_levels(moving.shape,
+                                                                self.refine_config.levels)))
+        return refine(self.scaled(moving), self.scaled(fixed), flow, translated, config,
+                      self.progress, mask=mask).flow
 
     def refine_flows(self, moving, fixed, flows):
         """Refine T's fields of a batch of pairs on one grid, each with G(F) when the model has G.
@@ -373,57 +398,216 @@ class Registrar:
         """
         return daffine.estimate_affine(moving, fixed, self.affine_config, self.progress)
 
-    def _affine_stage(self, moving, fixed):
-        """(alignment or None, the transform to apply or None) under ``self.affine``."""
+    def _affine_stage(self, moving, fixed, moving_mask=None, fixed_mask=None):
+        """(alignment or None, the transform to apply or None) under ``self.affine``: ``auto``
+        applies the estimate only when it moves the fixed foreground by more than
+        :data:`dgan.affine.AUTO_THRESHOLD_MM` RMS and raises the similarity over the headers'
+        alignment by :data:`dgan.affine.MIN_GAIN` (:meth:`dgan.affine.AffineResult.improves`)."""
         if self.affine == "off":
             return None, None
         if self.affine == "auto" and not daffine.pyramid_levels(fixed, self.affine_config):
-            if self.progress is not None:
-                self.progress("affine: skipped (auto: the fixed scan is too small for its "
-                              "pyramid)")
+            self._say("affine: skipped (auto: the fixed scan is too small for its pyramid)")
             return None, None
-        alignment = self.estimate_affine(moving, fixed)
-        if self.affine == "on" or alignment.rms_mm > daffine.AUTO_THRESHOLD_MM:
+        alignment = daffine.estimate_affine(moving, fixed, self.affine_config, self.progress,
+                                            moving_mask, fixed_mask)
+        if self.affine == "on":
             return alignment, alignment.matrix
-        if self.progress is not None:
-            self.progress(f"affine: not applied (auto: {alignment.rms_mm:.1f} mm RMS <= "
-                          f"{daffine.AUTO_THRESHOLD_MM:g} mm)")
-        return alignment, None
+        if alignment.rms_mm <= daffine.AUTO_THRESHOLD_MM:
+            self._say(f"affine: kept the headers' alignment (auto: the estimate moves "
+                      f"{alignment.rms_mm:.1f} mm RMS <= {daffine.AUTO_THRESHOLD_MM:g} mm)")
+            return alignment, None
+        if not alignment.improves():
+            self._say(f"affine: kept the headers' alignment (auto: the estimate gains "
+                      f"{100 * alignment.gain:+.1f}% MI < {100 * daffine.MIN_GAIN:g}% over it)")
+            return alignment, None
+        judged = self.judge_affine(moving, fixed, alignment.matrix, moving_mask, fixed_mask)
+        (header_lg, header_fg), (affine_lg, affine_fg) = judged
+        if header_fg >= HEADER_TRUST_DICE:
+            self._say(f"affine: kept the headers' alignment (auto: their foregrounds already "
+                      f"overlap, Dice {header_fg:.3f} >= {HEADER_TRUST_DICE:g}; the estimate, "
+                      f"{alignment.rms_mm:.1f} mm RMS away, is not applied)")
+            return alignment, None
+        if affine_lg < header_lg + AFFINE_LG_MARGIN or affine_fg <= header_fg + FOREGROUND_MARGIN:
+            self._say(f"affine: kept the headers' alignment (auto: MI gains "
+                      f"{100 * alignment.gain:+.1f}%, but on the overlap L_LG {header_lg:.4f} "
+                      f"-> {affine_lg:.4f} (needs +{AFFINE_LG_MARGIN:g}) and the foregrounds' "
+                      f"Dice {header_fg:.3f} -> {affine_fg:.3f} (needs +{FOREGROUND_MARGIN:g}))")
+            return alignment, None
+        self._say(f"affine: applied (auto: {alignment.rms_mm:.1f} mm RMS from the headers' "
+                  f"alignment, MI {100 * alignment.gain:+.1f}%, on the overlap L_LG "
+                  f"{header_lg:.4f} -> {affine_lg:.4f}, foregrounds' Dice {header_fg:.3f} -> "
+                  f"{affine_fg:.3f})")
+        return alignment, alignment.matrix
 
-    def register_volumes(self, moving, fixed, moving_labels=None):
+    def judge_affine(self, moving, fixed, matrix, moving_mask=None, fixed_mask=None):
+        """Two modality-robust judges of the affine stage beside its MI, on the matching grid
+        over the voxels that both the headers and ``matrix`` place inside the moving scan (and
+        the masks): L_LG (:func:`dgan.scoring.lg_score`), and the Dice of the two scans'
+        foregrounds (normalised intensity above :data:`FOREGROUND_LEVEL`: head or brain against
+        background, whatever the contrast).
+
+        :return: ((L_LG, Dice) at the headers' alignment, (L_LG, Dice) through ``matrix``)
+        """
+        fixed_n = self.matching_grid(fixed)
+        views = [moving, daffine.through(moving, matrix)]
+        masks = [moving_mask, None if moving_mask is None else daffine.through(moving_mask, matrix)]
+        fixed_mask_n = None if fixed_mask is None else fixed_mask.replace(
+            array=coverage.on_grid(fixed_mask.array, fixed.affine, fixed_n.affine, fixed_n.shape),
+            affine=fixed_n.affine)
+        region = np.ones(fixed_n.shape, bool)
+        for view, mask in zip(views, masks):
+            region &= coverage.overlap(view, fixed_n, None, mask, fixed_mask_n)
+        if not region.any():
+            return (0.0, 0.0), (0.0, 0.0)
+        weight = coverage.level_weights(region, 1, scoring.SCORE_WINDOW // 2 + 1)
+        weight = None if weight is None else weight[0]
+        fixed_scaled = self.scaled(fixed_n.array)
+        fixed_fg = dio.normalize_intensity(fixed_n.array)[region] > FOREGROUND_LEVEL
+        scores = []
+        for view in views:
+            on_grid = dio.resample_to_grid(view, fixed_n.affine, fixed_n.shape).array
+            moving_fg = dio.normalize_intensity(on_grid)[region] > FOREGROUND_LEVEL
+            total = int(fixed_fg.sum()) + int(moving_fg.sum())
+            dice = 2.0 * int(np.sum(fixed_fg & moving_fg)) / total if total else 0.0
+            scores.append((scoring.lg_score(self.scaled(on_grid), fixed_scaled, None, weight),
+                           dice))
+        return tuple(scores)
+
+    def _say(self, text):
+        if self.progress is not None:
+            self.progress(text)
+
+    def start_field(self, moving, fixed, mask=None):
+        """The field refinement starts from, on the matching grid (:meth:`matching_grid`): the
+        identity, the block matching's (:func:`dgan.matching.match`) or, with a model, T's,
+        whichever :func:`dgan.scoring.choose` picks by L_LG on the overlap.
+
+        :param moving: F on the matching grid, shape = (X, Y, Z), its own units
+        :param fixed: R, same shape
+        :param mask: where both have data, bool (X, Y, Z), or None: everywhere
+        :return: (flow (X, Y, Z, 3) in voxels, float32, :class:`dgan.scoring.Choice`)
+        """
+        moving, fixed = self.scaled(moving), self.scaled(fixed)
+        if mask is not None:  # outside the overlap both read 0: a shared edge, no pull
+            moving, fixed = moving * mask, fixed * mask
+        candidates = [("identity", None), ("matching", self.match(moving, fixed, mask))]
+        if self.model is not None:
+            candidates.append(("T", self.predict_flow(moving[np.newaxis], fixed[np.newaxis],
+                                                      scaled=True)[0]))
+        weight = None if mask is None else coverage.level_weights(
+            mask, 1, scoring.SCORE_WINDOW // 2 + 1)[0]
+        choice, flow = scoring.choose(moving, fixed, candidates, weight)
+        self._say(choice.describe())
+        return (np.zeros(moving.shape + (3,), np.float32) if flow is None else flow), choice
+
+    def match(self, moving, fixed, mask=None):
+        """The block matching's field (:func:`dgan.matching.match`, T's default passes) for
+        scaled arrays on one grid, padded to the passes' multiple and cropped back; with
+        ``mask`` (bool), only directions inside it are compared.
+
+        :return: shape = (X, Y, Z, 3), voxels, float32
+        """
+        multiple = max(factor for factor, _ in dmatching.DEFAULT_PASSES)
+        target = padded_shape(moving.shape, multiple)
+        moving_p, crop = dio.crop_or_pad(moving, target)
+        fixed_p, _ = dio.crop_or_pad(fixed, target)
+        valid = None
+        if mask is not None:
+            valid = dmatching.pass_validity(dio.crop_or_pad(mask, target, fill=False)[0])
+        flow = dmatching.match(moving_p[None, ..., None], fixed_p[None, ..., None],
+                               valid=valid)[0]
+        return np.asarray(crop.undo(np.asarray(flow)), np.float32)
+
+    def keep_if_better(self, moving, fixed, start, refined, grid, mask=None):
+        """Refinement's field, or the field it started from when it does not raise L_LG on the
+        overlap (:func:`dgan.scoring.lg_score`, on the matching grid ``grid``) by
+        :data:`dgan.scoring.MARGIN`: on a pair that is already aligned, refinement fits the two
+        contrasts' differences and moves voxels for no gain.
+
+        :param moving: the moving :class:`dgan.io.Volume` on the fixed grid
+        :param fixed: the fixed :class:`dgan.io.Volume`
+        :param start: the start field on the fixed grid, voxels (X, Y, Z, 3)
+        :param refined: refinement's field on the fixed grid
+        :param grid: the matching grid's :class:`dgan.io.Volume` of the fixed scan
+        :param mask: the overlap on that grid, bool, or None
+        """
+        weight = None if mask is None else coverage.level_weights(
+            mask, 1, scoring.SCORE_WINDOW // 2 + 1)[0]
+        moving_n = self.scaled(self.matching_grid(moving).array)
+        fixed_n = self.scaled(grid.array)
+        scores = [scoring.lg_score(moving_n, fixed_n, flow_to_grid(
+            field, fixed.affine, grid.affine, grid.shape), weight) for field in (start, refined)]
+        kept = scores[1] >= scores[0] + scoring.MARGIN
+        self._say(f"refinement: {'kept' if kept else 'left out'} (L_LG on the overlap "
+                  f"{scores[0]:.4f} -> {scores[1]:.4f}; it must gain {scoring.MARGIN:g})")
+        return refined if kept else start
+
+    def matching_grid(self, volume):
+        """The grid the start field is found on: with a model, T's network grid
+        (:meth:`network_grid`); without, the scan in RAS+ at voxels of at least
+        :data:`MATCHING_SPACING_MM` (its own where coarser)."""
+        if self.model is not None:
+            return self.network_grid(volume)
+        volume = dio.to_canonical(volume)
+        spacing = np.maximum(volume.spacing, MATCHING_SPACING_MM)
+        if np.allclose(spacing, volume.spacing, rtol=1e-3):
+            return volume
+        return dio.resample_to_spacing(volume, spacing)
+
+    def register_volumes(self, moving, fixed, moving_labels=None, moving_mask=None,
+                         fixed_mask=None):
         """Register a moving scan to a fixed scan on their own grids (see the module docstring).
 
         :param moving: :class:`dgan.io.Volume`, any grid
         :param fixed: :class:`dgan.io.Volume`; all outputs are on its grid
         :param moving_labels: :class:`dgan.io.Volume` of labels (its own affine), or None
+        :param moving_mask: where the moving scan is to be compared: a bool
+            :class:`dgan.io.Volume` on its grid (:func:`dgan.coverage.load_mask`), or None: its
+            whole grid
+        :param fixed_mask: likewise for the fixed scan
         :return: :class:`FileRegistration`
-        :raises InputError: the moving scan does not overlap the fixed scan's grid at all
+        :raises InputError: the moving scan does not overlap the fixed scan's grid at all; a mask
+            off its scan's grid, not binary or empty
         """
         started = time.perf_counter()
-        alignment, transform = self._affine_stage(moving, fixed)
+        if moving_mask is not None:
+            moving_mask = coverage.check_mask(moving_mask, moving, "moving mask")
+        if fixed_mask is not None:
+            fixed_mask = coverage.check_mask(fixed_mask, fixed, "fixed mask")
+        alignment, transform = self._affine_stage(moving, fixed, moving_mask, fixed_mask)
         if transform is not None:  # read through T from now on: still one interpolation
             moving = daffine.through(moving, transform)
             if moving_labels is not None:
                 moving_labels = daffine.through(moving_labels, transform)
+            if moving_mask is not None:
+                moving_mask = daffine.through(moving_mask, transform)
         aligned = time.perf_counter()
         on_fixed = dio.resample_to_grid(moving, fixed.affine, fixed.shape, order=1)
-        if not on_fixed.array.any():
+        mask = coverage.overlap(moving, fixed, None, moving_mask, fixed_mask)
+        if not on_fixed.array.any() or not mask.any():
             raise InputError(
                 f"the moving scan ({moving.path or 'array'}) does not overlap the fixed scan "
                 f"({fixed.path or 'array'}) at all: its headers put it outside the fixed "
-                "scan's field of view; check the headers, or use the affine stage (--affine on)")
-        fixed_n = self.network_grid(fixed)
-        moving_n = self.network_grid(on_fixed)  # same grid: a function of affine and shape
-        flow_n = self.predict_flow(moving_n.array[np.newaxis], fixed_n.array[np.newaxis])[0]
+                "scan's field of view (or outside the masks); check the headers, or use the "
+                "affine stage (--affine on)")
+        mask = None if mask.all() else mask
+        fixed_n = self.matching_grid(fixed)
+        moving_n = self.matching_grid(on_fixed)  # same grid: a function of affine and shape
+        mask_n = None if mask is None else coverage.on_grid(mask, fixed.affine, fixed_n.affine,
+                                                            fixed_n.shape)
+        flow_n, choice = self.start_field(moving_n.array, fixed_n.array, mask_n)
         flow = flow_to_grid(flow_n, fixed_n.affine, fixed.affine, fixed.shape)
         network = time.perf_counter()
         if self.refine_config.steps:
-            translated = self.translate(moving_n.array[np.newaxis])
+            translated = None
+            if choice.name == "T":  # a T that lost to the matching: its G is no guide either
+                translated = self.translate(moving_n.array[np.newaxis])
             if translated is not None:  # G(F) from the network grid onto the fixed grid
                 translated = dio.resample_to_grid(
                     dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
                 ).array
-            flow = self.refine_flow(on_fixed.array, fixed.array, flow, translated)
+            refined = self.refine_flow(on_fixed.array, fixed.array, flow, translated, mask)
+            flow = self.keep_if_better(on_fixed, fixed, flow, refined, fixed_n, mask_n)
         seconds = {"affine": aligned - started, "network": network - aligned,
                    "refinement": time.perf_counter() - network}
         moved = sample_through_world(moving, fixed.affine, flow, order=1)
@@ -446,17 +630,21 @@ class Registrar:
             alignment=alignment,
         )
 
-    def register_files(self, moving_path, fixed_path, moving_labels=None):
+    def register_files(self, moving_path, fixed_path, moving_labels=None, moving_mask=None,
+                       fixed_mask=None):
         """Register two scan files (NIfTI, MGZ or .npz); see :meth:`register_volumes`.
 
         :param moving_path: the moving scan
         :param fixed_path: the fixed scan; the outputs are on its grid
         :param moving_labels: a label map of the moving scan (its own grid), or None
+        :param moving_mask: a binary mask file on the moving scan's grid, or None
+        :param fixed_mask: a binary mask file on the fixed scan's grid, or None
         :return: :class:`FileRegistration`
-        :raises InputError: a missing, unreadable, non-3D, NaN or empty file
+        :raises InputError: a missing, unreadable, non-3D, NaN or empty file; a bad mask
         """
         moving, fixed, labels = load_inputs(moving_path, fixed_path, moving_labels)
-        return self.register_volumes(moving, fixed, labels)
+        moving_mask, fixed_mask = load_masks(moving, fixed, moving_mask, fixed_mask)
+        return self.register_volumes(moving, fixed, labels, moving_mask, fixed_mask)
 
 
 def _check_array(array, name):
@@ -480,6 +668,13 @@ def load_inputs(moving_path, fixed_path, moving_labels=None):
     fixed = dio.load_volume(fixed_path)
     labels = None if moving_labels is None else dio.load_volume(moving_labels, kind="labels")
     return moving, fixed, labels
+
+
+def load_masks(moving, fixed, moving_mask=None, fixed_mask=None):
+    """Read and check the mask files of two scans (:func:`dgan.coverage.load_mask`):
+    (moving mask or None, fixed mask or None)."""
+    return (None if moving_mask is None else coverage.load_mask(moving_mask, moving, "moving mask"),
+            None if fixed_mask is None else coverage.load_mask(fixed_mask, fixed, "fixed mask"))
 
 
 def flow_to_grid(flow, flow_affine, target_affine, target_shape):
@@ -644,6 +839,11 @@ def _parser():
     add("--out-moved", required=True, metavar="PATH", help="registered moving scan (.nii[.gz])")
     add("--out-flow", required=True, metavar="PATH", help="displacement field (.nii[.gz])")
     add("--moving-labels", metavar="PATH", help="label map of the moving scan (its own grid)")
+    add("--moving-mask", metavar="PATH",
+        help="binary mask on the moving scan's grid: only the voxels inside it are compared "
+             "(outside the scan's own grid nothing is compared anyway)")
+    add("--fixed-mask", metavar="PATH",
+        help="binary mask on the fixed scan's grid: only the voxels inside it are compared")
     add("--out-labels", metavar="PATH", help="registered labels (.nii[.gz]); with --moving-labels")
     add("--refine-steps", type=_whole_number, metavar="N",
         help="refinement iterations per level (default: the model's, else "
@@ -710,7 +910,8 @@ def main(argv=None):
                               progress=print, affine=args.affine,
                               network_spacing=args.network_spacing)
         moving, fixed, labels = load_inputs(args.moving, args.fixed, args.moving_labels)
-        result = registrar.register_volumes(moving, fixed, labels)
+        masks = load_masks(moving, fixed, args.moving_mask, args.fixed_mask)
+        result = registrar.register_volumes(moving, fixed, labels, *masks)
         write_outputs(result, args.out_moved, args.out_flow, args.out_labels, args.out_affine)
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

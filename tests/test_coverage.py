@@ -1,0 +1,188 @@
+"""Coverage and masks (dgan.coverage), the choice of the start field (dgan.scoring), and their use
+by registration: an aligned pair with different coverage stays where it is."""
+
+import numpy as np
+import pytest
+
+from dgan import coverage, losses, matching, scoring
+from dgan import io as dio
+from dgan.compat import tf
+from dgan.errors import InputError
+from dgan.io import Volume
+from dgan.register import Registrar, main
+from tests.test_affine import AFFINE, FIXED_CONTRAST, MOVING_CONTRAST, SHAPE, phantom_labels, \
+    rendered
+
+
+def slab_of(volume, start, stop):
+    """The voxels start:stop of the last axis, with the affine that keeps them in place."""
+    shift = np.eye(4)
+    shift[2, 3] = start
+    return volume.replace(array=np.ascontiguousarray(volume.array[..., start:stop]),
+                          affine=volume.affine @ shift)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    labels = phantom_labels()
+    fixed = Volume(rendered(labels, FIXED_CONTRAST), AFFINE, path="fixed.nii.gz")
+    moving = Volume(rendered(labels, MOVING_CONTRAST), AFFINE, path="moving.nii.gz")
+    return moving, fixed
+
+
+# --- coverage ------------------------------------------------------------------------------------
+
+
+def test_grid_coverage_is_the_box_the_scan_fills_on_another_grid(pair):
+    moving, fixed = pair
+    part = slab_of(moving, 10, 22)  # voxels 10..21 of the last axis
+    covered = coverage.grid_coverage(part, fixed.affine, fixed.shape)
+    expected = np.zeros(SHAPE, bool)
+    expected[..., 10:22] = True
+    np.testing.assert_array_equal(covered, expected)
+    # a world shift of 3 mm (1.5 voxels) moves the box: centres 10..21 +- 0.5 voxel shifted by 1.5
+    shift = np.eye(4)
+    shift[2, 3] = 3.0  # through this transform fixed point x reads moving point x + 3 mm
+    moved = coverage.grid_coverage(part, fixed.affine, fixed.shape, transform=shift)
+    expected = np.zeros(SHAPE, bool)
+    expected[..., 8:21] = True  # p + 1.5 in [9.5, 21.5] (the border included): p = 8 .. 20
+    np.testing.assert_array_equal(moved, expected)
+
+
+def test_shrink_keeps_whole_blocks_and_erodes():
+    mask = np.zeros((8, 8, 8), bool)
+    mask[:, :, :5] = True
+    np.testing.assert_array_equal(coverage.shrink(mask, 2, 0)[0, 0], [True, True, False, False])
+    eroded = coverage.shrink(np.ones((6, 6, 6), bool), 1, 1)
+    assert eroded.all()  # the grid's own border is not an edge of the data (border_value 1)
+    mask = np.ones((6, 6, 6), bool)
+    mask[..., 4:] = False
+    np.testing.assert_array_equal(coverage.shrink(mask, 1, 1)[0, 0], [1, 1, 1, 0, 0, 0])
+
+
+def test_weights_average_over_the_mask_and_refuse_an_empty_one():
+    mask = np.zeros((4, 4, 4), bool)
+    mask[:2] = True
+    weight = coverage.weights(mask)
+    values = np.random.default_rng(0).random((4, 4, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.mean(weight * values), values[mask].mean(), rtol=1e-6)
+    assert coverage.weights(np.ones((4, 4, 4), bool)) is None
+    with pytest.raises(InputError, match="overlap leaves no voxel"):
+        coverage.weights(np.zeros((4, 4, 4), bool))
+
+
+def test_weighted_local_gradient_agreement_is_the_mean_over_the_mask():
+    rng = np.random.default_rng(1)
+    fixed = tf.constant(rng.random((1, 10, 10, 10, 1)), tf.float32)
+    moving = tf.constant(rng.random((1, 10, 10, 10, 1)), tf.float32)
+    direction = losses.local_gradient_direction(fixed, 3)
+    mask = np.zeros((10, 10, 10), bool)
+    mask[2:7, 1:9, 3:8] = True
+    plain = losses.local_gradient_direction(moving, 3)
+    per_voxel = np.abs(np.sum(direction.numpy() * plain.numpy(), axis=-1))[0]
+    weighted = losses.local_gradient_agreement(direction, moving, 3,
+                                               weight=coverage.weights(mask)[None])
+    # float32 sums of 1000 terms of size <= 2.5: relative error ~1e-6
+    np.testing.assert_allclose(float(weighted[0]), per_voxel[mask].mean(), rtol=1e-5)
+
+
+def test_matching_cost_with_every_voxel_valid_is_the_plain_cost_inside():
+    rng = np.random.default_rng(2)
+    fixed = tf.constant(rng.random((1, 12, 12, 12, 3)), tf.float32)
+    moving = tf.constant(rng.random((1, 12, 12, 12, 3)), tf.float32)
+    plain = matching.matching_cost(fixed, moving, 1, 3, 1)
+    valid = matching.matching_cost(fixed, moving, 1, 3, 1, valid=tf.ones((1, 12, 12, 12, 1)))
+    # away from the faces (box radius 1 + displacement 1) every pair is valid: the same mean
+    np.testing.assert_allclose(valid.numpy()[:, 2:-2, 2:-2, 2:-2], plain.numpy()[:, 2:-2, 2:-2, 2:-2],
+                               rtol=1e-5)
+
+
+# --- masks ---------------------------------------------------------------------------------------
+
+
+def test_bad_masks_are_refused_in_one_line_naming_the_file(tmp_path, pair):
+    moving, fixed = pair
+    mask = np.ones(SHAPE, np.uint8)
+    cases = {
+        "grid.nii.gz": (mask[:-2], AFFINE, "must lie on the scan's grid"),
+        "shifted.nii.gz": (mask, AFFINE + np.pad([[5.0]], ((0, 3), (3, 0))), "affine differs"),
+        "binary.nii.gz": (mask * 2, AFFINE, "not binary"),
+        "empty.nii.gz": (mask * 0, AFFINE, "is empty"),
+    }
+    for name, (array, affine, message) in cases.items():
+        path = str(tmp_path / name)
+        dio.save_volume(path, array, affine)
+        with pytest.raises(InputError, match=message) as error:
+            coverage.load_mask(path, fixed, "fixed mask")
+        assert str(error.value).startswith(path) and "\n" not in str(error.value)
+    with pytest.raises(InputError, match="not binary"):
+        coverage.check_mask(np.full(SHAPE, 0.5), fixed)
+
+
+def test_the_overlap_honours_both_masks(pair):
+    moving, fixed = pair
+    moving_mask = np.zeros(SHAPE, bool)
+    moving_mask[:20] = True
+    fixed_mask = np.zeros(SHAPE, bool)
+    fixed_mask[:, 5:] = True
+    part = slab_of(moving, 4, 30)
+    region = coverage.overlap(part, fixed, None, Volume(moving_mask[..., 4:30], part.affine),
+                              Volume(fixed_mask, AFFINE))
+    expected = np.zeros(SHAPE, bool)
+    expected[:20, 5:, 4:30] = True
+    np.testing.assert_array_equal(region, expected)
+
+
+def test_the_command_line_refuses_a_mask_on_another_grid(tmp_path, pair, capsys):
+    moving, fixed = pair
+    paths = {name: str(tmp_path / f"{name}.nii.gz") for name in ("moving", "fixed", "mask")}
+    dio.save_volume(paths["moving"], moving.array, AFFINE)
+    dio.save_volume(paths["fixed"], fixed.array, AFFINE)
+    dio.save_volume(paths["mask"], np.ones((8, 8, 8), np.uint8), AFFINE)
+    status = main(["--moving", paths["moving"], "--fixed", paths["fixed"],
+                   "--out-moved", str(tmp_path / "m.nii.gz"), "--out-flow", str(tmp_path / "f.nii.gz"),
+                   "--fixed-mask", paths["mask"]])
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {paths['mask']}: the fixed mask has shape") and err.count("\n") == 1
+    assert not (tmp_path / "m.nii.gz").exists()
+
+
+# --- the start field -----------------------------------------------------------------------------
+
+
+def test_choose_needs_a_margin_over_the_identity_and_rejects_folding(pair):
+    moving, fixed = pair
+    m, f = dio.normalize_intensity(moving.array), dio.normalize_intensity(fixed.array)
+    zero = np.zeros(SHAPE + (3,), np.float32)
+    choice, flow = scoring.choose(m, f, [("identity", None), ("same", zero)])
+    assert choice.name == "identity" and flow is None  # an equal score is no gain
+    shifted = np.roll(m, 3, axis=0)  # the moving scan 3 voxels off: undoing it scores higher
+    undo = np.zeros(SHAPE + (3,), np.float32)
+    undo[..., 0] = 3.0
+    choice, flow = scoring.choose(shifted, f, [("identity", None), ("undo", undo)])
+    assert choice.name == "undo" and flow is undo
+    assert choice.scores["undo"] >= choice.scores["identity"] + scoring.MARGIN
+    folding = undo.copy()
+    folding[..., 0] = -2.0 * np.arange(SHAPE[0])[:, None, None]  # d phi_x / dx = -2: det -1
+    choice, _ = scoring.choose(shifted, f, [("identity", None), ("folds", folding)])
+    assert choice.name == "identity" and choice.folding["folds"] > scoring.MAX_FOLDING
+    # of two eligible fields, the later (T) is kept unless the earlier beats it by the margin
+    choice, _ = scoring.choose(shifted, f, [("identity", None), ("matching", undo), ("T", undo)])
+    assert choice.name == "T"
+
+
+def test_an_aligned_slab_stays_where_it_is(pair):
+    """A moving slab that covers a third of the fixed grid, aligned by its header: registration
+    without a model (matching, refinement, the affine stage on auto) must leave it in place: the
+    edge of the slab, where the resampled moving scan drops to 0, must not pull the field."""
+    moving, fixed = pair
+    part = slab_of(moving, 11, 22)
+    registrar = Registrar(None, affine="auto")
+    result = registrar.register_volumes(part, fixed)
+    region = coverage.grid_coverage(part, fixed.affine, fixed.shape)
+    moved = coverage.mean_displacement_mm(result.flow, fixed.affine, region)
+    # 0.5 mm = a quarter of a 2 mm voxel: before the coverage masks the slab's edges pulled
+    # the field by millimetres
+    assert moved < 0.5
+    np.testing.assert_array_equal(result.transform, np.eye(4))
