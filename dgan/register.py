@@ -90,6 +90,9 @@ FOREGROUND_LEVEL = 0.1
 #: the fixed scan's own grid.
 MATCHING_SPACING_MM = 2.0
 
+#: :class:`Registrar`'s ``start`` choices.
+START_CHOICES = ("auto", "network")
+
 #: The flow file's NIfTI ``descrip`` (at most 80 characters) and intent name (at most 16).
 FLOW_DESCRIP = "dgan flow: voxels of this grid, ij, moved(p)=moving(p+flow(p))"
 FLOW_INTENT_NAME = "dgan_flow_vox"
@@ -195,11 +198,14 @@ class Registrar:
         block matching searches in voxels of whatever grid it is given, so a T trained at 4 mm
         can run on a finer grid: on the 2 mm brain benchmark, at 2 mm, Dice 0.741 against 0.670
         at 4 mm, in about four times the time (docs/TRAINING.md, entry 19)
+    :param start: the field refinement starts from (:meth:`start_field`): ``"auto"``, the best
+        of the identity, the block matching's and T's by L_LG on the overlap; ``"network"``,
+        T's (without a model, the matching's) as it is, and refinement kept whatever it gains
     :raises InputError: not a dgan model folder; bad refinement settings; a bad network spacing
     """
 
     def __init__(self, model, refine_steps=None, refine_config=None, progress=None,
-                 affine="off", affine_config=None, network_spacing=None):
+                 affine="off", affine_config=None, network_spacing=None, start="auto"):
         self.model = None if model is None else as_model_folder(model)
         self._preprocessing = None if self.model is None else self.model.preprocessing
         from_folder = network_spacing is None and self.model is not None
@@ -227,6 +233,9 @@ class Registrar:
         if self.model is None and self.refine_config.steps == 0 and affine != "on":
             raise InputError("without a model folder, refinement steps must be > 0 "
                              "(or the affine stage on: affine alone)")
+        if start not in START_CHOICES:
+            raise InputError(f"start must be one of {', '.join(START_CHOICES)}, got {start!r}")
+        self.start = start
         self.progress = progress
         self._nets = {}  # (kind, spatial shape) -> T or G built for it
         self._said_no_generator = False
@@ -459,8 +468,7 @@ class Registrar:
             region &= coverage.overlap(view, fixed_n, None, mask, fixed_mask_n)
         if not region.any():
             return (0.0, 0.0), (0.0, 0.0)
-        weight = coverage.level_weights(region, 1, scoring.SCORE_WINDOW // 2 + 1)
-        weight = None if weight is None else weight[0]
+        weight = scoring.score_weight(region)
         fixed_scaled = self.scaled(fixed_n.array)
         fixed_fg = dio.normalize_intensity(fixed_n.array)[region] > FOREGROUND_LEVEL
         scores = []
@@ -494,9 +502,10 @@ class Registrar:
         if self.model is not None:
             candidates.append(("T", self.predict_flow(moving[np.newaxis], fixed[np.newaxis],
                                                       scaled=True)[0]))
-        weight = None if mask is None else coverage.level_weights(
-            mask, 1, scoring.SCORE_WINDOW // 2 + 1)[0]
-        choice, flow = scoring.choose(moving, fixed, candidates, weight)
+        if self.start == "network":  # T's field (without a model, the matching's) as it is
+            name, flow = candidates[-1]
+            return flow, scoring.Choice(name=name, scores={})
+        choice, flow = scoring.choose(moving, fixed, candidates, scoring.score_weight(mask))
         self._say(choice.describe())
         return (np.zeros(moving.shape + (3,), np.float32) if flow is None else flow), choice
 
@@ -531,8 +540,7 @@ class Registrar:
         :param grid: the matching grid's :class:`dgan.io.Volume` of the fixed scan
         :param mask: the overlap on that grid, bool, or None
         """
-        weight = None if mask is None else coverage.level_weights(
-            mask, 1, scoring.SCORE_WINDOW // 2 + 1)[0]
+        weight = scoring.score_weight(mask)
         moving_n = self.scaled(self.matching_grid(moving).array)
         fixed_n = self.scaled(grid.array)
         scores = [scoring.lg_score(moving_n, fixed_n, flow_to_grid(
@@ -607,7 +615,8 @@ class Registrar:
                     dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
                 ).array
             refined = self.refine_flow(on_fixed.array, fixed.array, flow, translated, mask)
-            flow = self.keep_if_better(on_fixed, fixed, flow, refined, fixed_n, mask_n)
+            flow = refined if self.start == "network" else \
+                self.keep_if_better(on_fixed, fixed, flow, refined, fixed_n, mask_n)
         seconds = {"affine": aligned - started, "network": network - aligned,
                    "refinement": time.perf_counter() - network}
         moved = sample_through_world(moving, fixed.affine, flow, order=1)
@@ -878,6 +887,10 @@ def _parser():
         help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
              "applied when it moves the fixed scan's foreground by more than "
              f"{daffine.AUTO_THRESHOLD_MM:g} mm RMS")
+    add("--start", choices=START_CHOICES, default="auto",
+        help="the field refinement starts from: auto (default), the best of the identity, the "
+             "block matching's and T's by the local gradient on the overlap, each kept only when "
+             "it gains; network: T's field (without --model, the matching's) as it is")
     add("--out-affine", metavar="PATH",
         help="write the affine transform as an ITK text file (.txt or .tfm; fixed -> moving, "
              "LPS, for antsApplyTransforms and ITK-SNAP); the identity when none was applied")
@@ -908,7 +921,7 @@ def main(argv=None):
         config = dataclasses.replace(model_refinement(model), **changes)
         registrar = Registrar(model, refine_steps=args.refine_steps, refine_config=config,
                               progress=print, affine=args.affine,
-                              network_spacing=args.network_spacing)
+                              network_spacing=args.network_spacing, start=args.start)
         moving, fixed, labels = load_inputs(args.moving, args.fixed, args.moving_labels)
         masks = load_masks(moving, fixed, args.moving_mask, args.fixed_mask)
         result = registrar.register_volumes(moving, fixed, labels, *masks)

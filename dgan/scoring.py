@@ -15,7 +15,7 @@ import dataclasses
 
 import numpy as np
 
-from . import losses, metrics
+from . import coverage, losses, metrics
 from .compat import tf
 from .matching import warp
 
@@ -51,6 +51,16 @@ class Choice:
             for name, score in self.scores.items())
         return (f"start: {self.name} (L_LG on the overlap: {listed}; a field must gain "
                 f"{MARGIN:g} over the identity and fold at most {100 * MAX_FOLDING:g}% of voxels)")
+
+
+def score_weight(mask):
+    """The weights of :func:`lg_score` for an overlap ``mask`` (bool, the scoring grid): the
+    voxels whose L_LG window lies inside it (:func:`dgan.coverage.level_weights`), or None (all
+    of them, also when ``mask`` is None)."""
+    if mask is None:
+        return None
+    weight = coverage.level_weights(mask, 1, SCORE_WINDOW // 2 + 1)
+    return None if weight is None else weight[0]
 
 
 def lg_score(moving, fixed, flow, weight=None):

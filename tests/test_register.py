@@ -95,7 +95,7 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registrar(models):
-    return Registrar(models["perturbed"], refine_steps=0)  # T's field: these tests check T's geometry
+    return Registrar(models["perturbed"], refine_steps=0, start="network")  # T's field: these tests check T's geometry
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def scans(tmp_path_factory):
 def run_cli(model, paths, out, labels=True):
     argv = ["--model", model, "--moving", paths["moving"], "--fixed", paths["fixed"],
             "--out-moved", str(out / "moved.nii.gz"), "--out-flow", str(out / "flow.nii.gz"),
-            "--refine-steps", "0", "--affine", "off"]  # the affine stage: tests/test_affine.py
+            "--refine-steps", "0", "--affine", "off", "--start", "network"]  # affine: test_affine
     if labels:
         argv += ["--moving-labels", paths["labels"], "--out-labels", str(out / "labels.nii.gz")]
     return main(argv)
@@ -170,7 +170,7 @@ def test_files_on_a_canonical_grid_match_arrays(registrar, tmp_path):
 def test_moving_on_another_grid_lands_on_the_fixed_grid(models, tmp_path):
     """Zero flow: the moved scan is the moving content at the fixed voxels' world positions."""
     paths = write_scans(tmp_path)
-    result = Registrar(models["identity"], refine_steps=0).register_files(paths["moving"], paths["fixed"], paths["labels"])
+    result = Registrar(models["identity"], refine_steps=0, start="network").register_files(paths["moving"], paths["fixed"], paths["labels"])
     np.testing.assert_array_equal(result.flow, 0)
     assert result.network_shape == (10, 11, 9)  # 2 mm, RAS+
     np.testing.assert_array_equal(result.network_affine[:3, :3], np.diag([2.0, 2.0, 2.0]))
@@ -195,7 +195,7 @@ def test_flow_vectors_are_converted_to_fixed_voxels(models, tmp_path):
     """A constant network flow t (2 mm RAS voxels) is the world shift 2 t; on the fixed grid
     (1 mm, x flipped) that is (-2 t_x, 2 t_y, 2 t_z) voxels."""
     paths = write_scans(tmp_path)
-    result = Registrar(models["shift"], refine_steps=0).register_files(paths["moving"], paths["fixed"])
+    result = Registrar(models["shift"], refine_steps=0, start="network").register_files(paths["moving"], paths["fixed"])
     t = np.array([1.0, -0.5, 0.25])
     # a zero kernel gives the bias exactly, re-expressed with factors of 2: exact
     np.testing.assert_allclose(result.flow, np.broadcast_to([-2.0, -1.0, 0.5], result.flow.shape), atol=1e-6)
@@ -211,7 +211,7 @@ def test_network_spacing_runs_t_on_that_grid(models, tmp_path, capsys):
     """The same constant-flow T (trained at 2 mm) run at 1 mm: the network grid is the fixed
     box at 1 mm, and t network voxels are t mm, (-t_x, t_y, t_z) fixed voxels."""
     paths = write_scans(tmp_path)
-    result = Registrar(models["shift"], refine_steps=0, network_spacing=1.0).register_files(
+    result = Registrar(models["shift"], refine_steps=0, network_spacing=1.0, start="network").register_files(
         paths["moving"], paths["fixed"])
     assert result.network_shape == (20, 22, 18)
     np.testing.assert_array_equal(result.network_affine[:3, :3], np.eye(3))
@@ -222,7 +222,7 @@ def test_network_spacing_runs_t_on_that_grid(models, tmp_path, capsys):
     out.mkdir()
     argv = ["--model", models["shift"], "--moving", paths["moving"], "--fixed", paths["fixed"],
             "--out-moved", str(out / "moved.nii.gz"), "--out-flow", str(out / "flow.nii.gz"),
-            "--refine-steps", "0", "--affine", "off", "--network-spacing", "1"]
+            "--refine-steps", "0", "--affine", "off", "--network-spacing", "1", "--start", "network"]
     assert main(argv) == 0
     np.testing.assert_allclose(nib.load(out / "flow.nii.gz").get_fdata(), result.flow, atol=1e-6)
 
@@ -231,17 +231,17 @@ def test_the_model_folder_says_where_t_runs_unless_told(tmp_path):
     net = constant_flow_net([0, 0, 0])
     prep = {"shape": (16, 16, 16), "spacing": 2.0}
     folder = save_model_folder(net, TINY_CONFIG, prep, tmp_path / "m", network_spacing=1.5)
-    assert Registrar(folder, refine_steps=0).preprocessing.spacing == (1.5, 1.5, 1.5)
+    assert Registrar(folder, refine_steps=0, start="network").preprocessing.spacing == (1.5, 1.5, 1.5)
     assert Registrar(folder, refine_steps=0, network_spacing=3).preprocessing.spacing == (3.0,) * 3
     plain = save_model_folder(net, TINY_CONFIG, prep, tmp_path / "plain")
-    assert Registrar(plain, refine_steps=0).preprocessing.spacing == (2.0, 2.0, 2.0)
+    assert Registrar(plain, refine_steps=0, start="network").preprocessing.spacing == (2.0, 2.0, 2.0)
     with pytest.raises(ValueError, match="spacing must be three positive"):
         save_model_folder(net, TINY_CONFIG, prep, tmp_path / "bad", network_spacing=-1.0)
     assert not (tmp_path / "bad").exists()
     description = tmp_path / "m" / "dgan_model.json"
     description.write_text(description.read_text().replace("1.5", "-1.5"))
     with pytest.raises(InputError, match=r"m: the network spacing must be one or three"):
-        Registrar(folder, refine_steps=0)
+        Registrar(folder, refine_steps=0, start="network")
 
 
 @pytest.mark.parametrize("spacing", [0.0, -2.0, float("nan"), (1.0, 2.0)])
