@@ -60,12 +60,6 @@ def grid_coverage(volume, target_affine, target_shape, transform=None):
     return covered
 
 
-def same_grid(a, b):
-    """Whether two volumes lie on one voxel grid (shape, and affine within
-    :data:`GRID_TOLERANCE_MM`)."""
-    return a.shape == b.shape and np.allclose(a.affine, b.affine, rtol=0, atol=GRID_TOLERANCE_MM)
-
-
 def load_mask(path, scan, what="mask"):
     """Read a binary mask of ``scan`` and check it: the scan's grid, only 0 and 1, not empty.
 
@@ -81,6 +75,19 @@ def load_mask(path, scan, what="mask"):
         if "no non-zero label" in error.problem:
             raise InputError(f"the {what} is empty (no voxel is 1)", path) from None
         raise
+    return check_mask(mask, scan, what)
+
+
+def check_mask(mask, scan, what="mask"):
+    """Check a mask of ``scan``, a :class:`dgan.io.Volume` or an array on the scan's grid: the
+    scan's grid (shape, and affine within :data:`GRID_TOLERANCE_MM`), only 0 and 1, not empty.
+
+    :return: :class:`dgan.io.Volume` with a bool array
+    :raises InputError: one line naming the mask's file (when it has one)
+    """
+    if not isinstance(mask, dio.Volume):
+        mask = dio.Volume(np.asarray(mask), scan.affine)
+    path = mask.path
     if mask.shape != scan.shape:
         raise InputError(f"the {what} has shape {mask.shape}, its scan ({scan.path or 'array'}) "
                          f"{scan.shape}: it must lie on the scan's grid", path)
@@ -89,27 +96,12 @@ def load_mask(path, scan, what="mask"):
                          "it must lie on the scan's grid", path)
     values = np.unique(mask.array)
     if not set(values.tolist()) <= {0, 1}:
-        shown = ", ".join(str(v) for v in values[:5])
+        shown = ", ".join(f"{v:g}" for v in values[:5])
         raise InputError(f"the {what} is not binary: values {shown}{' ...' if values.size > 5 else ''}"
                          " (expected 0 and 1)", path)
+    if not values.any():
+        raise InputError(f"the {what} is empty (no voxel is 1)", path)
     return mask.replace(array=mask.array.astype(bool))
-
-
-def check_mask(mask, scan, what="mask"):
-    """:func:`load_mask`'s checks for a mask given as a :class:`dgan.io.Volume` or an array on
-    the scan's grid; returns a :class:`dgan.io.Volume` with a bool array."""
-    if not isinstance(mask, dio.Volume):
-        mask = dio.Volume(np.asarray(mask), scan.affine)
-    if mask.shape != scan.shape or not np.allclose(mask.affine, scan.affine, rtol=0,
-                                                   atol=GRID_TOLERANCE_MM):
-        raise InputError(f"the {what} does not lie on its scan's grid ({mask.shape} against "
-                         f"{scan.shape})", mask.path)
-    array = np.asarray(mask.array)
-    if not np.all((array == 0) | (array == 1)):
-        raise InputError(f"the {what} is not binary (expected 0 and 1)", mask.path)
-    if not array.any():
-        raise InputError(f"the {what} is empty (no voxel is 1)", mask.path)
-    return mask.replace(array=array.astype(bool))
 
 
 def overlap(moving, fixed, transform=None, moving_mask=None, fixed_mask=None):

@@ -118,15 +118,19 @@ class ModelMethod:
     :param refine_config: :class:`dgan.refine.RefineConfig` for the other settings, or None
     :param network_spacing: the voxel size in mm T runs at, or None: the model's training
         spacing (:class:`dgan.register.Registrar`)
+    :param start: :class:`dgan.register.Registrar`'s ``start``: ``"network"`` (the default here)
+        scores T's field as trained (without a model, the block matching's); ``"auto"`` lets the
+        pair choose, as ``dgan-register`` does (the real-scan benchmark measures that)
     """
 
     warmup = True  # the first call builds T for the padded shape and traces predict
 
-    def __init__(self, name, folder, refine_steps=0, refine_config=None, network_spacing=None):
+    def __init__(self, name, folder, refine_steps=0, refine_config=None, network_spacing=None,
+                 start="network"):
         self.name = name
         self.folder = None if folder is None else os.fspath(folder)
         self.registrar = Registrar(folder, refine_steps=refine_steps, refine_config=refine_config,
-                                   network_spacing=network_spacing)
+                                   network_spacing=network_spacing, start=start)
 
     def register(self, moving, fixed, moving_labels, spacing):
         affine = _affine(spacing)

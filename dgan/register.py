@@ -64,7 +64,7 @@ from .errors import InputError
 from .export import as_model_folder, generator_for_shape, registration_net_for_shape
 from .model import SMOOTHED_FIELDS
 from .preprocessing import padded_shape, scale_intensity
-from .refine import RefineConfig, refine, usable_levels
+from .refine import MIN_LEVEL_VOXELS, RefineConfig, refine, usable_levels
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_REFINE_STEPS = 25
 
 #: ``--affine auto`` applies a transform only when it also raises L_LG on the overlap by this
-#: much over the headers' alignment (:meth:`Registrar.affine_lg_scores`): twice the margin a
+#: much over the headers' alignment (:meth:`Registrar.judge_affine`): twice the margin a
 #: deformable start must gain (:data:`dgan.scoring.MARGIN`), since an affine moves every voxel.
 AFFINE_LG_MARGIN = 2 * scoring.MARGIN
 
@@ -91,7 +91,7 @@ FOREGROUND_LEVEL = 0.1
 MATCHING_SPACING_MM = 2.0
 
 #: :class:`Registrar`'s ``start`` choices.
-START_CHOICES = ("auto", "network")
+START_CHOICES = ("auto", "network", "identity")
 
 #: The flow file's NIfTI ``descrip`` (at most 80 characters) and intent name (at most 16).
 FLOW_DESCRIP = "dgan flow: voxels of this grid, ij, moved(p)=moving(p+flow(p))"
@@ -200,7 +200,8 @@ class Registrar:
         at 4 mm, in about four times the time (docs/TRAINING.md, entry 19)
     :param start: the field refinement starts from (:meth:`start_field`): ``"auto"``, the best
         of the identity, the block matching's and T's by L_LG on the overlap; ``"network"``,
-        T's (without a model, the matching's) as it is, and refinement kept whatever it gains
+        T's (without a model, the matching's) as it is, and refinement kept whatever it gains;
+        ``"identity"``: refinement from the zero field, kept whatever it gains
     :raises InputError: not a dgan model folder; bad refinement settings; a bad network spacing
     """
 
@@ -322,13 +323,17 @@ class Registrar:
         :param flow: T's field, shape = (X, Y, Z, 3), voxels
         :param translated: G(F) on this grid (already scaled), or None
         :param mask: where both scans have data, bool (X, Y, Z), or None: everywhere
-        :return: the refined flow, shape = (X, Y, Z, 3), float32
+        :return: the refined flow, shape = (X, Y, Z, 3), float32; levels too coarse for these
+            arrays (:func:`dgan.refine.usable_levels`) are left out, and said so
         """
         if self.refine_config.steps == 0:
             return flow
-        config = dataclasses.replace(self.refine_config,
-                                     levels=tuple(usable_levels(moving.shape,
-                                                                self.refine_config.levels)))
+        levels = usable_levels(moving.shape, self.refine_config.levels)
+        for factor in self.refine_config.levels:
+            if factor not in levels:
+                self._say(f"refinement level 1/{factor}: left out (its grid would be narrower "
+                          f"than {MIN_LEVEL_VOXELS} voxels)")
+        config = dataclasses.replace(self.refine_config, levels=tuple(levels))
         return refine(self.scaled(moving), self.scaled(fixed), flow, translated, config,
                       self.progress, mask=mask).flow
 
@@ -399,26 +404,29 @@ class Registrar:
         grid = self.network_grid(volume)
         return self._network_input(grid.array[np.newaxis])[0][0, ..., 0]
 
-    def estimate_affine(self, moving, fixed):
-        """The affine stage's estimate for two scans (:func:`dgan.affine.estimate_affine`).
+    def estimate_affine(self, moving, fixed, moving_mask=None, fixed_mask=None):
+        """The affine stage's estimate for two scans (:func:`dgan.affine.estimate_affine`),
+        comparing them only inside the masks (bool :class:`dgan.io.Volume` or None).
 
         :return: :class:`dgan.affine.AffineResult`; ``matrix`` maps fixed-world points (RAS mm)
             to moving-world points
         """
-        return daffine.estimate_affine(moving, fixed, self.affine_config, self.progress)
+        return daffine.estimate_affine(moving, fixed, self.affine_config, self.progress,
+                                       moving_mask, fixed_mask)
 
     def _affine_stage(self, moving, fixed, moving_mask=None, fixed_mask=None):
         """(alignment or None, the transform to apply or None) under ``self.affine``: ``auto``
         applies the estimate only when it moves the fixed foreground by more than
-        :data:`dgan.affine.AUTO_THRESHOLD_MM` RMS and raises the similarity over the headers'
-        alignment by :data:`dgan.affine.MIN_GAIN` (:meth:`dgan.affine.AffineResult.improves`)."""
+        :data:`dgan.affine.AUTO_THRESHOLD_MM` RMS, raises MI over the headers' alignment by
+        :data:`dgan.affine.MIN_GAIN` (:meth:`dgan.affine.AffineResult.improves`), the headers do
+        not already overlap the foregrounds with Dice :data:`HEADER_TRUST_DICE`, and it beats
+        them on L_LG and the foregrounds' Dice (:meth:`judge_affine`)."""
         if self.affine == "off":
             return None, None
         if self.affine == "auto" and not daffine.pyramid_levels(fixed, self.affine_config):
             self._say("affine: skipped (auto: the fixed scan is too small for its pyramid)")
             return None, None
-        alignment = daffine.estimate_affine(moving, fixed, self.affine_config, self.progress,
-                                            moving_mask, fixed_mask)
+        alignment = self.estimate_affine(moving, fixed, moving_mask, fixed_mask)
         if self.affine == "on":
             return alignment, alignment.matrix
         if alignment.rms_mm <= daffine.AUTO_THRESHOLD_MM:
@@ -498,13 +506,18 @@ class Registrar:
         moving, fixed = self.scaled(moving), self.scaled(fixed)
         if mask is not None:  # outside the overlap both read 0: a shared edge, no pull
             moving, fixed = moving * mask, fixed * mask
+        if self.model is not None:
+            network = ("T", self.predict_flow(moving[np.newaxis], fixed[np.newaxis],
+                                              scaled=True)[0])
+        if self.start == "identity":  # refinement alone from phi = 0 (the paper's ablation)
+            return np.zeros(moving.shape + (3,), np.float32), scoring.Choice("identity", {})
+        if self.start == "network":  # T's field (without a model, the matching's) as it is
+            name, flow = network if self.model is not None else \
+                ("matching", self.match(moving, fixed, mask))
+            return flow, scoring.Choice(name=name, scores={})
         candidates = [("identity", None), ("matching", self.match(moving, fixed, mask))]
         if self.model is not None:
-            candidates.append(("T", self.predict_flow(moving[np.newaxis], fixed[np.newaxis],
-                                                      scaled=True)[0]))
-        if self.start == "network":  # T's field (without a model, the matching's) as it is
-            name, flow = candidates[-1]
-            return flow, scoring.Choice(name=name, scores={})
+            candidates.append(network)
         choice, flow = scoring.choose(moving, fixed, candidates, scoring.score_weight(mask))
         self._say(choice.describe())
         return (np.zeros(moving.shape + (3,), np.float32) if flow is None else flow), choice
@@ -533,15 +546,15 @@ class Registrar:
         :data:`dgan.scoring.MARGIN`: on a pair that is already aligned, refinement fits the two
         contrasts' differences and moves voxels for no gain.
 
-        :param moving: the moving :class:`dgan.io.Volume` on the fixed grid
-        :param fixed: the fixed :class:`dgan.io.Volume`
+        :param moving: the moving scan on the matching grid, (X', Y', Z'), its own units
+        :param fixed: the fixed :class:`dgan.io.Volume` (its grid: the fields')
         :param start: the start field on the fixed grid, voxels (X, Y, Z, 3)
         :param refined: refinement's field on the fixed grid
         :param grid: the matching grid's :class:`dgan.io.Volume` of the fixed scan
         :param mask: the overlap on that grid, bool, or None
         """
         weight = scoring.score_weight(mask)
-        moving_n = self.scaled(self.matching_grid(moving).array)
+        moving_n = self.scaled(moving)
         fixed_n = self.scaled(grid.array)
         scores = [scoring.lg_score(moving_n, fixed_n, flow_to_grid(
             field, fixed.affine, grid.affine, grid.shape), weight) for field in (start, refined)]
@@ -615,8 +628,8 @@ class Registrar:
                     dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
                 ).array
             refined = self.refine_flow(on_fixed.array, fixed.array, flow, translated, mask)
-            flow = refined if self.start == "network" else \
-                self.keep_if_better(on_fixed, fixed, flow, refined, fixed_n, mask_n)
+            flow = refined if self.start != "auto" else \
+                self.keep_if_better(moving_n.array, fixed, flow, refined, fixed_n, mask_n)
         seconds = {"affine": aligned - started, "network": network - aligned,
                    "refinement": time.perf_counter() - network}
         moved = sample_through_world(moving, fixed.affine, flow, order=1)
@@ -885,12 +898,15 @@ def _parser():
              "times the time")
     add("--affine", choices=AFFINE_MODES, default="auto",
         help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
-             "applied when it moves the fixed scan's foreground by more than "
-             f"{daffine.AUTO_THRESHOLD_MM:g} mm RMS")
+             "applied only when it moves the fixed scan's foreground by more than "
+             f"{daffine.AUTO_THRESHOLD_MM:g} mm RMS, the headers do not already overlap the "
+             "two foregrounds, and it beats the headers' alignment on MI, the local gradient "
+             "and the foregrounds' overlap (it prints what it decided and why)")
     add("--start", choices=START_CHOICES, default="auto",
         help="the field refinement starts from: auto (default), the best of the identity, the "
              "block matching's and T's by the local gradient on the overlap, each kept only when "
-             "it gains; network: T's field (without --model, the matching's) as it is")
+             "it gains; network: T's field (without --model, the matching's) as it is; "
+             "identity: the zero field (refinement alone)")
     add("--out-affine", metavar="PATH",
         help="write the affine transform as an ITK text file (.txt or .tfm; fixed -> moving, "
              "LPS, for antsApplyTransforms and ITK-SNAP); the identity when none was applied")

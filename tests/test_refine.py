@@ -430,9 +430,9 @@ def refinements_run_by_the_cli(monkeypatch, tmp_path, argv):
     one step), and (config, whether G(F) was given) for each call to refine()."""
     used = []
 
-    def recording_refine(moving, fixed, flow, translated, config, progress):
+    def recording_refine(moving, fixed, flow, translated, config, progress, mask=None):
         used.append((config, translated is not None))
-        return dr.refine(moving, fixed, flow, translated, config, progress)
+        return dr.refine(moving, fixed, flow, translated, config, progress, mask=mask)
 
     monkeypatch.setattr(dregister, "refine", recording_refine)
     paths = _write_pair(tmp_path)
@@ -456,7 +456,8 @@ def test_cli_sets_the_weights_of_refinements_lcc_term_and_smoothness(folders, tm
                                                                      monkeypatch, extra, weight,
                                                                      alpha, stride):
     status, used = refinements_run_by_the_cli(
-        monkeypatch, tmp_path, ["--model", str(folders["with_g"]), "--affine", "off"] + extra)
+        monkeypatch, tmp_path,
+        ["--model", str(folders["with_g"]), "--affine", "off", "--start", "network"] + extra)
     default = dregister.model_refinement(load_model_folder(folders["with_g"]))
     weight = default.w_lcc if weight is None else weight
     alpha = default.alpha if alpha is None else alpha

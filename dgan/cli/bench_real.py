@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from . import show_warnings
+from .. import figures
 from .. import io as dio
 from .. import real_benchmark as bench
 from ..errors import InputError
@@ -70,12 +71,9 @@ def summary_table(rows):
 
 def save_figure(path, rows):
     """Each case's error (moved mm for aligned cases, EPE for deformed) by method, as bars."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     cases = list(dict.fromkeys(r["case"] for r in rows))
     names = list(dict.fromkeys(r["method"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(8, 1.4 * len(cases)), 4.5))
+    fig, ax = figures.new_figure(figsize=(max(8, 1.4 * len(cases)), 4.5))
     width = 0.8 / len(names)
     for index, name in enumerate(names):
         values = [next((r.get("moved_mm", r.get("epe_mm")) for r in rows
@@ -87,9 +85,7 @@ def save_figure(path, rows):
     ax.legend(fontsize=8)
     ax.set_title("real-scan benchmark: lower is better")
     fig.tight_layout()
-    with dio.atomic_write(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    figures.save_figure(fig, path)
 
 
 def main(argv=None):
@@ -138,7 +134,7 @@ def main(argv=None):
     dio.write_json(os.path.join(args.out, "config.json"),
                    {"data": os.path.abspath(args.data), "model": args.model, "cpu": cpu,
                     "cases": [c.name for c in cases], "methods": [m.name for m in chosen]})
-    save_figure(os.path.join(args.out, "errors.png"), [r for r in rows])
+    save_figure(os.path.join(args.out, "errors.png"), rows)
     print(table)
     return 0
 

@@ -72,7 +72,9 @@ def parser():
                          help="the model methods that --refine-steps refines (default all: "
                               f"{' '.join(training.METHODS)})")
     methods.add_argument("--refine-alone", action="store_true",
-                         help="add 'refinement alone': no model, from the identity, local "
+                         help="add 'refinement alone' (no model, from the identity) and "
+                              "'no model: matching + refinement' (dgan-register without "
+                              "--model: the block matching, then refinement), local "
                               "gradient + smoothness (the largest --refine-steps, or the "
                               f"default {DEFAULT_REFINE_STEPS}, iterations per level)")
     methods.add_argument("--refine-set", nargs="+", metavar="KEY=VALUE",
@@ -136,7 +138,9 @@ def refinement_methods(args):
     if args.refine_alone:
         steps = max(steps_list, default=DEFAULT_REFINE_STEPS)
         methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps,
-                                              config(None)))
+                                              config(None), start="identity"))
+        methods.append(evaluation.ModelMethod(f"no model: matching + refinement {steps}", None,
+                                              steps, config(None)))
     return methods
 
 
