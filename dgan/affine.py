@@ -42,7 +42,7 @@ mask: outside there is no data, which is not intensity 0), of the two intensitie
 (``bins`` bins; the fixed side binned, the moving side spread by a cubic B-spline so that it is
 differentiable in y) gives MI = sum p(a, b) log p(a, b) / (p(a) p(b)). The paper's
 local-gradient similarity L_LG (:func:`dgan.losses.local_gradient_agreement`, on the whole level
-grid) is available as ``similarity="lg"``; docs/BENCHMARKS.md compares the two on the affine
+grid) is available as ``similarity="lg"``; docs/notes/benchmarks-history.md compares the two on the affine
 benchmark: MI was more accurate, and faster (it needs scattered points, L_LG whole grids).
 Sampling the interior rather than the foreground grown by a margin was more accurate across
 modalities too: the brain's outline differs between a T1 and a T2-like image.
@@ -90,7 +90,7 @@ ADAM_EPS = 1e-8
 @dataclasses.dataclass(frozen=True)
 class AffineConfig:
     """Settings of :func:`estimate_affine`; the defaults were measured on the affine benchmark
-    (``eval/bench_affine.py``, docs/BENCHMARKS.md).
+    (``eval/bench_affine.py``, docs/benchmarks.md).
 
     :param levels_mm: pyramid voxel sizes in mm, coarse to fine; a level finer than the fixed
         scan's own voxels runs at its voxels, a level whose grid would have fewer than

@@ -1,4 +1,4 @@
-"""Choosing a ``tf.distribute`` strategy and feeding it data (see docs/DISTRIBUTED.md).
+"""Choosing a ``tf.distribute`` strategy and feeding it data (see docs/distributed.md).
 
 - ``one``: the default single-device strategy.
 - ``mirrored``: ``MirroredStrategy`` over every local GPU, or over every logical CPU when there

@@ -1,7 +1,7 @@
 """Block matching of local-gradient directions: a parameter-free first estimate of phi for T.
 
 A U-Net trained from scratch for a few hundred steps on two CPU cores predicts a small fraction
-of the deformation between two scans (docs/TRAINING.md). What it lacks is an explicit search:
+of the deformation between two scans (docs/notes/training-log.md). What it lacks is an explicit search:
 which displacement d makes the moving scan's structure at p + d agree with the fixed scan's at
 p. This module performs that search with the paper's modality-independent measure. For every
 voxel p of a grid ``factor`` times coarser than the images and every integer displacement d with
@@ -30,10 +30,10 @@ from .losses import box_sum, local_gradient_direction
 
 #: The passes T uses by default, (factor, radius) coarse to fine: on the demo's 5 mm grid and on
 #: the brain benchmark's 4 mm training grid they search up to 8 + 8 + 1 = 17 voxels in all, and
-#: beat a single pass or two (docs/TRAINING.md, entry 9).
+#: beat a single pass or two (docs/notes/training-log.md, entry 9).
 DEFAULT_PASSES = ((4, 2), (2, 2), (1, 1))
 #: Window and smoothing of the cost, temperature of the soft arg-max, measured on the demo's
-#: validation pairs and confirmed on the brain benchmark (docs/TRAINING.md, entry 9): a larger
+#: validation pairs and confirmed on the brain benchmark (docs/notes/training-log.md, entry 9): a larger
 #: smoothing cuts folding (0.48 % -> 0.02 % on the demo) and a sharper temperature gains Dice.
 DEFAULT_LG_WINDOW = 3
 DEFAULT_WINDOW = 5

@@ -71,7 +71,7 @@ class LossWeights:
         (:mod:`dgan.matching`): ``"residual"``, the U-Net's residual r alone, or ``"flow"``, the
         composed phi (the paper's term, on T's whole field). phi_0 is the matching's own smoothed
         estimate and gets no gradient, so a penalty on phi's roughness can only be lowered by an
-        r that undoes phi_0 (docs/TRAINING.md, entry 11). Without matching both are phi.
+        r that undoes phi_0 (docs/notes/training-log.md, entry 11). Without matching both are phi.
     :param translate: the image G renders for T's L_LCC term (Deform-GAN only): ``"moved"``,
         the paper's F'(phi) = G(F(phi)), so T's gradient passes through G; or ``"moving"``,
         G(F) warped by phi, equal for a smooth phi since G is convolutional (as refinement
@@ -79,7 +79,7 @@ class LossWeights:
         a mono-modal L_LCC term. G and D train on F(phi) either way. Or ``"fixed"``: the
         other direction, G renders R in the moving modality (G: R -> R', D tells (R, F(phi))
         from (R, R'), G's terms are L_LG(R', R) and L1(R', F(phi))) and T's term is
-        L_LCC(R', F(phi)), whose gradient passes through the warp alone (docs/TRAINING.md,
+        L_LCC(R', F(phi)), whose gradient passes through the warp alone (docs/notes/training-log.md,
         entry 18: a T2 -> T1 map is a function of the voxel, T1 -> T2 is not).
     :param lg_reference: the image T's L_LG term compares F(phi) with: ``"fixed"``, R (the
         paper's), or ``"translated"``, R' = G(R) (with ``translate = "fixed"`` only), so that

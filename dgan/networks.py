@@ -56,7 +56,7 @@ class NetworkConfig:
     :param g_pointwise: G sees one voxel at a time: 1x1x1 convolutions with the widths of
         ``g_features``' encoder (leaky ReLU), a per-voxel intensity map of F(phi). Such a G can
         translate contrast but cannot draw R's anatomy, which a U-Net G trained with
-        L1(F'(phi), R) on unaligned pairs learns instead (docs/TRAINING.md, entry 17)
+        L1(F'(phi), R) on unaligned pairs learns instead (docs/notes/training-log.md, entry 17)
     """
 
     shape: tuple

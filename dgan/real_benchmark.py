@@ -17,7 +17,7 @@ Variants generated from the scans: a slab (the moving scan cut to ``SLAB_MM`` al
 axis), thick slices (resampled to ``THICK_MM`` along it) and another grid (axes permuted,
 coarser voxels; the headers still say where it lies).
 
-Datasets (none ships with dgan; see docs/BENCHMARKS.md for where each comes from and its
+Datasets (none ships with dgan; see docs/benchmarks.md for where each comes from and its
 licence), under one data folder (``--data``), each used when its files are present:
 
 - ``sct_testing_data``: the Spinal Cord Toolbox's test subject, T2 (moving) and T1w (fixed),
@@ -218,7 +218,7 @@ def build_cases(data, folder, progress=print):
                               deformations=())
     if not cases:
         raise InputError("no real-scan dataset found (sct_testing_data, chris_rorden_NC, "
-                         "ixi002_hdbet): see docs/BENCHMARKS.md for how to get them", data)
+                         "ixi002_hdbet): see docs/benchmarks.md for how to get them", data)
     progress(f"{len(cases)} cases in {folder}")
     return cases
 

@@ -82,7 +82,7 @@ class RefineConfig:
     """Settings of :func:`refine`; the weights are the paper's symbols.
 
     The defaults were chosen on two pairs of the 2 mm brain benchmark (identity 0.558), refining
-    from the identity with L_LG and smoothness (docs/BENCHMARKS.md): three levels (8, 4, 2 mm)
+    from the identity with L_LG and smoothness (docs/notes/benchmarks-history.md): three levels (8, 4, 2 mm)
     reach 0.731, where two (8, 4 mm) reach 0.678 in a seventh of the time; n = 3 beats the
     paper's 7 (0.678 against 0.601 with two levels; n is in voxels of each level, so the coarse
     levels still see wide neighbourhoods); with n = 3 and two levels alpha 0.5 gave 0.686 and
@@ -107,7 +107,7 @@ class RefineConfig:
         of them. With 2 (and window 9) a voxel still lies in about (9 / 2)^3 = 91 windows; the
         window sums cost about a third: at 2 mm 0.79 of the iteration with L_LCC, and on the 2 mm
         benchmark's 8 pairs after the brain default's T the same mean Dice, 0.7491 (pairs within
-        -0.0009 to +0.0017; 3: 0.7489) (docs/BENCHMARKS.md)
+        -0.0009 to +0.0017; 3: 0.7489) (docs/notes/benchmarks-history.md)
     :param int_steps: 0: displacement field; K > 0: diffeomorphic, a stationary velocity field
         integrated by K scaling-and-squaring steps
     :param smooth: the field alpha's term acts on (:data:`dgan.model.SMOOTHED_FIELDS`):
@@ -118,13 +118,13 @@ class RefineConfig:
         the brain default's T on the 2 mm benchmark's 8 pairs, 25 iterations per level:
         0.740 with ``"residual"`` against 0.722 with ``"flow"`` (T alone 0.741); after the
         same T run at 4 mm, 0.730 against 0.722; two demo models, +0.0002 and +0.0015
-        (docs/TRAINING.md, entry 21)
+        (docs/notes/training-log.md, entry 21)
     :param xla: ``"auto"``: compile the iterations of levels of at least
         :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
         ``tf.function``; ``"on"``: every level; ``"off"``: none. XLA fuses the many small
         element-wise operations of an iteration (at 2 mm on 2 cores of an AVX-512 CPU,
         0.073 s against 0.24 without, L_LG + smoothness), but compiling costs seconds per
-        level shape, once per process, which small levels do not earn back (docs/BENCHMARKS.md)
+        level shape, once per process, which small levels do not earn back (docs/notes/benchmarks-history.md)
     """
 
     steps: int = 25
@@ -490,7 +490,7 @@ def _whole_step(level, u, m, v, t, config):
 def _warp_corners_apart(level, u, config):
     """phi on the level's grid and :func:`warp_corners` of the moving channels, one gather per
     channel (XLA gathers one channel faster than two), the corners stacked (x, y, z, 8, C): as
-    one array, XLA runs the next piece faster than with eight (docs/BENCHMARKS.md)."""
+    one array, XLA runs the next piece faster than with eight (docs/notes/benchmarks-history.md)."""
     flow = _field(level, u, config)
     per_channel = [warp_corners(level.moving[..., c:c + 1], flow, level.grid)
                    for c in range(level.moving.shape[-1])]
@@ -542,7 +542,7 @@ class _CompiledStep:
     corner is gathered once per iteration, and the warp's gradient is the interpolation's
     slopes, from the same corners (at 2 mm, L_LG and smoothness, 0.08 s an iteration against
     0.10 when the third piece gathered the warp again to differentiate it, on an AVX-512 CPU;
-    docs/BENCHMARKS.md). Otherwise
+    docs/notes/benchmarks-history.md). Otherwise
     :func:`_whole_step`: without XLA nothing is fused, and a diffeomorphic field's integration
     would be recomputed by the third piece."""
 

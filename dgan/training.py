@@ -88,7 +88,7 @@ DEMO_LOSS = {"lg_window": 3, "lcc_window": 5, "lcc_warmup": 0, "alpha": 0.05, "m
              "lam": 10.0}
 
 #: Instance refinement (:mod:`dgan.refine`) of the demo model's fields, measured on the demo's
-#: validation pairs from the identity (docs/TRAINING.md): one level on the demo grid with the
+#: validation pairs from the identity (docs/notes/training-log.md): one level on the demo grid with the
 #: field on a grid 4 times coarser (the demo's deformations have a 16-voxel control spacing).
 #: Its windows and beta come from the training loss (:meth:`TrainConfig.refine_config`).
 DEMO_REFINE = {"steps": 100, "levels": [1], "control": 4, "learning_rate": 0.25, "alpha": 0.05}
@@ -96,7 +96,7 @@ DEMO_REFINE = {"steps": 100, "levels": [1], "control": 4, "learning_rate": 0.25,
 #: Refinement of a trained model leaves out L_LCC(R, G(F)(phi)) by default (w_lcc = 0): G
 #: trained with lambda L1(F'(phi), R) learns to render R's anatomy whatever the alignment, and
 #: the term then holds the field back. On the demo's validation pairs, refining the same trained
-#: T's fields gave 0.501 with the term and 0.657 without it (docs/TRAINING.md, entry 8).
+#: T's fields gave 0.501 with the term and 0.657 without it (docs/notes/training-log.md, entry 8).
 REFINE_DEFAULTS = {"w_lcc": 0.0}
 
 #: G's learning rate: 1e-3 on the demo, where G must learn the T1 -> T2 contrast within a few
@@ -106,7 +106,7 @@ DEFAULT_LR_G = 2e-4
 
 #: The demo's step budget: a demo step takes about 1.3 s on two cores of an AMD EPYC without
 #: AVX-512, so 300 steps keep the README's first command within 10 minutes of training; T's
-#: accuracy there is mostly its block matching's (docs/TRAINING.md, entries 10 and 11).
+#: accuracy there is mostly its block matching's (docs/notes/training-log.md, entries 10 and 11).
 DEMO_STEPS = 300
 
 
@@ -118,7 +118,7 @@ PRESETS = {
              "lr_g": DEMO_LR_G, "steps": DEMO_STEPS},
     "scans": {"lr_g": DEFAULT_LR_G, "network": {"matching": [list(p) for p in DEFAULT_PASSES]}},
 }
-#: Both presets give T its block-matching front end (:mod:`dgan.matching`; docs/TRAINING.md,
+#: Both presets give T its block-matching front end (:mod:`dgan.matching`; docs/notes/training-log.md,
 #: entry 9): on the demo it alone scores 0.633 against 0.496 for 400 steps of the paper's T.
 #: VoxelMorph's VxmDense (method ``vxm``) is VoxelMorph as its users know it, without it.
 

@@ -456,7 +456,7 @@ def test_each_method_is_measured_in_a_fresh_process():
 
 def test_bench_speed_runs_small(tmp_path, capsys):
     """Registration timing only: tracing Deform-GAN's training step takes half a minute even
-    for tiny networks (dgan-bench-speed --train-sizes; measured in docs/BENCHMARKS.md)."""
+    for tiny networks (dgan-bench-speed --train-sizes; measured in docs/benchmarks.md)."""
     assert bench_speed.main(["--sizes", "12x16x20", "--train-sizes", "--repeats", "2",
                              "--warmup", "1", "--no-ants", "--t-features", "4,8/8,8,4",
                              "--out", str(tmp_path)]) == 0

@@ -2,7 +2,7 @@
 their headers and deformed by known fields, registered by ``dgan-register``'s defaults (with and
 without a model folder) and by ANTs SyN (with its affine stage and from the headers).
 
-The data are not part of dgan: docs/BENCHMARKS.md says where each dataset comes from, its
+The data are not part of dgan: docs/benchmarks.md says where each dataset comes from, its
 licence, and the folder layout ``--data`` expects. Writes ``cases/`` (the files every method
 registers), ``results.csv``, ``summary.md``, ``config.json``, ``registration.log`` and
 ``errors.png`` into ``--out``. Example::

@@ -5,7 +5,7 @@ Optimises one displacement field per pair directly (:func:`dgan.refine.refine` f
 identity: Adam, coarse to fine) with the chosen terms of Deform-GAN's T objective, and prints
 the mean Dice before and after. If a term cannot register the pairs when optimised per pair, no
 network trained on it will; if it can and a trained T does not, the gap is in the training
-(docs/TRAINING.md). Examples::
+(docs/notes/training-log.md). Examples::
 
     # the paper's local-gradient term alone, cross-modal (T1 -> T2-like), 2 mm brain pairs
     dgan-probe-loss --data brain --pairs 2 --beta 1 --w-lcc 0

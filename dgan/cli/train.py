@@ -12,7 +12,7 @@ Examples::
 
 Without --moving/--fixed the run starts from the demo preset (``TrainConfig.demo``), with them
 from the preset for scans (``TrainConfig.for_scans``); --preset chooses, and every option given
-overrides the preset. Several GPUs and machines: docs/DISTRIBUTED.md.
+overrides the preset. Several GPUs and machines: docs/distributed.md.
 """
 
 import argparse

@@ -143,7 +143,7 @@ DEFAULT_STEPS = 150
 #: the same CPU model without AVX-512 a step took 4.6 s (entry 12), so there 600 steps take well
 #: over 20 minutes and ``--steps 150`` is the budget (13 minutes). At 150 steps Deform-GAN's T
 #: ties with the ablation on the 2 mm benchmark (0.7405 against 0.7416); at 600 it is above it
-#: with two seeds (0.7469 against 0.7443 and 0.7481 against 0.7462; docs/TRAINING.md, entry 25).
+#: with two seeds (0.7469 against 0.7443 and 0.7481 against 0.7462; docs/notes/training-log.md, entry 25).
 BRAIN_STEPS = 600
 
 #: The paper's windows (n = 7, LCC 9) are for ~1 mm voxels; on grids this coarse or coarser
@@ -154,19 +154,19 @@ COARSE_WINDOWS = {"lg_window": 3, "lcc_window": 5}
 #: G's weights on the brain benchmark: mu 10, lambda 1 (the paper's pix2pix-style 1 and 10 the
 #: other way round), so that G translates F(phi), keeping its local-gradient structure, rather
 #: than drawing R: T's term L_LCC(R, G(F(phi))) then no longer pulls T off its block matching
-#: (held-out Dice at step 150: 0.584 against 0.563; docs/TRAINING.md, entry 15).
+#: (held-out Dice at step 150: 0.584 against 0.563; docs/notes/training-log.md, entry 15).
 BRAIN_G_LOSS = {"mu": 10.0, "lam": 1.0}
 
 #: The grid, in mm, at which a brain model's T registers by default: the benchmark's 2 mm, where
 #: Deform-GAN's T, trained at 4 mm, scores 0.741 against 0.670 on its own 4 mm grid
-#: (docs/TRAINING.md, entry 19).
+#: (docs/notes/training-log.md, entry 19).
 BRAIN_NETWORK_SPACING_MM = 2.0
 #: The refinement saved in a brain model folder (and run at its first and last validation):
 #: 10 iterations per level with the L_LCC term through G (w_lcc 1) and alpha 4. After T at 2 mm
 #: on the benchmark's 8 pairs this scores 0.747 against T alone's 0.741, above it on 8 of 8
 #: pairs, in 0.31 of ANTs SyN-MI's time (6.8 s a pair); 25 iterations score 0.745 in twice the
 #: time, alpha 1 folds 0.12 % of the voxels, and without the term refinement adds nothing
-#: (docs/TRAINING.md, entries 21, 23 and 24). A model without G (the ablation, VoxelMorph)
+#: (docs/notes/training-log.md, entries 21, 23 and 24). A model without G (the ablation, VoxelMorph)
 #: refines with L_LG and smoothness alone.
 BRAIN_REFINE = {"steps": 10, "w_lcc": 1.0, "alpha": 4.0}
 
