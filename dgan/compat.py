@@ -6,13 +6,22 @@ is set before TensorFlow is imported. neurite 0.2 also calls ``inspect.getargspe
 Python 3.11; it is provided here from ``inspect.getfullargspec``.
 
 ``import dgan`` imports this module first. Everything else in the project takes ``tf``, ``keras``
-(tf_keras), ``vxm`` and ``ne`` from here.
+(tf_keras), ``vxm`` and ``ne`` from here. They are imported on first use (``from dgan.compat
+import tf``), not by ``import dgan``: a command line parses its arguments, and answers ``--help``,
+before TensorFlow starts (seconds). :func:`quiet`, called before that first use, keeps
+TensorFlow's start-up and log lines off the user's terminal.
 """
 
 import collections
+import contextlib
+import importlib
 import inspect
+import io
+import logging
 import os
 import sys
+import tempfile
+import warnings
 
 
 class StackError(ImportError):
@@ -49,12 +58,83 @@ if not hasattr(inspect, "getargspec"):
 
     inspect.getargspec = _getargspec
 
-import tensorflow as tf  # noqa: E402
-import tf_keras as keras  # noqa: E402
-import neurite as ne  # noqa: E402
-import voxelmorph as vxm  # noqa: E402
+#: The names this module provides on first use, and the modules they are.
+_STACK = {"tf": "tensorflow", "keras": "tf_keras", "ne": "neurite", "vxm": "voxelmorph"}
 
-if not keras.__version__.startswith("2."):  # pragma: no cover - broken installation
-    raise StackError(f"dgan needs tf_keras 2.x, found {keras.__version__}: pip install tf-keras")
+#: Libraries whose Python warnings and log records :func:`quiet` keeps off the terminal.
+_NOISY_LIBRARIES = ("tensorflow", "tf_keras", "keras", "absl", "neurite", "voxelmorph")
 
-__all__ = ["tf", "keras", "ne", "vxm", "StackError"]
+#: Set by :func:`quiet`: the stack's start-up lines are held back while it is imported.
+_hold_back_start_up = False
+
+
+def quiet(verbose=False):
+    """Keep TensorFlow's start-up and log lines (absl, oneDNN, CUDA, CPU features) and the Python
+    warnings of TensorFlow, Keras, neurite and voxelmorph off the terminal, unless ``verbose``.
+
+    For command lines, before they first use ``tf`` (or ``keras``, ``ne``, ``vxm``): sets
+    ``TF_CPP_MIN_LOG_LEVEL`` to 3 unless the environment already says otherwise, raises the
+    ``tensorflow`` and ``absl`` loggers to ERROR, ignores those libraries' warnings, and holds
+    back what the import writes to stderr before TensorFlow's own log settings apply (written
+    out after all if the import fails). It changes process-wide settings: library code never
+    calls it. ``verbose`` leaves everything as TensorFlow has it.
+    """
+    global _hold_back_start_up
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    for name in ("tensorflow", "absl"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    pattern = "|".join(_NOISY_LIBRARIES)
+    warnings.filterwarnings("ignore", module=rf"({pattern})(\.|$)")
+    _hold_back_start_up = True
+
+
+@contextlib.contextmanager
+def _stderr_held_back():
+    """Hold back what the block writes to stderr: file descriptor 2 (C++) into a temporary file,
+    ``sys.stderr`` (Python) into a string. On an exception both go to stderr after all, before
+    the exception propagates."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_held = io.StringIO()
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            with contextlib.redirect_stderr(python_held):
+                yield
+        except BaseException:
+            _restore_stderr(saved)
+            held.seek(0)
+            sys.stderr.write(held.read().decode("utf-8", "replace") + python_held.getvalue())
+            raise
+        else:
+            _restore_stderr(saved)
+
+
+def _restore_stderr(saved):
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def _import_stack():
+    """Import TensorFlow, tf_keras, neurite and voxelmorph once; bind them here."""
+    held_back = _stderr_held_back() if _hold_back_start_up else contextlib.nullcontext()
+    with held_back:
+        modules = {name: importlib.import_module(module) for name, module in _STACK.items()}
+    version = modules["keras"].__version__
+    if not version.startswith("2."):  # pragma: no cover - broken installation
+        raise StackError(f"dgan needs tf_keras 2.x, found {version}: pip install tf-keras")
+    globals().update(modules)
+
+
+def __getattr__(name):
+    """``tf``, ``keras``, ``ne`` and ``vxm`` on first use (PEP 562)."""
+    if name not in _STACK:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _import_stack()
+    return globals()[name]
+
+
+__all__ = ["tf", "keras", "ne", "vxm", "StackError", "quiet"]
