@@ -35,7 +35,7 @@ setup(
             "dgan-probe-matching=dgan.cli.probe_matching:main",
             "dgan-bench-affine=dgan.cli.bench_affine:main",
             "dgan-bench-real=dgan.cli.bench_real:main",
-            "dgan-register=dgan.register:main",
+            "dgan-register=dgan.cli.register:main",
             "dgan-export=dgan.export:main",
         ]
     },

@@ -43,7 +43,6 @@ Flow convention everywhere: displacement in voxels of the grid it lives on, 'ij'
 (``flow[..., d]`` moves along voxel axis d), ``moved(p) = moving(p + flow(p))``.
 """
 
-import argparse
 import contextlib
 import dataclasses
 import logging
@@ -62,7 +61,6 @@ from . import matching as dmatching
 from . import metrics, scoring, synth
 from .errors import InputError
 from .export import as_model_folder, generator_for_shape, registration_net_for_shape
-from .model import SMOOTHED_FIELDS
 from .preprocessing import padded_shape, scale_intensity
 from .refine import MIN_LEVEL_VOXELS, RefineConfig, refine, usable_levels
 
@@ -822,139 +820,7 @@ def check_outputs(*paths):
         raise InputError("the output files must be distinct")
 
 
-# --- command line -------------------------------------------------------------------------------
+if __name__ == "__main__":  # ``python -m dgan.register``: the command line, dgan.cli.register
+    from .cli.register import main
 
-
-class _OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad arguments in one line (no usage block): exit status 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _whole_number(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
-    return value
-
-
-def _parser():
-    parser = _OneLineParser(
-        prog="dgan-register",
-        description="Register a moving scan to a fixed scan with a trained Deform-GAN model, "
-        "then refine the field on the pair (Deform-GAN's objective, G frozen); without --model, "
-        "refinement alone (local gradient + smoothness, no training). An affine stage (mutual "
-        "information) runs first when the scans are misaligned (--affine). "
-        "Outputs are NIfTI on the fixed scan's grid, with its affine and header. "
-        "The flow is 4D (X, Y, Z, 3): displacements in voxels of the fixed grid, 'ij' "
-        "indexing, moved(p) = moving(p + flow(p)).",
-    )
-    add = parser.add_argument
-    add("--model", metavar="FOLDER", help="dgan model folder (from training); without it, "
-        "refinement alone from the identity")
-    add("--moving", required=True, metavar="PATH", help="moving scan (.nii, .nii.gz, .mgz, .npz)")
-    add("--fixed", required=True, metavar="PATH", help="fixed scan; outputs are on its grid")
-    add("--out-moved", required=True, metavar="PATH", help="registered moving scan (.nii[.gz])")
-    add("--out-flow", required=True, metavar="PATH", help="displacement field (.nii[.gz])")
-    add("--moving-labels", metavar="PATH", help="label map of the moving scan (its own grid)")
-    add("--moving-mask", metavar="PATH",
-        help="binary mask on the moving scan's grid: only the voxels inside it are compared "
-             "(outside the scan's own grid nothing is compared anyway)")
-    add("--fixed-mask", metavar="PATH",
-        help="binary mask on the fixed scan's grid: only the voxels inside it are compared")
-    add("--out-labels", metavar="PATH", help="registered labels (.nii[.gz]); with --moving-labels")
-    add("--refine-steps", type=_whole_number, metavar="N",
-        help="refinement iterations per level (default: the model's, else "
-             f"{DEFAULT_REFINE_STEPS}; 0: T's field alone)")
-    add("--refine-levels", type=int, nargs="+", metavar="F",
-        help="refinement levels as down-sampling factors of the fixed grid, coarse to fine, "
-             f"powers of two (default: the model's, else {' '.join(map(str, RefineConfig.levels))})")
-    add("--diffeomorphic", action="store_true",
-        help="refine a stationary velocity field (scaling and squaring): no folding")
-    add("--refine-smooth", choices=SMOOTHED_FIELDS,
-        help="what refinement's smoothness term acts on: residual, the change it makes to T's "
-             "field (keeps T's detail), or flow, the whole field (the paper's term); default: "
-             f"the model's, else {RefineConfig.smooth}")
-    add("--refine-lcc", type=float, metavar="W",
-        help="weight of refinement's L_LCC term through the model's G, w_lcc (default: the "
-             "model's: 1 for brain models from dgan-train-baselines, whose G translates; 0 for "
-             "the demo's and train_dgan's, whose G draws the fixed image). After a brain "
-             "model's T, 1 scores higher (docs/TRAINING.md, entries 23 and 24)")
-    add("--refine-lcc-stride", type=int, metavar="S",
-        help="refinement's L_LCC as the mean over the windows around every S-th voxel along "
-             f"each axis (default {RefineConfig.lcc_stride}: the same Dice on the brain "
-             "benchmark for about a third of the window sums; 1: every window)")
-    add("--refine-alpha", type=float, metavar="A",
-        help="weight of refinement's smoothness term, alpha (default: the model's, else "
-             f"{RefineConfig.alpha:g}; 4 for brain models: after their T at 2 mm, alpha 1 "
-             "with --refine-lcc 1 folds, docs/TRAINING.md, entry 23)")
-    add("--network-spacing", type=float, metavar="MM",
-        help="voxel size in mm of the grid T runs on (default: the model folder's, else its "
-             "training spacing); a T trained at 4 mm is more accurate at 2 mm, in about four "
-             "times the time")
-    add("--affine", choices=AFFINE_MODES, default="auto",
-        help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
-             "applied only when it moves the fixed scan's foreground by more than "
-             f"{daffine.AUTO_THRESHOLD_MM:g} mm RMS, the headers do not already overlap the "
-             "two foregrounds, and it beats the headers' alignment on MI, the local gradient "
-             "and the foregrounds' overlap (it prints what it decided and why)")
-    add("--start", choices=START_CHOICES, default="auto",
-        help="the field refinement starts from: auto (default), the best of the identity, the "
-             "block matching's and T's by the local gradient on the overlap, each kept only when "
-             "it gains; network: T's field (without --model, the matching's) as it is; "
-             "identity: the zero field (refinement alone)")
-    add("--out-affine", metavar="PATH",
-        help="write the affine transform as an ITK text file (.txt or .tfm; fixed -> moving, "
-             "LPS, for antsApplyTransforms and ITK-SNAP); the identity when none was applied")
-    return parser
-
-
-def main(argv=None):
-    """``dgan-register``; returns the exit status: 0, or 2 for bad input (message on stderr)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if (args.moving_labels is None) != (args.out_labels is None):
-        parser.error("--moving-labels and --out-labels must be given together")
-    if args.out_affine is not None and not args.out_affine.lower().endswith(ITK_SUFFIXES):
-        parser.error(f"--out-affine must end in {' or '.join(ITK_SUFFIXES)}: {args.out_affine}")
-    start = time.perf_counter()
-    try:
-        check_outputs(args.out_moved, args.out_flow, args.out_labels)
-        model = None if args.model is None else as_model_folder(args.model)
-        changes = {}
-        if args.refine_levels is not None:
-            changes["levels"] = tuple(args.refine_levels)
-        if args.diffeomorphic:
-            changes["int_steps"] = 7
-        for name, value in (("smooth", args.refine_smooth), ("w_lcc", args.refine_lcc),
-                            ("lcc_stride", args.refine_lcc_stride), ("alpha", args.refine_alpha)):
-            if value is not None:
-                changes[name] = value
-        config = dataclasses.replace(model_refinement(model), **changes)
-        registrar = Registrar(model, refine_steps=args.refine_steps, refine_config=config,
-                              progress=print, affine=args.affine,
-                              network_spacing=args.network_spacing, start=args.start)
-        moving, fixed, labels = load_inputs(args.moving, args.fixed, args.moving_labels)
-        masks = load_masks(moving, fixed, args.moving_mask, args.fixed_mask)
-        result = registrar.register_volumes(moving, fixed, labels, *masks)
-        write_outputs(result, args.out_moved, args.out_flow, args.out_labels, args.out_affine)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    seconds = time.perf_counter() - start
-    print(
-        f"non-positive Jacobian determinant: {result.folding_fraction:.6f} of voxels "
-        f"({100 * result.folding_fraction:.4f}%)"
-    )
-    print(f"run time: {seconds:.2f} s (affine {result.seconds['affine']:.2f} s, "
-          f"network {result.seconds['network']:.2f} s, "
-          f"refinement {result.seconds['refinement']:.2f} s)")
-    return 0
-
-
-if __name__ == "__main__":
     sys.exit(main())

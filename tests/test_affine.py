@@ -9,10 +9,11 @@ from dgan import affine as daffine
 from dgan import io as dio
 from dgan import itk, prealign, training
 from dgan.affine_benchmark import make_cases, move_content
+from dgan.cli.register import main
 from dgan.errors import InputError
 from dgan.refine import RefineConfig
 from dgan.io import Volume
-from dgan.register import Registrar, main, sample_through_world
+from dgan.register import Registrar, sample_through_world
 
 #: The phantom's grid: 32^3 voxels of 2 mm (64 mm), axes RAS, centred on the origin.
 SHAPE = (32, 32, 32)

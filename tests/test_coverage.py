@@ -6,10 +6,11 @@ import pytest
 
 from dgan import coverage, losses, matching, scoring
 from dgan import io as dio
+from dgan.cli.register import main
 from dgan.compat import tf
 from dgan.errors import InputError
 from dgan.io import Volume
-from dgan.register import Registrar, main
+from dgan.register import Registrar
 from tests.test_affine import AFFINE, FIXED_CONTRAST, MOVING_CONTRAST, SHAPE, phantom_labels, \
     rendered
 

@@ -13,11 +13,12 @@ from dgan import losses
 from dgan import metrics
 from dgan import refine as dr
 from dgan import register as dregister
+from dgan.cli.register import main
 from dgan.compat import tf
 from dgan.errors import InputError
 from dgan.export import CONFIG_FILE, GENERATOR_FILE, load_model_folder, save_model_folder
 from dgan.networks import NetworkConfig, build_generator, build_registration_net
-from dgan.register import Registrar, main
+from dgan.register import Registrar
 from numpy_reference import np_lcc
 
 TINY_CONFIG = NetworkConfig(

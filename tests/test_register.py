@@ -8,11 +8,12 @@ import pytest
 
 from dgan import io as dio
 from dgan import register, synth
+from dgan.cli.register import main
 from dgan.compat import tf
 from dgan.errors import InputError
 from dgan.export import save_model_folder
 from dgan.networks import NetworkConfig, build_registration_net
-from dgan.register import Registrar, main
+from dgan.register import Registrar
 
 #: The same tiny T as the ``tiny_config`` fixture of conftest.py, for module-scoped fixtures.
 TINY_CONFIG = NetworkConfig(

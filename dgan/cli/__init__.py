@@ -11,9 +11,11 @@ exit status (0, or 2 for bad input with a one-line message), installed as consol
 | ``dgan-probe-matching`` | :mod:`dgan.cli.probe_matching` | ``eval/probe_matching.py`` |
 | ``dgan-bench-affine`` | :mod:`dgan.cli.bench_affine` | ``eval/bench_affine.py`` |
 | ``dgan-bench-real`` | :mod:`dgan.cli.bench_real` | ``eval/bench_real.py`` |
+| ``dgan-register`` | :mod:`dgan.cli.register` | |
 
-``dgan-register`` and ``dgan-export`` live beside their library code, in :mod:`dgan.register`
-and :mod:`dgan.export`.
+``dgan-export`` lives beside its library code, in :mod:`dgan.export`.
+:mod:`dgan.cli.options` holds the choices and defaults ``dgan-register --help`` shows without
+starting TensorFlow.
 """
 
 import logging

@@ -1,0 +1,103 @@
+"""dgan-register's command line (dgan.cli.register): one pair or --batch, --help before
+TensorFlow starts, TensorFlow's start-up lines kept off stderr unless --verbose."""
+
+import os
+import re
+import runpy
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+from dgan import affine, model, refine, register
+from dgan.cli import options
+from dgan.cli.register import EXIT_BAD_INPUT, main
+from test_register import constant_flow_net, save_model, write_scans
+
+#: A line TensorFlow (C++ or Python), absl, oneDNN or CUDA writes.
+TENSORFLOW_LINE = re.compile(r"onednn|absl|cuda|tensorflow|cpu_feature_guard|^[IWEF]\d{4} ", re.I)
+
+
+def test_the_options_the_help_shows_are_the_librarys():
+    defaults = refine.RefineConfig()
+    assert options.SMOOTHED_FIELDS == model.SMOOTHED_FIELDS
+    assert options.AUTO_THRESHOLD_MM == affine.AUTO_THRESHOLD_MM
+    assert options.DEFAULT_REFINE_STEPS == register.DEFAULT_REFINE_STEPS
+    assert (options.REFINE_LEVELS, options.REFINE_ALPHA, options.REFINE_SMOOTH,
+            options.REFINE_LCC_STRIDE) == (defaults.levels, defaults.alpha, defaults.smooth,
+                                           defaults.lcc_stride)
+    assert options.START_CHOICES == register.START_CHOICES
+    assert options.AFFINE_MODES == register.AFFINE_MODES
+    assert options.ITK_SUFFIXES == register.ITK_SUFFIXES
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "p.csv", "--out-dir", "o", "--moving", "m.nii"],
+         "--batch replaces the options of one pair: leave out --moving"),
+        (["--batch", "p.csv", "--out-dir", "o", "--out-flow", "f.nii", "--out-affine", "a.txt"],
+         "--batch replaces the options of one pair: leave out --out-flow, --out-affine"),
+        (["--batch", "p.csv"], "--batch needs --out-dir"),
+        (["--moving", "m.nii", "--fixed", "f.nii", "--out-moved", "a.nii", "--out-flow", "b.nii",
+          "--out-dir", "o"], "--out-dir goes with --batch"),
+        (["--moving", "m.nii"],
+         "the following arguments are required: --fixed, --out-moved, --out-flow (or --batch"),
+        ([], "the following arguments are required: --moving, --fixed, --out-moved, --out-flow"),
+    ],
+)
+def test_one_pair_or_a_batch_never_both(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith(f"dgan-register: error: {message}") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_help_answers_without_starting_tensorflow():
+    code = ("import sys\n"
+            "from dgan.cli import register\n"
+            "try:\n"
+            "    register.main(['--help'])\n"
+            "except SystemExit as exit_:\n"
+            "    assert exit_.code == 0, exit_.code\n"
+            "print('started:', [m for m in ('tensorflow', 'tf_keras', 'neurite', 'voxelmorph')\n"
+            "                   if m in sys.modules])\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "--batch CSV" in run.stdout and "--verbose" in run.stdout
+    assert run.stdout.rstrip().endswith("started: []")
+
+
+def test_python_m_dgan_register_is_still_the_command_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["dgan.register", "--help"])
+    with pytest.raises(SystemExit) as exit_, warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # runpy: dgan.register is imported already
+        runpy.run_module("dgan.register", run_name="__main__")
+    assert exit_.value.code == 0 and "--batch CSV" in capsys.readouterr().out
+
+
+def test_tensorflow_start_up_lines_stay_off_stderr_unless_verbose(tmp_path):
+    paths = write_scans(tmp_path, np.random.default_rng(3))
+    folder = save_model(tmp_path / "model", constant_flow_net([0.0, 0.0, 0.0]), 2.0)
+    env = {name: value for name, value in os.environ.items() if name != "TF_CPP_MIN_LOG_LEVEL"}
+
+    def start(*extra):
+        argv = [sys.executable, "-m", "dgan.cli.register", "--model", folder,
+                "--moving", paths["moving"], "--fixed", paths["fixed"], "--refine-steps", "0",
+                "--out-moved", str(tmp_path / f"moved{len(extra)}.nii.gz"),
+                "--out-flow", str(tmp_path / f"flow{len(extra)}.nii.gz"), *extra]
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env)
+
+    runs = [start(), start("--verbose")]  # side by side: each starts TensorFlow
+    (quiet_out, quiet), (verbose_out, verbose) = (run.communicate(timeout=300) for run in runs)
+    assert [run.returncode for run in runs] == [0, 0], quiet + verbose
+    assert "run time" in quiet_out and "run time" in verbose_out
+    assert [line for line in quiet.splitlines() if TENSORFLOW_LINE.search(line)] == []
+    if not verbose:
+        pytest.skip("this TensorFlow build writes nothing at start-up: nothing to keep off")
+    assert TENSORFLOW_LINE.search(verbose), verbose  # what the quiet run kept off
