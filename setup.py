@@ -36,7 +36,7 @@ setup(
             "dgan-bench-affine=dgan.cli.bench_affine:main",
             "dgan-bench-real=dgan.cli.bench_real:main",
             "dgan-register=dgan.cli.register:main",
-            "dgan-export=dgan.export:main",
+            "dgan-export=dgan.cli.export:main",
         ]
     },
 )

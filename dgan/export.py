@@ -30,11 +30,9 @@ Both writers are atomic: the folder is built beside its destination and renamed 
 when complete, so a crash never leaves a half-written model.
 """
 
-import argparse
 import dataclasses
 import json
 import os
-import sys
 
 from . import __version__
 from . import io as dio
@@ -378,44 +376,3 @@ def export_saved_model(model_folder, base_dir, version=1, shape=None, overwrite=
             json.dump(description, f, indent=2)
             f.write("\n")
     return destination
-
-
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="dgan-export",
-        description="Export a trained dgan model folder as a TensorFlow Serving SavedModel "
-        "(<base-dir>/<version>/saved_model.pb + variables/).",
-    )
-    add = parser.add_argument
-    add("--model", required=True, metavar="FOLDER", help="dgan model folder (from training)")
-    add("--base-dir", required=True, metavar="FOLDER", help="model base path served by TF Serving")
-    add("--version", type=int, default=1, metavar="N", help="model version folder (default 1)")
-    parser.add_argument(
-        "--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
-        help="input spatial shape of the signature (default: the training shape)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing version")
-    return parser
-
-
-def main(argv=None):
-    """``dgan-export``; returns the exit status (2 for bad input)."""
-    args = _parser().parse_args(argv)
-    try:
-        existing = os.path.join(args.base_dir, str(args.version))
-        if os.path.exists(existing) and not args.overwrite:
-            raise InputError("version folder already exists; pass --overwrite to replace it",
-                             existing)
-        destination = export_saved_model(
-            args.model, args.base_dir, version=args.version, shape=args.shape,
-            overwrite=args.overwrite,
-        )
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {destination} (signature '{SIGNATURE_NAME}': moving, fixed -> moved, flow)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

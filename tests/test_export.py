@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dgan import export
+from dgan.cli import export as export_cli
 from dgan.errors import InputError
 from dgan.export import (
     CONFIG_FILE,
@@ -280,22 +281,22 @@ def test_saved_model_serves_without_dgan(tmp_path, model_dir, model):
 def test_export_cli_refuses_to_overwrite(tmp_path, model_dir, capsys):
     base = tmp_path / "serving"
     argv = ["--model", str(model_dir), "--base-dir", str(base), "--version", "2"]
-    assert export.main(argv) == 0
+    assert export_cli.main(argv) == 0
     assert "wrote" in capsys.readouterr().out
     variables = base / "2" / "variables" / "variables.index"
     stamp = variables.stat().st_mtime_ns
 
-    assert export.main(argv) == 2
+    assert export_cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err == f"error: {base / '2'}: version folder already exists; pass --overwrite to replace it\n"
     assert variables.stat().st_mtime_ns == stamp
 
-    assert export.main(argv + ["--overwrite", "--shape", "32", "16", "24"]) == 0
+    assert export_cli.main(argv + ["--overwrite", "--shape", "32", "16", "24"]) == 0
     with open(base / "2" / export.SAVED_MODEL_DESCRIPTION) as f:
         assert json.load(f)["serving"]["shape"] == [32, 16, 24]
     assert sorted(os.listdir(base)) == ["2"]
 
-    assert export.main(["--model", str(tmp_path / "nothing"), "--base-dir", str(base)]) == 2
+    assert export_cli.main(["--model", str(tmp_path / "nothing"), "--base-dir", str(base)]) == 2
     assert capsys.readouterr().err == f"error: {tmp_path / 'nothing'}: model folder not found\n"
-    assert export.main(argv + ["--overwrite", "--shape", "18", "16", "16"]) == 2
+    assert export_cli.main(argv + ["--overwrite", "--shape", "18", "16", "16"]) == 2
     assert "divisible by 4" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """The command lines, each a thin layer over the library with ``main(argv=None)`` returning the
-exit status (0, or 2 for bad input with a one-line message), installed as console scripts:
+exit status (0, or 2 for bad input with a one-line message; ``dgan-register --batch``: 1 when
+a row failed), installed as console scripts:
 
 | command | module | the scripts it replaces (kept as shims) |
 |---|---|---|
@@ -12,8 +13,8 @@ exit status (0, or 2 for bad input with a one-line message), installed as consol
 | ``dgan-bench-affine`` | :mod:`dgan.cli.bench_affine` | ``eval/bench_affine.py`` |
 | ``dgan-bench-real`` | :mod:`dgan.cli.bench_real` | ``eval/bench_real.py`` |
 | ``dgan-register`` | :mod:`dgan.cli.register` | |
+| ``dgan-export`` | :mod:`dgan.cli.export` | |
 
-``dgan-export`` lives beside its library code, in :mod:`dgan.export`.
 :mod:`dgan.cli.options` holds the choices and defaults ``dgan-register --help`` shows without
 starting TensorFlow.
 """
