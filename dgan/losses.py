@@ -156,7 +156,28 @@ def local_gradient_direction(image, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS
         v = box_sum(spatial_gradient(image), window)
     tiny = tf.constant(np.finfo(image.dtype.as_numpy_dtype).tiny, image.dtype)
     norm = tf.sqrt(tf.reduce_sum(tf.square(v), axis=-1, keepdims=True) + tiny)
-    return v / (norm + tf.constant(eps, image.dtype))
+    return v / (norm + tf.cast(eps, image.dtype))
+
+
+def gradient_scale(image, window=DEFAULT_LG_WINDOW, weight=None, quantile=0.5,
+                   sums_first=False):
+    """A quantile of |v(I, p)| (the window-summed gradient of :func:`local_gradient_direction`)
+    over the voxels where ``weight`` > 0 (all voxels when None): the scale of I's gradients, from
+    which an eps proportional to it makes n(I, p) short where I varies less than its edges do
+    (noise, flat tissue) and leaves it near unit length on edges (as the noise level eta of
+    normalised gradient fields, Haber and Modersitzki 2006).
+
+    :param image: shape = (B, X, Y, Z, 1)
+    :param weight: shape = (B, X, Y, Z) or None
+    :return: a float (0.0 for a flat image)
+    """
+    image = tf.convert_to_tensor(image)
+    v = spatial_gradient(box_sum(image, window)) if sums_first else \
+        box_sum(spatial_gradient(image), window)
+    norm = np.sqrt(np.sum(np.square(np.asarray(v, np.float64)), axis=-1))
+    if weight is not None:
+        norm = norm[np.asarray(weight) > 0]
+    return float(np.quantile(norm, quantile)) if norm.size else 0.0
 
 
 def local_gradient_similarity(fixed, moving, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS):

@@ -101,6 +101,10 @@ class RefineConfig:
     :param beta: weight of 1 - L_LG(R, F(phi))
     :param w_lcc: weight of 1 - L_LCC(R, G(F)(phi)); ignored without a translated image
     :param lg_window: n, the local-gradient neighbourhood
+    :param lg_noise: the eps of n(I, p) = v / (|v| + eps) as this fraction of the median |v| of
+        I over the overlap, for R and F each (:func:`dgan.losses.gradient_scale`): above 0,
+        voxels whose gradient is small against the image's own (noise, flat tissue) weigh less
+        than edges, so that the field is not bent to line up noise; 0: the paper's tiny eps
     :param lcc_window: the local cross-correlation window
     :param lcc_stride: L_LCC as the mean over the windows around every ``lcc_stride``-th voxel
         along each axis (``stride`` of :func:`dgan.losses.correlation_from_statistics`); 1: all
@@ -135,6 +139,7 @@ class RefineConfig:
     beta: float = 1.0
     w_lcc: float = 1.0
     lg_window: int = 3
+    lg_noise: float = 0.0
     lcc_window: int = losses.DEFAULT_LCC_WINDOW
     lcc_stride: int = 2
     int_steps: int = 0
@@ -159,7 +164,7 @@ class RefineConfig:
                 f"refinement levels must be decreasing powers of two, e.g. 2 1, got {levels}")
         if not power_of_two(self.control):
             raise InputError(f"refinement control must be a power of two, got {self.control!r}")
-        for name in ("learning_rate", "alpha", "beta", "w_lcc"):
+        for name in ("learning_rate", "alpha", "beta", "w_lcc", "lg_noise"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0 or (name == "learning_rate" and value == 0):
                 raise InputError(f"refinement {name} must be a finite number "
@@ -409,7 +414,7 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 class _Level(collections.namedtuple("_Level", [
         "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "grid",
         "control_grid", "upsample", "control_scale", "smoothness_bands", "lg_weight",
-        "lcc_weight"])):
+        "lcc_weight", "moving_eps"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
@@ -421,8 +426,18 @@ class _Level(collections.namedtuple("_Level", [
     field's (a displacement field and ``smooth`` "residual": phi - phi_0 = up(u)), else None.
     lg_weight, lcc_weight: weights of mean 1 (1, x, y, z) of L_LG's voxels and of L_LCC's
     (strided) window centres where both scans have data (:func:`dgan.coverage.level_weights`),
-    or None: every voxel.
+    or None: every voxel. moving_eps: the eps of n(F(phi), p) (a scalar tensor;
+    :func:`_gradient_eps`).
     """
+
+
+def _gradient_eps(image, config, weight):
+    """The eps of n(I, p) on a level: ``lg_noise`` times the median |v(I, p)| over the overlap
+    (:func:`dgan.losses.gradient_scale`), or the loss's own tiny eps when ``lg_noise`` is 0."""
+    if config.lg_noise == 0:
+        return losses.DEFAULT_LG_EPS
+    scale = losses.gradient_scale(image, config.lg_window, weight, sums_first=True)
+    return max(config.lg_noise * scale, losses.DEFAULT_LG_EPS)
 
 
 def _field(level, u, config):
@@ -444,8 +459,8 @@ def _similarity(level, warped, config):
     """L's image terms beta (1 - L_LG) + w_lcc (1 - L_LCC) from the warped channels (x, y, z, C)."""
     warped = warped[tf.newaxis]  # (1, x, y, z, C)
     loss = config.beta * (1.0 - losses.local_gradient_agreement(
-        level.fixed_direction, warped[..., :1], config.lg_window, sums_first=True,
-        weight=level.lg_weight))
+        level.fixed_direction, warped[..., :1], config.lg_window, eps=level.moving_eps,
+        sums_first=True, weight=level.lg_weight))
     if level.fixed_statistics is not None:
         loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
             level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window,
@@ -613,11 +628,13 @@ def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None):
     fixed_l = _pyramid(fixed, shapes, factor)[tf.newaxis]  # (1, x, y, z, 1)
     moving_l = _pyramid(moving, shapes, factor)
     base_l = resize_flow(base, shape) if factor > 1 else base
+    lg_weight = None if lg_weight is None else tf.constant(lg_weight)
     return _Level(
         moving=moving_l,
         fixed=fixed_l,
-        fixed_direction=losses.local_gradient_direction(fixed_l, config.lg_window,
-                                                        sums_first=True),
+        fixed_direction=losses.local_gradient_direction(
+            fixed_l, config.lg_window, _gradient_eps(fixed_l, config, lg_weight),
+            sums_first=True),
         fixed_statistics=losses.local_statistics(fixed_l, config.lcc_window, config.lcc_stride)
         if two_channels else None,
         base=base_l,
@@ -627,8 +644,10 @@ def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None):
         control_scale=tf.constant([c / n for c, n in zip(control_shape, shape)], tf.float32),
         smoothness_bands=smoothness_bands(control_shape, shape)
         if config.int_steps == 0 and config.smooth == "residual" else None,
-        lg_weight=None if lg_weight is None else tf.constant(lg_weight),
+        lg_weight=lg_weight,
         lcc_weight=None if lcc_weight is None else tf.constant(lcc_weight),
+        moving_eps=tf.constant(_gradient_eps(moving_l[tf.newaxis, ..., :1], config, lg_weight),
+                               tf.float32),
     )
 
 
