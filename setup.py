@@ -28,13 +28,13 @@ setup(
     entry_points={
         "console_scripts": [
             "dgan-train=dgan.cli.train:main",
-            "dgan-train-baselines=dgan.cli.train_baselines:main",
-            "dgan-evaluate=dgan.cli.evaluate:main",
-            "dgan-bench-speed=dgan.cli.bench_speed:main",
-            "dgan-probe-loss=dgan.cli.probe_loss:main",
-            "dgan-probe-matching=dgan.cli.probe_matching:main",
-            "dgan-bench-affine=dgan.cli.bench_affine:main",
-            "dgan-bench-real=dgan.cli.bench_real:main",
+            "dgan-train-baselines=dgan.bench.train_baselines:main",
+            "dgan-evaluate=dgan.bench.evaluate:main",
+            "dgan-bench-speed=dgan.bench.bench_speed:main",
+            "dgan-probe-loss=dgan.bench.probe_loss:main",
+            "dgan-probe-matching=dgan.bench.probe_matching:main",
+            "dgan-bench-affine=dgan.bench.bench_affine:main",
+            "dgan-bench-real=dgan.bench.bench_real:main",
             "dgan-register=dgan.cli.register:main",
             "dgan-export=dgan.cli.export:main",
         ]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dgan  # noqa: F401  (arranges Keras 2 before TensorFlow is used)
-from dgan import data
+from dgan.bench import brain as dbrain
 from dgan.compat import tf
 
 # Two logical CPUs so MirroredStrategy can be tested on one machine; this must happen before
@@ -17,7 +17,7 @@ tf.config.set_logical_device_configuration(
 )
 
 #: ../shared/data beside the repository: real data, never committed.
-SHARED_DATA = data.SHARED_DATA
+SHARED_DATA = dbrain.SHARED_DATA
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def shared_data():
 
 @pytest.fixture
 def tiny_config():
-    from dgan.networks import NetworkConfig
+    from dgan.core.networks import NetworkConfig
 
     return NetworkConfig(
         (16, 16, 16),

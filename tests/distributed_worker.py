@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import dgan  # noqa: E402,F401
-from dgan import training  # noqa: E402
+from dgan.training import run as training  # noqa: E402
 from dgan.compat import keras, tf  # noqa: E402
-from dgan.schedules import learning_rate  # noqa: E402
+from dgan.training.schedules import learning_rate  # noqa: E402
 
 NETWORKS = ("discriminator", "generator", "registration_net")
 
@@ -112,7 +112,7 @@ def main(argv=None):
         return train(*a, extra_callbacks=extra, **kw)
 
     make_optimizers = training.make_optimizers
-    training.train = train_with_hooks  # the CLI calls training.train
+    training.train = train_with_hooks  # the CLI calls dgan.training.run.train
     if args.sgd:
         training.make_optimizers = sgd_optimizers  # training.train calls it
     try:

@@ -4,7 +4,7 @@ tests/test_refine.py)."""
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from dgan import losses
+from dgan.core import losses
 from dgan.compat import tf
 
 

@@ -1,19 +1,23 @@
-"""The affine stage (dgan.affine), ITK transform files (dgan.itk), and their use by dgan-register."""
+"""The affine stage (dgan.registration.affine), ITK transform files (dgan.registration.itk), and their use by dgan-register."""
 
 
 import numpy as np
 import pytest
 from scipy import ndimage
 
-from dgan import affine as daffine
-from dgan import io as dio
-from dgan import itk, prealign, training
-from dgan.affine_benchmark import make_cases, move_content
+from dgan.bench.affine_cases import make_cases, move_content
 from dgan.cli.register import main
+from dgan.data import io as dio
+from dgan.data.io import Volume
 from dgan.errors import InputError
-from dgan.refine import RefineConfig
-from dgan.io import Volume
-from dgan.register import Registrar, sample_through_world
+from dgan.registration import affine as daffine
+from dgan.registration import itk
+from dgan.registration.geometry import sample_through_world
+from dgan.registration.refine import RefineConfig
+from dgan.registration.registrar import Registrar
+from dgan.training import prealign
+from dgan.training import run as training
+from dgan.training.config import TrainConfig
 
 #: The phantom's grid: 32^3 voxels of 2 mm (64 mm), axes RAS, centred on the origin.
 SHAPE = (32, 32, 32)
@@ -319,7 +323,7 @@ def test_training_scans_are_aligned_once_and_cached(tmp_path, monkeypatch):
     args = script.parser().parse_args(["--moving", paths["moving"], "--fixed", paths["fixed0"],
                                        paths["fixed1"], "--shape", "32", "32", "32",
                                        "--spacing", "0", "--align"])
-    config = training.TrainConfig.for_scans(**script.settings_from_args(args))
+    config = TrainConfig.for_scans(**script.settings_from_args(args))
     assert config.align and config.to_dict()["align"] is True
     cache = tmp_path / "run" / training.ALIGNED_DIR
     training._dataset_fn(config, cache)

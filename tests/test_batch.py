@@ -1,4 +1,4 @@
-"""Registering the pairs of a CSV file in one process (dgan.batch, dgan-register --batch)."""
+"""Registering the pairs of a CSV file in one process (dgan.registration.batch, dgan-register --batch)."""
 
 import csv
 import shutil
@@ -7,7 +7,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dgan import batch
+from dgan.registration import batch
 from dgan.cli.register import EXIT_BAD_INPUT, EXIT_ROWS_FAILED, main
 from dgan.errors import InputError
 from test_register import constant_flow_net, save_model, write_scans

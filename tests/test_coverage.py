@@ -1,16 +1,17 @@
-"""Coverage and masks (dgan.coverage), the choice of the start field (dgan.scoring), and their use
+"""Coverage and masks (dgan.core.coverage), the choice of the start field (dgan.registration.scoring), and their use
 by registration: an aligned pair with different coverage stays where it is."""
 
 import numpy as np
 import pytest
 
-from dgan import coverage, losses, matching, scoring
-from dgan import io as dio
 from dgan.cli.register import main
 from dgan.compat import tf
+from dgan.core import coverage, losses, matching
+from dgan.data import io as dio
+from dgan.data.io import Volume
 from dgan.errors import InputError
-from dgan.io import Volume
-from dgan.register import Registrar
+from dgan.registration import scoring
+from dgan.registration.registrar import Registrar
 from tests.test_affine import AFFINE, FIXED_CONTRAST, MOVING_CONTRAST, SHAPE, phantom_labels, \
     rendered
 

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dgan import data, io, synth
+from dgan.bench import brain as dbrain
+from dgan.data import demo as ddemo
+from dgan.data import io, pipeline, preprocessing, synth
+from dgan.data import scans as dscans
 from dgan.compat import tf
 from dgan.errors import InputError
 
@@ -33,11 +36,11 @@ def take(dataset, n):
 def test_preprocess_gives_the_network_shape_in_unit_range(tmp_path):
     affine = np.diag([-2.0, 2.0, 2.0, 1.0])  # a flipped axis, 2 mm voxels
     volume = io.load_volume(save_blob(tmp_path / "a.nii.gz", affine=affine))
-    array = data.preprocess(volume, (16, 16, 16), spacing=1.0)
+    array = preprocessing.preprocess(volume, (16, 16, 16), spacing=1.0)
     assert array.shape == (16, 16, 16) and array.dtype == np.float32
     assert array.min() == 0.0 and array.max() == 1.0
 
-    out = data.preprocess_volume(volume, (16, 16, 16), spacing=4.0)
+    out = preprocessing.preprocess_volume(volume, (16, 16, 16), spacing=4.0)
     assert out.shape == (16, 16, 16)
     np.testing.assert_allclose(io.voxel_spacing(out.affine), [4, 4, 4])  # float64: ~1e-16
     assert np.all(np.diag(out.affine)[:3] > 0)  # canonical
@@ -55,7 +58,7 @@ def test_preprocess_refuses_a_volume_too_small_for_the_network(tmp_path):
     path = save_blob(tmp_path / "small.nii", shape=(20, 22, 18))
     volume = io.load_volume(path)
     with pytest.raises(InputError) as caught:
-        data.preprocess(volume, (16, 16, 16), spacing=3.0)  # 18 mm / 3 mm = 6 voxels
+        preprocessing.preprocess(volume, (16, 16, 16), spacing=3.0)  # 18 mm / 3 mm = 6 voxels
     message = str(caught.value)
     assert message.startswith(f"{path}: too small for the network: (7, 7, 6) voxels at 3.0 mm")
 
@@ -66,7 +69,7 @@ def test_preprocess_labels_with_nearest_neighbour(tmp_path):
     labels[5:7, 5:7, 5:7] = 4
     io.save_volume(tmp_path / "seg.nii", labels, np.eye(4))
     volume = io.load_volume(tmp_path / "seg.nii", kind="labels")
-    out = data.preprocess_volume(volume, (16, 16, 16), spacing=0.5, order=0, normalize=False)
+    out = preprocessing.preprocess_volume(volume, (16, 16, 16), spacing=0.5, order=0, normalize=False)
     assert out.array.dtype == np.int32
     assert set(np.unique(out.array)) == {0, 4, 41}
 
@@ -88,9 +91,9 @@ def scan_folder(tmp_path):
 
 def test_find_scans_in_a_folder_and_by_glob(scan_folder):
     expected = [str(scan_folder / n) for n in ["a.nii", "b.nii.gz", "c.npz"]]
-    assert data.find_scans(scan_folder) == expected
-    assert data.find_scans(str(scan_folder / "*.nii*")) == expected[:2]
-    assert data.find_scans([scan_folder / "c.npz", str(scan_folder)]) == expected[2:] + expected
+    assert dscans.find_scans(scan_folder) == expected
+    assert dscans.find_scans(str(scan_folder / "*.nii*")) == expected[:2]
+    assert dscans.find_scans([scan_folder / "c.npz", str(scan_folder)]) == expected[2:] + expected
 
 
 @pytest.mark.parametrize("header", [True, False])
@@ -98,7 +101,7 @@ def test_find_scans_from_a_csv(scan_folder, tmp_path, header):
     table = tmp_path / "list.csv"
     rows = (["path,age"] if header else []) + ["scans/b.nii.gz,30", f"{scan_folder / 'a.nii'},40"]
     table.write_text("\n".join(rows) + "\n")
-    assert data.find_scans(table) == [str(scan_folder / "b.nii.gz"), str(scan_folder / "a.nii")]
+    assert dscans.find_scans(table) == [str(scan_folder / "b.nii.gz"), str(scan_folder / "a.nii")]
 
 
 @pytest.mark.parametrize("spec", ["empty_folder", "nothing*.nii", "absent.nii.gz", "empty.csv"])
@@ -107,13 +110,13 @@ def test_find_scans_names_a_spec_that_matched_nothing(tmp_path, spec):
     (tmp_path / "empty.csv").write_text("path\n")
     target = str(tmp_path / spec)
     with pytest.raises(InputError) as caught:
-        data.find_scans(target)
+        dscans.find_scans(target)
     assert str(caught.value).startswith(f"{target}: no files matched")
 
 
 def test_scan_set_loads_in_parallel_and_caches(scan_folder):
-    paths = data.find_scans(scan_folder)
-    scans = data.ScanSet(paths, (16, 16, 16), workers=2)
+    paths = dscans.find_scans(scan_folder)
+    scans = dscans.ScanSet(paths, (16, 16, 16), workers=2)
     assert len(scans) == 3 and scans.paths == paths
     for array in scans:
         assert array.shape == (16, 16, 16) and array.dtype == np.float32
@@ -127,7 +130,7 @@ def test_scan_set_names_the_bad_file(scan_folder):
     bad = scan_folder / "z.nii"
     bad.write_bytes(b"garbage" * 100)
     with pytest.raises(InputError) as caught:
-        data.ScanSet(data.find_scans(scan_folder), (16, 16, 16))
+        dscans.ScanSet(dscans.find_scans(scan_folder), (16, 16, 16))
     assert str(caught.value).startswith(f"{bad}: cannot read the file")
 
 
@@ -147,7 +150,7 @@ def textured_volumes(n, seed):
 
 
 def test_dataset_shapes_and_dtypes():
-    dataset = data.make_dataset(textured_volumes(2, 0), textured_volumes(3, 1), 2, seed=0)
+    dataset = pipeline.make_dataset(textured_volumes(2, 0), textured_volumes(3, 1), 2, seed=0)
     spec = dataset.element_spec
     assert set(spec) == {"moving", "fixed"}
     for key in spec:
@@ -160,7 +163,7 @@ def test_dataset_shapes_and_dtypes():
 
 def test_training_is_unpaired_and_covers_each_set_every_epoch():
     moving, fixed = constant_volumes([1, 2, 3, 4]), constant_volumes([10, 20, 30, 40])
-    batches = take(data.make_dataset(moving, fixed, 4, seed=5, augment=False), 3)
+    batches = take(pipeline.make_dataset(moving, fixed, 4, seed=5, augment=False), 3)
     ids = [(b["moving"][:, 0, 0, 0, 0].tolist(), b["fixed"][:, 0, 0, 0, 0].tolist())
            for b in batches]
     for moving_ids, fixed_ids in ids:  # one epoch per batch here: a permutation of each set
@@ -172,7 +175,7 @@ def test_training_is_unpaired_and_covers_each_set_every_epoch():
 
 def test_dataset_is_deterministic_by_seed():
     def first_two(seed):
-        return take(data.make_dataset(textured_volumes(3, 0), textured_volumes(3, 1), 2, seed), 2)
+        return take(pipeline.make_dataset(textured_volumes(3, 0), textured_volumes(3, 1), 2, seed), 2)
 
     a, b, c = first_two(1), first_two(1), first_two(2)
     for x, y in zip(a, b):
@@ -183,27 +186,27 @@ def test_dataset_is_deterministic_by_seed():
 
 def test_augmentation_deforms_moving_and_fixed_differently():
     (volume,) = textured_volumes(1, 0)
-    (batch,) = take(data.make_dataset([volume], [volume], 1, seed=0), 1)
+    (batch,) = take(pipeline.make_dataset([volume], [volume], 1, seed=0), 1)
     assert not np.allclose(batch["moving"], batch["fixed"], atol=0.05)
 
 
 def test_resuming_at_step_k_reproduces_the_kth_batch():
     moving, fixed = textured_volumes(3, 0), textured_volumes(2, 1)
-    run = take(data.make_dataset(moving, fixed, 2, seed=3), 3)
-    resumed = take(data.make_dataset(moving, fixed, 2, seed=3, start_step=2), 1)
+    run = take(pipeline.make_dataset(moving, fixed, 2, seed=3), 3)
+    resumed = take(pipeline.make_dataset(moving, fixed, 2, seed=3, start_step=2), 1)
     for key in ("moving", "fixed"):
         np.testing.assert_array_equal(resumed[0][key], run[2][key])
 
 
 def test_input_pipelines_take_disjoint_shares_of_each_step():
     moving, fixed = textured_volumes(3, 0), textured_volumes(2, 1)
-    (whole,) = take(data.make_dataset(moving, fixed, 4, seed=3), 1)  # step 0: samples 0..3
+    (whole,) = take(pipeline.make_dataset(moving, fixed, 4, seed=3), 1)  # step 0: samples 0..3
     shares = []
-    for pipeline in range(2):
+    for pipeline_id in range(2):
         context = tf.distribute.InputContext(
-            num_input_pipelines=2, input_pipeline_id=pipeline, num_replicas_in_sync=2
+            num_input_pipelines=2, input_pipeline_id=pipeline_id, num_replicas_in_sync=2
         )
-        (share,) = take(data.make_dataset(moving, fixed, 4, seed=3, input_context=context), 1)
+        (share,) = take(pipeline.make_dataset(moving, fixed, 4, seed=3, input_context=context), 1)
         assert share["moving"].shape == (2,) + SHAPE + (1,)  # per-replica batch 4 / 2
         shares.append(share)
     for key in ("moving", "fixed"):
@@ -213,17 +216,17 @@ def test_input_pipelines_take_disjoint_shares_of_each_step():
 
 def test_dataset_checks_its_arguments():
     with pytest.raises(ValueError, match="shapes differ"):
-        data.make_dataset(textured_volumes(1, 0), [np.zeros((8, 8, 8), np.float32)], 1, 0)
+        pipeline.make_dataset(textured_volumes(1, 0), [np.zeros((8, 8, 8), np.float32)], 1, 0)
     with pytest.raises(ValueError, match="seed"):
-        data.make_dataset(textured_volumes(1, 0), textured_volumes(1, 0), 1, -1)
+        pipeline.make_dataset(textured_volumes(1, 0), textured_volumes(1, 0), 1, -1)
 
 
 # --- demo data -------------------------------------------------------------------------------
 
 
 def test_demo_volumes_on_a_small_grid():
-    demo = data.demo_volumes(**SMALL)
-    assert data.demo_volumes(**SMALL) is demo  # cached
+    demo = ddemo.demo_volumes(**SMALL)
+    assert ddemo.demo_volumes(**SMALL) is demo  # cached
     for image in (demo.t1, demo.t2):
         assert image.shape == SMALL["shape"] and image.dtype == np.float32
         assert image.min() == 0.0 and image.max() == 1.0
@@ -237,19 +240,19 @@ def test_demo_volumes_on_a_small_grid():
 
 
 def test_default_demo_grid_covers_the_brain():
-    assert all(n % 8 == 0 for n in data.DEMO_SHAPE)
-    demo = data.demo_volumes()
-    assert demo.t1.shape == data.DEMO_SHAPE
+    assert all(n % 8 == 0 for n in ddemo.DEMO_SHAPE)
+    demo = ddemo.demo_volumes()
+    assert demo.t1.shape == ddemo.DEMO_SHAPE
     brain = np.nonzero(demo.labels)
     for axis in (0, 1):  # left-right and front-back: nothing cut, a 1-voxel (5 mm) margin round
-        assert brain[axis].min() >= 1 and brain[axis].max() <= data.DEMO_SHAPE[axis] - 2
+        assert brain[axis].min() >= 1 and brain[axis].max() <= ddemo.DEMO_SHAPE[axis] - 2
     # the top of the head is inside; the template itself ends in the brain stem at the bottom
-    assert brain[2].max() <= data.DEMO_SHAPE[2] - 2
+    assert brain[2].max() <= ddemo.DEMO_SHAPE[2] - 2
     assert 0.1 < np.mean(demo.labels > 0) < 0.5
 
 
 def test_demo_dataset():
-    dataset = data.demo_dataset(2, seed=0, **SMALL)
+    dataset = ddemo.demo_dataset(2, seed=0, **SMALL)
     (batch,) = take(dataset, 1)
     for key in ("moving", "fixed"):
         assert batch[key].shape == (2,) + SMALL["shape"] + (1,)
@@ -259,9 +262,9 @@ def test_demo_dataset():
 
 
 def test_demo_validation_pairs_are_seeded_and_not_aligned():
-    pairs = data.demo_validation_pairs(n=2, seed=1234, **SMALL)
-    again = data.demo_validation_pairs(n=2, seed=1234, **SMALL)
-    demo = data.demo_volumes(**SMALL)
+    pairs = ddemo.demo_validation_pairs(n=2, seed=1234, **SMALL)
+    again = ddemo.demo_validation_pairs(n=2, seed=1234, **SMALL)
+    demo = ddemo.demo_volumes(**SMALL)
     assert len(pairs) == 2
     for pair, same in zip(pairs, again):
         assert set(pair) == {"moving", "fixed", "moving_labels", "fixed_labels"}
@@ -281,18 +284,19 @@ def test_demo_pairs_use_the_demo_deformations(monkeypatch):
     """Training and validation pairs are deformed by up to DEMO_MAX_DISPLACEMENT voxels over
     DEMO_SMOOTHNESS voxels, larger and smoother than synth's defaults."""
     seen = []
-    real = data.random_smooth_flow
+    real = synth.random_smooth_flow
 
     def spy(shape, max_displacement, smoothness, rng):
         seen.append((max_displacement, smoothness))
         return real(shape, max_displacement, smoothness, rng)
 
-    monkeypatch.setattr(data, "random_smooth_flow", spy)
-    data.demo_validation_pairs(n=1, **SMALL)
-    take(data.demo_dataset(1, seed=0, **SMALL), 1)
+    monkeypatch.setattr(synth, "random_smooth_flow", spy)  # validation pairs
+    monkeypatch.setattr(pipeline, "random_smooth_flow", spy)  # training samples
+    ddemo.demo_validation_pairs(n=1, **SMALL)
+    take(ddemo.demo_dataset(1, seed=0, **SMALL), 1)
     assert len(seen) >= 4  # moving and fixed of a validation pair, then of training pairs
-    assert set(seen) == {(data.DEMO_MAX_DISPLACEMENT, data.DEMO_SMOOTHNESS)}
-    assert data.DEMO_MAX_DISPLACEMENT > synth.DEFAULT_MAX_DISPLACEMENT
+    assert set(seen) == {(ddemo.DEMO_MAX_DISPLACEMENT, ddemo.DEMO_SMOOTHNESS)}
+    assert ddemo.DEMO_MAX_DISPLACEMENT > synth.DEFAULT_MAX_DISPLACEMENT
 
 
 # --- real-data benchmark ---------------------------------------------------------------------
@@ -301,11 +305,11 @@ def test_demo_pairs_use_the_demo_deformations(monkeypatch):
 def test_brain_benchmark_needs_its_file(tmp_path):
     path = tmp_path / "brain_t1_aseg.npz"
     with pytest.raises(InputError, match=f"^{path}: file not found$"):
-        data.load_brain_benchmark(path, 2.0, 1, 0)
+        dbrain.load_brain_benchmark(path, 2.0, 1, 0)
 
 
 def test_brain_benchmark(shared_data):
-    (pair,) = data.load_brain_benchmark(shared_data / "brain_t1_aseg.npz", 2.0, 1, seed=0)
+    (pair,) = dbrain.load_brain_benchmark(shared_data / "brain_t1_aseg.npz", 2.0, 1, seed=0)
     for key in pair:
         assert pair[key].shape == (80, 96, 112)
     original_ids = set(np.unique(np.load(shared_data / "brain_t1_aseg.npz")["seg"]).astype(int))

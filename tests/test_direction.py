@@ -6,10 +6,10 @@ SpatialTransformer's convention (moved(p) = moving(p + flow(p))) and the optimis
 import numpy as np
 import pytest
 
-from dgan import synth
 from dgan.compat import keras, tf
-from dgan.model import DeformGAN, LossWeights
-from dgan.networks import NetworkConfig
+from dgan.core.networks import NetworkConfig
+from dgan.data import synth
+from dgan.training.trainers import DeformGAN, LossWeights
 
 SHAPE = (16, 16, 16)
 

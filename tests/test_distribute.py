@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgan import distribute, training
+from dgan.training import distribute
+from dgan.training import run as training
 from dgan.compat import tf
 from dgan.errors import InputError
 
@@ -176,7 +177,7 @@ def assert_trained_like_reference(run, reference, step):
 
 def test_mirrored_over_two_devices_trains_exports_and_matches_one_device(
         scans, single_process, tmp_path):
-    from dgan.export import load_model_folder
+    from dgan.registration.model_folder import load_model_folder
 
     run = tmp_path / "mirrored"
     # a folder left by a run lost before its first checkpoint: --auto-resume starts it again

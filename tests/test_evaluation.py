@@ -1,5 +1,5 @@
-"""The evaluation (dgan.evaluation, dgan-evaluate), the learned baselines (dgan.baselines) trained
-through the one run (dgan-train-baselines), and the speed benchmark (dgan.speed), tiny."""
+"""The evaluation (dgan.evaluation, dgan-evaluate), the learned baselines (dgan.training.baselines) trained
+through the one run (dgan-train-baselines), and the speed benchmark (dgan.bench.speed), tiny."""
 
 import csv
 import importlib.util
@@ -11,13 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgan import baselines, data, evaluation, speed, synth, training
-from dgan.cli import bench_speed, train_baselines
-from dgan.cli import evaluate as evaluate_cli
+from dgan.bench import bench_speed, speed, train_baselines
+from dgan.bench import brain as dbrain
+from dgan.bench import evaluate as evaluate_cli
 from dgan.compat import tf
-from dgan.export import Preprocessing, load_model_folder, save_model_folder
-from dgan.networks import NetworkConfig, build_registration_net
-from dgan.register import Registrar
+from dgan.core.networks import NetworkConfig, build_registration_net
+from dgan.data import demo as ddemo
+from dgan.data import synth
+from dgan.data.preprocessing import Preprocessing
+from dgan.evaluation import methods as evaluation
+from dgan.evaluation import report as dreport
+from dgan.registration.model_folder import load_model_folder, save_model_folder
+from dgan.registration.registrar import Registrar
+from dgan.training import baselines, presets
+from dgan.training.config import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -47,7 +54,7 @@ def load_script(name):
 def test_the_eval_scripts_are_the_console_scripts(name):
     import importlib
 
-    assert load_script(name).main is importlib.import_module(f"dgan.cli.{name}").main
+    assert load_script(name).main is importlib.import_module(f"dgan.bench.{name}").main
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +128,7 @@ def test_score_of_a_known_shift():
     flow = np.zeros((12, 12, 12, 3), np.float32)
     flow[..., 0] = 1.0  # moved(p) = moving(p + e_x) = fixed(p)
     warped = synth.warp(moving_labels, flow, order=0)
-    record = evaluation.score(evaluation.MethodResult(flow, warped, warped, 0.5), pair, [1, 2],
+    record = dreport.score(evaluation.MethodResult(flow, warped, warped, 0.5), pair, [1, 2],
                               spacing=(2.0, 2.0, 2.0))
     assert record["dice_1"] == 1.0 and math.isnan(record["dice_2"])
     assert record["dice_mean"] == 1.0 and record["hd95_mean_mm"] == 0.0
@@ -130,7 +137,7 @@ def test_score_of_a_known_shift():
     assert record["seconds"] == 0.5
     identity = evaluation.IdentityMethod().register(moving_labels.astype("float32"), None,
                                                      moving_labels, (2.0,) * 3)
-    record = evaluation.score(identity, pair, [1], spacing=(2.0, 2.0, 2.0))
+    record = dreport.score(identity, pair, [1], spacing=(2.0, 2.0, 2.0))
     # float64 ratios of counts and distances: approx's rel 1e-6 is ample
     assert record["dice_1"] == pytest.approx(2 * 3 * 36 / (2 * 4 * 36))  # overlap 3 of 4 slabs
     assert record["hd95_mean_mm"] == pytest.approx(2.0)  # one voxel of 2 mm
@@ -140,8 +147,8 @@ def test_summary_markdown_has_every_method_and_structure():
     records = [{"method": m, "pair": k, "dice_mean": d, "hd95_mean_mm": 2.0,
                 "folding_fraction": f, "sdlogj": 0.1, "seconds": 1.0, "dice_1": d, "dice_2": d}
                for m, d, f in (("a", 0.5, 0.0), ("b", 0.7, 0.001)) for k in range(2)]
-    bench = data.Benchmark("x", [], (1.0,) * 3, (1, 2), {1: "one", 2: "two"})
-    text = evaluation.summary_markdown(records, bench)
+    bench = dreport.Benchmark("x", [], (1.0,) * 3, (1, 2), {1: "one", 2: "two"})
+    text = dreport.summary_markdown(records, bench)
     assert "| a | 0.500 ± 0.000 | 2.000 ± 0.000 | 0.000 ± 0.000 |" in text
     assert "| b | 0.700 ± 0.000 | 2.000 ± 0.000 | 0.100 ± 0.000 |" in text  # folding in %
     assert "| one (1) | 0.500 | 0.700 |" in text
@@ -151,9 +158,9 @@ def test_summary_markdown_has_every_method_and_structure():
 
 
 def test_every_method_trains_checkpoints_resumes_and_exports_through_the_one_run(method_runs):
-    pair = data.demo_validation_pairs(1, seed=7, shape=(16, 16, 16), spacing=12.0)[0]
+    pair = ddemo.demo_validation_pairs(1, seed=7, shape=(16, 16, 16), spacing=12.0)[0]
     saved = {}
-    for method, model_class in training.METHODS.items():
+    for method, model_class in METHODS.items():
         run = method_runs / method
         config = json.loads((run / "config.json").read_text())
         saved[method] = config
@@ -182,7 +189,7 @@ def test_every_method_trains_checkpoints_resumes_and_exports_through_the_one_run
         assert out.flow.shape == (16, 16, 16, 3) and np.all(np.isfinite(out.flow))
     # one loss configuration: every method was given the same weights and windows
     assert saved["deformgan"]["loss"] == saved["vxm"]["loss"] == saved["lcc"]["loss"]
-    assert saved["lcc"]["loss"]["alpha"] == training.DEMO_LOSS["alpha"]
+    assert saved["lcc"]["loss"]["alpha"] == presets.DEMO_LOSS["alpha"]
 
 
 def test_baseline_refuses_an_existing_run(method_runs, capsys):
@@ -196,7 +203,7 @@ def test_brain_defaults_coarse_windows_pooled_d_and_each_methods_learning_rate(m
     def fake_data(npz, out, resolution, n_train, n_val):
         return {"moving": "m", "fixed": "f", "val_pairs": "v.csv", "shape": (40, 48, 56)}
 
-    monkeypatch.setattr(data, "write_brain_training_data", fake_data)
+    monkeypatch.setattr(dbrain, "write_brain_training_data", fake_data)
     args = train_baselines.parser().parse_args(["--out", str(tmp_path)])
     config = train_baselines.train_config(args, tmp_path)
     assert config.loss["lg_window"] == 3 and config.loss["lcc_window"] == 5  # 4 mm grid
@@ -217,7 +224,7 @@ def test_brain_defaults_coarse_windows_pooled_d_and_each_methods_learning_rate(m
     assert (config.refine_config.steps, config.refine_config.w_lcc) == (0, 1.0)  # only the count
     args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--data", "demo"])
     demo = train_baselines.train_config(args, tmp_path)
-    assert demo.network_spacing is None and demo.refine_config.steps == training.DEMO_REFINE["steps"]
+    assert demo.network_spacing is None and demo.refine_config.steps == presets.DEMO_REFINE["steps"]
 
 
 def test_evaluate_refines_only_the_methods_named(untrained_dgan):
@@ -276,7 +283,7 @@ def test_brain_training_data_seeds_are_disjoint_from_evaluation(tmp_path):
     from dgan.errors import InputError
 
     with pytest.raises(InputError, match="must differ from the evaluation seed"):
-        data.write_brain_training_data("unused.npz", tmp_path, seed=0)
+        dbrain.write_brain_training_data("unused.npz", tmp_path, seed=0)
 
 
 # --- the mono-modal ceiling ---------------------------------------------------------------------
@@ -310,13 +317,13 @@ def tiny_benchmark(with_t1=True):
         if with_t1:
             pair["fixed_t1"] = rng.random((8, 8, 8), np.float32)
         pairs.append(pair)
-    return data.Benchmark("tiny", pairs, (2.0,) * 3, (1,), {1: "box"})
+    return dreport.Benchmark("tiny", pairs, (2.0,) * 3, (1,), {1: "box"})
 
 
 def test_the_ceiling_registers_to_the_same_modality_fixed_image(tmp_path):
     bench = tiny_benchmark()
     cross, ceiling = RecordingMethod("cross"), RecordingMethod("ceiling", "fixed_t1")
-    result = evaluation.evaluate([cross, ceiling], bench, tmp_path, figure_pairs=0,
+    result = dreport.evaluate([cross, ceiling], bench, tmp_path, figure_pairs=0,
                                  progress=False)
     assert [f is p["fixed"] for f, p in zip(cross.seen, bench.pairs)] == [True, True]
     assert [f is p["fixed_t1"] for f, p in zip(ceiling.seen, bench.pairs)] == [True, True]
@@ -329,7 +336,7 @@ def test_the_ceiling_needs_pairs_with_a_same_modality_fixed_image(tmp_path):
     from dgan.errors import InputError
 
     with pytest.raises(InputError, match="registers to 'fixed_t1', which the pairs of tiny"):
-        evaluation.evaluate([RecordingMethod("ceiling", "fixed_t1")],
+        dreport.evaluate([RecordingMethod("ceiling", "fixed_t1")],
                             tiny_benchmark(with_t1=False), tmp_path, figure_pairs=0,
                             progress=False)
 
@@ -348,8 +355,8 @@ def test_ants_ceiling_is_syn_cc_to_the_t1_fixed_image():
 def test_the_benchmark_has_eight_pairs_by_default():
     import inspect
 
-    assert data.BRAIN_PAIRS == 8
-    for fn in (data.load_brain_benchmark, data.benchmark_pairs):
+    assert dbrain.BRAIN_PAIRS == 8
+    for fn in (dbrain.load_brain_benchmark, dbrain.benchmark_pairs):
         assert inspect.signature(fn).parameters["n_pairs"].default == 8
     assert evaluate_cli.parser().parse_args(["--out", "x"]).pairs == 8
 
@@ -403,8 +410,8 @@ def test_evaluation_writes_csv_markdown_and_figures(evaluation_run):
 
 
 def test_evaluation_records_read_back(evaluation_run):
-    records = evaluation.read_csv(evaluation_run / "results.csv")
-    summary = evaluation.summary_markdown(records)
+    records = dreport.read_csv(evaluation_run / "results.csv")
+    summary = dreport.summary_markdown(records)
     assert summary.count("\n") == 1 + len(METHODS_EVALUATED)  # header, rule, one per method
 
 

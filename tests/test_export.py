@@ -9,19 +9,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from dgan import export
 from dgan.cli import export as export_cli
+from dgan.core.networks import NetworkConfig, build_registration_net
+from dgan.data.preprocessing import Preprocessing
 from dgan.errors import InputError
-from dgan.export import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    Preprocessing,
-    export_saved_model,
-    load_model_folder,
-    registration_net_for_shape,
-    save_model_folder,
-)
-from dgan.networks import NetworkConfig, build_registration_net
+from dgan.registration import serving
+from dgan.registration.model_folder import (CONFIG_FILE, MODEL_FILE, load_model_folder,
+                                            registration_net_for_shape, save_model_folder)
+from dgan.registration.serving import export_saved_model
 
 #: The same tiny T as the ``tiny_config`` fixture of conftest.py, for module-scoped fixtures.
 TINY = dict(t_features=((4, 8), (8, 8, 4)), g_features=((4, 4), (4, 4)), d_features=4, d_layers=2)
@@ -247,7 +242,7 @@ def test_saved_model_serves_without_dgan(tmp_path, model_dir, model):
     assert os.path.isfile(os.path.join(version_dir, "saved_model.pb"))
     assert os.path.isfile(os.path.join(version_dir, "variables", "variables.index"))
     assert sorted(os.listdir(tmp_path / "serving")) == ["3"]  # no temporary folder left
-    with open(os.path.join(version_dir, export.SAVED_MODEL_DESCRIPTION)) as f:
+    with open(os.path.join(version_dir, serving.SAVED_MODEL_DESCRIPTION)) as f:
         assert json.load(f)["preprocessing"]["spacing"] == [2.0, 2.0, 2.0]
 
     moving, fixed = inputs()
@@ -292,7 +287,7 @@ def test_export_cli_refuses_to_overwrite(tmp_path, model_dir, capsys):
     assert variables.stat().st_mtime_ns == stamp
 
     assert export_cli.main(argv + ["--overwrite", "--shape", "32", "16", "24"]) == 0
-    with open(base / "2" / export.SAVED_MODEL_DESCRIPTION) as f:
+    with open(base / "2" / serving.SAVED_MODEL_DESCRIPTION) as f:
         assert json.load(f)["serving"]["shape"] == [32, 16, 24]
     assert sorted(os.listdir(base)) == ["2"]
 

@@ -1,4 +1,4 @@
-"""dgan.io: every bad input as one line naming the file, NIfTI round trips, atomic writes, and
+"""dgan.data.io: every bad input as one line naming the file, NIfTI round trips, atomic writes, and
 the geometry helpers against world-coordinate oracles."""
 
 import gzip
@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dgan import io
+from dgan.data import io
 from dgan.errors import InputError
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -446,7 +446,7 @@ def test_normalize_intensity_of_constant_arrays():
 
 def test_resample_onto_own_grid_keeps_every_voxel_for_random_affines():
     """Rounding in inv(A) @ A must not push border voxels 'outside' (they used to become 0)."""
-    from dgan.io import Volume, resample_to_grid
+    from dgan.data.io import Volume, resample_to_grid
 
     rng = np.random.default_rng(7)
     array = rng.random((9, 8, 7)).astype(np.float32) + 1.0

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dgan import losses
 from dgan.compat import keras, tf
+from dgan.core import losses
 from numpy_reference import np_box_sum, np_lcc
 
 # --- an independent NumPy reference ---------------------------------------------------------
@@ -204,7 +204,7 @@ def test_a_flat_window_has_no_correlation_and_no_round_off_gradient(rng):
     np.testing.assert_array_equal(gradient[far], 0.0)
     # the value: as the NumPy reference (float64 sums, the same rule for flat windows). The
     # windows that are not flat have var / S(I^2) >= ~0.06, so float32's error on var and cross
-    # (<= 9 n u S(I^2), dgan.losses.flat_tolerance) is <= 5e-5 of each, and <= 2e-4 of cc
+    # (<= 9 n u S(I^2), dgan.core.losses.flat_tolerance) is <= 5e-5 of each, and <= 2e-4 of cc
     np.testing.assert_allclose(value.numpy(), [np_lcc(fixed[0, ..., 0], moving[0, ..., 0], window)],
                                rtol=2e-4)
     # contrast of 1 % of the intensity is not flat: it still counts (a flat count would give 0;

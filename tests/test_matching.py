@@ -1,4 +1,4 @@
-"""Block matching (dgan.matching): the cost against NumPy, a known translation found across a
+"""Block matching (dgan.core.matching): the cost against NumPy, a known translation found across a
 contrast inversion, and T's first estimate inside the registration network."""
 
 import itertools
@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dgan import losses, matching, synth
 from dgan.compat import tf
-from dgan.export import export_saved_model, load_model_folder, save_model_folder
-from dgan.model import LossWeights, RegistrationTrainer
-from dgan.networks import NetworkConfig, build_registration_net, parse_matching, training_view
+from dgan.core import losses, matching
+from dgan.core.networks import NetworkConfig, build_registration_net, parse_matching, training_view
+from dgan.data import synth
+from dgan.registration.model_folder import load_model_folder, save_model_folder
+from dgan.registration.serving import export_saved_model
+from dgan.training.trainers import LossWeights, RegistrationTrainer
 
 
 def numpy_cost(fixed_direction, moving_direction, radius, window):

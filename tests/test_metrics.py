@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from dgan import metrics
+from dgan.core import metrics
 from dgan.errors import InputError
 
 

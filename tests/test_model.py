@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from dgan import losses
 from dgan.compat import keras, tf, vxm
-from dgan.model import LOSS_NAMES, DeformGAN, LossWeights
+from dgan.core import losses
+from dgan.training.trainers import LOSS_NAMES, DeformGAN, LossWeights
 from trained_alike import assert_trained_alike
 
 NETWORKS = ("discriminator", "generator", "registration_net")

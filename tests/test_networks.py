@@ -4,13 +4,8 @@ import numpy as np
 import pytest
 
 from dgan.compat import keras, tf
-from dgan.networks import (
-    NetworkConfig,
-    build_discriminator,
-    build_generator,
-    build_registration_net,
-    custom_objects,
-)
+from dgan.core.networks import (NetworkConfig, build_discriminator, build_generator,
+                                build_registration_net, custom_objects)
 
 
 def warp_with(net, moving, flow):

@@ -1,15 +1,17 @@
-"""One preprocessing description (dgan.preprocessing) for training and registration."""
+"""One preprocessing description (dgan.data.preprocessing) for training and registration."""
 
 import numpy as np
 import pytest
 from scipy.ndimage import gaussian_filter
 
-from dgan import data, io, training
+from dgan.core.networks import build_registration_net
+from dgan.data import io, preprocessing
+from dgan.data import scans as dscans
+from dgan.data.preprocessing import Preprocessing, padded_shape
 from dgan.errors import InputError
-from dgan.export import load_model_folder, save_model_folder
-from dgan.networks import build_registration_net
-from dgan.preprocessing import Preprocessing, padded_shape
-from dgan.register import Registrar
+from dgan.registration.model_folder import load_model_folder, save_model_folder
+from dgan.registration.registrar import Registrar
+from dgan.training.config import TrainConfig
 
 #: The training grid of the test: 2 mm voxels, 20 x 24 x 16 (multiples of the tiny T's 4).
 SHAPE, SPACING = (20, 24, 16), 2.0
@@ -35,14 +37,14 @@ def test_training_and_registration_prepare_a_scan_into_identical_arrays(oblique_
 
     network_config = dataclasses.replace(tiny_config, shape=SHAPE)
     network = {k: v for k, v in network_config.to_dict().items() if k != "shape"}
-    config = training.TrainConfig.for_scans([oblique_scan], [oblique_scan], shape=SHAPE,
+    config = TrainConfig.for_scans([oblique_scan], [oblique_scan], shape=SHAPE,
                                             spacing=SPACING, network=network)
     save_model_folder(build_registration_net(network_config), network_config,
                       config.preprocessing, tmp_path / "model")
     model = load_model_folder(tmp_path / "model")
     assert model.preprocessing == config.preprocessing  # through dgan_model.json and back
 
-    trained = data.ScanSet([oblique_scan], config.shape, config.spacing)[0]
+    trained = dscans.ScanSet([oblique_scan], config.shape, config.spacing)[0]
     registrar = Registrar(model, refine_steps=0)
     volume = io.load_volume(oblique_scan)
     registered = registrar.prepare(volume)
@@ -55,7 +57,7 @@ def test_training_and_registration_prepare_a_scan_into_identical_arrays(oblique_
     assert np.all(np.diag(grid.affine)[:3] > 0)  # RAS+
     assert registered.min() == 0.0 and registered.max() == 1.0
     # and it is the same as training's own function, used for validation pairs and the demo
-    prepared = data.preprocess_volume(volume, SHAPE, SPACING)
+    prepared = preprocessing.preprocess_volume(volume, SHAPE, SPACING)
     np.testing.assert_array_equal(prepared.array, trained)
     np.testing.assert_allclose(prepared.affine, grid.affine, atol=1e-9)
 

@@ -1,4 +1,4 @@
-"""Instance refinement (dgan.refine) and its use by Registrar and dgan-register."""
+"""Instance refinement (dgan.registration.refine) and its use by Registrar and dgan-register."""
 
 import dataclasses
 import json
@@ -8,17 +8,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dgan import io as dio
-from dgan import losses
-from dgan import metrics
-from dgan import refine as dr
-from dgan import register as dregister
 from dgan.cli.register import main
 from dgan.compat import tf
+from dgan.core import losses, metrics
+from dgan.core.networks import NetworkConfig, build_generator, build_registration_net
+from dgan.data import io as dio
 from dgan.errors import InputError
-from dgan.export import CONFIG_FILE, GENERATOR_FILE, load_model_folder, save_model_folder
-from dgan.networks import NetworkConfig, build_generator, build_registration_net
-from dgan.register import Registrar
+from dgan.registration import refine as dr
+from dgan.registration import registrar as dregister
+from dgan.registration.model_folder import (CONFIG_FILE, GENERATOR_FILE, load_model_folder,
+                                            save_model_folder)
+from dgan.registration.registrar import Registrar
 from numpy_reference import np_lcc
 
 TINY_CONFIG = NetworkConfig(
@@ -134,7 +134,7 @@ def test_the_control_grid_smoothness_is_that_of_the_upsampled_field_and_so_is_it
         tape.watch(u32)
         value = dr.control_smoothness(u32, bands)
     gradient = tape.gradient(value, u32).numpy()
-    if 1 not in shape:  # the reference is dgan.losses.smoothness of up(u), both in float64
+    if 1 not in shape:  # the reference is dgan.core.losses.smoothness of up(u), both in float64
         ups = [dr.interpolation_matrix(c, n, np.float64) for c, n in zip(control_shape, shape)]
         upsampled = np.einsum("ax,by,cz,xyzk->abck", *ups, u, optimize=True)
         np.testing.assert_allclose(float(losses.smoothness(tf.constant(upsampled[np.newaxis]))[0]),
@@ -366,12 +366,10 @@ def test_model_folder_keeps_g_beside_t(folders):
 
 
 def test_zero_refine_steps_give_exactly_t(folders, monkeypatch):
-    import dgan.register
-
     def no_refinement(*args, **kwargs):
         raise AssertionError("refine() ran with refine_steps=0")
 
-    monkeypatch.setattr(dgan.register, "refine", no_refinement)  # not a wall-clock check
+    monkeypatch.setattr(dregister, "refine", no_refinement)  # not a wall-clock check
     moving, fixed = random_pair((16, 16, 16), seed=4)
     registrar = Registrar(folders["with_g"], refine_steps=0)
     result = registrar.register_arrays(moving, fixed)
@@ -396,7 +394,7 @@ def test_an_old_model_folder_without_g_still_registers_and_says_so_once(folders,
     moving, fixed = random_pair((16, 16, 16), seed=6)
     registrar = Registrar(folders["old"], refine_steps=3,
                           refine_config=dr.RefineConfig(lg_window=3))
-    with caplog.at_level(logging.WARNING, logger="dgan.register"):
+    with caplog.at_level(logging.WARNING, logger="dgan.registration.registrar"):
         for _ in range(2):
             result = registrar.register_arrays(moving, fixed)
     assert result.flow.shape == (16, 16, 16, 3) and np.all(np.isfinite(result.flow))

@@ -6,14 +6,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dgan import io as dio
-from dgan import register, synth
 from dgan.cli.register import main
 from dgan.compat import tf
+from dgan.core.networks import NetworkConfig, build_registration_net
+from dgan.data import io as dio
+from dgan.data import synth
 from dgan.errors import InputError
-from dgan.export import save_model_folder
-from dgan.networks import NetworkConfig, build_registration_net
-from dgan.register import Registrar
+from dgan.registration import files, geometry
+from dgan.registration.model_folder import save_model_folder
+from dgan.registration.registrar import Registrar
 
 #: The same tiny T as the ``tiny_config`` fixture of conftest.py, for module-scoped fixtures.
 TINY_CONFIG = NetworkConfig(
@@ -138,8 +139,8 @@ def test_api_and_cli_give_identical_outputs_on_the_fixed_grid(registrar, models,
     np.testing.assert_array_equal(written["flow"].get_fdata(dtype=np.float32), result.flow)
     np.testing.assert_array_equal(np.asarray(written["labels"].dataobj), result.labels)
     assert written["flow"].shape == FIXED_SHAPE + (3,)
-    assert written["flow"].header.get_intent() == ("vector", (), register.FLOW_INTENT_NAME)
-    assert written["flow"].header["descrip"].item().decode() == register.FLOW_DESCRIP
+    assert written["flow"].header.get_intent() == ("vector", (), files.FLOW_INTENT_NAME)
+    assert written["flow"].header["descrip"].item().decode() == files.FLOW_DESCRIP
     assert sorted(os.listdir(tmp_path)) == ["flow.nii.gz", "labels.nii.gz", "moved.nii.gz"]
 
 
@@ -264,7 +265,7 @@ def test_flow_to_grid_keeps_the_world_displacement():
     q = np.stack(np.meshgrid(*(np.arange(n) for n in source_shape), indexing="ij"), axis=-1)
     mix = np.array([[0.1, -0.05, 0.02], [0.03, 0.08, -0.04], [-0.06, 0.01, 0.05]])
     flow = (q @ mix.T + [0.5, -0.3, 0.2]).astype("float32")  # varies in space; trilinear is exact
-    out = register.flow_to_grid(flow, source_affine, FIXED_AFFINE, FIXED_SHAPE)
+    out = geometry.flow_to_grid(flow, source_affine, FIXED_AFFINE, FIXED_SHAPE)
     assert out.shape == FIXED_SHAPE + (3,) and out.dtype == np.float32
     world = world_of(FIXED_AFFINE, FIXED_SHAPE)
     q_of_p = voxel_of(source_affine, world)

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from dgan import training
 from dgan.compat import tf
 from dgan.errors import InputError
-from dgan.schedules import LinearDecay, learning_rate
+from dgan.training import run as training
+from dgan.training.config import TrainConfig
+from dgan.training.schedules import LinearDecay, learning_rate
 
 
 def test_linear_decay_is_constant_then_falls_to_zero():
@@ -28,12 +29,12 @@ def test_learning_rate_by_name_and_refusals():
     with pytest.raises(ValueError, match="decay_start"):
         LinearDecay(1e-3, total_steps=10, decay_start=10)
     with pytest.raises(InputError, match="lr_decay must be one of constant, linear"):
-        training.TrainConfig.demo(lr_decay="cosine")
+        TrainConfig.demo(lr_decay="cosine")
 
 
 @pytest.mark.parametrize("decay", ["constant", "linear"])
 def test_each_optimizer_follows_the_run_schedule(decay):
-    config = training.TrainConfig.demo(steps=10, lr_t=1e-3, lr_g=4e-4, lr_d=2e-4, lr_decay=decay)
+    config = TrainConfig.demo(steps=10, lr_t=1e-3, lr_g=4e-4, lr_d=2e-4, lr_decay=decay)
     optimizers = training.make_optimizers(config)
     for name, lr in (("t_optimizer", 1e-3), ("g_optimizer", 4e-4), ("d_optimizer", 2e-4)):
         optimizer = optimizers[name]
@@ -49,5 +50,5 @@ def test_each_optimizer_follows_the_run_schedule(decay):
 def test_a_method_gets_one_optimizer_per_network():
     for method, networks in (("lcc", ["t_optimizer"]), ("vxm", ["t_optimizer"]),
                              ("deformgan", ["t_optimizer", "g_optimizer", "d_optimizer"])):
-        config = training.TrainConfig.demo(method=method, network={"flow_resolution": 1})
+        config = TrainConfig.demo(method=method, network={"flow_resolution": 1})
         assert sorted(training.make_optimizers(config)) == sorted(networks)

@@ -1,10 +1,10 @@
-"""dgan.synth: warping against exact shifts, a linear oracle and voxelmorph; random flows;
+"""dgan.data.synth: warping against exact shifts, a linear oracle and voxelmorph; random flows;
 rendered contrasts with known intensities; the aseg-to-tissue table."""
 
 import numpy as np
 import pytest
 
-from dgan import synth
+from dgan.data import synth
 from dgan.compat import vxm
 
 

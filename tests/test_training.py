@@ -8,8 +8,10 @@ import signal
 import numpy as np
 import pytest
 
-from dgan import training
 from dgan.cli import train as cli
+from dgan.training import presets, validation
+from dgan.training import run as training
+from dgan.training.config import TrainConfig
 from dgan.compat import keras, tf
 from dgan.errors import InputError, TrainingDiverged
 
@@ -62,10 +64,10 @@ def test_run_writes_every_output(three_step_run, capsys):
 
 def test_validation_goes_through_the_registrar_and_refines_at_the_first_and_last_check(
         three_step_run):
-    from dgan.register import Registrar
+    from dgan.registration.registrar import Registrar
 
     run = three_step_run
-    history = training.read_validation_history(run / training.VALIDATION_CSV)
+    history = validation.read_validation_history(run / validation.VALIDATION_CSV)
     assert [s for s, _ in history["network"]] == [0, 2, 3]
     assert [s for s, _ in history["refined"]] == [0, 3]  # refinement costs seconds: not at 2
     assert {v for _, v in history["identity"]} == {history["identity"][0][1]}
@@ -79,44 +81,44 @@ def test_validation_goes_through_the_registrar_and_refines_at_the_first_and_last
     registrar = Registrar(run / "model")
     assert registrar.refine_config.lg_window == 3 and registrar.refine_config.lcc_window == 5
     assert registrar.refine_config.steps == 5 and registrar.model.generator is not None
-    assert registrar.refine_config.w_lcc == 0.0  # training.REFINE_DEFAULTS: see its comment
+    assert registrar.refine_config.w_lcc == 0.0  # presets.REFINE_DEFAULTS: see its comment
     assert Registrar(run / "model", refine_steps=0).refine_config.steps == 0
 
 
 def test_presets_are_explicit_and_recorded_and_the_cli_overrides_them():
-    demo = training.TrainConfig.demo()
-    assert demo.preset == "demo" and demo.lr_g == training.DEMO_LR_G
+    demo = TrainConfig.demo()
+    assert demo.preset == "demo" and demo.lr_g == presets.DEMO_LR_G
     assert demo.network_config.g_residual and demo.network_config.d_pool == 2
-    assert demo.loss_weights.alpha == training.DEMO_LOSS["alpha"] == 0.05
-    assert demo.refine_config.steps == training.DEMO_REFINE["steps"]
+    assert demo.loss_weights.alpha == presets.DEMO_LOSS["alpha"] == 0.05
+    assert demo.refine_config.steps == presets.DEMO_REFINE["steps"]
     assert demo.to_dict()["preset"] == "demo"
     # no hidden switch: the demo data alone changes no setting
-    plain = training.TrainConfig(shape=(32, 32, 32))
-    assert plain.preset is None and plain.uses_demo_data and plain.lr_g == training.DEFAULT_LR_G
+    plain = TrainConfig(shape=(32, 32, 32))
+    assert plain.preset is None and plain.uses_demo_data and plain.lr_g == presets.DEFAULT_LR_G
     assert not plain.network_config.g_residual and plain.loss_weights.alpha == 1.0
-    scans = training.TrainConfig.for_scans(["t1/"], ["t2/"], shape=(32, 32, 32))
-    assert scans.preset == "scans" and scans.lr_g == training.DEFAULT_LR_G
+    scans = TrainConfig.for_scans(["t1/"], ["t2/"], shape=(32, 32, 32))
+    assert scans.preset == "scans" and scans.lr_g == presets.DEFAULT_LR_G
     assert not scans.network_config.g_residual and scans.network_config.d_pool == 1
     # a preset's dicts are overridden key by key; the module's constants stay as they are
-    changed = training.TrainConfig.demo(network={"d_pool": 1}, lr_g=5e-4)
+    changed = TrainConfig.demo(network={"d_pool": 1}, lr_g=5e-4)
     assert changed.network_config.d_pool == 1 and changed.network_config.g_residual
-    assert changed.lr_g == 5e-4 and training.DEMO_NETWORK["d_pool"] == 2
+    assert changed.lr_g == 5e-4 and presets.DEMO_NETWORK["d_pool"] == 2
     with pytest.raises(InputError, match="preset must be one of"):
-        training.TrainConfig.from_preset("fast")
+        TrainConfig.from_preset("fast")
     args = cli.parser().parse_args([*TINY, "--no-g-residual", "--d-pool", "1", "--lr-g", "3e-4"])
     config = cli.make_config(cli.settings_from_args(args))
     assert not config.network_config.g_residual and config.network_config.d_pool == 1
     assert config.lr_g == 3e-4 and config.preset == "demo"
     cube = {"shape": (32, 32, 32)}
     assert cli.make_config({"moving": ["t1/"], "fixed": ["t2/"], **cube}).preset == "scans"
-    assert cli.make_config(cube, preset="scans").lr_g == training.DEFAULT_LR_G
-    assert training.TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).lr_g == 3e-4
+    assert cli.make_config(cube, preset="scans").lr_g == presets.DEFAULT_LR_G
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))).lr_g == 3e-4
     args = cli.parser().parse_args([*TINY, "--network-spacing", "2.5"])
     assert cli.make_config(cli.settings_from_args(args)).network_spacing == 2.5
     assert config.network_spacing is None  # T registers on the training grid unless told
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(InputError, match="network_spacing must be a positive number of mm"):
-            training.TrainConfig(shape=(32, 32, 32), network_spacing=bad)
+            TrainConfig(shape=(32, 32, 32), network_spacing=bad)
 
 
 def test_a_config_written_before_presets_keeps_the_demo_refinement(three_step_run):
@@ -124,10 +126,10 @@ def test_a_config_written_before_presets_keeps_the_demo_refinement(three_step_ru
     before refinement existed) must not lose it on resume."""
     saved = json.loads((three_step_run / "config.json").read_text())
     del saved["refine"], saved["preset"], saved["method"]
-    old = training.TrainConfig.from_dict(saved)
+    old = TrainConfig.from_dict(saved)
     assert old.method == "deformgan"
-    assert old.refine_config.steps == training.DEMO_REFINE["steps"]
-    assert old.refine_config.levels == tuple(training.DEMO_REFINE["levels"])
+    assert old.refine_config.steps == presets.DEMO_REFINE["steps"]
+    assert old.refine_config.levels == tuple(presets.DEMO_REFINE["levels"])
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
@@ -156,13 +158,13 @@ def test_a_config_written_before_a_setting_existed_keeps_what_it_was_trained_wit
     assert saved["network"]["flow_resolution"] == 2
     del saved["lr_decay"], saved["network"]["g_residual"], saved["network"]["d_pool"]
     del saved["network"]["flow_resolution"]
-    old = training.TrainConfig.from_dict(saved)
+    old = TrainConfig.from_dict(saved)
     assert old.lr_decay == "constant"
     assert not old.network_config.g_residual and old.network_config.d_pool == 1
     assert old.network_config.flow_resolution == 1
     # a complete file round-trips unchanged
     full = json.loads((three_step_run / "config.json").read_text())
-    assert training.TrainConfig.from_dict(full).to_dict() == full
+    assert TrainConfig.from_dict(full).to_dict() == full
 
 
 def test_resume_refuses_changed_data_settings(three_step_run, tmp_path, capsys):
@@ -206,7 +208,7 @@ def test_interrupted_run_leaves_a_loadable_checkpoint(tmp_path, signum):
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    from dgan import losses
+    from dgan.core import losses
 
     poison = tf.Variable(0.0)
     original = losses.l1
@@ -293,9 +295,9 @@ def test_refinement_refuses_an_lcc_term_that_g_cannot_give():
     (one line); the default refinement (L_LG alone) and no refinement are accepted."""
     fixed_direction = {"translate": "fixed"}
     with pytest.raises(InputError, match="needs G\\(F\\).*translate 'fixed'"):
-        training.TrainConfig.demo(loss=fixed_direction, refine={"w_lcc": 1.0}).refine_config
-    assert training.TrainConfig.demo(loss=fixed_direction).refine_config.w_lcc == 0
-    assert training.TrainConfig.demo(loss=fixed_direction,
+        TrainConfig.demo(loss=fixed_direction, refine={"w_lcc": 1.0}).refine_config
+    assert TrainConfig.demo(loss=fixed_direction).refine_config.w_lcc == 0
+    assert TrainConfig.demo(loss=fixed_direction,
                                      refine={"w_lcc": 1.0, "steps": 0}).refine_config.steps == 0
-    assert training.TrainConfig.demo(loss={"translate": "moving"},
+    assert TrainConfig.demo(loss={"translate": "moving"},
                                      refine={"w_lcc": 1.0}).refine_config.w_lcc == 1.0

@@ -1,5 +1,5 @@
 """``dgan-export``: a dgan model folder as a TensorFlow Serving SavedModel, a thin layer over
-:func:`dgan.export.export_saved_model`. The arguments are parsed before TensorFlow starts, and
+:func:`dgan.registration.serving.export_saved_model`. The arguments are parsed before TensorFlow starts, and
 its start-up lines stay off the terminal unless ``--verbose`` (:func:`dgan.compat.quiet`).
 """
 
@@ -32,8 +32,8 @@ def _parser():
 def main(argv=None):
     """``dgan-export``; returns the exit status (2 for bad input)."""
     args = _parser().parse_args(argv)
-    compat.quiet(args.verbose)  # before dgan.export starts TensorFlow
-    from ..export import SIGNATURE_NAME, export_saved_model
+    compat.quiet(args.verbose)  # before dgan.registration.serving starts TensorFlow
+    from ..registration.serving import SIGNATURE_NAME, export_saved_model
 
     try:
         existing = os.path.join(args.base_dir, str(args.version))

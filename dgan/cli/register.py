@@ -1,7 +1,7 @@
 """``dgan-register``: register one pair of scans, or every pair of a CSV file (``--batch``).
 
-A thin layer over :class:`dgan.register.Registrar` (one pair, :func:`dgan.register.write_outputs`)
-and :mod:`dgan.batch` (a CSV file of pairs, one process). The arguments are parsed, and
+A thin layer over :class:`dgan.registration.registrar.Registrar` (one pair, :func:`dgan.registration.files.write_outputs`)
+and :mod:`dgan.registration.batch` (a CSV file of pairs, one process). The arguments are parsed, and
 ``--help`` answered, before TensorFlow starts: this module imports the library only in
 :func:`main`, after :func:`dgan.compat.quiet` (TensorFlow's start-up lines stay off the terminal
 unless ``--verbose``). Also ``python -m dgan.cli.register``.
@@ -159,9 +159,9 @@ def _check_arguments(parser, args):
 
 
 def _registrar(args):
-    """The :class:`dgan.register.Registrar` the options describe (the model loaded once)."""
-    from ..export import as_model_folder
-    from ..register import Registrar, model_refinement
+    """The :class:`dgan.registration.registrar.Registrar` the options describe (the model loaded once)."""
+    from ..registration.model_folder import as_model_folder
+    from ..registration.registrar import Registrar, model_refinement
 
     model = None if args.model is None else as_model_folder(args.model)
     changes = {}
@@ -181,7 +181,7 @@ def _registrar(args):
 
 def _register_pair(args):
     """One pair: register, write, say the folding and the time."""
-    from ..register import check_outputs, write_outputs
+    from ..registration.files import check_outputs, write_outputs
 
     start = time.perf_counter()
     check_outputs(args.out_moved, args.out_flow, args.out_labels)
@@ -202,7 +202,7 @@ def _register_pair(args):
 
 def _register_batch(args):
     """Every row of the CSV file: a line per row on stderr, a summary on stdout."""
-    from .. import batch
+    from ..registration import batch
 
     start = time.perf_counter()
     pairs = batch.read_pairs(args.batch)

@@ -19,21 +19,24 @@ import argparse
 import sys
 from pathlib import Path
 
-from .. import distribute, training
 from ..compat import tf
+from ..core.losses import SMOOTHED_FIELDS
+from ..core.networks import parse_features, parse_matching
 from ..errors import InputError, TrainingDiverged
-from ..model import LG_REFERENCES, SMOOTHED_FIELDS, TRANSLATED_IMAGES
-from ..networks import parse_features, parse_matching
-from ..schedules import SCHEDULES
+from ..training import distribute, presets
+from ..training import run as training_run
+from ..training.config import METHODS, TrainConfig
+from ..training.schedules import SCHEDULES
+from ..training.trainers import LG_REFERENCES, TRANSLATED_IMAGES
 
 
 def parser():
     p = argparse.ArgumentParser(prog="dgan-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=training.METHODS,
+    p.add_argument("--method", choices=METHODS,
                    help="what to train (default deformgan): Deform-GAN, lcc (T alone with L_T's "
                         "terms on F(phi)) or vxm (VoxelMorph's VxmDense, -MI + lambda Grad_l2)")
-    p.add_argument("--preset", choices=training.PRESETS,
+    p.add_argument("--preset", choices=presets.PRESETS,
                    help="the settings to start from (default: demo without --moving, else scans)")
     data = p.add_argument_group("data (both or neither: neither trains on the embedded demo data)")
     data.add_argument("--moving", nargs="+", help="moving-modality scans: folders, globs or a CSV")
@@ -152,11 +155,11 @@ def settings_from_args(args):
 
 
 def make_config(settings, preset=None):
-    """A new run's :class:`dgan.training.TrainConfig`: ``preset`` (default: demo without moving
+    """A new run's :class:`dgan.TrainConfig`: ``preset`` (default: demo without moving
     scans, else scans) with ``settings`` over it."""
     if preset is None:
         preset = "demo" if settings.get("moving") is None else "scans"
-    return training.TrainConfig.from_preset(preset, **settings)
+    return TrainConfig.from_preset(preset, **settings)
 
 
 def main(argv=None):
@@ -172,13 +175,13 @@ def main(argv=None):
         if resume:
             run_dir = Path(args.resume)
         else:
-            run_dir = Path(args.out or training.new_run_dir())
-            resume = args.auto_resume and training.has_checkpoint(run_dir)
+            run_dir = Path(args.out or training_run.new_run_dir())
+            resume = args.auto_resume and training_run.has_checkpoint(run_dir)
         if resume and args.preset:
             raise InputError("--preset applies to a new run; a resumed run keeps its settings")
         config = settings if resume else make_config(settings, args.preset)
-        result = training.train(config, run_dir, resume=resume, progress=not args.no_progress,
-                                restart=args.auto_resume)
+        result = training_run.train(config, run_dir, resume=resume,
+                                    progress=not args.no_progress, restart=args.auto_resume)
     except (InputError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

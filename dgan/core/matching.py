@@ -1,0 +1,196 @@
+"""Block matching of local-gradient directions: a parameter-free first estimate of phi for T.
+
+A U-Net trained from scratch for a few hundred steps on two CPU cores predicts a small fraction
+of the deformation between two scans (docs/notes/training-log.md). What it lacks is an explicit search:
+which displacement d makes the moving scan's structure at p + d agree with the fixed scan's at
+p. This module performs that search with the paper's modality-independent measure. For every
+voxel p of a grid ``factor`` times coarser than the images and every integer displacement d with
+|d_i| <= ``radius`` coarse voxels, the cost is
+
+    C(p, d) = mean over a window^3 box around p of (n(R, q) . n(F, q + d))^2
+
+where n(I, q) is the local gradient direction of :func:`dgan.core.losses.local_gradient_direction`
+(averaged over each coarse voxel). The square, like the paper's |.|, makes the measure blind to
+contrast inversion (T1 against T2). C is averaged over a ``smoothing``^3 neighbourhood, and
+the displacement is its soft arg-max, ``phi(p) = sum_d d softmax(C(p, .) / temperature)_d``,
+up-sampled to the image grid. Several passes, coarse to fine, each match the moving image
+warped by the previous passes' field and compose their fields.
+
+:class:`BlockMatching` is the Keras layer T uses (see :func:`dgan.core.networks.build_registration_net`):
+it has no weights, and T's U-Net learns the residual that remains after it.
+"""
+
+import itertools
+
+import numpy as np
+
+from ..compat import keras, tf, vxm
+from .coverage import shrink
+from .losses import box_sum, local_gradient_direction
+
+#: The passes T uses by default, (factor, radius) coarse to fine: on the demo's 5 mm grid and on
+#: the brain benchmark's 4 mm training grid they search up to 8 + 8 + 1 = 17 voxels in all, and
+#: beat a single pass or two (docs/notes/training-log.md, entry 9).
+DEFAULT_PASSES = ((4, 2), (2, 2), (1, 1))
+#: Window and smoothing of the cost, temperature of the soft arg-max, measured on the demo's
+#: validation pairs and confirmed on the brain benchmark (docs/notes/training-log.md, entry 9): a larger
+#: smoothing cuts folding (0.48 % -> 0.02 % on the demo) and a sharper temperature gains Dice.
+DEFAULT_LG_WINDOW = 3
+DEFAULT_WINDOW = 5
+DEFAULT_SMOOTHING = 7
+DEFAULT_TEMPERATURE = 0.005
+
+
+def displacements(radius):
+    """All integer displacements with every component in [-radius, radius]: shape ((2r+1)^3, 3)."""
+    r = range(-int(radius), int(radius) + 1)
+    return np.array(list(itertools.product(r, r, r)), dtype=np.float32)
+
+
+def _pooled_directions(image, factor, lg_window):
+    directions = local_gradient_direction(image, lg_window)
+    if factor == 1:
+        return directions
+    return tf.nn.avg_pool3d(directions, factor, factor, "VALID")
+
+
+def matching_cost(fixed_direction, moving_direction, radius, window, smoothing=1, valid=None):
+    """C(p, d) for every displacement of :func:`displacements` (radius): the box mean of the
+    squared dot product of the fixed directions at p and the moving directions at p + d
+    (zero outside the volume), averaged again over ``smoothing``^3 voxels (1: not at all).
+
+    Each displacement's dot products come from one shifted slice of the padded moving
+    directions, and the two box means are one pass (:func:`dgan.core.losses.box_sum`): at 2 mm
+    about half the time of gathering every voxel's neighbours and filtering twice.
+
+    :param fixed_direction: n(R), shape = (B, X, Y, Z, 3)
+    :param moving_direction: n(F), same shape
+    :param valid: where both scans have data, 1 or 0, shape = (B, X, Y, Z, 1), or None:
+        everywhere. With it, the directions outside are 0 and C(p, d) is the mean over the pairs
+        (q, q + d) of the box whose both ends are valid (0 where none is): a displacement
+        towards the edge of a scan's coverage is neither favoured nor penalised
+    :return: shape = (B, X, Y, Z, (2 radius + 1)^3), in [0, 1]
+    """
+    r = int(radius)
+    size = [int(s) for s in fixed_direction.shape[1:4]]
+    pad = [[0, 0], [r, r], [r, r], [r, r], [0, 0]]
+    if valid is not None:
+        fixed_direction = fixed_direction * valid
+        moving_direction = moving_direction * valid
+        padded_valid = tf.pad(valid, pad)
+    padded = tf.pad(moving_direction, pad)
+    dots, pairs = [], []
+    for d in displacements(r).astype(int) + r:  # the slice of padded that holds F's at p + d
+        window_of = (slice(None), slice(d[0], d[0] + size[0]), slice(d[1], d[1] + size[1]),
+                     slice(d[2], d[2] + size[2]))
+        dots.append(tf.reduce_sum(fixed_direction * padded[window_of], axis=-1))
+        if valid is not None:
+            pairs.append(valid[..., 0] * padded_valid[window_of][..., 0])
+    cost = box_sum(tf.square(tf.stack(dots, axis=-1)), window, smoothing)
+    if valid is None:
+        return cost / float(window**3 * smoothing**3)
+    count = box_sum(tf.stack(pairs, axis=-1), window, smoothing)
+    return cost / tf.maximum(count, 1.0)
+
+
+def soft_argmax_flow(cost, radius, temperature):
+    """phi(p) = sum_d d softmax(C(p, .) / temperature)_d, in the cost grid's voxels: (B, X, Y, Z, 3)."""
+    weights = tf.nn.softmax(cost / temperature, axis=-1)
+    return tf.tensordot(weights, tf.constant(displacements(radius)), [[4], [0]])
+
+
+def block_match(moving, fixed, factor, radius, lg_window=DEFAULT_LG_WINDOW, window=DEFAULT_WINDOW,
+                smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE, valid=None):
+    """One matching pass: moving F, fixed R (B, X, Y, Z, 1) -> phi (B, X, Y, Z, 3) in image voxels,
+    with ``moved(p) = F(p + phi(p))``. X, Y, Z must be multiples of ``factor``.
+
+    :param valid: where both scans have data on the pass's coarse grid (B, X/f, Y/f, Z/f, 1),
+        1 or 0, or None (:func:`matching_cost`)
+    """
+    cost = matching_cost(_pooled_directions(fixed, factor, lg_window),
+                         _pooled_directions(moving, factor, lg_window), radius, window, smoothing,
+                         valid)
+    flow = soft_argmax_flow(cost, radius, temperature)
+    if factor == 1:
+        return flow
+    return vxm.utils.rescale_dense_transform(flow, factor)  # up-sampled, displacements scaled
+
+
+def warp(volume, flow):
+    """moved(p) = volume(p + flow(p)), trilinear (VoxelMorph's transform): (B, X, Y, Z, C)."""
+    return tf.map_fn(lambda pair: vxm.utils.transform(pair[0], pair[1], indexing="ij"),
+                     (volume, flow), fn_output_signature=volume.dtype)
+
+
+def compose(first, second):
+    """The field of warping by ``first`` and then by ``second``: second(p) + first(p + second(p))."""
+    return second + warp(first, second)
+
+
+class BlockMatching(keras.layers.Layer):
+    """Coarse-to-fine block matching, (moving, fixed) -> phi; no weights, no gradient.
+
+    :param passes: ((factor, radius), ...), applied in order, each on the moving image warped
+        by the previous passes
+    """
+
+    def __init__(self, passes, lg_window=DEFAULT_LG_WINDOW, window=DEFAULT_WINDOW,
+                 smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE, **kwargs):
+        kwargs["trainable"] = False  # no weights; also when rebuilt from its config
+        super().__init__(**kwargs)
+        self.passes = tuple((int(f), int(r)) for f, r in passes)
+        if not self.passes:
+            raise ValueError("BlockMatching needs at least one (factor, radius) pass")
+        for factor, radius in self.passes:
+            if factor < 1 or factor & (factor - 1) or radius < 1:
+                raise ValueError(f"a matching pass needs a power-of-two factor and a radius >= 1, "
+                                 f"got ({factor}, {radius})")
+        self.lg_window, self.window = int(lg_window), int(window)
+        self.smoothing, self.temperature = int(smoothing), float(temperature)
+
+    def call(self, inputs):
+        moving, fixed = (tf.stop_gradient(x) for x in inputs)
+        return tf.stop_gradient(match(moving, fixed, self.passes, None, self.lg_window,
+                                      self.window, self.smoothing, self.temperature))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:-1]) + (3,)
+
+    def get_config(self):
+        return {**super().get_config(), "passes": [list(p) for p in self.passes],
+                "lg_window": self.lg_window, "window": self.window,
+                "smoothing": self.smoothing, "temperature": self.temperature}
+
+
+def pass_validity(mask, passes=DEFAULT_PASSES, lg_window=DEFAULT_LG_WINDOW):
+    """Where each pass may compare directions: ``mask`` (where both scans have data, bool
+    (X, Y, Z)) on the pass's coarse grid, kept where the directions' windows (central
+    differences, then the ``lg_window`` box) lie wholly inside it (:func:`dgan.core.coverage.shrink`).
+
+    :return: one float32 array (1, X/f, Y/f, Z/f, 1) per pass, or None when ``mask`` is None or
+        covers every voxel
+    """
+    if mask is None or np.all(mask):
+        return None
+    return [shrink(mask, factor, lg_window // 2 + 1).astype(np.float32)[None, ..., None]
+            for factor, _ in passes]
+
+
+def match(moving, fixed, passes=DEFAULT_PASSES, valid=None, lg_window=DEFAULT_LG_WINDOW,
+          window=DEFAULT_WINDOW, smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE):
+    """The coarse-to-fine matching of :class:`BlockMatching` on a pair, outside any network:
+    the training-free first estimate of phi, also where the scans cover different regions.
+
+    :param moving: F, shape = (B, X, Y, Z, 1), X, Y, Z multiples of every pass's factor
+    :param fixed: R, same shape
+    :param valid: :func:`pass_validity`, or None
+    :return: phi, shape = (B, X, Y, Z, 3), voxels
+    """
+    moving, fixed = tf.convert_to_tensor(moving), tf.convert_to_tensor(fixed)
+    flow = None
+    for index, (factor, radius) in enumerate(passes):
+        source = moving if flow is None else warp(moving, flow)
+        step = block_match(source, fixed, factor, radius, lg_window, window, smoothing,
+                           temperature, None if valid is None else tf.constant(valid[index]))
+        flow = step if flow is None else compose(flow, step)
+    return flow

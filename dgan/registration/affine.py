@@ -1,0 +1,621 @@
+"""Affine pre-alignment: the 12-parameter world transform that brings a moving scan onto a fixed one.
+
+Deform-GAN's T (Zhang et al. 2020, arXiv:2002.11430) and instance refinement learn small, smooth
+deformations; scans from two sessions or scanners differ first by a head rotation, a translation
+and a global scale. This module estimates that affine part, cross-modally, before them.
+
+**The transform.** ``matrix`` (4 x 4) maps a point x of the fixed scan's world (RAS millimetres,
+as the NIfTI affines of :mod:`dgan.data.io`) to the corresponding point y = matrix x of the moving
+scan's world: the moving scan aligned to the fixed one is ``moving(matrix x)``, the convention of
+ITK and ANTs transforms (:mod:`dgan.registration.itk` writes it for ``antsApplyTransforms``). With the
+centres of mass c_F (fixed) and c_M (moving):
+
+    y = c_M + t + M (x - c_F)
+
+t in mm, M a 3 x 3 matrix. Optimised:
+
+1. **Starts**: the headers' alignment (t = c_F - c_M, M = I: y = x), the centres of mass
+   (t = 0, M = I), and the centres of mass rotated by +-``restart_deg`` about each axis. The
+   centres of mass of two scans with different coverage (a slab, a whole head) are not the same
+   point, so the headers compete with them rather than being replaced by them.
+2. **Rigid** at the coarsest level: M = R(theta), three Euler angles, from every start, keeping
+   the one with the best objective.
+3. **Affine**, coarse to fine (8, 4, 2 mm by default): M = M_0 (I + K / r), the nine entries of
+   K free (scales, shears and rotations; r = :data:`RADIUS_MM` makes one unit of K move a point
+   at r mm from the centre by about 1 mm, like one unit of t), M_0 the previous level's M.
+
+**The decision.** At the end the objective is evaluated at the headers' alignment too, on the
+same samples: :attr:`AffineResult.gain` is the relative gain of the similarity, and
+:meth:`AffineResult.improves` says whether it reaches :data:`MIN_GAIN`. ``--affine auto``
+applies the transform only then: a stage that cannot show a clear gain leaves a pair its
+headers align where it is.
+
+Every level runs a fixed number of Adam steps (step size in mm, decaying linearly to a tenth)
+inside one ``tf.function``; the parameter vector is all that changes. The same input gives the
+same result (the point subset is drawn from a seeded generator; no other randomness).
+
+**The similarity** is mutual information (Mattes et al. 2003): at every level the fixed scan is
+sampled at (at most ``max_points``, a seeded subset) voxel centres of its level grid inside its
+foreground shrunk by 4 mm (``margin_mm``), the moving scan is sampled trilinearly at their
+images y, and the joint histogram, over the samples that land inside the moving scan (and its
+mask: outside there is no data, which is not intensity 0), of the two intensities
+(``bins`` bins; the fixed side binned, the moving side spread by a cubic B-spline so that it is
+differentiable in y) gives MI = sum p(a, b) log p(a, b) / (p(a) p(b)). The paper's
+local-gradient similarity L_LG (:func:`dgan.core.losses.local_gradient_agreement`, on the whole level
+grid) is available as ``similarity="lg"``; docs/notes/benchmarks-history.md compares the two on the affine
+benchmark: MI was more accurate, and faster (it needs scattered points, L_LG whole grids).
+Sampling the interior rather than the foreground grown by a margin was more accurate across
+modalities too: the brain's outline differs between a T1 and a T2-like image.
+"""
+
+import dataclasses
+import functools
+import itertools
+import logging
+import time
+
+import numpy as np
+from scipy import ndimage
+
+from ..compat import tf
+from ..core import coverage, losses
+from ..data import io as dio
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: One unit of the rotation and affine parameters moves a point this far from the centre by
+#: about 1 mm: all parameters then live on the scale of the translation (mm) for Adam.
+RADIUS_MM = 50.0
+#: ``--affine auto`` applies the estimated affine when it moves the fixed scan's foreground by
+#: more than this RMS distance (mm) from where the two headers put it; below it the deformable
+#: stage (T, refinement) takes the misalignment as it is.
+AUTO_THRESHOLD_MM = 2.0
+#: The affine stage's transform replaces the headers' alignment (``--affine auto``) only when it
+#: raises the similarity on the overlap by at least this fraction of its value there: on a pair
+#: the headers align, the optimiser still finds a transform that fits the samples' noise
+#: slightly better, and that is no reason to move the scan.
+MIN_GAIN = 0.05
+#: A level's grid must have at least this many voxels along every axis (at 8 mm a brain
+#: spans about 20; a coarser grid holds too few voxels of the object to align).
+MIN_LEVEL_VOXELS = 16
+#: Normalised intensity above which a voxel counts as foreground (brain or head) for the
+#: centre-of-mass-free measures: RMS displacement, overlap.
+FOREGROUND = 0.05
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class AffineConfig:
+    """Settings of :func:`estimate_affine`; the defaults were measured on the affine benchmark
+    (``eval/bench_affine.py``, docs/benchmarks.md).
+
+    :param levels_mm: pyramid voxel sizes in mm, coarse to fine; a level finer than the fixed
+        scan's own voxels runs at its voxels, a level whose grid would have fewer than
+        :data:`MIN_LEVEL_VOXELS` voxels along an axis is left out
+    :param rigid_steps: Adam steps of the rigid stage, per start, at the coarsest level
+    :param steps: Adam steps of the affine stage at each level (one number per level)
+    :param learning_rate: Adam's step at the coarsest level, mm (and mm-scaled units); each
+        finer level halves it
+    :param restart_deg: the rigid stage's extra starts rotate by +-this about each axis
+    :param similarity: ``"mi"`` (mutual information) or ``"lg"`` (the local gradient L_LG)
+    :param bins: histogram bins of MI
+    :param max_points: MI samples at most this many fixed voxels per level (a seeded subset)
+    :param margin_mm: MI samples the fixed foreground grown by this many mm (negative: shrunk,
+        its interior: measured, the outline of a brain biases MI across modalities)
+    :param lg_window: the local-gradient neighbourhood n (``similarity="lg"``)
+    :param seed: seed of the point subsets
+    """
+
+    levels_mm: tuple = (8.0, 4.0, 2.0)
+    rigid_steps: int = 40
+    steps: tuple = (60, 60, 40)
+    learning_rate: float = 1.0
+    restart_deg: float = 15.0
+    similarity: str = "mi"
+    bins: int = 32
+    max_points: int = 20_000
+    margin_mm: float = -4.0
+    lg_window: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "levels_mm", tuple(float(s) for s in self.levels_mm))
+        object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        if not self.levels_mm or any(s <= 0 for s in self.levels_mm) \
+                or list(self.levels_mm) != sorted(self.levels_mm, reverse=True):
+            raise InputError(f"affine levels must be decreasing voxel sizes in mm, got {self.levels_mm}")
+        if len(self.steps) != len(self.levels_mm) or min(self.steps) < 0 or self.rigid_steps < 0:
+            raise InputError(f"affine steps must be one whole number >= 0 per level, got {self.steps}")
+        if self.similarity not in ("mi", "lg"):
+            raise InputError(f"affine similarity must be 'mi' or 'lg', got {self.similarity!r}")
+        if not self.learning_rate > 0 or self.bins < 4 or self.max_points < 100:
+            raise InputError("affine learning_rate must be > 0, bins >= 4, max_points >= 100")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AffineResult:
+    """Result of :func:`estimate_affine`.
+
+    :param matrix: shape = (4, 4), float64: fixed-world point (RAS mm) -> moving-world point
+    :param objective: the final objective (-MI, or 1 - L_LG) at the finest level
+    :param rms_mm: RMS distance over the fixed scan's foreground between where ``matrix`` and
+        where the identity (the two headers) put each point: how misaligned the scans were
+    :param seconds: wall time
+    :param header_objective: the objective at the headers' alignment (the identity), on the
+        same samples of the finest level
+    :param start: which start of the rigid stage led to ``matrix`` (``"headers"``, ...)
+    """
+
+    matrix: np.ndarray
+    objective: float
+    rms_mm: float
+    seconds: float
+    header_objective: float = np.nan
+    start: str = ""
+
+    @property
+    def gain(self):
+        """How much better ``matrix`` aligns the scans than their headers: the relative gain
+        of the similarity, (S - S_headers) / |S_headers| (MI, or L_LG), 0 when both are 0."""
+        gained = self.header_objective - self.objective  # objectives: lower is better
+        return float(gained / abs(self.header_objective)) if self.header_objective else 0.0
+
+    def improves(self, min_gain=None):
+        """Whether ``matrix`` is worth applying: it improves the similarity over the headers'
+        alignment by at least ``min_gain`` (default :data:`MIN_GAIN`)."""
+        return self.gain >= (MIN_GAIN if min_gain is None else min_gain)
+
+
+# --- geometry on plain arrays ------------------------------------------------------------------
+
+
+def euler_matrix(angles):
+    """R = R_z(c) R_y(b) R_x(a) for angles (a, b, c) in radians, NumPy, shape (3, 3)."""
+    a, b, c = (float(v) for v in angles)
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def world_points(affine, voxels):
+    """World coordinates of voxel indices: (N, 3) -> (N, 3)."""
+    affine = np.asarray(affine, np.float64)
+    return np.asarray(voxels, np.float64) @ affine[:3, :3].T + affine[:3, 3]
+
+
+def apply(matrix, points):
+    """y = matrix x for points (N, 3) -> (N, 3)."""
+    matrix = np.asarray(matrix, np.float64)
+    return np.asarray(points, np.float64) @ matrix[:3, :3].T + matrix[:3, 3]
+
+
+def rms_displacement(matrix_a, matrix_b, points):
+    """sqrt(mean_x |A x - B x|^2) over world points (N, 3): how far apart two transforms put
+    them, in mm."""
+    difference = apply(matrix_a, points) - apply(matrix_b, points)
+    return float(np.sqrt(np.mean(np.sum(difference**2, axis=-1))))
+
+
+def foreground_points(volume, max_points=None, seed=0):
+    """World coordinates of the voxels whose normalised intensity exceeds :data:`FOREGROUND`,
+    (N, 3); a seeded subset of at most ``max_points``."""
+    mask = dio.normalize_intensity(volume.array) > FOREGROUND
+    voxels = np.argwhere(mask)
+    if max_points is not None and len(voxels) > max_points:
+        keep = np.sort(np.random.default_rng(seed).choice(len(voxels), max_points, replace=False))
+        voxels = voxels[keep]
+    return world_points(volume.affine, voxels)
+
+
+def centre_of_mass(volume):
+    """The intensity-weighted centre of a volume (normalised intensities), world mm, (3,)."""
+    weights = dio.normalize_intensity(volume.array)
+    total = float(weights.sum(dtype=np.float64))
+    if total <= 0:
+        raise InputError("the image has no foreground to align", volume.path)
+    grids = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in volume.shape), indexing="ij",
+                        sparse=True)
+    voxel = np.array([float((weights * g).sum(dtype=np.float64)) for g in grids]) / total
+    return world_points(volume.affine, voxel[None])[0]
+
+
+def through(volume, matrix):
+    """The volume seen through the transform: the same voxels with the affine matrix^-1 A, so
+    that reading it at a world point x reads the original at matrix x. Resampling it onto the
+    fixed grid (or warping it with a flow there) then interpolates the original voxels once."""
+    affine = np.linalg.solve(np.asarray(matrix, np.float64), volume.affine)
+    return volume.replace(affine=affine)
+
+
+def compose_flow(flow, matrix, affine):
+    """The flow on a fixed grid that the affine, then ``flow``, amount to, in fixed voxels.
+
+    ``out(p) = A^-1 matrix A (p + flow(p)) - p``, so that the moving scan resampled onto the
+    fixed grid through the two headers and warped with ``out`` is the moving scan aligned by
+    ``matrix`` and warped with ``flow``.
+
+    :param flow: shape = (X, Y, Z, 3), fixed voxels
+    :param matrix: shape = (4, 4), fixed world -> moving world
+    :param affine: the fixed grid's affine, (4, 4)
+    :return: shape = (X, Y, Z, 3), float32
+    """
+    affine = np.asarray(affine, np.float64)
+    voxel_map = np.linalg.solve(affine, np.asarray(matrix, np.float64) @ affine)
+    out = np.empty(flow.shape, np.float32)
+    shape = flow.shape[:3]
+    j, k = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
+    for i in range(shape[0]):
+        grid = np.stack(np.broadcast_arrays(np.float64(i), j, k), axis=-1)  # (Y, Z, 3)
+        points = grid + flow[i]
+        out[i] = points @ voxel_map[:3, :3].T + voxel_map[:3, 3] - grid
+    return out
+
+
+# --- the optimisation in TensorFlow -------------------------------------------------------------
+
+
+def _sample(volume, coords):
+    """Trilinear volume(coords), 0 beyond one voxel outside (the volume carries a zero border).
+
+    :param volume: shape = (X, Y, Z), float32, its outer layer of voxels 0
+    :param coords: shape = (N, 3), voxel coordinates of ``volume``
+    :return: shape = (N,)
+    """
+    shape = tf.shape(volume)
+    upper = tf.cast(shape - 1, coords.dtype)
+    location = tf.clip_by_value(coords, tf.zeros_like(upper), upper)
+    lower = tf.stop_gradient(tf.minimum(tf.floor(location), upper - 1))
+    weight = location - lower  # (N, 3)
+    index = tf.cast(lower, tf.int32)
+    flat = tf.reshape(volume, [-1])
+    stride_x, stride_y = shape[1] * shape[2], shape[2]
+    base = index[:, 0] * stride_x + index[:, 1] * stride_y + index[:, 2]
+    out = 0.0
+    for dx in (0, 1):
+        wx = weight[:, 0] if dx else 1.0 - weight[:, 0]
+        for dy in (0, 1):
+            wy = weight[:, 1] if dy else 1.0 - weight[:, 1]
+            for dz in (0, 1):
+                wz = weight[:, 2] if dz else 1.0 - weight[:, 2]
+                value = tf.gather(flat, base + dx * stride_x + dy * stride_y + dz)
+                out += wx * wy * wz * value
+    return out
+
+
+def _euler(angles):
+    """:func:`euler_matrix` in TensorFlow, differentiable, (3,) -> (3, 3)."""
+    a, b, c = tf.unstack(angles)
+    one, zero = tf.ones_like(a), tf.zeros_like(a)
+    rx = tf.stack([one, zero, zero, zero, tf.cos(a), -tf.sin(a), zero, tf.sin(a), tf.cos(a)])
+    ry = tf.stack([tf.cos(b), zero, tf.sin(b), zero, one, zero, -tf.sin(b), zero, tf.cos(b)])
+    rz = tf.stack([tf.cos(c), -tf.sin(c), zero, tf.sin(c), tf.cos(c), zero, zero, zero, one])
+    return tf.reshape(rz, (3, 3)) @ tf.reshape(ry, (3, 3)) @ tf.reshape(rx, (3, 3))
+
+
+def _linear(params, base, rigid):
+    """(M, t) from the 12 parameters: t = params[:3]; rigid: M = base R(params[3:6] / r),
+    affine: M = base (I + K / r), K = params[3:12] as 3 x 3. ``rigid`` is a boolean tensor, so
+    that both stages share one traced function (the rigid stage leaves params[6:] at 0: their
+    gradient is 0)."""
+    rotation = _euler(params[3:6] / RADIUS_MM)
+    general = tf.eye(3) + tf.reshape(params[3:12], (3, 3)) / RADIUS_MM
+    return base @ tf.where(rigid, rotation, general), params[:3]
+
+
+def _bin_position(values, bins):
+    """Intensities in [0, 1] -> continuous bin positions in [2, bins - 3] (two bins of padding on
+    either side, so that every cubic B-spline window of four bins lies inside the histogram)."""
+    return 2.0 + np.float32(bins - 5) * tf.clip_by_value(values, 0.0, 1.0)
+
+
+def _cubic_bspline(u):
+    """The cubic B-spline beta_3(u), support |u| < 2, partition of unity."""
+    u = tf.abs(u)
+    inner = 2.0 / 3.0 - u * u + 0.5 * u * u * u
+    outer = tf.pow(tf.maximum(2.0 - u, 0.0), 3) / 6.0
+    return tf.where(u < 1.0, inner, outer)
+
+
+def _mutual_information(fixed_bins, moving_values, bins, inside):
+    """Mattes's MI: fixed intensities binned (zero order), moving intensities spread over four
+    bins by a cubic B-spline (differentiable), joint histogram by one segment sum over the
+    samples that land inside the moving scan (outside it there is no data, not intensity 0).
+
+    :param fixed_bins: shape = (N,), int32, the fixed samples' bins
+    :param moving_values: shape = (N,), in [0, 1]
+    :param inside: shape = (N,), 1.0 for a sample inside the moving scan, else 0.0
+    :return: MI, a scalar
+    """
+    position = _bin_position(moving_values, bins)  # (N,)
+    first = tf.stop_gradient(tf.floor(position)) - 1.0
+    offsets = tf.constant([0.0, 1.0, 2.0, 3.0])
+    neighbours = first[:, None] + offsets[None, :]  # (N, 4) bins
+    weights = _cubic_bspline(position[:, None] - neighbours) * inside[:, None]  # (N, 4)
+    index = fixed_bins[:, None] * bins + tf.cast(neighbours, tf.int32)  # (N, 4)
+    joint = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(index, [-1]),
+                                         bins * bins)
+    joint = tf.reshape(joint, (bins, bins)) / tf.maximum(tf.reduce_sum(joint), 1e-6)
+    p_fixed = tf.reduce_sum(joint, axis=1, keepdims=True)
+    p_moving = tf.reduce_sum(joint, axis=0, keepdims=True)
+    tiny = 1e-10
+    return tf.reduce_sum(joint * (tf.math.log(joint + tiny) - tf.math.log(p_fixed + tiny)
+                                  - tf.math.log(p_moving + tiny)))
+
+
+def _objective(level, params, base, rigid, similarity, bins, lg_window):
+    """-MI or 1 - L_LG of the moving scan sampled at the transformed fixed points."""
+    m, t = _linear(params, base, rigid)
+    world = level["centre_moving"] + t + tf.matmul(level["points"], m, transpose_b=True)
+    inverse = level["moving_inverse"]  # world -> padded moving voxels, (4, 4)
+    coords = tf.matmul(world, inverse[:3, :3], transpose_b=True) + inverse[:3, 3]
+    values = _sample(level["moving"], coords)  # (N,)
+    # where the moving scan has data (its grid, inside its mask): 1, else 0; no gradient
+    inside = tf.cast(tf.stop_gradient(_sample(level["moving_valid"], coords)) > 0.5, tf.float32)
+    if similarity == "mi":
+        return -_mutual_information(level["fixed_bins"], values, bins, inside)
+    warped = tf.reshape(values, level["shape"])[tf.newaxis, ..., tf.newaxis]
+    return 1.0 - losses.local_gradient_agreement(level["fixed_direction"], warped, lg_window)[0]
+
+
+def _adam(level, params, base, rigid, steps, learning_rate, similarity, bins, lg_window):
+    """``steps`` Adam steps on the parameters; returns (params, objective at the result)."""
+    m = tf.zeros_like(params)
+    v = tf.zeros_like(params)
+    b1, b2 = ADAM_BETAS
+    total = tf.cast(tf.maximum(steps, 1), tf.float32)
+    for step in tf.range(steps):
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            loss = _objective(level, params, base, rigid, similarity, bins, lg_window)
+        g = tape.gradient(loss, params)
+        t = tf.cast(step, tf.float32) + 1.0
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        rate = learning_rate * (1.0 - 0.9 * (t - 1.0) / total)  # linear decay to a tenth
+        params = params - rate * tf.sqrt(1 - b2**t) / (1 - b1**t) * m / (tf.sqrt(v) + ADAM_EPS)
+    return params, _objective(level, params, base, rigid, similarity, bins, lg_window)
+
+
+#: The MI optimiser's inputs: any level's shapes, so that it is traced once per process.
+_MI_SIGNATURE = [
+    {"moving": tf.TensorSpec([None, None, None], tf.float32),
+     "moving_valid": tf.TensorSpec([None, None, None], tf.float32),
+     "moving_inverse": tf.TensorSpec([4, 4], tf.float32),
+     "centre_moving": tf.TensorSpec([3], tf.float32),
+     "points": tf.TensorSpec([None, 3], tf.float32),
+     "fixed_bins": tf.TensorSpec([None], tf.int32)},
+    tf.TensorSpec([12], tf.float32), tf.TensorSpec([3, 3], tf.float32),
+    tf.TensorSpec([], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def _optimiser(similarity, bins, lg_window):
+    """The compiled :func:`_adam` for one similarity: ``(level, params, base, rigid, steps,
+    learning_rate) -> (params, objective)``; MI's is traced once for every shape."""
+    def run(level, params, base, rigid, steps, learning_rate):
+        return _adam(level, params, base, rigid, steps, learning_rate, similarity, bins,
+                     lg_window)
+
+    if similarity == "mi":
+        return tf.function(run, input_signature=_MI_SIGNATURE)
+    return tf.function(run, reduce_retracing=True)
+
+
+def _run(level, params, base, rigid, steps, learning_rate, config):
+    optimise = _optimiser(config.similarity, config.bins, config.lg_window)
+    result, value = optimise(level, tf.constant(params, tf.float32),
+                             tf.constant(base, tf.float32), tf.constant(rigid),
+                             tf.constant(steps, tf.int32), tf.constant(learning_rate, tf.float32))
+    return result.numpy(), float(value)
+
+
+# --- levels ------------------------------------------------------------------------------------
+
+
+def pyramid_levels(fixed, config=None):
+    """The pyramid's voxel sizes (mm) that the fixed scan allows, coarse to fine, with their
+    steps: no finer than its own voxels, at least :data:`MIN_LEVEL_VOXELS` per axis; empty when
+    the scan is too small for the affine stage.
+
+    :return: list of (spacing in mm, Adam steps)
+    """
+    config = AffineConfig() if config is None else config
+    own = float(np.min(fixed.spacing))
+    extent = np.asarray(fixed.shape) * fixed.spacing  # mm
+    levels = {}
+    for spacing, steps in zip(config.levels_mm, config.steps):
+        spacing = max(spacing, own)
+        if np.all(extent / spacing >= MIN_LEVEL_VOXELS):
+            levels[spacing] = levels.get(spacing, 0) + steps
+    return list(levels.items())
+
+
+def _level_spacings(fixed, config):
+    """:func:`pyramid_levels`, refusing a scan too small for any level."""
+    levels = pyramid_levels(fixed, config)
+    if not levels:
+        raise InputError(f"too small for the affine stage: {fixed.shape} voxels of "
+                         f"{np.round(fixed.spacing, 2).tolist()} mm, need at least "
+                         f"{MIN_LEVEL_VOXELS} voxels of {config.levels_mm[-1]:g} mm per axis",
+                         fixed.path)
+    return levels
+
+
+def _at_spacing(volume, spacing):
+    if np.allclose(volume.spacing, spacing, rtol=1e-3):
+        return volume
+    return dio.resample_to_spacing(volume, spacing)
+
+
+def _prepare_level(moving, fixed, spacing, centre_fixed, centre_moving, config, moving_mask=None,
+                   fixed_mask=None):
+    """Tensors of one level; moving and fixed are normalised :class:`dgan.data.io.Volume`, the masks
+    bool :class:`dgan.data.io.Volume` on their grids or None."""
+    fixed_l = _at_spacing(fixed, spacing)
+    moving_l = _at_spacing(moving, spacing)
+    padded = np.pad(moving_l.array, 1)  # the zero border that _sample reads outside
+    valid = np.ones(moving_l.shape, np.float32)
+    if moving_mask is not None:
+        valid = coverage.on_grid(moving_mask.array, moving_mask.affine, moving_l.affine,
+                                 moving_l.shape).astype(np.float32)
+    shift = np.eye(4)
+    shift[:3, 3] = -1.0
+    inverse = np.linalg.inv(moving_l.affine @ shift)  # world -> padded voxels
+    level = {
+        "moving": tf.constant(padded, tf.float32),
+        "moving_valid": tf.constant(np.pad(valid, 1), tf.float32),
+        "moving_inverse": tf.constant(inverse, tf.float32),
+        "centre_moving": tf.constant(centre_moving, tf.float32),
+    }
+    if config.similarity == "mi":
+        region = _sampled_region(fixed_l, config.margin_mm)
+        if fixed_mask is not None:
+            region &= coverage.on_grid(fixed_mask.array, fixed_mask.affine, fixed_l.affine,
+                                       fixed_l.shape)
+        voxels = np.argwhere(region)
+        if len(voxels) > config.max_points:
+            rng = np.random.default_rng([config.seed, int(spacing * 1000)])
+            voxels = voxels[np.sort(rng.choice(len(voxels), config.max_points, replace=False))]
+        values = fixed_l.array[tuple(voxels.T)]
+        level["fixed_bins"] = tf.cast(tf.round(_bin_position(values, config.bins)), tf.int32)
+    else:
+        voxels = np.argwhere(np.ones(fixed_l.shape, bool))  # the whole grid, in 'ij' order
+        level["shape"] = tf.constant(fixed_l.shape, tf.int32)
+        level["fixed_direction"] = losses.local_gradient_direction(
+            tf.constant(fixed_l.array[np.newaxis, ..., np.newaxis]), config.lg_window)
+    level["points"] = tf.constant(world_points(fixed_l.affine, voxels) - centre_fixed, tf.float32)
+    return level
+
+
+def _sampled_region(volume, margin_mm):
+    """Where MI samples the fixed scan: its foreground grown by ``margin_mm`` (the brain, its
+    outline and some background around it); the whole grid when the foreground is empty."""
+    mask = volume.array > FOREGROUND
+    if not mask.any():
+        return np.ones(volume.shape, bool)
+    radius = int(np.ceil(abs(margin_mm) / float(np.min(volume.spacing))))
+    if radius > 0 and margin_mm > 0:
+        mask = ndimage.binary_dilation(mask, iterations=radius)
+    elif radius > 0:
+        eroded = ndimage.binary_erosion(mask, iterations=radius)
+        mask = eroded if eroded.any() else mask
+    return mask
+
+
+def _normalised(volume):
+    return volume.replace(array=dio.normalize_intensity(volume.array))
+
+
+def _matrix(m, t, centre_fixed, centre_moving):
+    """4 x 4 world matrix of y = c_M + t + M (x - c_F)."""
+    out = np.eye(4)
+    out[:3, :3] = m
+    out[:3, 3] = centre_moving + t - m @ centre_fixed
+    return out
+
+
+def estimate_affine(moving, fixed, config=None, progress=None, moving_mask=None, fixed_mask=None):
+    """Estimate the affine transform that aligns ``moving`` to ``fixed`` (module docstring).
+
+    :param moving: :class:`dgan.data.io.Volume`, any grid and orientation
+    :param fixed: :class:`dgan.data.io.Volume`
+    :param config: :class:`AffineConfig` (defaults when None)
+    :param progress: called with one line of text at the end, or None
+    :param moving_mask: bool :class:`dgan.data.io.Volume` on the moving grid: MI counts only the
+        samples that land inside it (and always only those inside the moving scan), or None
+    :param fixed_mask: bool :class:`dgan.data.io.Volume` on the fixed grid: MI samples only inside
+        it, or None
+    :return: :class:`AffineResult`; ``matrix`` maps fixed-world points to moving-world points
+    :raises InputError: a scan too small for the pyramid, no foreground, or no overlap at the end
+    """
+    config = AffineConfig() if config is None else config
+    started = time.perf_counter()
+    moving_n, fixed_n = _normalised(moving), _normalised(fixed)
+    centre_fixed, centre_moving = centre_of_mass(fixed_n), centre_of_mass(moving_n)
+    # the parameters of y = c_M + t + M (x - c_F) that the headers' alignment (y = x) has
+    header = np.concatenate([centre_fixed - centre_moving, np.zeros(9)]).astype(np.float32)
+    levels = _level_spacings(fixed, config)
+    base = np.eye(3, dtype=np.float32)
+    params = np.zeros(12, np.float32)
+    objective, start = np.nan, None
+    for index, (spacing, steps) in enumerate(levels):
+        level = _prepare_level(moving_n, fixed_n, spacing, centre_fixed, centre_moving, config,
+                               moving_mask, fixed_mask)
+        rate = config.learning_rate * spacing / levels[0][0]
+        if index == 0:
+            base, params, start = _best_rigid_start(level, config, rate, header)
+        params, objective = _run(level, params, base, False, steps, rate, config)
+        m, t = _linear(tf.constant(params), tf.constant(base), False)
+        base = m.numpy()
+        params = np.concatenate([t.numpy(), np.zeros(9, np.float32)])
+    header_objective = _run(level, header, np.eye(3, dtype=np.float32), False, 0, rate, config)[1]
+    matrix = _matrix(base.astype(np.float64), params[:3].astype(np.float64), centre_fixed,
+                     centre_moving)
+    points = foreground_points(fixed, max_points=20_000, seed=config.seed)
+    check_overlap(moving, fixed, matrix, points)
+    result = AffineResult(matrix=matrix, objective=objective,
+                          rms_mm=rms_displacement(matrix, np.eye(4), points),
+                          seconds=time.perf_counter() - started,
+                          header_objective=header_objective, start=start)
+    if progress is not None:
+        progress(f"affine: {len(levels)} levels "
+                 f"({', '.join(f'{s:g} mm' for s, _ in levels)}), best start {start}, "
+                 f"{config.similarity} {_similarity_value(objective, config):.4f} against "
+                 f"{_similarity_value(header_objective, config):.4f} at the headers' alignment "
+                 f"(gain {100 * result.gain:+.1f}%), {result.rms_mm:.1f} mm RMS from it, "
+                 f"{result.seconds:.1f} s")
+    return result
+
+
+def _similarity_value(objective, config):
+    """The similarity (MI, or L_LG) from the objective (-MI, or 1 - L_LG)."""
+    return -objective if config.similarity == "mi" else 1 - objective
+
+
+def _best_rigid_start(level, config, rate, header):
+    """The rigid stage from several starts: the headers' alignment (parameters ``header``), the
+    centres of mass, and the centres of mass with the restart rotations. Returns (M, affine
+    parameters (t, 0), the name of the start) of the start with the best objective."""
+    angle = np.deg2rad(config.restart_deg) * RADIUS_MM  # in parameter units
+    starts = [("headers", header), ("centres of mass", np.zeros(12))]
+    for axis, sign in itertools.product(range(3), (1.0, -1.0)):
+        rotation = np.zeros(12)
+        rotation[3 + axis] = sign * angle
+        starts.append((f"centres of mass, {sign * config.restart_deg:+g} deg about axis {axis}",
+                       rotation))
+    eye = np.eye(3, dtype=np.float32)
+    best = None
+    for name, start in starts:
+        result, value = _run(level, np.asarray(start, np.float32), eye, True, config.rigid_steps,
+                             rate, config)
+        if best is None or value < best[0]:
+            best = (value, result, name)
+    m, t = _linear(tf.constant(best[1]), tf.constant(eye), True)
+    return m.numpy(), np.concatenate([t.numpy(), np.zeros(9, np.float32)]), best[2]
+
+
+def check_overlap(moving, fixed, matrix, points=None):
+    """Refuse a pair whose foregrounds do not meet: no fixed foreground point lands, through
+    ``matrix``, on the moving scan's foreground.
+
+    :param points: the fixed foreground's world points (N, 3), or None to compute them
+    :raises InputError: naming both files
+    """
+    if points is None:
+        points = foreground_points(fixed, max_points=20_000)
+    coords = apply(np.linalg.solve(moving.affine, np.asarray(matrix, np.float64)), points)
+    inside = np.all((coords > -0.5) & (coords < np.asarray(moving.shape) - 0.5), axis=1)
+    hit = 0
+    if inside.any():
+        mask = dio.normalize_intensity(moving.array) > FOREGROUND
+        nearest = np.round(coords[inside]).astype(int)
+        hit = int(np.count_nonzero(mask[tuple(nearest.T)]))
+    if hit == 0:
+        raise InputError(
+            f"the moving scan ({moving.path or 'array'}) and the fixed scan "
+            f"({fixed.path or 'array'}) do not overlap at all: no foreground voxel of one falls "
+            "on the other's; check their headers, or align them first (--affine on)")

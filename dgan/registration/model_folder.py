@@ -1,0 +1,300 @@
+"""Trained Deform-GAN registration networks on disk: the dgan model folder.
+
+Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) registers with T; G renders the moved image in
+the fixed modality and serves instance refinement (:mod:`dgan.registration.refine`); D only
+shapes T during training. The model folder keeps T and G, written at the end of training by
+:func:`save_model_folder` and read by :func:`load_model_folder` (and so by
+:class:`dgan.registration.registrar.Registrar`)::
+
+    <folder>/
+      registration_net.keras   T as a Keras model file (tf_keras .keras format)
+      generator.keras          G, the same way (format_version 2; absent in version 1 folders)
+      dgan_model.json          {"format": "dgan-model", "format_version": 2,
+                                "network": NetworkConfig.to_dict(),
+                                "preprocessing": {"shape": [X, Y, Z],
+                                                  "spacing": [sx, sy, sz] or null (native),
+                                                  "percentiles": [0.5, 99.5],
+                                                  "orientation": "RAS"}, ...}
+
+Folders of format_version 1 (T alone) still load; their ``generator`` is None.
+:mod:`dgan.registration.serving` exports T from a folder for TensorFlow Serving.
+
+The flow is a displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p)).
+The folder is written atomically: built beside its destination and renamed into place only
+when complete, so a crash never leaves a half-written model.
+"""
+
+import dataclasses
+import json
+import os
+
+from .. import __version__
+from ..compat import keras
+from ..core.networks import NetworkConfig, build_generator, build_registration_net, custom_objects
+from ..data import io as dio
+from ..data.preprocessing import Preprocessing
+from ..errors import InputError, one_line
+
+#: Name of the Keras model file of T inside a model folder.
+MODEL_FILE = "registration_net.keras"
+#: Name of the Keras model file of G inside a model folder (format_version 2).
+GENERATOR_FILE = "generator.keras"
+#: Name of the description file inside a model folder.
+CONFIG_FILE = "dgan_model.json"
+#: Value of the "format" key of :data:`CONFIG_FILE`.
+FORMAT_NAME = "dgan-model"
+#: Version of the model-folder format written here (2: G beside T).
+FORMAT_VERSION = 2
+#: Versions :func:`load_model_folder` reads (1: T alone).
+READ_VERSIONS = (1, 2)
+#: The flow convention, as stored in the description files.
+FLOW_CONVENTION = "displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p))"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelFolder:
+    """A loaded dgan model folder.
+
+    :param path: the folder
+    :param registration_net: T, a Keras model built for ``network_config.shape``
+    :param network_config: :class:`dgan.core.networks.NetworkConfig`
+    :param preprocessing: :class:`dgan.data.preprocessing.Preprocessing`
+    :param description: the parsed ``dgan_model.json``
+    :param generator: G, a Keras model ``moved`` (B, X, Y, Z, 1) -> F'(phi), or None (a folder
+        written before G was kept, format_version 1)
+    """
+
+    path: str
+    registration_net: object
+    network_config: NetworkConfig
+    preprocessing: Preprocessing
+    description: dict
+    generator: object = None
+
+
+# --- the model folder ---------------------------------------------------------------------------
+
+
+def _as_preprocessing(preprocessing, network_config):
+    if preprocessing is None:
+        return Preprocessing(shape=network_config.shape)
+    if isinstance(preprocessing, Preprocessing):
+        return preprocessing
+    return Preprocessing.from_dict(preprocessing)
+
+
+def _description(network_config, preprocessing, with_generator):
+    files = {"registration_net": MODEL_FILE}
+    if with_generator:
+        files["generator"] = GENERATOR_FILE
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "dgan_version": __version__,
+        "network": network_config.to_dict(),
+        "preprocessing": preprocessing.to_dict(),
+        "files": files,
+        "flow": FLOW_CONVENTION,
+    }
+
+
+def _spatial_input_shape(net, name):
+    """The spatial shape (X, Y, Z) of input ``name`` of a Keras model, or None."""
+    tensor = dict(zip(getattr(net, "input_names", None) or [], net.inputs)).get(name)
+    if tensor is None or len(tensor.shape) != 5 or None in tuple(tensor.shape)[1:4]:
+        return None
+    return tuple(int(s) for s in tuple(tensor.shape)[1:4])
+
+
+def _first_input_shape(net):
+    shape = tuple(net.inputs[0].shape)
+    return tuple(int(s) for s in shape[1:4]) if len(shape) == 5 and None not in shape[1:4] else None
+
+
+def save_model_folder(registration_net, network_config, preprocessing, path, *, generator=None,
+                      refinement=None, network_spacing=None):
+    """Write T (and G) and their description as a dgan model folder, atomically.
+
+    The folder is built under a temporary name beside ``path`` and renamed into place when
+    complete; an existing folder at ``path`` is replaced only then.
+
+    :param registration_net: T, from :func:`dgan.core.networks.build_registration_net` (e.g.
+        ``DeformGAN.registration_model`` after training)
+    :param network_config: the :class:`~dgan.core.networks.NetworkConfig` T was built from
+    :param preprocessing: :class:`Preprocessing` or its dict (``shape``, ``spacing`` in mm or
+        None, ``percentiles``); None: ``network_config.shape``, native spacing, (0.5, 99.5)
+    :param path: the model folder to write
+    :param generator: G, from :func:`dgan.core.networks.build_generator` (e.g. ``DeformGAN.generator``),
+        kept for instance refinement; None writes T alone
+    :param refinement: the :class:`dgan.registration.refine.RefineConfig` settings (a dict) that suit this
+        model (e.g. its training windows), used by :class:`dgan.registration.registrar.Registrar` unless the
+        caller gives its own; None: refinement's defaults
+    :param network_spacing: the voxel size in mm (one or three) at which
+        :class:`dgan.registration.registrar.Registrar` runs T by default (``registration`` in the description);
+        None: the training spacing
+    :return: ``path`` as a string
+    """
+    preprocessing = _as_preprocessing(preprocessing, network_config)
+    shape = _spatial_input_shape(registration_net, "moving")
+    if shape is not None and shape != network_config.shape:
+        raise ValueError(
+            f"registration_net takes volumes of shape {shape}, but network_config says "
+            f"{network_config.shape}"
+        )
+    if generator is not None:
+        g_shape = _spatial_input_shape(generator, "moved") or _first_input_shape(generator)
+        if g_shape != network_config.shape:
+            raise ValueError(f"generator takes volumes of shape {g_shape}, but network_config "
+                             f"says {network_config.shape}")
+    description = _description(network_config, preprocessing, generator is not None)
+    if refinement is not None:
+        description["refinement"] = dict(refinement)
+    if network_spacing is not None:
+        spacing = dataclasses.replace(preprocessing, spacing=network_spacing).spacing  # checked
+        description["registration"] = {"network_spacing": list(spacing)}
+    path = os.fspath(path)
+    with dio.atomic_write(path) as tmp:
+        os.makedirs(tmp)
+        registration_net.save(os.path.join(tmp, MODEL_FILE))
+        if generator is not None:
+            generator.save(os.path.join(tmp, GENERATOR_FILE))
+        with open(os.path.join(tmp, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(description, f, indent=2)
+            f.write("\n")
+    return path
+
+
+def _read_description(path):
+    config_path = os.path.join(path, CONFIG_FILE)
+    if not os.path.isfile(config_path):
+        raise InputError(f"not a dgan model folder: {CONFIG_FILE} is missing", path)
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            description = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(
+            f"not a dgan model folder: {CONFIG_FILE} is not valid JSON ({error})", path
+        ) from error
+    if not isinstance(description, dict) or description.get("format") != FORMAT_NAME:
+        raise InputError(
+            f"not a dgan model folder: {CONFIG_FILE} is not a dgan model description", path
+        )
+    version = description.get("format_version")
+    if version not in READ_VERSIONS:
+        raise InputError(
+            f"{CONFIG_FILE} has format_version {version!r}; this dgan reads "
+            f"{' or '.join(map(str, READ_VERSIONS))}", path
+        )
+    try:
+        network_config = NetworkConfig.from_dict(description["network"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{CONFIG_FILE}: invalid or missing 'network' ({error})", path)
+    try:
+        preprocessing = Preprocessing.from_dict(description["preprocessing"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{CONFIG_FILE}: invalid or missing 'preprocessing' ({error})", path)
+    return description, network_config, preprocessing
+
+
+def load_model_folder(path):
+    """Read a dgan model folder written by :func:`save_model_folder`.
+
+    :param path: the model folder
+    :return: :class:`ModelFolder`
+    :raises InputError: ``"<folder>: <what is wrong>"`` for a missing folder, a missing, invalid
+        or unsupported ``dgan_model.json``, or missing or corrupt weights
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError("model folder not found", path)
+    if not os.path.isdir(path):
+        raise InputError("not a dgan model folder: a file, expected a folder", path)
+    description, network_config, preprocessing = _read_description(path)
+    model_path = os.path.join(path, MODEL_FILE)
+    if not os.path.isfile(model_path):
+        raise InputError(f"not a dgan model folder: {MODEL_FILE} is missing", path)
+    net = _load_keras(path, MODEL_FILE)
+    names = set(getattr(net, "output_names", None) or [])
+    shape = _spatial_input_shape(net, "moving")
+    if not {"moved", "flow"} <= names or shape != network_config.shape:
+        raise InputError(
+            f"{MODEL_FILE} is not a registration network for shape {network_config.shape} "
+            f"(outputs {sorted(names)}, input shape {shape})",
+            path,
+        )
+    generator = None
+    generator_file = (description.get("files") or {}).get("generator")
+    if generator_file is not None:
+        if not os.path.isfile(os.path.join(path, generator_file)):
+            raise InputError(f"{generator_file} is missing (named in {CONFIG_FILE})", path)
+        generator = _load_keras(path, generator_file)
+        if _first_input_shape(generator) != network_config.shape:
+            raise InputError(f"{generator_file} is not a generator for shape "
+                             f"{network_config.shape}", path)
+    return ModelFolder(
+        path=path,
+        registration_net=net,
+        network_config=network_config,
+        preprocessing=preprocessing,
+        description=description,
+        generator=generator,
+    )
+
+
+def _load_keras(folder, name):
+    try:
+        return keras.models.load_model(os.path.join(folder, name),
+                                       custom_objects=custom_objects(), compile=False)
+    except Exception as error:  # zipfile, h5py and Keras raise many types for a corrupt file
+        raise InputError(f"{name} cannot be loaded ({one_line(error)})", folder) from error
+
+
+def as_model_folder(model):
+    """A :class:`ModelFolder` from itself or from a folder path."""
+    return model if isinstance(model, ModelFolder) else load_model_folder(model)
+
+
+def registration_net_for_shape(model, shape):
+    """T with the trained weights, for volumes of another spatial shape.
+
+    T is fully convolutional, so its weights do not depend on the spatial shape: it is rebuilt
+    with :func:`dgan.core.networks.build_registration_net` for ``shape`` and the weights are copied.
+
+    :param model: :class:`ModelFolder` or a folder path
+    :param shape: (X, Y, Z), each a multiple of ``network_config.multiple`` and at least twice it
+    :return: a Keras model ``{"moving", "fixed"}`` (B, X, Y, Z, 1) -> ``{"moved", "flow"}``
+    :raises InputError: a shape the network cannot take
+    """
+    model = as_model_folder(model)
+    return _net_for_shape(model, model.registration_net, build_registration_net, shape,
+                          "registration network")
+
+
+def generator_for_shape(model, shape):
+    """G with the trained weights for volumes of spatial ``shape`` (as
+    :func:`registration_net_for_shape`); None when the folder has no G.
+
+    :return: a Keras model (B, X, Y, Z, 1) -> (B, X, Y, Z, 1), or None
+    """
+    model = as_model_folder(model)
+    if model.generator is None:
+        return None
+    return _net_for_shape(model, model.generator, build_generator, shape, "generator")
+
+
+def _net_for_shape(model, trained, builder, shape, what):
+    shape = tuple(int(s) for s in shape)
+    if shape == model.network_config.shape:
+        return trained
+    try:
+        config = dataclasses.replace(model.network_config, shape=shape)
+    except ValueError as error:
+        raise InputError(f"cannot build the {what}: {error}") from error
+    net = builder(config)
+    try:
+        net.set_weights(trained.get_weights())
+    except ValueError as error:
+        raise InputError(
+            f"the weights do not fit the network described in {CONFIG_FILE} ({error})", model.path
+        ) from error
+    return net

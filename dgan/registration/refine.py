@@ -1,0 +1,738 @@
+"""Instance refinement: polish one pair's field phi with Deform-GAN's own objective.
+
+Deform-GAN's T (Zhang et al. 2020, arXiv:2002.11430) predicts phi in one pass. Refinement then
+takes a fixed number of Adam steps on this one pair, starting from T's field (or from the
+identity), with G frozen and only the field changing:
+
+    L(phi) = w_lcc (1 - L_LCC(R, G(F)(phi))) + beta (1 - L_LG(R, F(phi))) + alpha sum |grad phi|^2
+
+the T objective of :mod:`dgan.training.trainers` (terms from :mod:`dgan.core.losses`). By default the smoothness
+term acts on the change refinement makes, phi - phi_0, rather than on phi (``RefineConfig.smooth``):
+T's field keeps its detail. Two approximations make a step cheap:
+
+- **G runs once.** G is a convolutional network, so for a smooth phi it commutes with the warp:
+  G(F(phi)) ~= G(F)(phi). The caller translates the moving image once (``translated`` = G(F)) and
+  every step warps it with phi together with F. Without G (``translated`` None, or w_lcc = 0) the
+  L_LCC term is left out: L_LG and smoothness alone register across modalities with no training.
+- **R's terms are computed once per level**: its local gradient directions n(R, p)
+  (:func:`dgan.core.losses.local_gradient_direction`) and its window sums S(R), S(R^2)
+  (:func:`dgan.core.losses.local_statistics`).
+
+Coarse to fine: at level ``f`` (a power of two from ``levels``, e.g. 2 then 1) the images are
+halved f times (2x box averaging per halving) and the optimised field u lives on a grid
+``control`` times coarser still; it is upsampled to the level's grid by separable linear
+interpolation (three small matrix products, whose gradients are the transposed products). Each
+level starts from the previous level's u, upsampled; Adam's moments restart.
+
+- Displacement (``int_steps`` = 0): phi = phi_0 + up(u), u = 0 at the start. The smoothness of
+  the change, phi - phi_0 = up(u), is then a quadratic form in u, u . G u, with G banded
+  (:func:`smoothness_bands`): it is computed on the control grid, exactly, for a fraction of the
+  cost on the level's grid.
+- Diffeomorphic (``int_steps`` = K > 0): u is a stationary velocity field; psi = up(exp(u)),
+  exp by scaling and squaring on the control grid (u / 2^K composed with itself K times), and
+  phi = phi_0 o psi, i.e. phi(p) = psi(p) + phi_0(p + psi(p)): T's moved image warped by the
+  diffeomorphism psi, which does not fold.
+
+Warping is trilinear with edge values beyond the border, as VoxelMorph's ``SpatialTransformer``,
+written here as eight gathers so that its gradient with respect to the field costs no scatter.
+Everything runs in float32 on fixed shapes; for a given input the result is deterministic. An
+iteration is traced once per level shape in a process and compiled with XLA on levels large
+enough to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the
+warp's corner values, the objective and its gradient with respect to phi, the chain rule back
+to the control field and Adam's update) so that XLA does not fuse the warp into the
+local-gradient sums (:class:`_CompiledStep`). L_LG's directions are taken as the central
+differences of the window sums (``sums_first`` of :func:`dgan.core.losses.local_gradient_direction`):
+the same away from the volume's faces, for a third of the sums.
+
+Flow convention as everywhere in dgan: displacement in voxels of the grid it lives on, 'ij'
+indexing, moved(p) = moving(p + flow(p)).
+"""
+
+import collections
+import dataclasses
+import functools
+import itertools
+import logging
+import time
+
+import numpy as np
+
+from ..compat import tf
+from ..core import coverage, losses
+from ..core.losses import SMOOTHED_FIELDS
+from ..errors import InputError
+
+logger = logging.getLogger(__name__)
+
+#: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
+XLA_CHOICES = ("auto", "on", "off")
+XLA_MIN_VOXELS = 2**18
+
+#: A coarse level is left out when its grid would be narrower than this along an axis
+#: (:func:`usable_levels`).
+MIN_LEVEL_VOXELS = 16
+
+#: Adam's moment decay rates and epsilon.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+
+@dataclasses.dataclass(frozen=True)
+class RefineConfig:
+    """Settings of :func:`refine`; the weights are the paper's symbols.
+
+    The defaults were chosen on two pairs of the 2 mm brain benchmark (identity 0.558), refining
+    from the identity with L_LG and smoothness (docs/notes/benchmarks-history.md): three levels (8, 4, 2 mm)
+    reach 0.731, where two (8, 4 mm) reach 0.678 in a seventh of the time; n = 3 beats the
+    paper's 7 (0.678 against 0.601 with two levels; n is in voxels of each level, so the coarse
+    levels still see wide neighbourhoods); with n = 3 and two levels alpha 0.5 gave 0.686 and
+    alpha 1 0.678, with n = 5 alpha 2 gave 0.616 against 0.638 for alpha 1: alpha 1 is kept as
+    the safer side of the fold-free range at the finest level, which was measured with it only.
+    25 iterations per level: from a trained T's field on the benchmark's 8 pairs, three levels
+    of 25 reached 0.722 and of 50 0.723 in twice the time.
+
+    :param steps: Adam iterations per level (0: no refinement)
+    :param levels: image down-sampling factor of each level, coarse to fine, powers of two
+        (``(2, 1)`` at 2 mm: 4 mm, then 2 mm)
+    :param control: the optimised field lives on a grid this many times coarser than the
+        level's images (a power of two)
+    :param learning_rate: Adam's step size, in voxels of the level's grid
+    :param alpha: weight of sum |grad phi|^2 (:func:`dgan.core.losses.smoothness`)
+    :param beta: weight of 1 - L_LG(R, F(phi))
+    :param w_lcc: weight of 1 - L_LCC(R, G(F)(phi)); ignored without a translated image
+    :param lg_window: n, the local-gradient neighbourhood
+    :param lg_noise: the eps of n(I, p) = v / (|v| + eps) as this fraction of the median |v| of
+        I over the overlap, for R and F each (:func:`dgan.core.losses.gradient_scale`): above 0,
+        voxels whose gradient is small against the image's own (noise, flat tissue) weigh less
+        than edges, so that the field is not bent to line up noise; 0: the paper's tiny eps
+    :param lcc_window: the local cross-correlation window
+    :param lcc_stride: L_LCC as the mean over the windows around every ``lcc_stride``-th voxel
+        along each axis (``stride`` of :func:`dgan.core.losses.correlation_from_statistics`); 1: all
+        of them. With 2 (and window 9) a voxel still lies in about (9 / 2)^3 = 91 windows; the
+        window sums cost about a third: at 2 mm 0.79 of the iteration with L_LCC, and on the 2 mm
+        benchmark's 8 pairs after the brain default's T the same mean Dice, 0.7491 (pairs within
+        -0.0009 to +0.0017; 3: 0.7489) (docs/notes/benchmarks-history.md)
+    :param int_steps: 0: displacement field; K > 0: diffeomorphic, a stationary velocity field
+        integrated by K scaling-and-squaring steps
+    :param smooth: the field alpha's term acts on (:data:`dgan.core.losses.SMOOTHED_FIELDS`):
+        ``"residual"``, the change refinement makes, phi - phi_0, so that the detail of the
+        starting field phi_0 (T's) is kept rather than smoothed away (as
+        :class:`dgan.training.trainers.LossWeights`' ``smooth`` does for T's residual); or ``"flow"``, phi
+        itself (the paper's term). From the identity both are phi. After
+        the brain default's T on the 2 mm benchmark's 8 pairs, 25 iterations per level:
+        0.740 with ``"residual"`` against 0.722 with ``"flow"`` (T alone 0.741); after the
+        same T run at 4 mm, 0.730 against 0.722; two demo models, +0.0002 and +0.0015
+        (docs/notes/training-log.md, entry 21)
+    :param xla: ``"auto"``: compile the iterations of levels of at least
+        :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
+        ``tf.function``; ``"on"``: every level; ``"off"``: none. XLA fuses the many small
+        element-wise operations of an iteration (at 2 mm on 2 cores of an AVX-512 CPU,
+        0.073 s against 0.24 without, L_LG + smoothness), but compiling costs seconds per
+        level shape, once per process, which small levels do not earn back (docs/notes/benchmarks-history.md)
+    """
+
+    steps: int = 25
+    levels: tuple = (4, 2, 1)
+    control: int = 2
+    learning_rate: float = 0.25
+    alpha: float = 1.0
+    beta: float = 1.0
+    w_lcc: float = 1.0
+    lg_window: int = 3
+    lg_noise: float = 0.0
+    lcc_window: int = losses.DEFAULT_LCC_WINDOW
+    lcc_stride: int = 2
+    int_steps: int = 0
+    smooth: str = "residual"
+    xla: str = "auto"
+
+    def __post_init__(self):
+        def power_of_two(value):
+            return isinstance(value, (int, np.integer)) and value >= 1 and not value & (value - 1)
+
+        levels = tuple(self.levels)
+        object.__setattr__(self, "levels", levels)
+        for name, least in (("steps", 0), ("lcc_stride", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                    or value < least:
+                raise InputError(f"refinement {name} must be a whole number >= {least}, "
+                                 f"got {value!r}")
+        if not levels or not all(power_of_two(f) for f in levels) \
+                or list(levels) != sorted(set(levels), reverse=True):
+            raise InputError(
+                f"refinement levels must be decreasing powers of two, e.g. 2 1, got {levels}")
+        if not power_of_two(self.control):
+            raise InputError(f"refinement control must be a power of two, got {self.control!r}")
+        for name in ("learning_rate", "alpha", "beta", "w_lcc", "lg_noise"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0 or (name == "learning_rate" and value == 0):
+                raise InputError(f"refinement {name} must be a finite number "
+                                 f"{'> 0' if name == 'learning_rate' else '>= 0'}, got {value!r}")
+        for name in ("lg_window", "lcc_window"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1 or value % 2 == 0:
+                raise InputError(f"refinement {name} must be an odd positive integer, got {value!r}")
+        if not isinstance(self.int_steps, (int, np.integer)) or not 0 <= self.int_steps <= 16:
+            raise InputError(f"refinement int_steps must be 0..16, got {self.int_steps!r}")
+        for name, choices in (("smooth", SMOOTHED_FIELDS), ("xla", XLA_CHOICES)):
+            value = getattr(self, name)
+            if value not in choices:
+                raise InputError(f"refinement {name} must be one of {', '.join(choices)}, "
+                                 f"got {value!r}")
+
+    def uses_xla(self, shape):
+        """Whether a level of images of ``shape`` compiles its iterations with XLA."""
+        return self.xla == "on" or (self.xla == "auto" and np.prod(shape) >= XLA_MIN_VOXELS)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class RefineResult:
+    """Result of :func:`refine`.
+
+    :param flow: the refined phi, shape = (X, Y, Z, 3), float32, voxels
+    :param losses: L at every iteration, one list per level (coarse to fine)
+    :param seconds: wall time of each level
+    """
+
+    flow: np.ndarray
+    losses: list
+    seconds: list
+
+
+# --- grids: resizing and warping ---------------------------------------------------------------
+
+
+def interpolation_matrix(n_in, n_out, dtype=np.float32):
+    """Linear interpolation from n_in samples to n_out over the same extent, (n_out, n_in).
+
+    Output sample i sits at input coordinate (i + 1/2) n_in / n_out - 1/2 (voxel centres of two
+    grids covering one box), clamped to [0, n_in - 1]. Halving (n_out = n_in / 2) averages voxel
+    pairs; a displacement in input voxels becomes one in output voxels times n_out / n_in.
+    """
+    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lower = np.minimum(np.floor(x).astype(int), max(n_in - 2, 0))
+    weight = x - lower
+    matrix = np.zeros((n_out, n_in), np.float64)
+    matrix[np.arange(n_out), lower] += 1 - weight
+    matrix[np.arange(n_out), np.minimum(lower + 1, n_in - 1)] += weight
+    return matrix.astype(dtype)
+
+
+def resize(volume, matrices):
+    """Separable linear resize of (X, Y, Z, C) with per-axis matrices (X', X), (Y', Y), (Z', Z)."""
+    mx, my, mz = matrices
+    volume = tf.einsum("ax,xyzc->ayzc", mx, volume)
+    volume = tf.einsum("by,aycz->abcz", my, tf.transpose(volume, [0, 1, 3, 2]))  # (X', Y', C, Z)
+    return tf.einsum("cz,abkz->abck", mz, volume)  # (X', Y', Z', C)
+
+
+def resize_matrices(shape_in, shape_out):
+    return [tf.constant(interpolation_matrix(a, b)) for a, b in zip(shape_in, shape_out)]
+
+
+def resize_flow(flow, shape_out):
+    """A displacement field (X, Y, Z, 3) in its voxels, on a grid of ``shape_out``, in its voxels."""
+    shape_in = tuple(flow.shape[:3])
+    scale = tf.constant([b / a for a, b in zip(shape_in, shape_out)], tf.float32)
+    return resize(flow, resize_matrices(shape_in, shape_out)) * scale
+
+
+#: Half-width of the bands of :func:`smoothness_bands`: linear interpolation's U^T U is
+#: tridiagonal, and (D U)^T (D U) pentadiagonal.
+SMOOTHNESS_BAND = 2
+
+
+def smoothness_bands(control_shape, shape):
+    """The smoothness term of a field up-sampled from the control grid, as an operator on it.
+
+    With up = U_x (x) U_y (x) U_z the separable linear up-sampling of :func:`resize` from
+    ``control_shape`` to ``shape`` and D_d the forward difference along axis d,
+    :func:`dgan.core.losses.smoothness` of up(u) is the quadratic form u . G u, G = sum over d of
+    K_d (x) M_a (x) M_b: M = U^T U along the other two axes, K_d = (D_d U_d)^T (D_d U_d) / N_d
+    along d (N_d the number of differences). Each matrix is banded (:data:`SMOOTHNESS_BAND`),
+    so G u costs a few multiply-adds per control voxel (:func:`smoothness_operator`) where the
+    term on the level's grid costs passes over a grid control^3 times larger, and its gradient,
+    2 G u, likewise.
+
+    :return: per axis, (M, K) as diagonals (2 b + 1, c), float32: ``[k + b, i]`` = entry
+        (i, i + k), 0 beyond the ends; computed in float64
+    """
+    band, bands = SMOOTHNESS_BAND, []
+    for c, n in zip(control_shape, shape):
+        up = interpolation_matrix(c, n, np.float64)
+        count = (n - 1) * np.prod(shape) / n
+        difference = np.diff(up, axis=0)
+        pair = []
+        for matrix in (up.T @ up, difference.T @ difference / max(count, 1)):
+            i, j = np.nonzero(matrix)
+            assert np.all(np.abs(i - j) <= band), "interpolation's Gram matrix wider than its band"
+            diagonals = np.zeros((2 * band + 1, c))
+            for k in range(-band, band + 1):
+                rows = np.arange(max(0, -k), min(c, c - k))
+                diagonals[k + band, rows] = matrix[rows, rows + k]
+            pair.append(tf.constant(diagonals.astype(np.float32)))
+        bands.append(tuple(pair))
+    return bands
+
+
+def _banded_product(volume, diagonals, axis):
+    """The banded matrix of ``diagonals`` (:func:`smoothness_bands`) times ``volume`` along
+    ``axis``: shifted slices of the zero-padded volume times the diagonals."""
+    band = (diagonals.shape[0] - 1) // 2
+    n = volume.shape[axis]
+    padding = [[0, 0]] * len(volume.shape)
+    padding[axis] = [band, band]
+    padded = tf.pad(volume, padding)
+    broadcast = [1] * len(volume.shape)
+    broadcast[axis] = n
+    begin, size = [0] * len(volume.shape), list(volume.shape)
+    terms = []
+    for k in range(2 * band + 1):
+        begin[axis] = k
+        terms.append(tf.reshape(diagonals[k], broadcast) * tf.slice(padded, begin, size))
+    return tf.add_n(terms)
+
+
+def smoothness_operator(u, bands):
+    """G u of :func:`smoothness_bands` for u on the control grid (x, y, z, C)."""
+    (m_x, k_x), (m_y, k_y), (m_z, k_z) = bands
+    along_z = _banded_product(u, m_z, 2)
+    term_x = _banded_product(_banded_product(along_z, m_y, 1), k_x, 0)
+    term_yz = _banded_product(_banded_product(along_z, k_y, 1)
+                              + _banded_product(_banded_product(u, k_z, 2), m_y, 1), m_x, 0)
+    return term_x + term_yz
+
+
+def control_smoothness(u, bands):
+    """sum |grad up(u)|^2 = u . G u (:func:`smoothness_bands`), with its gradient 2 G u."""
+    @tf.custom_gradient
+    def quadratic_form(u):
+        g_u = smoothness_operator(u, bands)
+        return tf.reduce_sum(u * g_u), lambda upstream: 2.0 * upstream * g_u
+
+    return quadratic_form(u)
+
+
+def voxel_grid(shape):
+    """Voxel coordinates, shape + (3,), float32."""
+    return tf.constant(np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape),
+                                            indexing="ij"), axis=-1))
+
+
+def warp(image, flow, grid):
+    """Trilinear ``image(p + flow(p))``, edge values beyond the border ('ij', voxels).
+
+    :param image: shape = (X, Y, Z, C)
+    :param flow: shape = (X, Y, Z, 3)
+    :param grid: :func:`voxel_grid` of (X, Y, Z)
+    :return: shape = (X, Y, Z, C)
+    """
+    corners, weight, _ = warp_corners(image, flow, grid)
+    return interpolate(corners, weight)
+
+
+def warp_corners(image, flow, grid):
+    """What the trilinear warp reads: the values at the eight corners of each voxel's cell.
+
+    :return: (corners, weight, inside): eight arrays (X, Y, Z, C), in the order of
+        ``itertools.product((0, 1), repeat=3)`` (offsets along x, y, z); the position in the
+        cell (X, Y, Z, 3), in [0, 1]; 1.0 where p + flow(p) lies within the volume along each
+        axis, else 0.0 (there the position is clamped, and it does not move with the flow)
+    """
+    shape = tuple(image.shape[:3])
+    upper = tf.constant([n - 1 for n in shape], flow.dtype)
+    target = grid + flow
+    location = tf.clip_by_value(target, tf.zeros_like(upper), upper)
+    inside = tf.cast(tf.logical_and(target >= 0, target <= upper), flow.dtype)
+    lower = tf.stop_gradient(tf.minimum(tf.floor(location), tf.maximum(upper - 1, 0)))
+    strides = (shape[1] * shape[2], shape[2], 1)
+    index = tf.cast(lower, tf.int32)
+    base = index[..., 0] * strides[0] + index[..., 1] * strides[1] + index[..., 2]  # (X, Y, Z)
+    values = tf.reshape(image, [-1, image.shape[-1]])  # (XYZ, C)
+    corners = [tf.gather(values, base + sum(c * s for c, s, n in zip(corner, strides, shape)
+                                            if n > 1))
+               for corner in itertools.product((0, 1), repeat=3)]
+    return corners, location - lower, inside
+
+
+def _lerp(a, b, w):
+    return a + w * (b - a)
+
+
+def _cell(corners, weight):
+    """The corners by offset {(i, j, k): (X, Y, Z, C)}, and the cell's edges along z and its
+    faces' lines along y interpolated at the position: {(i, j): ...} and [i] (i, j, k in 0, 1)."""
+    corner = dict(zip(itertools.product((0, 1), repeat=3), corners))
+    wy, wz = weight[..., 1:2], weight[..., 2:3]
+    along_z = {(i, j): _lerp(corner[i, j, 0], corner[i, j, 1], wz) for i in (0, 1) for j in (0, 1)}
+    along_y = [_lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
+    return corner, along_z, along_y
+
+
+def interpolate(corners, weight):
+    """The trilinear value from :func:`warp_corners`' corners and position, (X, Y, Z, C)."""
+    _, _, along_y = _cell(corners, weight)
+    return _lerp(along_y[0], along_y[1], weight[..., 0:1])
+
+
+def interpolation_slopes(corners, weight):
+    """d value / d position along x, y, z of the trilinear interpolation: 3 x (X, Y, Z, C)."""
+    corner, along_z, along_y = _cell(corners, weight)
+    wx, wy = weight[..., 0:1], weight[..., 1:2]
+    rise_z = [_lerp(corner[i, 0, 1] - corner[i, 0, 0], corner[i, 1, 1] - corner[i, 1, 0], wy)
+              for i in (0, 1)]
+    return (along_y[1] - along_y[0],
+            _lerp(along_z[0, 1] - along_z[0, 0], along_z[1, 1] - along_z[1, 0], wx),
+            _lerp(rise_z[0], rise_z[1], wx))
+
+
+def exponentiate(velocity, steps, grid):
+    """exp(v) by scaling and squaring: d = v / 2^K, then K times d <- d + d(p + d(p))."""
+    flow = velocity / float(2**steps)
+    for _ in range(steps):
+        flow = flow + warp(flow, flow, grid)
+    return flow
+
+
+# --- one level ---------------------------------------------------------------------------------
+
+
+class _StepSettings(collections.namedtuple("_StepSettings", [
+        "learning_rate", "alpha", "beta", "w_lcc", "lg_window", "lcc_window", "lcc_stride",
+        "int_steps", "smooth"])):
+    """What an iteration needs of :class:`RefineConfig`, as plain numbers in a namedtuple:
+    ``tf.function`` keys its traces on their values, so every pair and every iteration count
+    reuses one trace (and one XLA compilation) per level shape. A dataclass would be keyed on
+    the object's identity: a trace per call."""
+
+    @classmethod
+    def of(cls, config):
+        return cls(**{name: getattr(config, name) for name in cls._fields})
+
+
+class _Level(collections.namedtuple("_Level", [
+        "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "grid",
+        "control_grid", "upsample", "control_scale", "smoothness_bands", "lg_weight",
+        "lcc_weight", "moving_eps"])):
+    """Everything about one level that does not change during its iterations (tensors, so that
+    the compiled step is reused for every pair of the same shape).
+
+    moving: F and G(F) as channels (x, y, z, 1 or 2); fixed: R (1, x, y, z, 1); fixed_direction:
+    n(R, p) (1, x, y, z, 3); fixed_statistics: S(R), S(R^2) (1, x, y, z, 2) or None without G(F);
+    base: phi_0 on this level (x, y, z, 3); grid, control_grid: voxel coordinates; upsample: the
+    control grid -> level grid matrices; control_scale: level voxels -> control voxels (3,);
+    smoothness_bands: :func:`smoothness_bands` when the smoothness term is the control
+    field's (a displacement field and ``smooth`` "residual": phi - phi_0 = up(u)), else None.
+    lg_weight, lcc_weight: weights of mean 1 (1, x, y, z) of L_LG's voxels and of L_LCC's
+    (strided) window centres where both scans have data (:func:`dgan.core.coverage.level_weights`),
+    or None: every voxel. moving_eps: the eps of n(F(phi), p) (a scalar tensor;
+    :func:`_gradient_eps`).
+    """
+
+
+def _gradient_eps(image, config, weight):
+    """The eps of n(I, p) on a level: ``lg_noise`` times the median |v(I, p)| over the overlap
+    (:func:`dgan.core.losses.gradient_scale`), or the loss's own tiny eps when ``lg_noise`` is 0."""
+    if config.lg_noise == 0:
+        return losses.DEFAULT_LG_EPS
+    scale = losses.gradient_scale(image, config.lg_window, weight, sums_first=True)
+    return max(config.lg_noise * scale, losses.DEFAULT_LG_EPS)
+
+
+def _field(level, u, config):
+    """phi on the level's grid from the optimised control field u."""
+    if config.int_steps:
+        psi = exponentiate(u * level.control_scale, config.int_steps, level.control_grid)
+        psi = resize(psi / level.control_scale, level.upsample)
+        return psi + warp(level.base, psi, level.grid)
+    return level.base + resize(u, level.upsample)
+
+
+def _moved(level, u, config):
+    """phi on the level's grid and the moving channels warped by it, F(phi) (and G(F)(phi))."""
+    flow = _field(level, u, config)
+    return flow, warp(level.moving, flow, level.grid)
+
+
+def _similarity(level, warped, config):
+    """L's image terms beta (1 - L_LG) + w_lcc (1 - L_LCC) from the warped channels (x, y, z, C)."""
+    warped = warped[tf.newaxis]  # (1, x, y, z, C)
+    loss = config.beta * (1.0 - losses.local_gradient_agreement(
+        level.fixed_direction, warped[..., :1], config.lg_window, eps=level.moving_eps,
+        sums_first=True, weight=level.lg_weight))
+    if level.fixed_statistics is not None:
+        loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
+            level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window,
+            stride=config.lcc_stride, weight=level.lcc_weight))
+    return loss[0]
+
+
+def _regularity(level, u, flow, config):
+    """L's term alpha sum |grad phi|^2 (or of phi - phi_0): from u on the control grid where the
+    level has :func:`smoothness_bands`, else from phi on the level's grid."""
+    if level.smoothness_bands is not None:
+        return config.alpha * control_smoothness(u, level.smoothness_bands)
+    smoothed = flow - level.base if config.smooth == "residual" else flow
+    return config.alpha * losses.smoothness(smoothed[tf.newaxis])[0]
+
+
+def _objective(level, u, flow, warped, config):
+    """L of the module docstring from u, phi and the warped channels (x, y, z, C)."""
+    return _similarity(level, warped, config) + _regularity(level, u, flow, config)
+
+
+def _adam(u, m, v, t, g, config):
+    """One Adam step on u with gradient g."""
+    b1, b2 = ADAM_BETAS
+    t = t + 1.0
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    step = config.learning_rate * tf.sqrt(1 - b2**t) / (1 - b1**t)
+    return u - step * m / (tf.sqrt(v) + ADAM_EPS), m, v, t
+
+
+def _whole_step(level, u, m, v, t, config):
+    """One iteration, L(u) on one tape: (u, m, v, t) after it, and L before it."""
+    with tf.GradientTape() as tape:
+        tape.watch(u)
+        loss = _objective(level, u, *_moved(level, u, config), config)
+    return (*_adam(u, m, v, t, tape.gradient(loss, u), config), loss)
+
+
+# The same iteration in three pieces, compiled apart (:class:`_CompiledStep`).
+
+def _warp_corners_apart(level, u, config):
+    """phi on the level's grid and :func:`warp_corners` of the moving channels, one gather per
+    channel (XLA gathers one channel faster than two), the corners stacked (x, y, z, 8, C): as
+    one array, XLA runs the next piece faster than with eight (docs/notes/benchmarks-history.md)."""
+    flow = _field(level, u, config)
+    per_channel = [warp_corners(level.moving[..., c:c + 1], flow, level.grid)
+                   for c in range(level.moving.shape[-1])]
+    corners = tf.concat([tf.stack(c, axis=-2) for c, _, _ in per_channel], axis=-1)
+    _, weight, inside = per_channel[0]
+    return flow, corners, weight, inside
+
+
+def _objective_gradients(level, flow, corners, weight, inside, config):
+    """L's terms on the level's grid and their gradient dL/dphi: the image terms' by the chain
+    rule through the warp, their gradient with respect to the warped channels times the
+    interpolation's slopes, plus the smoothness term's own when it is not the control field's."""
+    corners = tf.unstack(corners, axis=-2)
+    warped = interpolate(corners, weight)
+    with tf.GradientTape() as tape:
+        tape.watch([flow, warped])
+        loss = _similarity(level, warped, config)
+        if level.smoothness_bands is None:
+            loss += _regularity(level, None, flow, config)
+    g_flow, g_warped = tape.gradient(loss, [flow, warped])
+    slopes = interpolation_slopes(corners, weight)
+    g_position = tf.concat([tf.reduce_sum(g_warped * slope, axis=-1, keepdims=True)
+                            for slope in slopes], axis=-1)
+    g_flow = inside * g_position if g_flow is None else g_flow + inside * g_position
+    return loss, g_flow
+
+
+def _adam_update(level, u, m, v, t, g_flow, config):
+    """dL/du from dL/dphi by the chain rule through :func:`_field` (recomputed), plus the
+    gradient of the smoothness term when it is the control field's; then Adam. Also returns that
+    term (0 when it is the level grid's, and counted by :func:`_objective_gradients`)."""
+    with tf.GradientTape() as tape:
+        tape.watch(u)
+        flow = _field(level, u, config)
+        smooth = _regularity(level, u, None, config) if level.smoothness_bands is not None \
+            else tf.constant(0.0)
+    g = tape.gradient([flow, smooth], u, output_gradients=[g_flow, tf.ones_like(smooth)])
+    return (*_adam(u, m, v, t, g, config), smooth)
+
+
+class _CompiledStep:
+    """One Adam iteration, called as ``step(level, u, m, v, t, settings)`` -> (u, m, v, t, L).
+
+    ``split`` (with XLA, for displacement fields): in three pieces compiled apart, phi and the
+    warp's corner values from u (:func:`_warp_corners_apart`), L and dL/dphi from them
+    (:func:`_objective_gradients`), dL/du, with the smoothness term on the control grid, and the
+    update (:func:`_adam_update`). Compiled as one cluster, XLA fuses the warp's gathers into
+    the local-gradient sums and their backward pass and recomputes them there; apart, each
+    corner is gathered once per iteration, and the warp's gradient is the interpolation's
+    slopes, from the same corners (at 2 mm, L_LG and smoothness, 0.08 s an iteration against
+    0.10 when the third piece gathered the warp again to differentiate it, on an AVX-512 CPU;
+    docs/notes/benchmarks-history.md). Otherwise
+    :func:`_whole_step`: without XLA nothing is fused, and a diffeomorphic field's integration
+    would be recomputed by the third piece."""
+
+    def __init__(self, jit_compile, split):
+        compile_ = functools.partial(tf.function, jit_compile=jit_compile)
+        if split:
+            self.pieces = [compile_(_warp_corners_apart), compile_(_objective_gradients),
+                           compile_(_adam_update)]
+            self.step = tf.function(self._pieces_step)
+        else:
+            self.pieces = []
+            self.step = compile_(_whole_step)
+
+    def _pieces_step(self, level, u, m, v, t, config):
+        corners, gradients, update = self.pieces
+        flow, values, weight, inside = corners(level, u, config)
+        loss, g_flow = gradients(level, flow, values, weight, inside, config)
+        u, m, v, t, smooth = update(level, u, m, v, t, g_flow, config)
+        return u, m, v, t, loss + smooth
+
+    def __call__(self, level, u, m, v, t, config):
+        return self.step(level, u, m, v, t, config)
+
+    def tracing_count(self):
+        return sum(f.experimental_get_tracing_count() for f in [*self.pieces, self.step])
+
+
+def _compiled_step(config, shape):
+    """The :class:`_CompiledStep` for a level of images of ``shape`` under ``config``."""
+    xla = config.uses_xla(shape)
+    return _compiled_steps[xla, xla and config.int_steps == 0]
+
+
+_compiled_steps = {(False, False): _CompiledStep(jit_compile=False, split=False),
+                   (True, False): _CompiledStep(jit_compile=True, split=False),
+                   (True, True): _CompiledStep(jit_compile=True, split=True)}
+_field_function = tf.function(_field)
+
+
+def _level_shapes(shape, levels, control):
+    """{factor: shape} of the image pyramid (repeated ceil halving) and of the control grids."""
+    shapes, current, factor = {}, tuple(shape), 1
+    while factor <= max(levels) * control:
+        shapes[factor] = current
+        current = tuple(max(1, -(-n // 2)) for n in current)
+        factor *= 2
+    return shapes
+
+
+def _pyramid(volume, shapes, factor):
+    """(X, Y, Z, C) halved down to ``shapes[factor]``."""
+    f = 1
+    while f < factor:
+        volume = resize(volume, resize_matrices(shapes[f], shapes[2 * f]))
+        f *= 2
+    return volume
+
+
+def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None):
+    shape, control_shape = shapes[factor], shapes[factor * config.control]
+    lg_weight = lcc_weight = None
+    two_channels = moving.shape[-1] == 2
+    if mask is not None:  # a window reaches its radius, and sums_first's difference one more
+        lg_weight = coverage.level_weights(mask, factor, config.lg_window // 2 + 2)
+        if two_channels:
+            lcc_weight = coverage.level_weights(mask, factor, config.lcc_window // 2 + 1,
+                                                config.lcc_stride)
+    fixed_l = _pyramid(fixed, shapes, factor)[tf.newaxis]  # (1, x, y, z, 1)
+    moving_l = _pyramid(moving, shapes, factor)
+    base_l = resize_flow(base, shape) if factor > 1 else base
+    lg_weight = None if lg_weight is None else tf.constant(lg_weight)
+    return _Level(
+        moving=moving_l,
+        fixed=fixed_l,
+        fixed_direction=losses.local_gradient_direction(
+            fixed_l, config.lg_window, _gradient_eps(fixed_l, config, lg_weight),
+            sums_first=True),
+        fixed_statistics=losses.local_statistics(fixed_l, config.lcc_window, config.lcc_stride)
+        if two_channels else None,
+        base=base_l,
+        grid=voxel_grid(shape),
+        control_grid=voxel_grid(control_shape),
+        upsample=resize_matrices(control_shape, shape),
+        control_scale=tf.constant([c / n for c, n in zip(control_shape, shape)], tf.float32),
+        smoothness_bands=smoothness_bands(control_shape, shape)
+        if config.int_steps == 0 and config.smooth == "residual" else None,
+        lg_weight=lg_weight,
+        lcc_weight=None if lcc_weight is None else tf.constant(lcc_weight),
+        moving_eps=tf.constant(_gradient_eps(moving_l[tf.newaxis, ..., :1], config, lg_weight),
+                               tf.float32),
+    )
+
+
+# --- the whole refinement ----------------------------------------------------------------------
+
+
+def refine(moving, fixed, flow=None, translated=None, config=None, progress=None, mask=None):
+    """Refine phi on one pair by minimising L (module docstring), coarse to fine.
+
+    :param moving: F, intensities scaled as in training, shape = (X, Y, Z)
+    :param fixed: R, same shape and scaling
+    :param flow: phi_0, shape = (X, Y, Z, 3), voxels; None: the identity (zero field)
+    :param translated: G(F), the moving image rendered in the fixed modality, shape (X, Y, Z);
+        None: no L_LCC term (L_LG and smoothness alone)
+    :param config: :class:`RefineConfig` (default settings when None)
+    :param progress: called after each level as ``progress(text)``, or None
+    :param mask: where both scans have data, bool, shape = (X, Y, Z)
+        (:func:`dgan.core.coverage.overlap`), or None: everywhere. The image terms are then the means
+        over the voxels whose windows lie inside it at each level: the edge of a scan's
+        coverage does not pull on phi
+    :return: :class:`RefineResult`
+    :raises InputError: arrays of different shapes or with NaN/Inf; a mask of another shape, or
+        empty
+    """
+    config = RefineConfig() if config is None else config
+    shape = tuple(np.shape(fixed))
+    if mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != shape:
+            raise InputError(f"mask has shape {mask.shape}, expected {shape}")
+        coverage.weights(mask)  # refuses an empty one
+        mask = None if mask.all() else mask
+    moving = _checked(moving, shape, "moving")
+    fixed = _checked(fixed, shape, "fixed")
+    base = np.zeros(shape + (3,), np.float32) if flow is None else \
+        _checked(flow, shape + (3,), "flow")
+    use_lcc = translated is not None and config.w_lcc > 0
+    channels = [moving, _checked(translated, shape, "translated")] if use_lcc else [moving]
+    if config.steps == 0:
+        return RefineResult(flow=base.copy(), losses=[], seconds=[])
+    shapes = _level_shapes(shape, config.levels, config.control)
+    moving_t = tf.constant(np.stack(channels, axis=-1))
+    fixed_t = tf.constant(fixed[..., np.newaxis])
+    base_t = tf.constant(base)
+    u, previous = None, None
+    history, seconds = [], []
+    step_config = _StepSettings.of(config)
+    for factor in config.levels:
+        started = time.perf_counter()
+        level = _prepare_level(shapes, factor, config, moving_t, fixed_t, base_t, mask)
+        control_shape = shapes[factor * config.control]
+        if u is None:
+            u = tf.zeros(control_shape + (3,), tf.float32)
+        else:  # the previous level's control field, in this level's voxels
+            u = resize_flow(u, control_shape) if previous != control_shape else u
+        m, v, t = tf.zeros_like(u), tf.zeros_like(u), tf.constant(0.0)
+        step = _compiled_step(config, shapes[factor])
+        values = []
+        for _ in range(config.steps):
+            u, m, v, t, loss = step(level, u, m, v, t, step_config)
+            values.append(float(loss))
+        previous = control_shape
+        seconds.append(time.perf_counter() - started)
+        history.append(values)
+        if progress is not None:
+            progress(f"refinement level 1/{factor} {shapes[factor]}: {config.steps} steps, "
+                     f"loss {values[0]:.4f} -> {values[-1]:.4f}, {seconds[-1]:.1f} s")
+    field = _field_function(level, u, step_config)
+    if config.levels[-1] > 1:
+        field = resize_flow(field, shape)
+    return RefineResult(flow=np.asarray(field, np.float32), losses=history, seconds=seconds)
+
+
+def usable_levels(shape, levels):
+    """The levels (down-sampling factors, coarse to fine) whose grid keeps at least
+    :data:`MIN_LEVEL_VOXELS` voxels along every axis of ``shape`` (the finest always): a level a
+    few voxels across holds too little of the anatomy to align and misleads the finer ones."""
+    kept = [f for f in levels if min(-(-n // f) for n in shape) >= MIN_LEVEL_VOXELS]
+    return kept or [levels[-1]]
+
+
+def _checked(array, shape, name):
+    array = np.asarray(array, dtype=np.float32)
+    if array.shape != shape:
+        raise InputError(f"{name} has shape {array.shape}, expected {shape}")
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{name} has NaN or Inf values")
+    return array
