@@ -1,12 +1,12 @@
 """Shared test set-up: two logical CPU devices (for tf.distribute tests) and tiny networks."""
 
-import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import dgan  # noqa: F401  (arranges Keras 2 before TensorFlow is used)
-from dgan.bench import brain as dbrain
+from dgan.bench.options import BRAIN_FILE, checkout_data
 from dgan.compat import tf
 
 # Two logical CPUs so MirroredStrategy can be tested on one machine; this must happen before
@@ -16,15 +16,16 @@ tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
 )
 
-#: ../shared/data beside the repository: real data, never committed.
-SHARED_DATA = dbrain.SHARED_DATA
-
 
 @pytest.fixture
 def shared_data():
-    if not (SHARED_DATA / "brain_t1_aseg.npz").exists():
-        pytest.skip(f"real data not available: {SHARED_DATA}/brain_t1_aseg.npz is absent")
-    return SHARED_DATA
+    """The folder of the brain benchmark's files (the checkout's ../shared/data; never
+    committed); the test is skipped without them."""
+    path = checkout_data(BRAIN_FILE)
+    if path is None or not Path(path).is_file():
+        pytest.skip(f"real data not available: no {BRAIN_FILE} in ../shared/data beside the "
+                    "checkout")
+    return Path(path).parent
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import pytest
 from scipy import ndimage
 
 from dgan.bench import brain as dbrain
+from dgan.bench.options import checkout_data
 from dgan.data import demo as ddemo
 from dgan.data import io, pipeline, preprocessing, synth
 from dgan.data import scans as dscans
@@ -306,6 +307,26 @@ def test_brain_benchmark_needs_its_file(tmp_path):
     path = tmp_path / "brain_t1_aseg.npz"
     with pytest.raises(InputError, match=f"^{path}: file not found$"):
         dbrain.load_brain_benchmark(path, 2.0, 1, 0)
+
+
+def test_the_brain_files_default_to_the_checkouts_shared_data_and_else_are_required(tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / "dgan").mkdir(parents=True)
+    (checkout / "setup.py").write_text("")
+    assert checkout_data("brain_t1_aseg.npz", checkout / "dgan") is None  # no ../shared/data
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    assert checkout_data("brain_t1_aseg.npz", checkout / "dgan") == str(
+        tmp_path / "shared" / "data" / "brain_t1_aseg.npz")
+    installed = tmp_path / "site-packages" / "dgan"  # no setup.py beside an installed package
+    installed.mkdir(parents=True)
+    assert checkout_data("brain_t1_aseg.npz", installed) is None
+    with pytest.raises(InputError, match=r"^no brain benchmark file: give --brain-npz \("):
+        dbrain.check_brain_file(None)
+    with pytest.raises(InputError, match=r"^no brain benchmark file: give --brain-npz"):
+        dbrain.benchmark_pairs("brain", npz_path=None)
+    with pytest.raises(InputError, match=f"^{tmp_path}/absent.npz: the brain benchmark file is "
+                                         "missing$"):
+        dbrain.check_brain_file(tmp_path / "absent.npz")
 
 
 def test_brain_benchmark(shared_data):

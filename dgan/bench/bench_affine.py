@@ -34,16 +34,14 @@ from ..registration import affine as daffine
 from ..registration.registrar import DEFAULT_REFINE_STEPS
 from . import affine_cases as bench
 from . import brain
-
-SHARED_DATA = brain.SHARED_DATA
+from .options import add_brain_file_arguments
 
 
 def parser():
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--brain-npz", default=str(SHARED_DATA / "brain_t1_aseg.npz"))
-    p.add_argument("--labels", default=str(SHARED_DATA / "aseg_eval_labels.npz"))
+    add_brain_file_arguments(p)
     p.add_argument("--cases", type=int, default=20, help="accuracy cases (default 20)")
     p.add_argument("--dice-pairs", type=int, default=0, help="Dice pairs (default 0: skip)")
     p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
@@ -122,8 +120,7 @@ def main(argv=None):
     args = parser().parse_args(argv)
     out = Path(args.out)
     try:
-        if not Path(args.brain_npz).is_file():
-            raise InputError("the brain benchmark file is missing", args.brain_npz)
+        brain.check_brain_file(args.brain_npz)
         ants, reason = (None, "--no-ants") if args.no_ants else import_ants()
         if ants is None:
             print(reason)
@@ -146,8 +143,7 @@ def main(argv=None):
                                       f"{accuracy[0]['dgan_mm']:.2f} mm RMS")
         dice = []
         if args.dice_pairs:
-            with np.load(args.labels) as archive:
-                label_ids = tuple(int(i) for i in archive["labels"])
+            label_ids = brain.read_label_ids(args.labels)
             perturbed = bench.make_cases(pairs[:args.dice_pairs], args.dice_pairs, 2.0,
                                          seed=args.seed, moving_key="moving",
                                          resample=args.dice_resample)

@@ -47,7 +47,7 @@ from ..errors import InputError
 from ..evaluation import methods as evaluation
 from ..registration.refine import RefineConfig, refine
 from . import brain, speed
-from .options import show_warnings
+from .options import add_brain_file_arguments, show_warnings
 from .train_baselines import D_NETWORK, G_FEATURES
 
 
@@ -76,7 +76,7 @@ def parser():
                         "layers, as dgan-train-baselines trains it)")
     p.add_argument("--matching", type=parse_matching, default=list(DEFAULT_PASSES),
                    help="T's block-matching passes, e.g. 4:2,2:2,1:1 (the default) or none")
-    p.add_argument("--brain-npz", default=str(brain.SHARED_DATA / "brain_t1_aseg.npz"))
+    add_brain_file_arguments(p, labels=False)
     p.add_argument("--refine-only", action="store_true",
                    help="only the seconds per refinement iteration at each of --sizes")
     p.add_argument("--refine-iterations", type=int, nargs=2, default=[5, 25], metavar=("A", "B"),
@@ -89,9 +89,7 @@ def pair_for(size, npz_path):
     """(moving, fixed, spacing, description) for a size token."""
     if size.endswith("mm"):
         resolution = float(size[:-2])
-        if not Path(npz_path).is_file():
-            raise InputError(f"size {size} needs the brain benchmark file", npz_path)
-        pair = brain.load_brain_benchmark(npz_path, resolution, n_pairs=1, seed=0)[0]
+        pair = brain.load_brain_benchmark(brain.check_brain_file(npz_path), resolution, n_pairs=1, seed=0)[0]
         return pair["moving"], pair["fixed"], (resolution,) * 3, f"brain {size}"
     try:
         shape = tuple(int(n) for n in size.lower().split("x"))

@@ -17,10 +17,6 @@ from ..data.synth import BENCHMARK_STREAM, T2_LIKE, brain_tissue_maps, deformed_
 from ..errors import InputError
 from ..evaluation.report import Benchmark
 
-#: ../shared/data beside the repository: the brain benchmark's files (``brain_t1_aseg.npz``,
-#: ``aseg_eval_labels.npz``; never committed), the default of every command that reads them.
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
 #: The brain benchmark (:func:`load_brain_benchmark`): pairs per evaluation, and each side's
 #: deformation, in mm.
 BRAIN_PAIRS = 8
@@ -42,6 +38,17 @@ ASEG_NAMES = {
     47: "R cerebellum ctx", 49: "R thalamus", 50: "R caudate", 51: "R putamen", 52: "R pallidum",
     53: "R hippocampus", 54: "R amygdala", 60: "R ventral DC", 63: "R choroid plexus",
 }
+
+def check_brain_file(path):
+    """``path`` when it names a file; an :class:`~dgan.errors.InputError` (one line) when it is
+    None (no ``--brain-npz`` and no checkout default) or absent."""
+    if path is None:
+        raise InputError("no brain benchmark file: give --brain-npz (brain_t1_aseg.npz; a "
+                         "checkout looks in ../shared/data beside it)")
+    if not Path(path).is_file():
+        raise InputError("the brain benchmark file is missing", path)
+    return path
+
 
 def load_brain_benchmark(path, resolution_mm=2.0, n_pairs=BRAIN_PAIRS, seed=0,
                          max_displacement_mm=BRAIN_MAX_DISPLACEMENT_MM,
@@ -123,6 +130,18 @@ def write_brain_training_data(npz_path, out_dir, resolution_mm=4.0, n_train=8, n
             "val_pairs": str(csv_path), "shape": train[0]["moving"].shape}
 
 
+def read_label_ids(path):
+    """The label ids a benchmark scores: key ``labels`` of the ``.npz`` file ``path``; None: every
+    label of :data:`ASEG_NAMES`."""
+    if path is None:
+        return tuple(ASEG_NAMES)
+    try:
+        with np.load(path) as archive:
+            return tuple(int(i) for i in archive["labels"])
+    except (OSError, KeyError, ValueError) as error:
+        raise InputError(f"cannot read the label list ({error})", path) from None
+
+
 def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm=2.0,
                     n_pairs=BRAIN_PAIRS, seed=0, shape=DEMO_SHAPE,
                     spacing=DEMO_SPACING):
@@ -140,17 +159,8 @@ def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm
     :return: :class:`Benchmark`
     """
     if data == "brain":
-        if npz_path is None or not Path(npz_path).is_file():
-            raise InputError("the brain benchmark file is missing", npz_path)
-        pairs = load_brain_benchmark(npz_path, resolution_mm, n_pairs=n_pairs, seed=seed)
-        if labels_path is None:
-            label_ids = tuple(ASEG_NAMES)
-        else:
-            try:
-                with np.load(labels_path) as archive:
-                    label_ids = tuple(int(i) for i in archive["labels"])
-            except (OSError, KeyError, ValueError) as error:
-                raise InputError(f"cannot read the label list ({error})", labels_path) from None
+        pairs = load_brain_benchmark(check_brain_file(npz_path), resolution_mm, n_pairs=n_pairs, seed=seed)
+        label_ids = read_label_ids(labels_path)
         names = {i: ASEG_NAMES.get(i, str(i)) for i in label_ids}
         return Benchmark(f"brain {resolution_mm:g} mm", pairs, (float(resolution_mm),) * 3,
                          label_ids, names)

@@ -34,7 +34,7 @@ from ..registration.model_folder import as_model_folder
 from ..registration.registrar import DEFAULT_REFINE_STEPS, model_refinement
 from ..training.config import METHOD_NAMES, METHODS
 from . import brain
-from .options import show_warnings
+from .options import add_brain_file_arguments, show_warnings
 from .train_baselines import model_folder
 
 
@@ -44,9 +44,7 @@ def parser():
     data = p.add_argument_group("pairs")
     data.add_argument("--data", choices=("brain", "demo"), default="brain",
                       help="brain: real T1 -> T2-like benchmark (default); demo: MNI152 demo")
-    data.add_argument("--brain-npz", default=str(brain.SHARED_DATA / "brain_t1_aseg.npz"))
-    data.add_argument("--labels", default=str(brain.SHARED_DATA / "aseg_eval_labels.npz"),
-                      help="npz with the label ids scored (key 'labels')")
+    add_brain_file_arguments(data)
     data.add_argument("--resolution", type=float, default=2.0, help="brain: 2 or 1 mm")
     data.add_argument("--pairs", type=int, default=brain.BRAIN_PAIRS,
                       help="number of pairs (default %(default)s)")

@@ -1,8 +1,42 @@
-"""What the benchmark and probe commands share: warnings on stderr, the choice of pairs."""
+"""What the benchmark and probe commands share: warnings on stderr, the benchmark's files, the
+choice of pairs.
+
+The brain benchmark's files are never part of the package: ``--brain-npz`` and ``--labels`` name
+them, by default ``../shared/data/`` beside the checkout dgan runs from; an installed dgan has no
+default, and a command that needs the file says so in one line.
+"""
 
 import logging
+from pathlib import Path
 
 from . import brain
+
+#: The brain benchmark's files: a T1 with its aseg segmentation, and the labels it scores.
+BRAIN_FILE = "brain_t1_aseg.npz"
+LABELS_FILE = "aseg_eval_labels.npz"
+
+
+def checkout_data(name, package=Path(__file__).resolve().parents[1]):
+    """``../shared/data/<name>`` beside the checkout that dgan runs from (a path string), the
+    default of ``--brain-npz`` and ``--labels``; None when dgan runs from an installed package
+    (no ``setup.py`` beside ``package``, the ``dgan`` folder) or the checkout has no such folder."""
+    checkout = Path(package).parent
+    folder = checkout.parent / "shared" / "data"
+    if not (checkout / "setup.py").is_file() or not folder.is_dir():
+        return None
+    return str(folder / name)
+
+
+def add_brain_file_arguments(parser, labels=True):
+    """``--brain-npz`` (and with ``labels``, ``--labels``), defaulting to :func:`checkout_data`."""
+    parser.add_argument("--brain-npz", default=checkout_data(BRAIN_FILE), metavar="NPZ",
+                        help=f"the brain benchmark's {BRAIN_FILE} (default: ../shared/data/ "
+                             "beside the checkout, if there is one)")
+    if labels:
+        parser.add_argument("--labels", default=checkout_data(LABELS_FILE), metavar="NPZ",
+                            help=f"the label ids scored, {LABELS_FILE} (key 'labels'; default: "
+                                 "beside --brain-npz's default, else every label of the aseg "
+                                 "list)")
 
 
 def show_warnings():
@@ -20,8 +54,7 @@ def add_pair_arguments(parser, pairs):
                         help="seed of the pairs (default 0, the benchmark's; 1234: the demo's "
                              "validation pairs)")
     parser.add_argument("--resolution", type=float, default=2.0, help="brain: voxel size in mm")
-    parser.add_argument("--brain-npz", default=str(brain.SHARED_DATA / "brain_t1_aseg.npz"))
-    parser.add_argument("--labels", default=str(brain.SHARED_DATA / "aseg_eval_labels.npz"))
+    add_brain_file_arguments(parser)
 
 
 def probe_pairs(args):

@@ -41,7 +41,7 @@ from ..training.schedules import SCHEDULES
 from ..training.trainers import LossWeights
 from ..training.validation import VALIDATION_CSV, read_validation_history
 from . import brain
-from .options import show_warnings
+from .options import add_brain_file_arguments, show_warnings
 
 
 #: The networks every method trains with (T's U-Net, and Deform-GAN's G and D); dgan-bench-speed
@@ -66,7 +66,7 @@ def parser():
                    help="continue the runs in <out>/<method>/ (with --steps: a new budget)")
     data = p.add_argument_group("data")
     data.add_argument("--data", choices=("brain", "demo"), default="brain")
-    data.add_argument("--brain-npz", default=str(brain.SHARED_DATA / "brain_t1_aseg.npz"))
+    add_brain_file_arguments(data, labels=False)
     data.add_argument("--resolution", type=float, default=4.0,
                       help="brain: training voxel size in mm (default 4: 40 x 48 x 56)")
     data.add_argument("--network-spacing", type=float, metavar="MM",
@@ -242,8 +242,8 @@ def main(argv=None):
         if args.resume:
             config = {} if args.steps is None else {"steps": args.steps}
         else:
-            if args.data == "brain" and not Path(args.brain_npz).is_file():
-                raise InputError("the brain benchmark file is missing", args.brain_npz)
+            if args.data == "brain":
+                brain.check_brain_file(args.brain_npz)
             config = train_config(args, out)
         results = []
         for method in args.methods:
