@@ -1,4 +1,5 @@
-"""The affine stage (dgan.registration.affine), ITK transform files (dgan.registration.itk), and their use by dgan-register."""
+"""The affine stage (dgan.registration.affine), ITK transform files (dgan.registration.itk), and
+their use by dgan-register."""
 
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Registering the pairs of a CSV file in one process (dgan.registration.batch, dgan-register --batch)."""
+"""Registering the pairs of a CSV file in one process (dgan.registration.batch, dgan-register
+--batch)."""
 
 import csv
 import shutil
@@ -41,7 +42,8 @@ def scans(tmp_path_factory):
     return folder
 
 
-# --- the CSV file and the output names -------------------------------------------------------------
+# --- the CSV file and the output names
+# -------------------------------------------------------------
 
 
 def test_relative_paths_are_relative_to_the_csv_folder(tmp_path):
@@ -114,7 +116,8 @@ def test_rows_with_empty_or_extra_cells_are_bad_rows_not_a_bad_file(tmp_path):
                         "no fixed path (empty cell)"]
 
 
-# --- dgan-register --batch ---------------------------------------------------------------------------
+# --- dgan-register --batch
+# ---------------------------------------------------------------------------
 
 
 def read_results(path):

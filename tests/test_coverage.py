@@ -1,5 +1,6 @@
-"""Coverage and masks (dgan.core.coverage), the choice of the start field (dgan.registration.scoring), and their use
-by registration: an aligned pair with different coverage stays where it is."""
+"""Coverage and masks (dgan.core.coverage), the choice of the start field
+(dgan.registration.scoring), and their use by registration: an aligned pair with different coverage
+stays where it is."""
 
 import numpy as np
 import pytest

@@ -70,7 +70,8 @@ def test_preprocess_labels_with_nearest_neighbour(tmp_path):
     labels[5:7, 5:7, 5:7] = 4
     io.save_volume(tmp_path / "seg.nii", labels, np.eye(4))
     volume = io.load_volume(tmp_path / "seg.nii", kind="labels")
-    out = preprocessing.preprocess_volume(volume, (16, 16, 16), spacing=0.5, order=0, normalize=False)
+    out = preprocessing.preprocess_volume(volume, (16, 16, 16), spacing=0.5, order=0,
+                                          normalize=False)
     assert out.array.dtype == np.int32
     assert set(np.unique(out.array)) == {0, 4, 41}
 
@@ -176,7 +177,8 @@ def test_training_is_unpaired_and_covers_each_set_every_epoch():
 
 def test_dataset_is_deterministic_by_seed():
     def first_two(seed):
-        return take(pipeline.make_dataset(textured_volumes(3, 0), textured_volumes(3, 1), 2, seed), 2)
+        return take(pipeline.make_dataset(textured_volumes(3, 0), textured_volumes(3, 1), 2, seed),
+                    2)
 
     a, b, c = first_two(1), first_two(1), first_two(2)
     for x, y in zip(a, b):

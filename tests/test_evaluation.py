@@ -1,5 +1,6 @@
-"""The evaluation (dgan.evaluation, dgan-evaluate), the learned baselines (dgan.training.baselines) trained
-through the one run (dgan-train-baselines), and the speed benchmark (dgan.bench.speed), tiny."""
+"""The evaluation (dgan.evaluation, dgan-evaluate), the learned baselines (dgan.training.baselines)
+trained through the one run (dgan-train-baselines), and the speed benchmark (dgan.bench.speed),
+tiny."""
 
 import csv
 import importlib.util

@@ -1,22 +1,22 @@
 """Cases with a known affine misalignment, and ANTs's affine on them: the affine benchmark.
 
-Each case starts from a pair of the cross-modal brain benchmark (:func:`dgan.bench.brain.load_brain_benchmark`):
-the fixed scan is its T2-like rendering, and the moving scan is the T1 of the *same* anatomy
-(``fixed_t1``, for the accuracy cases: the true transform is then exactly the drawn affine) or
-the pair's own deformed T1 (``moving``, for the Dice cases, with its labels), whose content is
-moved by a random affine transform:
+Each case starts from a pair of the cross-modal brain benchmark
+(:func:`dgan.bench.brain.load_brain_benchmark`): the fixed scan is its T2-like rendering, and the
+moving scan is the T1 of the *same* anatomy (``fixed_t1``, for the accuracy cases: the true
+transform is then exactly the drawn affine) or the pair's own deformed T1 (``moving``, for the Dice
+cases, with its labels), whose content is moved by a random affine transform:
 
 - rotations about the brain's centre, each Euler angle uniform in +-``max_rotation_deg``;
 - translations, each component uniform in +-``max_translation_mm``;
 - scales, each axis uniform in [1 - ``max_scale``, 1 + ``max_scale``];
 - shears, each of the three uniform in +-``max_shear``.
 
-The moved content is written on a grid ``margin_mm`` larger on every side than the fixed grid
-(the same 2 mm voxels), so that nothing of the brain leaves the field of view; its header is
-honest (no hidden shift), so only the content is misaligned, as for a head that moved in the
-scanner. The true transform ``truth`` maps fixed-world points to moving-world points
-(:mod:`dgan.registration.affine`'s convention); an estimate is scored by its RMS distance from the truth over
-the fixed scan's brain (:func:`dgan.registration.affine.rms_displacement`).
+The moved content is written on a grid ``margin_mm`` larger on every side than the fixed grid (the
+same 2 mm voxels), so that nothing of the brain leaves the field of view; its header is honest (no
+hidden shift), so only the content is misaligned, as for a head that moved in the scanner. The true
+transform ``truth`` maps fixed-world points to moving-world points
+(:mod:`dgan.registration.affine`'s convention); an estimate is scored by its RMS distance from the
+truth over the fixed scan's brain (:func:`dgan.registration.affine.rms_displacement`).
 
 :class:`AntsAffine` runs ANTs's own affine registration (``antspyx``, ``type_of_transform=
 "Affine"``, Mattes MI) on the same volumes and reads its transform back into the same convention.
@@ -43,8 +43,8 @@ MARGIN_MM = 24.0
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class AffineCase:
-    """One case: ``moving`` and ``fixed`` :class:`dgan.data.io.Volume` (world mm), the true transform
-    ``truth`` (4 x 4, fixed world -> moving world), and labels when the case has them."""
+    """One case: ``moving`` and ``fixed`` :class:`dgan.data.io.Volume` (world mm), the true
+    transform ``truth`` (4 x 4, fixed world -> moving world), and labels when the case has them."""
 
     moving: Volume
     fixed: Volume

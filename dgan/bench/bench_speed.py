@@ -11,11 +11,11 @@ one VxmDense training step at each of ``--train-sizes``; and the ratios. Example
     dgan-bench-speed --sizes 32x32x32 --train-sizes 32x32x32 --repeats 1 --no-ants
     dgan-bench-speed --refine-only --sizes 2mm        # s per refinement iteration
 
-``--refine-only`` measures instance refinement (:mod:`dgan.registration.refine`) alone: the seconds per
-iteration at each size's full-resolution level, as the difference of two runs with different
-iteration counts (so tracing and the once-per-level terms of R cancel), best of ``--repeats``;
-with the L_LCC term (G(F) stood in by 1 - F) and without it, each compiled with XLA (the
-default) and without.
+``--refine-only`` measures instance refinement (:mod:`dgan.registration.refine`) alone: the seconds
+per iteration at each size's full-resolution level, as the difference of two runs with different
+iteration counts (so tracing and the once-per-level terms of R cancel), best of ``--repeats``; with
+the L_LCC term (G(F) stood in by 1 - F) and without it, each compiled with XLA (the default) and
+without.
 
 A size is ``<r>mm`` (the brain benchmark's first pair on its grid at r mm: 2mm 80x96x112, 1mm
 160x192x224, 4mm 40x48x56) or ``XxYxZ`` (random smooth volumes, 1 mm voxels); volumes are
@@ -89,7 +89,8 @@ def pair_for(size, npz_path):
     """(moving, fixed, spacing, description) for a size token."""
     if size.endswith("mm"):
         resolution = float(size[:-2])
-        pair = brain.load_brain_benchmark(brain.check_brain_file(npz_path), resolution, n_pairs=1, seed=0)[0]
+        pair = brain.load_brain_benchmark(brain.check_brain_file(npz_path), resolution, n_pairs=1,
+                                          seed=0)[0]
         return pair["moving"], pair["fixed"], (resolution,) * 3, f"brain {size}"
     try:
         shape = tuple(int(n) for n in size.lower().split("x"))

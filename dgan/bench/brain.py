@@ -13,7 +13,8 @@ import numpy as np
 from ..data.demo import DEMO_SHAPE, DEMO_SPACING, TISSUE_LABELS, demo_validation_pairs
 from ..data.io import load_volume, normalize_intensity, resample_to_spacing, save_volume
 from ..data.scans import PAIR_COLUMNS, write_pair_csv
-from ..data.synth import BENCHMARK_STREAM, T2_LIKE, brain_tissue_maps, deformed_pair, render_contrast
+from ..data.synth import (BENCHMARK_STREAM, T2_LIKE, brain_tissue_maps, deformed_pair,
+                          render_contrast)
 from ..errors import InputError
 from ..evaluation.report import Benchmark
 
@@ -159,7 +160,8 @@ def benchmark_pairs(data="brain", npz_path=None, labels_path=None, resolution_mm
     :return: :class:`Benchmark`
     """
     if data == "brain":
-        pairs = load_brain_benchmark(check_brain_file(npz_path), resolution_mm, n_pairs=n_pairs, seed=seed)
+        pairs = load_brain_benchmark(check_brain_file(npz_path), resolution_mm, n_pairs=n_pairs,
+                                     seed=seed)
         label_ids = read_label_ids(labels_path)
         names = {i: ASEG_NAMES.get(i, str(i)) for i in label_ids}
         return Benchmark(f"brain {resolution_mm:g} mm", pairs, (float(resolution_mm),) * 3,

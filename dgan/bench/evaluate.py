@@ -12,8 +12,9 @@ per structure), ``figures/*.png`` and ``config.json`` into ``--out``. Examples::
     # explicit model folders; the demo data's validation pairs
     dgan-evaluate --data demo --dgan runs/x/model --vxm runs/y/model --out runs/eval-demo
 
-Every learned method is a dgan model folder, registered through ``dgan.registration.registrar.Registrar``.
-ANTs SyN needs ``pip install antspyx``; without it, it is skipped with a message.
+Every learned method is a dgan model folder, registered through
+``dgan.registration.registrar.Registrar``. ANTs SyN needs ``pip install antspyx``; without it, it is
+skipped with a message.
 """
 
 import argparse
@@ -66,9 +67,9 @@ def parser():
                               "each, e.g. 4 2 for a model trained at 4 mm")
     methods.add_argument("--refine-steps", type=int, nargs="+", default=[0], metavar="N",
                          help="also run every model method followed by N instance-refinement "
-                              "iterations per level (dgan.registration.refine; default 0: T alone); several "
-                              "values add one method each and refine_curve.png, mean Dice "
-                              "against N")
+                              "iterations per level (dgan.registration.refine; default 0: T "
+                              "alone); several values add one method each and refine_curve.png, "
+                              "mean Dice against N")
     methods.add_argument("--refine-methods", nargs="+", choices=list(METHODS),
                          default=list(METHODS), metavar="METHOD",
                          help="the model methods that --refine-steps refines (default all: "
@@ -80,8 +81,8 @@ def parser():
                               "gradient + smoothness (the largest --refine-steps, or the "
                               f"default {DEFAULT_REFINE_STEPS}, iterations per level)")
     methods.add_argument("--refine-set", nargs="+", metavar="KEY=VALUE",
-                         help="change refinement settings (dgan.registration.refine.RefineConfig), e.g. "
-                              "alpha=1 control=4 levels=2,1")
+                         help="change refinement settings (dgan.RefineConfig), e.g. alpha=1 "
+                              "control=4 levels=2,1")
     methods.add_argument("--diffeomorphic", action="store_true",
                          help="refine a stationary velocity field (scaling and squaring)")
     methods.add_argument("--no-ants", action="store_true",

@@ -58,7 +58,8 @@ def add_pair_arguments(parser, pairs):
 
 
 def probe_pairs(args):
-    """The :class:`dgan.evaluation.report.Benchmark` that :func:`add_pair_arguments`' options choose."""
+    """The :class:`dgan.evaluation.report.Benchmark` that :func:`add_pair_arguments`' options
+    choose."""
     return brain.benchmark_pairs(args.data, npz_path=args.brain_npz,
                                  labels_path=None if args.data == "demo" else args.labels,
                                  resolution_mm=args.resolution, n_pairs=args.pairs, seed=args.seed)

@@ -1,10 +1,10 @@
-"""Matching probe: how far does T's parameter-free block matching (:mod:`dgan.core.matching`) register
-the benchmark pairs on its own, before any training?
+"""Matching probe: how far does T's parameter-free block matching (:mod:`dgan.core.matching`)
+register the benchmark pairs on its own, before any training?
 
 Runs :class:`dgan.core.matching.BlockMatching` on each pair (optionally on a grid ``--pool`` times
 coarser, as a T trained at 4 mm sees 2 mm pairs), up-samples the field, and prints the mean Dice
 before and after and the folding. This is what a T with ``matching`` predicts at step 0 (its
-U-Net's residual starts at zero); docs/notes/training-log.md, entry 9. Examples::
+U-Net's residual starts at zero); docs/notes/training-log.md. Examples::
 
     # the demo's validation pairs (5 mm), the default passes
     dgan-probe-matching --data demo --seed 1234 --pairs 4

@@ -52,7 +52,7 @@ FIELD_SMOOTHNESS_MM = 100.0
 SLAB_MM = 40.0
 #: The thick-slice variant's slice thickness (mm).
 THICK_MM = 4.0
-#: Fixed scans finer than this are resampled to it first (mm), to keep the run to minutes.
+#: Fixed scans finer than this are resampled to it first (mm), to keep the run short.
 FIXED_SPACING_MM = 1.5
 #: ANTs SyN's settings (Mattes MI on both stages); ``type_of_transform`` is the method's.
 ANTS_SETTINGS = {"aff_metric": "mattes", "syn_metric": "mattes", "syn_sampling": 32,

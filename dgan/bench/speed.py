@@ -5,7 +5,8 @@ arXiv:2002.11430) against VoxelMorph's VxmDense with the same U-Net (and ANTs Sy
 :func:`bench_training_step` times one training step of Deform-GAN (D, G and T) against one of
 VxmDense (:class:`dgan.training.baselines.VxmTrainer`). Every figure is the median time and the peak
 memory of :func:`dgan.core.metrics.measure`, each method in a fresh process by default
-(:func:`in_fresh_process`). The command line is ``dgan-bench-speed`` (:mod:`dgan.bench.bench_speed`).
+(:func:`in_fresh_process`). The command line is ``dgan-bench-speed``
+(:mod:`dgan.bench.bench_speed`).
 """
 
 import concurrent.futures
@@ -26,8 +27,8 @@ from ..training.trainers import DeformGAN
 
 
 def measurement_record(measurement):
-    """A :class:`dgan.core.metrics.Measurement` as a JSON-ready dict; ``added_mib`` = peak - baseline,
-    what the method's warm-up (building, tracing) and timed calls added to the process."""
+    """A :class:`dgan.core.metrics.Measurement` as a JSON-ready dict; ``added_mib`` = peak -
+    baseline, what the method's warm-up (building, tracing) and timed calls added to the process."""
     added = (None if measurement.baseline_mib is None
              else measurement.peak_mib - measurement.baseline_mib)
     return {"seconds": measurement.seconds, "times": list(measurement.times),
@@ -53,7 +54,8 @@ def _run(isolate, fn, *args, **kwargs):
 
 def _lazy(build):
     """A callable that builds ``build()`` (a function of no arguments) on its first call, inside
-    :func:`dgan.core.metrics.measure`'s memory window, then calls it: ``lazy()`` -> ``build()()``."""
+    :func:`dgan.core.metrics.measure`'s memory window, then calls it: ``lazy()`` ->
+    ``build()()``."""
     built = []
 
     def call():
@@ -102,10 +104,10 @@ def bench_inference(network_config, moving, fixed, spacing=(1.0, 1.0, 1.0), repe
     """Median time and peak memory of registering one pair (network forward pass only).
 
     Deform-GAN's T (:func:`dgan.core.networks.build_registration_net`) and VoxelMorph's VxmDense
-    (:func:`dgan.training.baselines.build_vxm_dense`, the same U-Net) run on ``(1, X, Y, Z, 1)`` inputs
-    through a ``tf.function`` (traced in the warm-up); ANTs SyN (when ``ants`` is given) runs
-    :meth:`AntsSyNMethod.flow` on the same arrays. Each network is built in the first warm-up
-    call, inside the memory window (:func:`dgan.core.metrics.measure`), so ``added_mib`` counts its
+    (:func:`dgan.training.baselines.build_vxm_dense`, the same U-Net) run on ``(1, X, Y, Z, 1)``
+    inputs through a ``tf.function`` (traced in the warm-up); ANTs SyN (when ``ants`` is given) runs
+    :meth:`AntsSyNMethod.flow` on the same arrays. Each network is built in the first warm-up call,
+    inside the memory window (:func:`dgan.core.metrics.measure`), so ``added_mib`` counts its
     weights, graph and activations; times are the timed calls only.
 
     :param network_config: :class:`dgan.core.networks.NetworkConfig` with ``shape`` = moving.shape
@@ -158,11 +160,11 @@ def bench_training_step(network_config, moving, fixed, repeats=3, warmup=1, loss
                         isolate=True):
     """Median time and peak memory of one training step at ``network_config.shape``.
 
-    Deform-GAN: :meth:`dgan.training.trainers.DeformGAN.train_step` (D, then G, then T, three Adam updates);
-    VoxelMorph: one step of :class:`dgan.training.baselines.VxmTrainer` with ``-MI + lambda * Grad_l2``
-    (one Adam update; ``loss``: a :class:`dgan.training.trainers.LossWeights`, None: the defaults). Both in
-    a ``tf.function``, batch size 1, the model built in the first warm-up call, inside the
-    memory window; each in a fresh process unless ``isolate`` is False (see
+    Deform-GAN: :meth:`dgan.training.trainers.DeformGAN.train_step` (D, then G, then T, three Adam
+    updates); VoxelMorph: one step of :class:`dgan.training.baselines.VxmTrainer` with ``-MI +
+    lambda * Grad_l2`` (one Adam update; ``loss``: a :class:`dgan.training.trainers.LossWeights`,
+    None: the defaults). Both in a ``tf.function``, batch size 1, the model built in the first
+    warm-up call, inside the memory window; each in a fresh process unless ``isolate`` is False (see
     :func:`bench_inference`).
 
     :return: ``{"Deform-GAN (D+G+T)": {...}, "VoxelMorph VxmDense (MI)": {...}}``

@@ -3,10 +3,10 @@ same step budget, each through the one training run (``dgan.training.run.train``
 ``python eval/train_baselines.py`` runs the same.
 
 Methods (``--methods``, default all): ``deformgan`` (Deform-GAN), ``vxm`` (VoxelMorph's VxmDense,
-same U-Net, loss -MI + lambda Grad_l2) and ``lcc`` (T alone with LCC(fixed, moved) + local
-gradient + smoothness, no G and D). All take their loss settings from the one loss
-configuration (``dgan.training.trainers.LossWeights``: the same alpha, beta and windows for every method).
-Each run folder ``<out>/<method>/`` holds what any training run writes (config.json, losses.csv,
+same U-Net, loss -MI + lambda Grad_l2) and ``lcc`` (T alone with LCC(fixed, moved), the local
+gradient and smoothness, no G and D). All take their loss settings from the one loss configuration
+(``dgan.training.trainers.LossWeights``: the same alpha, beta and windows for every method). Each
+run folder ``<out>/<method>/`` holds what any training run writes (config.json, losses.csv,
 checkpoints/, tensorboard/, results.json, ...) and ends in ``<out>/<method>/model/``, a dgan model
 folder for dgan-evaluate, and ``<out>/learning_curves.png`` draws every method's held-out Dice
 against the step (TensorBoard: ``tensorboard --logdir <out>`` shows the runs side by side).
@@ -91,8 +91,8 @@ def parser():
     run.add_argument("--batch-size", type=int, default=1)
     run.add_argument("--lr", type=float,
                      help="learning rate of the registration network (default: each method's "
-                          "own, 1e-3 for T and 1e-4 for VxmDense, VoxelMorph's default; at 1e-3 "
-                          "two Adam steps took VxmDense from Dice 0.548 to 0.293 at 4 mm)")
+                          "own, 1e-3 for T and 1e-4 for VxmDense, VoxelMorph's default, at which "
+                          "it does not diverge)")
     run.add_argument("--lr-decay", choices=SCHEDULES, default="constant",
                      help="the learning rates' schedule (default constant)")
     run.add_argument("--seed", type=int, default=0)
@@ -108,7 +108,7 @@ def parser():
                      help="Deform-GAN's D: strided layers (default 2)")
     run.add_argument("--d-pool", type=int, default=D_NETWORK["d_pool"],
                      help="Deform-GAN's D: average-pools its input by this factor (default 2, "
-                          "as on the demo: D's update 0.32 s instead of 1.5 s at 4 mm)")
+                          "as on the demo: a cheaper update)")
     run.add_argument("--int-steps", type=int, default=0)
     run.add_argument("--refine-steps", type=int,
                      help="refinement iterations per level at the first and last validation and "
@@ -141,13 +141,13 @@ def parser():
 
 #: The step budget on the embedded demo data (each step a fraction of a brain step's cost).
 DEFAULT_STEPS = 150
-#: The step budget on the brain benchmark: 600 steps. Deform-GAN's take 9.8 minutes at 4 mm on
-#: two cores of an AMD EPYC with AVX-512 (the ablation 6.7, VoxelMorph 3.8; validations, and
-#: the refinement at the first and last, included), inside the 20 minutes a method may take; on
-#: the same CPU model without AVX-512 a step took 4.6 s (entry 12), so there 600 steps take well
-#: over 20 minutes and ``--steps 150`` is the budget (13 minutes). At 150 steps Deform-GAN's T
-#: ties with the ablation on the 2 mm benchmark (0.7405 against 0.7416); at 600 it is above it
-#: with two seeds (0.7469 against 0.7443 and 0.7481 against 0.7462; docs/notes/training-log.md, entry 25).
+#: The step budget on the brain benchmark: 600 steps. Deform-GAN's take 9.8 minutes at 4 mm on two
+#: cores of an AMD EPYC with AVX-512 (the ablation 6.7, VoxelMorph 3.8; validations, and the
+#: refinement at the first and last, included), inside the 20 minutes a method may take; on the same
+#: CPU model without AVX-512 a step took 4.6 s (entry 12), so there 600 steps take well over 20
+#: minutes and ``--steps 150`` is the budget (13 minutes). At 150 steps Deform-GAN's T ties with the
+#: ablation on the 2 mm benchmark (0.7405 against 0.7416); at 600 it is above it with two seeds
+#: (0.7469 against 0.7443 and 0.7481 against 0.7462; docs/notes/training-log.md, entry 25).
 BRAIN_STEPS = 600
 
 #: The paper's windows (n = 7, LCC 9) are for ~1 mm voxels; on grids this coarse or coarser

@@ -1,6 +1,7 @@
 """``dgan-export``: a dgan model folder as a TensorFlow Serving SavedModel, a thin layer over
-:func:`dgan.registration.serving.export_saved_model`. The arguments are parsed before TensorFlow starts, and
-its start-up lines stay off the terminal unless ``--verbose`` (:func:`dgan.compat.quiet`).
+:func:`dgan.registration.serving.export_saved_model`. The arguments are parsed before TensorFlow
+starts, and its start-up lines stay off the terminal unless ``--verbose``
+(:func:`dgan.compat.quiet`).
 """
 
 import argparse

@@ -7,29 +7,32 @@ own them, which import TensorFlow. Each is a copy of its owner's value, named in
 nothing.
 """
 
-#: :data:`dgan.training.trainers.SMOOTHED_FIELDS`: what the smoothness term may act on, the residual (the
-#: change made to a starting field) or the whole flow.
+#: :data:`dgan.training.trainers.SMOOTHED_FIELDS`: what the smoothness term may act on, the residual
+#: (the change made to a starting field) or the whole flow.
 SMOOTHED_FIELDS = ("residual", "flow")
 
-#: :data:`dgan.registration.affine.AUTO_THRESHOLD_MM`: ``--affine auto`` applies the estimated affine only
-#: when it moves the fixed scan's foreground by more than this RMS distance (mm).
+#: :data:`dgan.registration.affine.AUTO_THRESHOLD_MM`: ``--affine auto`` applies the estimated
+#: affine only when it moves the fixed scan's foreground by more than this RMS distance (mm).
 AUTO_THRESHOLD_MM = 2.0
 
-#: :data:`dgan.registration.registrar.DEFAULT_REFINE_STEPS`: refinement iterations per level by default.
+#: :data:`dgan.registration.registrar.DEFAULT_REFINE_STEPS`: refinement iterations per level by
+#: default.
 DEFAULT_REFINE_STEPS = 25
 
-#: Defaults of :class:`dgan.registration.refine.RefineConfig` (its docstring says how they were chosen):
-#: ``levels``, ``alpha``, ``smooth`` and ``lcc_stride``.
+#: Defaults of :class:`dgan.registration.refine.RefineConfig` (its docstring says how they were
+#: chosen): ``levels``, ``alpha``, ``smooth`` and ``lcc_stride``.
 REFINE_LEVELS = (4, 2, 1)
 REFINE_ALPHA = 1.0
 REFINE_SMOOTH = "residual"
 REFINE_LCC_STRIDE = 2
 
-#: :data:`dgan.registration.registrar.START_CHOICES`: :class:`dgan.registration.registrar.Registrar`'s ``start`` choices.
+#: :data:`dgan.registration.registrar.START_CHOICES`:
+#: :class:`dgan.registration.registrar.Registrar`'s ``start`` choices.
 START_CHOICES = ("auto", "network", "identity")
 
 #: :data:`dgan.registration.registrar.AFFINE_MODES`: the affine stage's modes.
 AFFINE_MODES = ("auto", "on", "off")
 
-#: :data:`dgan.registration.itk.ITK_SUFFIXES`: file endings of ``--out-affine`` (ITK text transforms).
+#: :data:`dgan.registration.itk.ITK_SUFFIXES`: file endings of ``--out-affine`` (ITK text
+#: transforms).
 ITK_SUFFIXES = (".txt", ".tfm")

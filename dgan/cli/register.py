@@ -1,10 +1,10 @@
 """``dgan-register``: register one pair of scans, or every pair of a CSV file (``--batch``).
 
-A thin layer over :class:`dgan.registration.registrar.Registrar` (one pair, :func:`dgan.registration.files.write_outputs`)
-and :mod:`dgan.registration.batch` (a CSV file of pairs, one process). The arguments are parsed, and
-``--help`` answered, before TensorFlow starts: this module imports the library only in
-:func:`main`, after :func:`dgan.compat.quiet` (TensorFlow's start-up lines stay off the terminal
-unless ``--verbose``). Also ``python -m dgan.cli.register``.
+A thin layer over :class:`dgan.registration.registrar.Registrar` (one pair,
+:func:`dgan.registration.files.write_outputs`) and :mod:`dgan.registration.batch` (a CSV file of
+pairs, one process). The arguments are parsed, and ``--help`` answered, before TensorFlow starts:
+this module imports the library only in :func:`main`, after :func:`dgan.compat.quiet` (TensorFlow's
+start-up lines stay off the terminal unless ``--verbose``). Also ``python -m dgan.cli.register``.
 """
 
 import argparse
@@ -102,20 +102,18 @@ def _parser():
     add("--refine-lcc", type=float, metavar="W",
         help="weight of refinement's L_LCC term through the model's G, w_lcc (default: the "
              "model's: 1 for brain models from dgan-train-baselines, whose G translates; 0 for "
-             "the demo's and train_dgan's, whose G draws the fixed image). After a brain "
-             "model's T, 1 scores higher (docs/TRAINING.md, entries 23 and 24)")
+             "the demo's and dgan-train's, whose G draws the fixed image)")
     add("--refine-lcc-stride", type=int, metavar="S",
         help="refinement's L_LCC as the mean over the windows around every S-th voxel along "
-             f"each axis (default {options.REFINE_LCC_STRIDE}: the same Dice on the brain "
-             "benchmark for about a third of the window sums; 1: every window)")
+             f"each axis (default {options.REFINE_LCC_STRIDE}, about a third of the window sums; "
+             "1: every window)")
     add("--refine-alpha", type=float, metavar="A",
         help="weight of refinement's smoothness term, alpha (default: the model's, else "
-             f"{options.REFINE_ALPHA:g}; 4 for brain models: after their T at 2 mm, alpha 1 "
-             "with --refine-lcc 1 folds, docs/TRAINING.md, entry 23)")
+             f"{options.REFINE_ALPHA:g}; 4 for brain models, whose refinement keeps the L_LCC "
+             "term)")
     add("--network-spacing", type=float, metavar="MM",
         help="voxel size in mm of the grid T runs on (default: the model folder's, else its "
-             "training spacing); a T trained at 4 mm is more accurate at 2 mm, in about four "
-             "times the time")
+             "training spacing); a T trained at 4 mm can run at 2 mm, more accurate and slower)")
     add("--affine", choices=options.AFFINE_MODES, default="auto",
         help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
              "applied only when it moves the fixed scan's foreground by more than "
@@ -159,7 +157,8 @@ def _check_arguments(parser, args):
 
 
 def _registrar(args):
-    """The :class:`dgan.registration.registrar.Registrar` the options describe (the model loaded once)."""
+    """The :class:`dgan.registration.registrar.Registrar` the options describe (the model loaded
+    once)."""
     from ..registration.model_folder import as_model_folder
     from ..registration.registrar import Registrar, model_refinement
 

@@ -1,8 +1,9 @@
-"""Deform-GAN's loss terms (Zhang et al. 2020, arXiv:2002.11430), as pure functions and Keras layers.
+"""Deform-GAN's loss terms (Zhang et al. 2020, arXiv:2002.11430), as pure functions and Keras
+layers.
 
 Every function takes tensors of shape (B, X, Y, Z, C) (C = 1 for images, 3 for a flow field) and
-returns one value per batch element, shape (B,), in the dtype of its input. Reduction over the
-batch happens in exactly one place, :class:`dgan.training.trainers.DeformGAN`, so the values stay correct
+returns one value per batch element, shape (B,), in the dtype of its input. Reduction over the batch
+happens in exactly one place, :class:`dgan.training.trainers.DeformGAN`, so the values stay correct
 under ``tf.distribute``.
 
 Similarities (higher is better, in [0, 1]):
@@ -138,18 +139,19 @@ def spatial_gradient(image):
 
 def local_gradient_direction(image, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS,
                              sums_first=False):
-    """n(I, p) = v / (|v| + eps), v = the spatial gradient of I summed over a window^3 neighbourhood.
+    """n(I, p) = v / (|v| + eps), v = the spatial gradient of I summed over a window^3
+    neighbourhood.
 
     |v| is computed as sqrt(|v|^2 + tiny) so that its gradient stays finite where v = 0
     (flat or all-zero images); tiny is the dtype's smallest normal number.
 
     :param image: shape = (B, X, Y, Z, 1)
     :param sums_first: v as the central differences of I's window sums, D(B(I)), instead of the
-        window sums of its central differences, B(D(I)). The two operators commute away from
-        the volume's faces, so v is the same there, for one window sum of one channel instead
-        of three (:func:`dgan.registration.refine` uses it). Within window // 2 + 1 voxels of a face the two
-        differ, unless I is zero there. Where I is flat, the differences of sums carry round-off
-        of about window^3 ulp(|I|), where the derivatives-first form gives exactly 0.
+        window sums of its central differences, B(D(I)). The two operators commute away from the
+        volume's faces, so v is the same there, for one window sum of one channel instead of three
+        (:func:`dgan.registration.refine` uses it). Within window // 2 + 1 voxels of a face the two
+        differ, unless I is zero there. Where I is flat, the differences of sums carry round-off of
+        about window^3 ulp(|I|), where the derivatives-first form gives exactly 0.
     :return: shape = (B, X, Y, Z, 3)
     """
     image = tf.convert_to_tensor(image)

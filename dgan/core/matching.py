@@ -1,7 +1,7 @@
 """Block matching of local-gradient directions: a parameter-free first estimate of phi for T.
 
-A U-Net trained from scratch for a few hundred steps on two CPU cores predicts a small fraction
-of the deformation between two scans (docs/notes/training-log.md). What it lacks is an explicit search:
+A U-Net trained from scratch for a few hundred steps on a CPU predicts a small fraction of the
+deformation between two scans (docs/notes/training-log.md). What it lacks is an explicit search:
 which displacement d makes the moving scan's structure at p + d agree with the fixed scan's at
 p. This module performs that search with the paper's modality-independent measure. For every
 voxel p of a grid ``factor`` times coarser than the images and every integer displacement d with
@@ -16,8 +16,9 @@ the displacement is its soft arg-max, ``phi(p) = sum_d d softmax(C(p, .) / tempe
 up-sampled to the image grid. Several passes, coarse to fine, each match the moving image
 warped by the previous passes' field and compose their fields.
 
-:class:`BlockMatching` is the Keras layer T uses (see :func:`dgan.core.networks.build_registration_net`):
-it has no weights, and T's U-Net learns the residual that remains after it.
+:class:`BlockMatching` is the Keras layer T uses (see
+:func:`dgan.core.networks.build_registration_net`): it has no weights, and T's U-Net learns the
+residual that remains after it.
 """
 
 import itertools
@@ -28,13 +29,12 @@ from ..compat import keras, tf, vxm
 from .coverage import shrink
 from .losses import box_sum, local_gradient_direction
 
-#: The passes T uses by default, (factor, radius) coarse to fine: on the demo's 5 mm grid and on
-#: the brain benchmark's 4 mm training grid they search up to 8 + 8 + 1 = 17 voxels in all, and
-#: beat a single pass or two (docs/notes/training-log.md, entry 9).
+#: The passes T uses by default, (factor, radius) coarse to fine: they search up to 8 + 8 + 1 =
+#: 17 voxels in all, more than a single pass or two can.
 DEFAULT_PASSES = ((4, 2), (2, 2), (1, 1))
-#: Window and smoothing of the cost, temperature of the soft arg-max, measured on the demo's
-#: validation pairs and confirmed on the brain benchmark (docs/notes/training-log.md, entry 9): a larger
-#: smoothing cuts folding (0.48 % -> 0.02 % on the demo) and a sharper temperature gains Dice.
+#: Window and smoothing of the cost, temperature of the soft arg-max (chosen on the demo's
+#: validation pairs and the brain benchmark, docs/notes/training-log.md): a larger smoothing
+#: folds less, a sharper temperature follows the cost's best displacement more closely.
 DEFAULT_LG_WINDOW = 3
 DEFAULT_WINDOW = 5
 DEFAULT_SMOOTHING = 7
@@ -94,7 +94,8 @@ def matching_cost(fixed_direction, moving_direction, radius, window, smoothing=1
 
 
 def soft_argmax_flow(cost, radius, temperature):
-    """phi(p) = sum_d d softmax(C(p, .) / temperature)_d, in the cost grid's voxels: (B, X, Y, Z, 3)."""
+    """phi(p) = sum_d d softmax(C(p, .) / temperature)_d, in the cost grid's voxels: (B, X, Y, Z,
+    3)."""
     weights = tf.nn.softmax(cost / temperature, axis=-1)
     return tf.tensordot(weights, tf.constant(displacements(radius)), [[4], [0]])
 
@@ -123,7 +124,8 @@ def warp(volume, flow):
 
 
 def compose(first, second):
-    """The field of warping by ``first`` and then by ``second``: second(p) + first(p + second(p))."""
+    """The field of warping by ``first`` and then by ``second``: second(p) + first(p +
+    second(p))."""
     return second + warp(first, second)
 
 
@@ -163,9 +165,9 @@ class BlockMatching(keras.layers.Layer):
 
 
 def pass_validity(mask, passes=DEFAULT_PASSES, lg_window=DEFAULT_LG_WINDOW):
-    """Where each pass may compare directions: ``mask`` (where both scans have data, bool
-    (X, Y, Z)) on the pass's coarse grid, kept where the directions' windows (central
-    differences, then the ``lg_window`` box) lie wholly inside it (:func:`dgan.core.coverage.shrink`).
+    """Where each pass may compare directions: ``mask`` (where both scans have data, bool (X, Y, Z))
+    on the pass's coarse grid, kept where the directions' windows (central differences, then the
+    ``lg_window`` box) lie wholly inside it (:func:`dgan.core.coverage.shrink`).
 
     :return: one float32 array (1, X/f, Y/f, Z/f, 1) per pass, or None when ``mask`` is None or
         covers every voxel

@@ -41,18 +41,18 @@ class NetworkConfig:
     :param flow_resolution: T predicts phi on a grid this many times coarser and upsamples it
         (VoxelMorph's ``svf_resolution``): 1 (full resolution) or a power of two up to T's
         down-sampling factor. 2 skips T's last up-sampling, so its final convolutions run on
-        1/8 of the voxels: about twice as fast, for fields that are smooth anyway
+        1/8 of the voxels: faster, for fields that are smooth anyway
     :param g_residual: G predicts a correction added to its input, F'(phi) = F(phi) + U(F(phi)),
         with U's last layer initialised to zero: G starts as the identity, so T's L_LCC
         compares R with the moved image itself until G has learnt the translation, instead of
         with an untrained G's flat grey output. False: F'(phi) = sigmoid(U(F(phi)))
     :param matching: T's parameter-free first estimate of phi, ((factor, radius), ...) passes of
-        :class:`dgan.core.matching.BlockMatching` (block matching of local-gradient directions, coarse
-        to fine); T's U-Net then sees the moving image warped by it and predicts the residual
+        :class:`dgan.core.matching.BlockMatching` (block matching of local-gradient directions,
+        coarse to fine); T's U-Net then sees the moving image warped by it and predicts the residual
         field, composed with it. () (the default): the paper's T, the U-Net alone
     :param d_pool: D average-pools its input pair by this factor before its first strided
         convolution (1: none). D's weight gradients are the costliest part of a step on CPU;
-        2 makes D's update about six times cheaper
+        2 makes D's update several times cheaper
     :param g_pointwise: G sees one voxel at a time: 1x1x1 convolutions with the widths of
         ``g_features``' encoder (leaky ReLU), a per-voxel intensity map of F(phi). Such a G can
         translate contrast but cannot draw R's anatomy, which a U-Net G trained with

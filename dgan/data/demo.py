@@ -28,7 +28,7 @@ from .synth import (
 
 #: Demo grid: 5 mm voxels; 32 x 40 x 32 covers the MNI152 brain (160 x 200 x 160 mm, the
 #: brain stem cut at the bottom) and every axis is divisible by 8, as the U-Net's downsampling
-#: needs. Coarse, so that a demo run trains in minutes on two CPU cores.
+#: needs. Coarse, so that a demo run trains on a CPU.
 DEMO_SHAPE = (32, 40, 32)
 DEMO_SPACING = 5.0
 #: Demo deformations (voxels): each image of a pair is displaced by up to 20 mm over a 80 mm

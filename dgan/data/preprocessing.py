@@ -1,15 +1,16 @@
 """How a scan is prepared for the networks: one description that training and registration share.
 
 Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) trains T on volumes of one grid and intensity
-range; registration must prepare new scans the same way, or T sees inputs it was never trained
-on. :class:`Preprocessing` is that description. Training prepares its volumes with
-:meth:`Preprocessing.prepare` (through :func:`preprocess_volume`), writes the
-description into the model folder (``dgan_model.json``, :mod:`dgan.registration.model_folder`), and
-:class:`dgan.registration.registrar.Registrar` reads it back and prepares scans with the same methods:
+range; registration must prepare new scans the same way, or T sees inputs it was never trained on.
+:class:`Preprocessing` is that description. Training prepares its volumes with
+:meth:`Preprocessing.prepare` (through :func:`preprocess_volume`), writes the description into the
+model folder (``dgan_model.json``, :mod:`dgan.registration.model_folder`), and
+:class:`dgan.registration.registrar.Registrar` reads it back and prepares scans with the same
+methods:
 
 1. :meth:`Preprocessing.network_grid`: reorient to RAS+ (:func:`dgan.data.io.to_canonical`, axis
-   permutations and flips only) and resample to ``spacing`` (:func:`dgan.data.io.resample_to_spacing`;
-   None keeps the scan's own voxel size);
+   permutations and flips only) and resample to ``spacing``
+   (:func:`dgan.data.io.resample_to_spacing`; None keeps the scan's own voxel size);
 2. :meth:`Preprocessing.scale`: intensities mapped to [0, 1], the ``percentiles`` of the non-zero
    voxels going to 0 and 1 (:func:`dgan.data.io.normalize_intensity`);
 3. centred crop or zero padding: to the training ``shape`` in training (:meth:`prepare`), to the
@@ -87,7 +88,8 @@ class Preprocessing:
 
         :param volume: :class:`dgan.data.io.Volume`
         :param order: interpolation order, 1 for images, 0 for label maps
-        :return: :class:`dgan.data.io.Volume` on the network grid (the same object when nothing changes)
+        :return: :class:`dgan.data.io.Volume` on the network grid (the same object when nothing
+            changes)
         """
         volume = to_canonical(volume)
         return volume if self.spacing is None else resample_to_spacing(volume, self.spacing,
@@ -126,7 +128,8 @@ class Preprocessing:
 
 
 def scale_intensity(array, percentiles=DEFAULT_PERCENTILES):
-    """:func:`dgan.data.io.normalize_intensity` with ``percentiles`` (low, high) going to 0 and 1."""
+    """:func:`dgan.data.io.normalize_intensity` with ``percentiles`` (low, high) going to 0 and
+    1."""
     return normalize_intensity(array, *percentiles)
 
 

@@ -1,9 +1,9 @@
 """The scans a user trains on: finding them, loading and preparing them, labelled pairs.
 
 - :func:`find_scans`: folders, glob patterns, CSV lists, single files;
-- :class:`ScanSet`: scans loaded, checked and prepared (:func:`dgan.data.preprocessing.preprocess_volume`)
-  in parallel threads, then kept in memory, a sequence of arrays for
-  :func:`dgan.data.pipeline.make_dataset`;
+- :class:`ScanSet`: scans loaded, checked and prepared
+  (:func:`dgan.data.preprocessing.preprocess_volume`) in parallel threads, then kept in memory, a
+  sequence of arrays for :func:`dgan.data.pipeline.make_dataset`;
 - labelled pairs from a CSV (:func:`read_pair_csv`, :func:`write_pair_csv`,
   :func:`load_labelled_pairs`), the validation pairs of a training run.
 """

@@ -87,14 +87,16 @@ class ModelMethod:
 
     :param name: shown in the tables
     :param folder: the model folder, or None: refinement alone from the identity
-    :param refine_steps: instance refinement iterations per level after T (:mod:`dgan.registration.refine`);
-        0: T alone
-    :param refine_config: :class:`dgan.registration.refine.RefineConfig` for the other settings, or None
+    :param refine_steps: instance refinement iterations per level after T
+        (:mod:`dgan.registration.refine`); 0: T alone
+    :param refine_config: :class:`dgan.registration.refine.RefineConfig` for the other settings, or
+        None
     :param network_spacing: the voxel size in mm T runs at, or None: the model's training
         spacing (:class:`dgan.registration.registrar.Registrar`)
-    :param start: :class:`dgan.registration.registrar.Registrar`'s ``start``: ``"network"`` (the default here)
-        scores T's field as trained (without a model, the block matching's); ``"auto"`` lets the
-        pair choose, as ``dgan-register`` does (the real-scan benchmark measures that)
+    :param start: :class:`dgan.registration.registrar.Registrar`'s ``start``: ``"network"`` (the
+        default here) scores T's field as trained (without a model, the block matching's);
+        ``"auto"`` lets the pair choose, as ``dgan-register`` does (the real-scan benchmark measures
+        that)
     """
 
     warmup = True  # the first call builds T for the padded shape and traces predict

@@ -63,10 +63,10 @@ def score(result, pair, label_ids, spacing):
     """One record: ``dice_mean``, ``hd95_mean_mm``, ``folding_fraction``, ``sdlogj``,
     ``seconds``, and ``dice_<id>`` per label.
 
-    Dice compares the warped moving labels with the fixed labels; a label absent from both is
-    NaN and left out of the mean. ``hd95_mean_mm`` is the mean of :func:`dgan.core.metrics.hd95` over
-    the labels present in both maps (finite distances). Folding and SDlogJ are computed on the
-    whole flow (:func:`dgan.core.metrics.folding_fraction`, :func:`dgan.core.metrics.sdlogj`).
+    Dice compares the warped moving labels with the fixed labels; a label absent from both is NaN
+    and left out of the mean. ``hd95_mean_mm`` is the mean of :func:`dgan.core.metrics.hd95` over
+    the labels present in both maps (finite distances). Folding and SDlogJ are computed on the whole
+    flow (:func:`dgan.core.metrics.folding_fraction`, :func:`dgan.core.metrics.sdlogj`).
     """
     per_label = metrics.dice(result.labels, pair["fixed_labels"], label_ids)
     present = [v for v in per_label.values() if not math.isnan(v)]

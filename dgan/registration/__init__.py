@@ -2,10 +2,12 @@
 
 | module | one job |
 |---|---|
-| :mod:`~dgan.registration.registrar` | :class:`~dgan.registration.registrar.Registrar`: affine stage, T, refinement, on the scans' grids |
+| :mod:`~dgan.registration.registrar` | :class:`~dgan.registration.registrar.Registrar`: affine
+stage, T, refinement, on the scans' grids |
 | :mod:`~dgan.registration.geometry` | fields and volumes between voxel grids of one world |
-| :mod:`~dgan.registration.files` | a registration's input files read and checked, its outputs written |
-| :mod:`~dgan.registration.batch` | every pair of a CSV file in one process (``dgan-register --batch``) |
+| :mod:`~dgan.registration.files` | a registration's input files read and checked, its outputs
+written | | :mod:`~dgan.registration.batch` | every pair of a CSV file in one process
+(``dgan-register --batch``) |
 | :mod:`~dgan.registration.refine` | instance refinement of a field on one pair |
 | :mod:`~dgan.registration.affine` | the affine stage (mutual information) |
 | :mod:`~dgan.registration.itk` | ITK text transform files |

@@ -1,14 +1,15 @@
-"""Affine pre-alignment: the 12-parameter world transform that brings a moving scan onto a fixed one.
+"""Affine pre-alignment: the 12-parameter world transform that brings a moving scan onto a fixed
+one.
 
 Deform-GAN's T (Zhang et al. 2020, arXiv:2002.11430) and instance refinement learn small, smooth
 deformations; scans from two sessions or scanners differ first by a head rotation, a translation
 and a global scale. This module estimates that affine part, cross-modally, before them.
 
-**The transform.** ``matrix`` (4 x 4) maps a point x of the fixed scan's world (RAS millimetres,
-as the NIfTI affines of :mod:`dgan.data.io`) to the corresponding point y = matrix x of the moving
+**The transform.** ``matrix`` (4 x 4) maps a point x of the fixed scan's world (RAS millimetres, as
+the NIfTI affines of :mod:`dgan.data.io`) to the corresponding point y = matrix x of the moving
 scan's world: the moving scan aligned to the fixed one is ``moving(matrix x)``, the convention of
-ITK and ANTs transforms (:mod:`dgan.registration.itk` writes it for ``antsApplyTransforms``). With the
-centres of mass c_F (fixed) and c_M (moving):
+ITK and ANTs transforms (:mod:`dgan.registration.itk` writes it for ``antsApplyTransforms``). With
+the centres of mass c_F (fixed) and c_M (moving):
 
     y = c_M + t + M (x - c_F)
 
@@ -36,16 +37,16 @@ same result (the point subset is drawn from a seeded generator; no other randomn
 
 **The similarity** is mutual information (Mattes et al. 2003): at every level the fixed scan is
 sampled at (at most ``max_points``, a seeded subset) voxel centres of its level grid inside its
-foreground shrunk by 4 mm (``margin_mm``), the moving scan is sampled trilinearly at their
-images y, and the joint histogram, over the samples that land inside the moving scan (and its
-mask: outside there is no data, which is not intensity 0), of the two intensities
-(``bins`` bins; the fixed side binned, the moving side spread by a cubic B-spline so that it is
-differentiable in y) gives MI = sum p(a, b) log p(a, b) / (p(a) p(b)). The paper's
-local-gradient similarity L_LG (:func:`dgan.core.losses.local_gradient_agreement`, on the whole level
-grid) is available as ``similarity="lg"``; docs/notes/benchmarks-history.md compares the two on the affine
-benchmark: MI was more accurate, and faster (it needs scattered points, L_LG whole grids).
-Sampling the interior rather than the foreground grown by a margin was more accurate across
-modalities too: the brain's outline differs between a T1 and a T2-like image.
+foreground shrunk by 4 mm (``margin_mm``), the moving scan is sampled trilinearly at their images y,
+and the joint histogram, over the samples that land inside the moving scan (and its mask: outside
+there is no data, which is not intensity 0), of the two intensities (``bins`` bins; the fixed side
+binned, the moving side spread by a cubic B-spline so that it is differentiable in y) gives MI = sum
+p(a, b) log p(a, b) / (p(a) p(b)). The paper's local-gradient similarity L_LG
+(:func:`dgan.core.losses.local_gradient_agreement`, on the whole level grid) is available as
+``similarity="lg"``; docs/notes/benchmarks-history.md compares the two on the affine benchmark: MI
+was more accurate, and faster (it needs scattered points, L_LG whole grids). Sampling the interior
+rather than the foreground grown by a margin was more accurate across modalities too: the brain's
+outline differs between a T1 and a T2-like image.
 """
 
 import dataclasses

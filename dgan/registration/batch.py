@@ -1,7 +1,8 @@
 """Register every pair a CSV file lists, in one process (``dgan-register --batch``, issue 30.4).
 
-One :class:`dgan.registration.registrar.Registrar` serves every row: the model folder is loaded once and the
-functions TensorFlow traces for the first pair are reused for the next ones of the same shape.
+One :class:`dgan.registration.registrar.Registrar` serves every row: the model folder is loaded once
+and the functions TensorFlow traces for the first pair are reused for the next ones of the same
+shape.
 
 The CSV file (:func:`read_pairs`)::
 
@@ -10,11 +11,11 @@ The CSV file (:func:`read_pairs`)::
     /data/sub-02_T2w.nii.gz,template_T1w.nii.gz,
 
 has the header ``moving,fixed`` and optionally the column ``moving_labels`` (a row may leave it
-empty); relative paths are relative to the CSV file's folder. Each row writes, in the output
-folder, files named after its input files' stems (:func:`output_paths`; the stem drops the
-ending, ``.nii.gz`` as a whole): ``<moving stem>_moved.nii.gz``, ``<moving stem>_flow.nii.gz``
-and, with labels, ``<moving-labels stem>_moved_labels.nii.gz``, as ``dgan-register`` writes
-one pair (:func:`dgan.registration.files.write_outputs`). A CSV file whose rows would write the same file
+empty); relative paths are relative to the CSV file's folder. Each row writes, in the output folder,
+files named after its input files' stems (:func:`output_paths`; the stem drops the ending,
+``.nii.gz`` as a whole): ``<moving stem>_moved.nii.gz``, ``<moving stem>_flow.nii.gz`` and, with
+labels, ``<moving-labels stem>_moved_labels.nii.gz``, as ``dgan-register`` writes one pair
+(:func:`dgan.registration.files.write_outputs`). A CSV file whose rows would write the same file
 twice is refused before anything runs.
 
 A row that cannot be registered (a missing or unreadable file, NaN voxels, a wrong

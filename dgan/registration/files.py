@@ -21,7 +21,8 @@ LABELS_DESCRIP = "dgan warped labels (moving labels on this grid)"
 
 
 def load_inputs(moving_path, fixed_path, moving_labels=None):
-    """Read and check the input files: (moving, fixed, labels or None) :class:`dgan.data.io.Volume`."""
+    """Read and check the input files: (moving, fixed, labels or None)
+    :class:`dgan.data.io.Volume`."""
     moving = dio.load_volume(moving_path)
     fixed = dio.load_volume(fixed_path)
     labels = None if moving_labels is None else dio.load_volume(moving_labels, kind="labels")
@@ -36,8 +37,9 @@ def load_masks(moving, fixed, moving_mask=None, fixed_mask=None):
 
 
 def write_outputs(result, out_moved, out_flow, out_labels=None, out_affine=None):
-    """Write a :class:`FileRegistration` as NIfTI with the fixed scan's affine and header, and
-    its affine transform as an ITK text file (:func:`dgan.registration.itk.write_affine`) when ``out_affine``.
+    """Write a :class:`FileRegistration` as NIfTI with the fixed scan's affine and header, and its
+    affine transform as an ITK text file (:func:`dgan.registration.itk.write_affine`) when
+    ``out_affine``.
 
     All files are written under temporary names first and renamed into place together at the
     end: after a failure no output is half-written and existing files are left as they were.

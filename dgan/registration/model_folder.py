@@ -124,14 +124,15 @@ def save_model_folder(registration_net, network_config, preprocessing, path, *, 
     :param preprocessing: :class:`Preprocessing` or its dict (``shape``, ``spacing`` in mm or
         None, ``percentiles``); None: ``network_config.shape``, native spacing, (0.5, 99.5)
     :param path: the model folder to write
-    :param generator: G, from :func:`dgan.core.networks.build_generator` (e.g. ``DeformGAN.generator``),
-        kept for instance refinement; None writes T alone
-    :param refinement: the :class:`dgan.registration.refine.RefineConfig` settings (a dict) that suit this
-        model (e.g. its training windows), used by :class:`dgan.registration.registrar.Registrar` unless the
-        caller gives its own; None: refinement's defaults
+    :param generator: G, from :func:`dgan.core.networks.build_generator` (e.g.
+        ``DeformGAN.generator``), kept for instance refinement; None writes T alone
+    :param refinement: the :class:`dgan.registration.refine.RefineConfig` settings (a dict) that
+        suit this model (e.g. its training windows), used by
+        :class:`dgan.registration.registrar.Registrar` unless the caller gives its own; None:
+        refinement's defaults
     :param network_spacing: the voxel size in mm (one or three) at which
-        :class:`dgan.registration.registrar.Registrar` runs T by default (``registration`` in the description);
-        None: the training spacing
+        :class:`dgan.registration.registrar.Registrar` runs T by default (``registration`` in the
+        description); None: the training spacing
     :return: ``path`` as a string
     """
     preprocessing = _as_preprocessing(preprocessing, network_config)

@@ -6,9 +6,9 @@ identity), with G frozen and only the field changing:
 
     L(phi) = w_lcc (1 - L_LCC(R, G(F)(phi))) + beta (1 - L_LG(R, F(phi))) + alpha sum |grad phi|^2
 
-the T objective of :mod:`dgan.training.trainers` (terms from :mod:`dgan.core.losses`). By default the smoothness
-term acts on the change refinement makes, phi - phi_0, rather than on phi (``RefineConfig.smooth``):
-T's field keeps its detail. Two approximations make a step cheap:
+the T objective of :mod:`dgan.training.trainers` (terms from :mod:`dgan.core.losses`). By default
+the smoothness term acts on the change refinement makes, phi - phi_0, rather than on phi
+(``RefineConfig.smooth``): T's field keeps its detail. Two approximations make a step cheap:
 
 - **G runs once.** G is a convolutional network, so for a smooth phi it commutes with the warp:
   G(F(phi)) ~= G(F)(phi). The caller translates the moving image once (``translated`` = G(F)) and
@@ -36,13 +36,13 @@ level starts from the previous level's u, upsampled; Adam's moments restart.
 Warping is trilinear with edge values beyond the border, as VoxelMorph's ``SpatialTransformer``,
 written here as eight gathers so that its gradient with respect to the field costs no scatter.
 Everything runs in float32 on fixed shapes; for a given input the result is deterministic. An
-iteration is traced once per level shape in a process and compiled with XLA on levels large
-enough to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the
-warp's corner values, the objective and its gradient with respect to phi, the chain rule back
-to the control field and Adam's update) so that XLA does not fuse the warp into the
-local-gradient sums (:class:`_CompiledStep`). L_LG's directions are taken as the central
-differences of the window sums (``sums_first`` of :func:`dgan.core.losses.local_gradient_direction`):
-the same away from the volume's faces, for a third of the sums.
+iteration is traced once per level shape in a process and compiled with XLA on levels large enough
+to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the warp's corner
+values, the objective and its gradient with respect to phi, the chain rule back to the control field
+and Adam's update) so that XLA does not fuse the warp into the local-gradient sums
+(:class:`_CompiledStep`). L_LG's directions are taken as the central differences of the window sums
+(``sums_first`` of :func:`dgan.core.losses.local_gradient_direction`): the same away from the
+volume's faces, for a third of the sums.
 
 Flow convention as everywhere in dgan: displacement in voxels of the grid it lives on, 'ij'
 indexing, moved(p) = moving(p + flow(p)).
@@ -81,15 +81,10 @@ ADAM_EPS = 1e-8
 class RefineConfig:
     """Settings of :func:`refine`; the weights are the paper's symbols.
 
-    The defaults were chosen on two pairs of the 2 mm brain benchmark (identity 0.558), refining
-    from the identity with L_LG and smoothness (docs/notes/benchmarks-history.md): three levels (8, 4, 2 mm)
-    reach 0.731, where two (8, 4 mm) reach 0.678 in a seventh of the time; n = 3 beats the
-    paper's 7 (0.678 against 0.601 with two levels; n is in voxels of each level, so the coarse
-    levels still see wide neighbourhoods); with n = 3 and two levels alpha 0.5 gave 0.686 and
-    alpha 1 0.678, with n = 5 alpha 2 gave 0.616 against 0.638 for alpha 1: alpha 1 is kept as
-    the safer side of the fold-free range at the finest level, which was measured with it only.
-    25 iterations per level: from a trained T's field on the benchmark's 8 pairs, three levels
-    of 25 reached 0.722 and of 50 0.723 in twice the time.
+    The defaults register the 2 mm brain benchmark's pairs from the identity with L_LG and
+    smoothness alone, and refine a trained T's field (how they were chosen:
+    docs/notes/benchmarks-history.md). ``lg_window`` n counts voxels of each level, so the
+    coarse levels still see wide neighbourhoods.
 
     :param steps: Adam iterations per level (0: no refinement)
     :param levels: image down-sampling factor of each level, coarse to fine, powers of two
@@ -108,27 +103,20 @@ class RefineConfig:
     :param lcc_window: the local cross-correlation window
     :param lcc_stride: L_LCC as the mean over the windows around every ``lcc_stride``-th voxel
         along each axis (``stride`` of :func:`dgan.core.losses.correlation_from_statistics`); 1: all
-        of them. With 2 (and window 9) a voxel still lies in about (9 / 2)^3 = 91 windows; the
-        window sums cost about a third: at 2 mm 0.79 of the iteration with L_LCC, and on the 2 mm
-        benchmark's 8 pairs after the brain default's T the same mean Dice, 0.7491 (pairs within
-        -0.0009 to +0.0017; 3: 0.7489) (docs/notes/benchmarks-history.md)
+        of them. With 2 (and window 9) a voxel still lies in about (9 / 2)^3 = 91 windows, for
+        about a third of the window sums
     :param int_steps: 0: displacement field; K > 0: diffeomorphic, a stationary velocity field
         integrated by K scaling-and-squaring steps
     :param smooth: the field alpha's term acts on (:data:`dgan.core.losses.SMOOTHED_FIELDS`):
-        ``"residual"``, the change refinement makes, phi - phi_0, so that the detail of the
-        starting field phi_0 (T's) is kept rather than smoothed away (as
-        :class:`dgan.training.trainers.LossWeights`' ``smooth`` does for T's residual); or ``"flow"``, phi
-        itself (the paper's term). From the identity both are phi. After
-        the brain default's T on the 2 mm benchmark's 8 pairs, 25 iterations per level:
-        0.740 with ``"residual"`` against 0.722 with ``"flow"`` (T alone 0.741); after the
-        same T run at 4 mm, 0.730 against 0.722; two demo models, +0.0002 and +0.0015
-        (docs/notes/training-log.md, entry 21)
+        ``"residual"``, the change refinement makes, phi - phi_0, so that the detail of the starting
+        field phi_0 (T's) is kept rather than smoothed away (as
+        :class:`dgan.training.trainers.LossWeights`' ``smooth`` does for T's residual); or
+        ``"flow"``, phi itself (the paper's term). From the identity both are phi
     :param xla: ``"auto"``: compile the iterations of levels of at least
         :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
         ``tf.function``; ``"on"``: every level; ``"off"``: none. XLA fuses the many small
-        element-wise operations of an iteration (at 2 mm on 2 cores of an AVX-512 CPU,
-        0.073 s against 0.24 without, L_LG + smoothness), but compiling costs seconds per
-        level shape, once per process, which small levels do not earn back (docs/notes/benchmarks-history.md)
+        element-wise operations of an iteration, but compiling costs seconds per level shape,
+        once per process, which small levels do not earn back
     """
 
     steps: int = 25
@@ -232,7 +220,8 @@ def resize_matrices(shape_in, shape_out):
 
 
 def resize_flow(flow, shape_out):
-    """A displacement field (X, Y, Z, 3) in its voxels, on a grid of ``shape_out``, in its voxels."""
+    """A displacement field (X, Y, Z, 3) in its voxels, on a grid of ``shape_out``, in its
+    voxels."""
     shape_in = tuple(flow.shape[:3])
     scale = tf.constant([b / a for a, b in zip(shape_in, shape_out)], tf.float32)
     return resize(flow, resize_matrices(shape_in, shape_out)) * scale
@@ -505,7 +494,7 @@ def _whole_step(level, u, m, v, t, config):
 def _warp_corners_apart(level, u, config):
     """phi on the level's grid and :func:`warp_corners` of the moving channels, one gather per
     channel (XLA gathers one channel faster than two), the corners stacked (x, y, z, 8, C): as
-    one array, XLA runs the next piece faster than with eight (docs/notes/benchmarks-history.md)."""
+    one array, XLA runs the next piece faster than with eight."""
     flow = _field(level, u, config)
     per_channel = [warp_corners(level.moving[..., c:c + 1], flow, level.grid)
                    for c in range(level.moving.shape[-1])]
@@ -555,9 +544,8 @@ class _CompiledStep:
     update (:func:`_adam_update`). Compiled as one cluster, XLA fuses the warp's gathers into
     the local-gradient sums and their backward pass and recomputes them there; apart, each
     corner is gathered once per iteration, and the warp's gradient is the interpolation's
-    slopes, from the same corners (at 2 mm, L_LG and smoothness, 0.08 s an iteration against
-    0.10 when the third piece gathered the warp again to differentiate it, on an AVX-512 CPU;
-    docs/notes/benchmarks-history.md). Otherwise
+    slopes, from the same corners, faster than gathering the warp again to differentiate it
+    (docs/notes/benchmarks-history.md). Otherwise
     :func:`_whole_step`: without XLA nothing is fused, and a diffeomorphic field's integration
     would be recomputed by the third piece."""
 
@@ -665,8 +653,8 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
     :param config: :class:`RefineConfig` (default settings when None)
     :param progress: called after each level as ``progress(text)``, or None
     :param mask: where both scans have data, bool, shape = (X, Y, Z)
-        (:func:`dgan.core.coverage.overlap`), or None: everywhere. The image terms are then the means
-        over the voxels whose windows lie inside it at each level: the edge of a scan's
+        (:func:`dgan.core.coverage.overlap`), or None: everywhere. The image terms are then the
+        means over the voxels whose windows lie inside it at each level: the edge of a scan's
         coverage does not pull on phi
     :return: :class:`RefineResult`
     :raises InputError: arrays of different shapes or with NaN/Inf; a mask of another shape, or

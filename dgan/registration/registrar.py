@@ -1,12 +1,12 @@
 """Register scans with a trained Deform-GAN (Zhang et al. 2020, arXiv:2002.11430) network T.
 
 T predicts the field in one pass: ``{"moving" F, "fixed" R}`` -> ``{"moved" F(phi), "flow" phi}``,
-loaded from a dgan model folder (:mod:`dgan.registration.model_folder`). Then, unless ``refine_steps`` is 0, the
-field is polished on the pair by instance refinement (:mod:`dgan.registration.refine`) with Deform-GAN's own
-objective, G (from the model folder) frozen. Without a model folder, refinement alone registers
-from the identity with the local-gradient term and smoothness: cross-modal, training-free.
-Refinement runs on the fixed scan's own grid (arrays: their grid), intensities scaled as in
-training.
+loaded from a dgan model folder (:mod:`dgan.registration.model_folder`). Then, unless
+``refine_steps`` is 0, the field is polished on the pair by instance refinement
+(:mod:`dgan.registration.refine`) with Deform-GAN's own objective, G (from the model folder) frozen.
+Without a model folder, refinement alone registers from the identity with the local-gradient term
+and smoothness: cross-modal, training-free. Refinement runs on the fixed scan's own grid (arrays:
+their grid), intensities scaled as in training.
 
 - :meth:`Registrar.register_arrays`: arrays of any size on one voxel grid (one pair or a batch).
   Intensities are scaled as in training (:func:`dgan.data.io.normalize_intensity`), the volumes are
@@ -16,13 +16,14 @@ training.
 - :meth:`Registrar.register_files` / :meth:`Registrar.register_volumes`: scans on their own grids.
 
   0. With the affine stage (``affine="on"``, or ``"auto"`` when the scans are misaligned by more
-     than :data:`dgan.registration.affine.AUTO_THRESHOLD_MM`), :func:`dgan.registration.affine.estimate_affine` finds the
-     world transform T (fixed point -> moving point) and the moving scan (and its labels) is
-     from then on read through it (:func:`dgan.registration.affine.through`: its affine becomes
-     ``T^-1 A_m``), so that every step below sees it aligned and its voxels are still
-     interpolated once, at step 5. The flow returned and written is the composition, affine
-     then T's field then refinement (:func:`dgan.registration.affine.compose_flow`), relative to the moving
-     scan resampled through the two headers.
+     than :data:`dgan.registration.affine.AUTO_THRESHOLD_MM`),
+     :func:`dgan.registration.affine.estimate_affine` finds the world transform T (fixed point ->
+     moving point) and the moving scan (and its labels) is from then on read through it
+     (:func:`dgan.registration.affine.through`: its affine becomes ``T^-1 A_m``), so that every step
+     below sees it aligned and its voxels are still interpolated once, at step 5. The flow returned
+     and written is the composition, affine then T's field then refinement
+     (:func:`dgan.registration.affine.compose_flow`), relative to the moving scan resampled through
+     the two headers.
   1. The moving scan is resampled onto the fixed scan's grid through the two affines (world
      coordinates).
   2. Both are prepared as in training: reoriented to RAS+ and resampled to the training voxel
@@ -64,12 +65,12 @@ from .refine import MIN_LEVEL_VOXELS, RefineConfig, refine, usable_levels
 
 logger = logging.getLogger(__name__)
 
-#: Refinement iterations per level by default (see docs/BENCHMARKS.md for the measurements).
+#: Refinement iterations per level by default (how it was chosen: docs/notes/benchmarks-history.md).
 DEFAULT_REFINE_STEPS = 25
 
-#: ``--affine auto`` applies a transform only when it also raises L_LG on the overlap by this
-#: much over the headers' alignment (:meth:`Registrar.judge_affine`): twice the margin a
-#: deformable start must gain (:data:`dgan.registration.scoring.MARGIN`), since an affine moves every voxel.
+#: ``--affine auto`` applies a transform only when it also raises L_LG on the overlap by this much
+#: over the headers' alignment (:meth:`Registrar.judge_affine`): twice the margin a deformable start
+#: must gain (:data:`dgan.registration.scoring.MARGIN`), since an affine moves every voxel.
 AFFINE_LG_MARGIN = 2 * scoring.MARGIN
 
 #: ``--affine auto`` keeps the headers' alignment when it already overlaps the two scans'
@@ -121,8 +122,8 @@ class FileRegistration:
     :param seconds: wall time, ``{"affine": ..., "network": T, "refinement": refinement}``
     :param transform: the affine stage's world transform, (4, 4): fixed-world point (RAS mm) ->
         moving-world point; the identity when the stage was off or ``auto`` left it out
-    :param alignment: :class:`dgan.registration.affine.AffineResult` of the estimate (also when ``auto``
-        left it out), or None when the stage was off
+    :param alignment: :class:`dgan.registration.affine.AffineResult` of the estimate (also when
+        ``auto`` left it out), or None when the stage was off
     """
 
     moved: np.ndarray
@@ -139,9 +140,9 @@ class FileRegistration:
 
 
 def model_refinement(model):
-    """The :class:`dgan.registration.refine.RefineConfig` a model folder was saved with (``refinement`` in its
-    ``dgan_model.json``, written by training: its loss windows and weights), with
-    :data:`DEFAULT_REFINE_STEPS` where it says nothing; the defaults without a model.
+    """The :class:`dgan.registration.refine.RefineConfig` a model folder was saved with
+    (``refinement`` in its ``dgan_model.json``, written by training: its loss windows and weights),
+    with :data:`DEFAULT_REFINE_STEPS` where it says nothing; the defaults without a model.
 
     :param model: :class:`dgan.registration.model_folder.ModelFolder` or None
     """
@@ -157,28 +158,27 @@ def model_refinement(model):
 class Registrar:
     """Registers scans with the T of a dgan model folder, then refines the field on the pair.
 
-    :param model: a model folder path, a :class:`dgan.registration.model_folder.ModelFolder`, or None: refinement
-        alone from the identity (local gradient + smoothness; ``refine_steps`` must be > 0,
-        unless ``affine="on"``: the affine stage alone)
+    :param model: a model folder path, a :class:`dgan.registration.model_folder.ModelFolder`, or
+        None: refinement alone from the identity (local gradient + smoothness; ``refine_steps`` must
+        be > 0, unless ``affine="on"``: the affine stage alone)
     :param refine_steps: refinement iterations per level; 0: T's field as it is; None: those
         of ``refine_config`` (by default the model folder's own, :func:`model_refinement`)
-    :param refine_config: :class:`dgan.registration.refine.RefineConfig` for everything else (its ``steps``
-        is replaced by ``refine_steps``); None: the settings the model folder was saved with
-        (e.g. the windows it was trained with), else the defaults
+    :param refine_config: :class:`dgan.registration.refine.RefineConfig` for everything else (its
+        ``steps`` is replaced by ``refine_steps``); None: the settings the model folder was saved
+        with (e.g. the windows it was trained with), else the defaults
     :param progress: called with one line of text per refinement level, or None
-    :param affine: the affine stage of :meth:`register_volumes` (:data:`AFFINE_MODES`):
-        ``"off"`` (the default here; ``dgan-register``'s default is ``"auto"``), ``"on"``, or
-        ``"auto"``: applied when it moves the fixed foreground by more than
-        :data:`dgan.registration.affine.AUTO_THRESHOLD_MM` RMS (skipped for scans too small for its pyramid:
-        fewer than 16 voxels of 2 mm along an axis). Arrays (:meth:`register_arrays`) have no
-        world coordinates and are never aligned affinely.
+    :param affine: the affine stage of :meth:`register_volumes` (:data:`AFFINE_MODES`): ``"off"``
+        (the default here; ``dgan-register``'s default is ``"auto"``), ``"on"``, or ``"auto"``:
+        applied when it moves the fixed foreground by more than
+        :data:`dgan.registration.affine.AUTO_THRESHOLD_MM` RMS (skipped for scans too small for its
+        pyramid: fewer than 16 voxels of 2 mm along an axis). Arrays (:meth:`register_arrays`) have
+        no world coordinates and are never aligned affinely.
     :param affine_config: :class:`dgan.registration.affine.AffineConfig`, or None for the defaults
     :param network_spacing: the voxel size in mm (a number, or three) of the grid T runs on;
         None: the model folder's ``registration.network_spacing`` if it has one (training's
         ``TrainConfig.network_spacing``), else the training spacing. T is convolutional and its
         block matching searches in voxels of whatever grid it is given, so a T trained at 4 mm
-        can run on a finer grid: on the 2 mm brain benchmark, at 2 mm, Dice 0.741 against 0.670
-        at 4 mm, in about four times the time (docs/TRAINING.md, entry 19)
+        can run on a finer grid, where it registers more accurately, in more time
     :param start: the field refinement starts from (:meth:`start_field`): ``"auto"``, the best
         of the identity, the block matching's and T's by L_LG on the overlap; ``"network"``,
         T's (without a model, the matching's) as it is, and refinement kept whatever it gains;
@@ -228,9 +228,9 @@ class Registrar:
 
     @property
     def preprocessing(self):
-        """:class:`dgan.registration.model_folder.Preprocessing` of the model, its spacing the network spacing
-        (the constructor's, else the model folder's, else the training spacing), or None
-        without a model."""
+        """:class:`dgan.registration.model_folder.Preprocessing` of the model, its spacing the
+        network spacing (the constructor's, else the model folder's, else the training spacing), or
+        None without a model."""
         return self._preprocessing
 
     def network_for(self, shape, kind="T"):
@@ -297,7 +297,8 @@ class Registrar:
         return np.asarray(out[(slice(None), *window, 0)], dtype=np.float32)
 
     def refine_flow(self, moving, fixed, flow, translated, mask=None):
-        """Refine ``flow`` on one pair of arrays on one grid (:func:`dgan.registration.refine.refine`).
+        """Refine ``flow`` on one pair of arrays on one grid
+        (:func:`dgan.registration.refine.refine`).
 
         :param moving: shape = (X, Y, Z), in its own units (scaled here)
         :param fixed: shape = (X, Y, Z)
@@ -386,11 +387,12 @@ class Registrar:
         return self._network_input(grid.array[np.newaxis])[0][0, ..., 0]
 
     def estimate_affine(self, moving, fixed, moving_mask=None, fixed_mask=None):
-        """The affine stage's estimate for two scans (:func:`dgan.registration.affine.estimate_affine`),
-        comparing them only inside the masks (bool :class:`dgan.data.io.Volume` or None).
+        """The affine stage's estimate for two scans
+        (:func:`dgan.registration.affine.estimate_affine`), comparing them only inside the masks
+        (bool :class:`dgan.data.io.Volume` or None).
 
-        :return: :class:`dgan.registration.affine.AffineResult`; ``matrix`` maps fixed-world points (RAS mm)
-            to moving-world points
+        :return: :class:`dgan.registration.affine.AffineResult`; ``matrix`` maps fixed-world points
+            (RAS mm) to moving-world points
         """
         return daffine.estimate_affine(moving, fixed, self.affine_config, self.progress,
                                        moving_mask, fixed_mask)
@@ -398,10 +400,11 @@ class Registrar:
     def _affine_stage(self, moving, fixed, moving_mask=None, fixed_mask=None):
         """(alignment or None, the transform to apply or None) under ``self.affine``: ``auto``
         applies the estimate only when it moves the fixed foreground by more than
-        :data:`dgan.registration.affine.AUTO_THRESHOLD_MM` RMS, raises MI over the headers' alignment by
-        :data:`dgan.registration.affine.MIN_GAIN` (:meth:`dgan.registration.affine.AffineResult.improves`), the headers do
-        not already overlap the foregrounds with Dice :data:`HEADER_TRUST_DICE`, and it beats
-        them on L_LG and the foregrounds' Dice (:meth:`judge_affine`)."""
+        :data:`dgan.registration.affine.AUTO_THRESHOLD_MM` RMS, raises MI over the headers'
+        alignment by :data:`dgan.registration.affine.MIN_GAIN`
+        (:meth:`dgan.registration.affine.AffineResult.improves`), the headers do not already overlap
+        the foregrounds with Dice :data:`HEADER_TRUST_DICE`, and it beats them on L_LG and the
+        foregrounds' Dice (:meth:`judge_affine`)."""
         if self.affine == "off":
             return None, None
         if self.affine == "auto" and not daffine.pyramid_levels(fixed, self.affine_config):
@@ -438,9 +441,9 @@ class Registrar:
         return alignment, alignment.matrix
 
     def judge_affine(self, moving, fixed, matrix, moving_mask=None, fixed_mask=None):
-        """Two modality-robust judges of the affine stage beside its MI, on the matching grid
-        over the voxels that both the headers and ``matrix`` place inside the moving scan (and
-        the masks): L_LG (:func:`dgan.registration.scoring.lg_score`), and the Dice of the two scans'
+        """Two modality-robust judges of the affine stage beside its MI, on the matching grid over
+        the voxels that both the headers and ``matrix`` place inside the moving scan (and the
+        masks): L_LG (:func:`dgan.registration.scoring.lg_score`), and the Dice of the two scans'
         foregrounds (normalised intensity above :data:`FOREGROUND_LEVEL`: head or brain against
         background, whatever the contrast).
 
@@ -524,8 +527,8 @@ class Registrar:
     def keep_if_better(self, moving, fixed, start, refined, grid, mask=None):
         """Refinement's field, or the field it started from when it does not raise L_LG on the
         overlap (:func:`dgan.registration.scoring.lg_score`, on the matching grid ``grid``) by
-        :data:`dgan.registration.scoring.MARGIN`: on a pair that is already aligned, refinement fits the two
-        contrasts' differences and moves voxels for no gain.
+        :data:`dgan.registration.scoring.MARGIN`: on a pair that is already aligned, refinement fits
+        the two contrasts' differences and moves voxels for no gain.
 
         :param moving: the moving scan on the matching grid, (X', Y', Z'), its own units
         :param fixed: the fixed :class:`dgan.data.io.Volume` (its grid: the fields')
@@ -564,8 +567,8 @@ class Registrar:
         :param fixed: :class:`dgan.data.io.Volume`; all outputs are on its grid
         :param moving_labels: :class:`dgan.data.io.Volume` of labels (its own affine), or None
         :param moving_mask: where the moving scan is to be compared: a bool
-            :class:`dgan.data.io.Volume` on its grid (:func:`dgan.core.coverage.load_mask`), or None: its
-            whole grid
+            :class:`dgan.data.io.Volume` on its grid (:func:`dgan.core.coverage.load_mask`), or
+            None: its whole grid
         :param fixed_mask: likewise for the fixed scan
         :return: :class:`FileRegistration`
         :raises InputError: the moving scan does not overlap the fixed scan's grid at all; a mask

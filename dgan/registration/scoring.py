@@ -1,14 +1,14 @@
 """Choosing the starting field phi_0 by the objective on the pair itself.
 
-A trained T (Zhang et al. 2020, arXiv:2002.11430) predicts phi in one pass, but only for inputs
-like its training data: on a whole head, a slab or a spinal cord a brain-trained T can predict
+A trained T (Zhang et al. 2020, arXiv:2002.11430) predicts phi in one pass, but only for inputs like
+its training data: on a whole head, a slab or a spinal cord a brain-trained T can predict
 displacements of centimetres. The block matching (:mod:`dgan.core.matching`) has no weights to
 mislead, but on a pair its headers already align it still moves voxels by its search's noise.
-Neither is trusted blindly: each candidate field (the identity, the matching's, T's) is scored
-by the modality-independent local-gradient similarity L_LG(R, F(phi)) of the paper, as the mean
-over the voxels where both scans have data (:mod:`dgan.core.coverage`); a field is followed only when
-it beats the identity by :data:`MARGIN` and does not fold (:data:`MAX_FOLDING`): a field has to
-earn its displacement.
+Neither is trusted blindly: each candidate field (the identity, the matching's, T's) is scored by
+the modality-independent local-gradient similarity L_LG(R, F(phi)) of the paper, as the mean over
+the voxels where both scans have data (:mod:`dgan.core.coverage`); a field is followed only when it
+beats the identity by :data:`MARGIN` and does not fold (:data:`MAX_FOLDING`): a field has to earn
+its displacement.
 """
 
 import dataclasses

@@ -1,5 +1,5 @@
-"""VoxelMorph's VxmDense (Balakrishnan et al. 2019) as a baseline for Deform-GAN (Zhang et al.
-2020, arXiv:2002.11430), trained by the same run (:func:`dgan.training.run.train`, method ``"vxm"``).
+"""VoxelMorph's VxmDense (Balakrishnan et al. 2019) as a baseline for Deform-GAN (Zhang et al. 2020,
+arXiv:2002.11430), trained by the same run (:func:`dgan.training.run.train`, method ``"vxm"``).
 
 VxmDense is built with T's U-Net features and integration steps (:func:`build_vxm_dense`) and
 trained with VoxelMorph's cross-modal loss ``L = -MI(R, F(phi)) + lambda * Grad_l2(phi)``
@@ -7,9 +7,9 @@ trained with VoxelMorph's cross-modal loss ``L = -MI(R, F(phi)) + lambda * Grad_
 ``vxm.losses.Grad('l2')``; :class:`VxmTrainer`): the peer a user would pick. VxmDense with
 ``int_resolution=1`` has exactly T's layer structure (the same U-Net, a 3x3x3 convolution to the
 flow, a ``SpatialTransformer``); :func:`vxm_to_registration_net` checks this layer by layer and
-copies its weights into :func:`dgan.core.networks.build_registration_net`, so that a VxmDense run ends
-in an ordinary dgan model folder, registered through :class:`dgan.registration.registrar.Registrar` like every
-other method.
+copies its weights into :func:`dgan.core.networks.build_registration_net`, so that a VxmDense run
+ends in an ordinary dgan model folder, registered through
+:class:`dgan.registration.registrar.Registrar` like every other method.
 """
 
 import contextlib
@@ -100,7 +100,8 @@ def mutual_information(bins):
 
 class VxmTrainer(RegistrationTrainer):
     """VxmDense trained with ``-MI(R, F(phi)) + vxm_lambda * Grad_l2(phi)``
-    (:class:`dgan.training.trainers.LossWeights` ``vxm_lambda``, ``mi_bins``); reports :attr:`LOSS_NAMES`.
+    (:class:`dgan.training.trainers.LossWeights` ``vxm_lambda``, ``mi_bins``); reports
+    :attr:`LOSS_NAMES`.
 
     :param vxm_dense: from :func:`build_vxm_dense` (list inputs ``[moving, fixed]``, list
         outputs ``[moved, flow]``)

@@ -1,4 +1,5 @@
-"""A training run's configuration: :class:`TrainConfig`, written to the run folder's ``config.json``.
+"""A training run's configuration: :class:`TrainConfig`, written to the run folder's
+``config.json``.
 
 It names the method trained (:data:`METHODS`), the data, the networks, the losses and the
 refinement the exported model registers with; :meth:`TrainConfig.from_preset` starts from a
@@ -48,14 +49,13 @@ def network_for_method(method, network):
 class TrainConfig:
     """Everything a run needs; written to ``config.json``.
 
-    ``moving``/``fixed`` are lists of scan specs (folders, globs, CSV files) for the two
-    modalities, unpaired; both None selects the embedded demo data (MNI152 T1 -> T2-like).
-    ``val_pairs`` is an optional CSV with columns moving, fixed, moving_labels, fixed_labels.
-    ``network_spacing`` (mm, or None: ``spacing``) is written into the model folder as the grid
-    :class:`dgan.registration.registrar.Registrar` runs T on by default; validation stays on the training
-    grid.
-    ``method`` is what is trained (:data:`METHODS`): ``deformgan``, ``lcc`` (T alone with
-    L_T's terms on F(phi)) or ``vxm`` (VoxelMorph's VxmDense with -MI + lambda Grad_l2); every
+    ``moving``/``fixed`` are lists of scan specs (folders, globs, CSV files) for the two modalities,
+    unpaired; both None selects the embedded demo data (MNI152 T1 -> T2-like). ``val_pairs`` is an
+    optional CSV with columns moving, fixed, moving_labels, fixed_labels. ``network_spacing`` (mm,
+    or None: ``spacing``) is written into the model folder as the grid
+    :class:`dgan.registration.registrar.Registrar` runs T on by default; validation stays on the
+    training grid. ``method`` is what is trained (:data:`METHODS`): ``deformgan``, ``lcc`` (T alone
+    with L_T's terms on F(phi)) or ``vxm`` (VoxelMorph's VxmDense with -MI + lambda Grad_l2); every
     method takes its loss settings from ``loss`` (:class:`dgan.training.trainers.LossWeights`).
 
     The fields' defaults are the settings for your scans; :meth:`demo` and :meth:`for_scans`
@@ -86,7 +86,7 @@ class TrainConfig:
     n_val: int = 4
     seed: int = 0
     strategy: str = "auto"
-    align: bool = False  # align every scan affinely to the first fixed scan first (dgan.training.prealign)
+    align: bool = False  # align every scan affinely to the first fixed scan (training.prealign)
     network_spacing: float | None = None  # mm; T's grid in dgan-register (None: spacing)
 
     def __post_init__(self):

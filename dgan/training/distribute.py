@@ -10,8 +10,8 @@
   step runs more than one task; else ``mirrored`` when there is more than one GPU; else ``one``.
 
 Every replica computes its per-example losses on its share of the global batch and
-``tf.nn.compute_average_loss`` divides by the global batch size (:mod:`dgan.training.trainers`), so the
-all-reduced gradient is the gradient of the mean over the global batch, as on one device.
+``tf.nn.compute_average_loss`` divides by the global batch size (:mod:`dgan.training.trainers`), so
+the all-reduced gradient is the gradient of the mean over the global batch, as on one device.
 """
 
 import json

@@ -1,14 +1,15 @@
-"""Training scans aligned affinely to one reference scan, once, and cached (``train_dgan.py --align``).
+"""Training scans aligned affinely to one reference scan, once, and cached (``train_dgan.py
+--align``).
 
-Deform-GAN's T (Zhang et al. 2020, arXiv:2002.11430) learns small, smooth deformations; a
-training set of scans from several sessions differs first by head position and size. With
-``--align``, every moving and fixed training scan is aligned to the first fixed scan (the
-*reference*) by :func:`dgan.registration.affine.estimate_affine` (mutual information, so across modalities)
-and resampled once onto the reference's grid, before the usual preprocessing.
+Deform-GAN's T (Zhang et al. 2020, arXiv:2002.11430) learns small, smooth deformations; a training
+set of scans from several sessions differs first by head position and size. With ``--align``, every
+moving and fixed training scan is aligned to the first fixed scan (the *reference*) by
+:func:`dgan.registration.affine.estimate_affine` (mutual information, so across modalities) and
+resampled once onto the reference's grid, before the usual preprocessing.
 
-The aligned scans are cached in a folder (the run folder's ``aligned/``), one NIfTI per scan
-with its transform beside it as an ITK text file (:mod:`dgan.registration.itk`), named after the scan and a
-hash of what the result depends on (the scan's and the reference's path, size and modification
+The aligned scans are cached in a folder (the run folder's ``aligned/``), one NIfTI per scan with
+its transform beside it as an ITK text file (:mod:`dgan.registration.itk`), named after the scan and
+a hash of what the result depends on (the scan's and the reference's path, size and modification
 time, and the affine settings): a resumed run, or a new run pointed at the same cache, aligns
 nothing twice, and a changed scan is aligned again.
 """

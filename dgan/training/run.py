@@ -1,11 +1,11 @@
 """A training run: data, model, checkpoints, resume, logs, validation, pictures, export.
 
-One run trains every method (:data:`METHODS`): Deform-GAN (Zhang et al. 2020, arXiv:2002.11430),
-T alone with L_T's terms, and VoxelMorph's VxmDense, each a Keras model with its own
-``train_step`` (:mod:`dgan.training.trainers`, :mod:`dgan.training.baselines`), with the same data stream,
-checkpoints, resume, validation through :class:`dgan.registration.registrar.Registrar`, TensorBoard, divergence
-guard and ``tf.distribute`` strategies. :class:`TrainConfig` holds the settings; its presets
-(:meth:`TrainConfig.demo`, :meth:`TrainConfig.for_scans`) are named in ``config.json``.
+One run trains every method (:data:`METHODS`): Deform-GAN (Zhang et al. 2020, arXiv:2002.11430), T
+alone with L_T's terms, and VoxelMorph's VxmDense, each a Keras model with its own ``train_step``
+(:mod:`dgan.training.trainers`, :mod:`dgan.training.baselines`), with the same data stream,
+checkpoints, resume, validation through :class:`dgan.registration.registrar.Registrar`, TensorBoard,
+divergence guard and ``tf.distribute`` strategies. :class:`TrainConfig` holds the settings; its
+presets (:meth:`TrainConfig.demo`, :meth:`TrainConfig.for_scans`) are named in ``config.json``.
 
 A run folder holds::
 

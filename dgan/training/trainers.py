@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass
 from ..compat import keras, tf, vxm
 from ..core import losses
 from ..core.losses import SMOOTHED_FIELDS
-from ..core.networks import build_discriminator, build_generator, build_registration_net, training_view
+from ..core.networks import (build_discriminator, build_generator, build_registration_net,
+                             training_view)
 
 
 #: What :attr:`LossWeights.translate` may name.
@@ -66,19 +67,19 @@ class LossWeights:
         (the VxmDense baseline only)
     :param mi_bins: histogram bins of VoxelMorph's soft mutual information (VxmDense only)
     :param smooth: the field the smoothness term acts on when T has block matching
-        (:mod:`dgan.core.matching`): ``"residual"``, the U-Net's residual r alone, or ``"flow"``, the
-        composed phi (the paper's term, on T's whole field). phi_0 is the matching's own smoothed
-        estimate and gets no gradient, so a penalty on phi's roughness can only be lowered by an
-        r that undoes phi_0 (docs/notes/training-log.md, entry 11). Without matching both are phi.
-    :param translate: the image G renders for T's L_LCC term (Deform-GAN only): ``"moved"``,
-        the paper's F'(phi) = G(F(phi)), so T's gradient passes through G; or ``"moving"``,
-        G(F) warped by phi, equal for a smooth phi since G is convolutional (as refinement
-        does, :mod:`dgan.registration.refine`), so T's gradient passes through the warp alone and T meets
-        a mono-modal L_LCC term. G and D train on F(phi) either way. Or ``"fixed"``: the
-        other direction, G renders R in the moving modality (G: R -> R', D tells (R, F(phi))
-        from (R, R'), G's terms are L_LG(R', R) and L1(R', F(phi))) and T's term is
-        L_LCC(R', F(phi)), whose gradient passes through the warp alone (docs/notes/training-log.md,
-        entry 18: a T2 -> T1 map is a function of the voxel, T1 -> T2 is not).
+        (:mod:`dgan.core.matching`): ``"residual"``, the U-Net's residual r alone, or ``"flow"``,
+        the composed phi (the paper's term, on T's whole field). phi_0 is the matching's own
+        smoothed estimate and gets no gradient, so a penalty on phi's roughness can only be lowered
+        by an r that undoes phi_0 (docs/notes/training-log.md). Without matching both are phi.
+    :param translate: the image G renders for T's L_LCC term (Deform-GAN only): ``"moved"``, the
+        paper's F'(phi) = G(F(phi)), so T's gradient passes through G; or ``"moving"``, G(F) warped
+        by phi, equal for a smooth phi since G is convolutional (as refinement does,
+        :mod:`dgan.registration.refine`), so T's gradient passes through the warp alone and T meets
+        a mono-modal L_LCC term. G and D train on F(phi) either way. Or ``"fixed"``: the other
+        direction, G renders R in the moving modality (G: R -> R', D tells (R, F(phi)) from (R, R'),
+        G's terms are L_LG(R', R) and L1(R', F(phi))) and T's term is L_LCC(R', F(phi)), whose
+        gradient passes through the warp alone (docs/notes/training-log.md, entry 18: a T2 -> T1 map
+        is a function of the voxel, T1 -> T2 is not).
     :param lg_reference: the image T's L_LG term compares F(phi) with: ``"fixed"``, R (the
         paper's), or ``"translated"``, R' = G(R) (with ``translate = "fixed"`` only), so that
         both of T's similarity terms compare images of the moving modality
@@ -200,7 +201,8 @@ class DeformGAN(_TrainableModel):
         return self.registration_net
 
     def compile(self, t_optimizer, g_optimizer, d_optimizer, weights=None, **kwargs):
-        """One optimizer per network; ``weights`` is a :class:`LossWeights` (the paper's symbols)."""
+        """One optimizer per network; ``weights`` is a :class:`LossWeights` (the paper's
+        symbols)."""
         super().compile(**kwargs)
         self.t_optimizer = t_optimizer
         self.g_optimizer = g_optimizer

@@ -19,7 +19,8 @@ class Scores:
 
     :param identity: before registration
     :param network: T's field alone
-    :param refined: T's field refined on each pair (:mod:`dgan.registration.refine`), or None when not run
+    :param refined: T's field refined on each pair (:mod:`dgan.registration.refine`), or None when
+        not run
     :param first: the first pair's ``fixed``, ``moving``, ``moved``, ``flow`` (the registered
         one) and ``fixed_labels``, for the figure
     """
@@ -40,7 +41,8 @@ def score_pairs(model, pairs, refine_config=None):
     ``dgan-register``), with T alone and, when ``refine_config.steps`` > 0, with refinement;
     Dice of the warped moving labels against the fixed labels.
 
-    :param model: a :class:`dgan.registration.model_folder.ModelFolder` (in memory during training) or folder path
+    :param model: a :class:`dgan.registration.model_folder.ModelFolder` (in memory during training)
+        or folder path
     :param pairs: dicts ``moving``, ``fixed`` (X, Y, Z) and their ``*_labels``
     :param refine_config: :class:`dgan.registration.refine.RefineConfig`, or None for T alone
     :return: :class:`Scores`
