@@ -34,7 +34,7 @@ _PUBLIC = {
     "FileRegistration": "dgan.registration.registrar",
     "write_outputs": "dgan.registration.files",
     "refine": "dgan.registration.refine",
-    "RefineConfig": "dgan.registration.refine",
+    "RefineConfig": "dgan.registration.settings",
     "RefineResult": "dgan.registration.refine",
     "estimate_affine": "dgan.registration.affine",
     "AffineConfig": "dgan.registration.affine",

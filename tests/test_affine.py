@@ -14,7 +14,7 @@ from dgan.errors import InputError
 from dgan.registration import affine as daffine
 from dgan.registration import itk
 from dgan.registration.geometry import sample_through_world
-from dgan.registration.refine import RefineConfig
+from dgan.registration.settings import AUTO_THRESHOLD_MM, RefineConfig
 from dgan.registration.registrar import Registrar
 from dgan.training import prealign
 from dgan.training import run as training
@@ -239,10 +239,10 @@ def test_auto_applies_the_affine_only_beyond_the_threshold(fixed):
     aligned = Registrar(None, refine_config=refine, affine="auto").register_volumes(
         moving_for(np.eye(4)), fixed)
     np.testing.assert_array_equal(aligned.transform, np.eye(4))  # well under 2 mm: left out
-    assert aligned.alignment.rms_mm < daffine.AUTO_THRESHOLD_MM
+    assert aligned.alignment.rms_mm < AUTO_THRESHOLD_MM
     shifted = Registrar(None, refine_config=refine, affine="auto").register_volumes(
         moving_for(transform(translation=(0, 6.0, 0))), fixed)
-    assert shifted.alignment.rms_mm > daffine.AUTO_THRESHOLD_MM
+    assert shifted.alignment.rms_mm > AUTO_THRESHOLD_MM
     assert shifted.transform is shifted.alignment.matrix
 
 

@@ -9,28 +9,29 @@ import sys
 import numpy as np
 import pytest
 
-from dgan.core import losses
-from dgan.registration import affine, itk, refine
-from dgan.registration import registrar as register
-from dgan.cli import options
 from dgan.cli.register import EXIT_BAD_INPUT, main
+from dgan.core.settings import SMOOTHED_FIELDS
+from dgan.registration import settings
+from fresh_process import run_python
 from test_register import constant_flow_net, save_model, write_scans
 
 #: A line TensorFlow (C++ or Python), absl, oneDNN or CUDA writes.
 TENSORFLOW_LINE = re.compile(r"onednn|absl|cuda|tensorflow|cpu_feature_guard|^[IWEF]\d{4} ", re.I)
 
 
-def test_the_options_the_help_shows_are_the_librarys():
-    defaults = refine.RefineConfig()
-    assert options.SMOOTHED_FIELDS == losses.SMOOTHED_FIELDS
-    assert options.AUTO_THRESHOLD_MM == affine.AUTO_THRESHOLD_MM
-    assert options.DEFAULT_REFINE_STEPS == register.DEFAULT_REFINE_STEPS
-    assert (options.REFINE_LEVELS, options.REFINE_ALPHA, options.REFINE_SMOOTH,
-            options.REFINE_LCC_STRIDE) == (defaults.levels, defaults.alpha, defaults.smooth,
-                                           defaults.lcc_stride)
-    assert options.START_CHOICES == register.START_CHOICES
-    assert options.AFFINE_MODES == register.AFFINE_MODES
-    assert options.ITK_SUFFIXES == itk.ITK_SUFFIXES
+def test_the_help_quotes_the_librarys_defaults_and_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    defaults = settings.RefineConfig()
+    assert f"else {settings.DEFAULT_REFINE_STEPS}; 0: T's field alone" in text
+    assert f"else {' '.join(map(str, defaults.levels))})" in text
+    assert f"else {defaults.alpha:g};" in text and f"else {defaults.smooth}" in text
+    assert f"(default {defaults.lcc_stride}," in text
+    assert f"more than {settings.AUTO_THRESHOLD_MM:g} mm RMS" in text
+    for choices in (settings.START_CHOICES, settings.AFFINE_MODES, SMOOTHED_FIELDS):
+        assert "{" + ",".join(choices) + "}" in text
 
 
 @pytest.mark.parametrize(
@@ -58,18 +59,17 @@ def test_one_pair_or_a_batch_never_both(tmp_path, capsys, argv, message):
 
 
 def test_help_answers_without_starting_tensorflow():
-    code = ("import sys\n"
-            "from dgan.cli import register\n"
-            "try:\n"
-            "    register.main(['--help'])\n"
-            "except SystemExit as exit_:\n"
-            "    assert exit_.code == 0, exit_.code\n"
-            "print('started:', [m for m in ('tensorflow', 'tf_keras', 'neurite', 'voxelmorph')\n"
-            "                   if m in sys.modules])\n")
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "--batch CSV" in run.stdout and "--verbose" in run.stdout
-    assert run.stdout.rstrip().endswith("started: []")
+    out = run_python("import sys\n"
+                     "from dgan.cli import register\n"
+                     "try:\n"
+                     "    register.main(['--help'])\n"
+                     "except SystemExit as exit_:\n"
+                     "    assert exit_.code == 0, exit_.code\n"
+                     "print('started:', [m for m in ('tensorflow', 'tf_keras', 'neurite',\n"
+                     "                               'voxelmorph') if m in sys.modules])\n",
+                     timeout=120)
+    assert "--batch CSV" in out and "--verbose" in out
+    assert out.rstrip().endswith("started: []")
 
 
 def test_tensorflow_start_up_lines_stay_off_stderr_unless_verbose(tmp_path):

@@ -25,7 +25,7 @@ from dgan.evaluation import report as dreport
 from dgan.registration.model_folder import load_model_folder, save_model_folder
 from dgan.registration.registrar import Registrar
 from dgan.training import baselines, presets
-from dgan.training.config import METHODS
+from dgan.training.config import METHODS, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -207,25 +207,34 @@ def test_brain_defaults_coarse_windows_pooled_d_and_each_methods_learning_rate(m
     monkeypatch.setattr(dbrain, "write_brain_training_data", fake_data)
     args = train_baselines.parser().parse_args(["--out", str(tmp_path)])
     config = train_baselines.train_config(args, tmp_path)
-    assert config.loss["lg_window"] == 3 and config.loss["lcc_window"] == 5  # 4 mm grid
-    assert config.network["d_pool"] == 2 and config.network["g_residual"] is True
-    assert config.steps == train_baselines.BRAIN_STEPS and config.validate_every == 25
-    assert config.loss_weights.mu == 10.0 and config.loss_weights.lam == 1.0  # G translates
+    assert config.preset == "brain"  # the library's brain preset, as dgan-train --preset brain
+    assert config.loss.lg_window == 3 and config.loss.lcc_window == 5  # 4 mm grid
+    assert config.network.d_pool == 2 and config.network.g_residual is True
+    assert config.network.matching and config.network.flow_resolution == 1
+    assert config.steps == presets.BRAIN_STEPS and config.validate_every == 25
+    assert config.checkpoint_every == config.steps and config.lr_decay == "constant"
+    assert config.loss.mu == 10.0 and config.loss.lam == 1.0  # G translates
     assert config.network_spacing == 2.0  # the models register at the benchmark's grid
-    refine = config.refine_config  # 10 iterations, L_LCC through G, alpha 4 (entry 24)
+    refine = config.refine  # 10 iterations, L_LCC through G, alpha 4
     assert (refine.steps, refine.w_lcc, refine.alpha) == (10, 1.0, 4.0)
     assert (refine.lg_window, refine.lcc_window) == (3, 5)  # the training loss's windows
+    library = TrainConfig.from_preset("brain", moving=["m"], fixed=["f"], val_pairs="v.csv",
+                                      shape=(40, 48, 56), checkpoint_every=config.steps)
+    assert library.to_dict() == config.to_dict()
     args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--resolution", "2",
                                                 "--lg-window", "5", "--lambda", "4",
                                                 "--network-spacing", "3", "--refine-steps", "0"])
     config = train_baselines.train_config(args, tmp_path)
     # 2 mm: the paper's LCC window, n and lambda as given
-    assert config.loss == {"lg_window": 5, "mu": 10.0, "lam": 4.0}
+    assert (config.loss.lg_window, config.loss.lcc_window) == (5, 9)
+    assert (config.loss.mu, config.loss.lam) == (10.0, 4.0)
     assert config.network_spacing == 3.0
-    assert (config.refine_config.steps, config.refine_config.w_lcc) == (0, 1.0)  # only the count
+    assert (config.refine.steps, config.refine.w_lcc) == (0, 1.0)  # only the count
     args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--data", "demo"])
     demo = train_baselines.train_config(args, tmp_path)
-    assert demo.network_spacing is None and demo.refine_config.steps == presets.DEMO_REFINE["steps"]
+    assert demo.network_spacing is None and demo.refine.steps == presets.DEMO_REFINE["steps"]
+    assert demo.preset == "demo" and demo.network.d_pool == 2 and demo.network.flow_resolution == 1
+    assert demo.steps == train_baselines.BASELINE_DEMO_STEPS and demo.log_every == 25
 
 
 def test_evaluate_refines_only_the_methods_named(untrained_dgan):

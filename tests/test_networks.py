@@ -5,7 +5,8 @@ import pytest
 
 from dgan.compat import keras, tf
 from dgan.core.networks import (NetworkConfig, build_discriminator, build_generator,
-                                build_registration_net, custom_objects)
+                                build_registration_net, custom_objects, features_text,
+                                parse_features)
 
 
 def warp_with(net, moving, flow):
@@ -127,25 +128,18 @@ def test_residual_generator_starts_as_the_identity_and_learns_a_correction(tiny_
     assert np.abs(g(x).numpy() - x).max() > 1e-3
 
 
-@pytest.mark.parametrize("pointwise", [True, False])
-def test_pointwise_generator_maps_each_voxel_by_its_intensity_alone(tiny_config, rng, pointwise):
-    """g_pointwise: G(F)(p) depends on F(p) only, so shuffling the voxels shuffles the output
-    (a U-Net G mixes neighbours and does not); it starts as the identity when residual."""
-    config = NetworkConfig(**{**tiny_config.__dict__, "g_residual": True,
-                              "g_pointwise": pointwise})
-    g = build_generator(config)
-    x = rng.random((1, 16, 16, 16, 1)).astype("float32")
-    np.testing.assert_array_equal(g(x).numpy(), x)
-    last = g.get_layer("translation_residual")
-    last.set_weights([rng.normal(0, 0.5, w.shape).astype("float32") for w in last.get_weights()])
-    order = rng.permutation(x.size)
-    shuffled = g(x.reshape(-1)[order].reshape(x.shape)).numpy().reshape(-1)
-    # the same per-voxel arithmetic either way: equal to float32 round-off (pointwise); a U-Net's
-    # 3x3x3 convolutions see other neighbours after the shuffle
-    difference = np.abs(shuffled - g(x).numpy().reshape(-1)[order]).max()
-    assert (difference < 1e-5) if pointwise else (difference > 1e-2)
-    if pointwise:
-        assert np.abs(g(x).numpy() - x).max() > 1e-2
+def test_saved_network_settings_of_retired_experiments_read_only_at_todays_value(tiny_config):
+    saved = {**tiny_config.to_dict(), "g_pointwise": False}  # a model folder written before
+    assert NetworkConfig.from_dict(saved) == tiny_config
+    with pytest.raises(ValueError, match="^g_pointwise=True was an experiment that dgan no "
+                                         "longer runs"):
+        NetworkConfig.from_dict({**saved, "g_pointwise": True})
+
+
+def test_features_read_back_from_their_command_line_form():
+    features = ((16, 32, 32), (32, 32, 32, 16, 16))
+    assert features_text(features) == "16,32,32/32,32,32,16,16"
+    assert parse_features(features_text(features)) == [[16, 32, 32], [32, 32, 32, 16, 16]]
 
 
 def test_pooled_discriminator_scores_a_coarser_grid(tiny_config, rng):

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 
 from dgan.cli import train as cli
+from dgan.compat import keras, tf
+from dgan.core.networks import NetworkConfig
+from dgan.errors import InputError, TrainingDiverged
+from dgan.registration.settings import RefineConfig
 from dgan.training import presets, validation
 from dgan.training import run as training
 from dgan.training.config import TrainConfig
-from dgan.compat import keras, tf
-from dgan.errors import InputError, TrainingDiverged
+from dgan.training.trainers import LossWeights
 
 TINY = ["--shape", "16", "16", "16", "--spacing", "12", "--t-features", "4,8/8,8,4",
         "--g-features", "4,4/4,4", "--d-features", "4", "--lg-window", "3", "--lcc-window", "5",
@@ -88,26 +91,26 @@ def test_validation_goes_through_the_registrar_and_refines_at_the_first_and_last
 def test_presets_are_explicit_and_recorded_and_the_cli_overrides_them():
     demo = TrainConfig.demo()
     assert demo.preset == "demo" and demo.lr_g == presets.DEMO_LR_G
-    assert demo.network_config.g_residual and demo.network_config.d_pool == 2
-    assert demo.loss_weights.alpha == presets.DEMO_LOSS["alpha"] == 0.05
-    assert demo.refine_config.steps == presets.DEMO_REFINE["steps"]
+    assert demo.network.g_residual and demo.network.d_pool == 2
+    assert demo.loss.alpha == presets.DEMO_LOSS["alpha"] == 0.05
+    assert demo.refine.steps == presets.DEMO_REFINE["steps"]
     assert demo.to_dict()["preset"] == "demo"
     # no hidden switch: the demo data alone changes no setting
     plain = TrainConfig(shape=(32, 32, 32))
     assert plain.preset is None and plain.uses_demo_data and plain.lr_g == presets.DEFAULT_LR_G
-    assert not plain.network_config.g_residual and plain.loss_weights.alpha == 1.0
+    assert not plain.network.g_residual and plain.loss.alpha == 1.0
     scans = TrainConfig.for_scans(["t1/"], ["t2/"], shape=(32, 32, 32))
     assert scans.preset == "scans" and scans.lr_g == presets.DEFAULT_LR_G
-    assert not scans.network_config.g_residual and scans.network_config.d_pool == 1
+    assert not scans.network.g_residual and scans.network.d_pool == 1
     # a preset's dicts are overridden key by key; the module's constants stay as they are
     changed = TrainConfig.demo(network={"d_pool": 1}, lr_g=5e-4)
-    assert changed.network_config.d_pool == 1 and changed.network_config.g_residual
+    assert changed.network.d_pool == 1 and changed.network.g_residual
     assert changed.lr_g == 5e-4 and presets.DEMO_NETWORK["d_pool"] == 2
     with pytest.raises(InputError, match="preset must be one of"):
         TrainConfig.from_preset("fast")
     args = cli.parser().parse_args([*TINY, "--no-g-residual", "--d-pool", "1", "--lr-g", "3e-4"])
     config = cli.make_config(cli.settings_from_args(args))
-    assert not config.network_config.g_residual and config.network_config.d_pool == 1
+    assert not config.network.g_residual and config.network.d_pool == 1
     assert config.lr_g == 3e-4 and config.preset == "demo"
     cube = {"shape": (32, 32, 32)}
     assert cli.make_config({"moving": ["t1/"], "fixed": ["t2/"], **cube}).preset == "scans"
@@ -128,8 +131,8 @@ def test_a_config_written_before_presets_keeps_the_demo_refinement(three_step_ru
     del saved["refine"], saved["preset"], saved["method"]
     old = TrainConfig.from_dict(saved)
     assert old.method == "deformgan"
-    assert old.refine_config.steps == presets.DEMO_REFINE["steps"]
-    assert old.refine_config.levels == tuple(presets.DEMO_REFINE["levels"])
+    assert old.refine.steps == presets.DEMO_REFINE["steps"]
+    assert old.refine.levels == tuple(presets.DEMO_REFINE["levels"])
 
 
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path):
@@ -160,8 +163,8 @@ def test_a_config_written_before_a_setting_existed_keeps_what_it_was_trained_wit
     del saved["network"]["flow_resolution"]
     old = TrainConfig.from_dict(saved)
     assert old.lr_decay == "constant"
-    assert not old.network_config.g_residual and old.network_config.d_pool == 1
-    assert old.network_config.flow_resolution == 1
+    assert not old.network.g_residual and old.network.d_pool == 1
+    assert old.network.flow_resolution == 1
     # a complete file round-trips unchanged
     full = json.loads((three_step_run / "config.json").read_text())
     assert TrainConfig.from_dict(full).to_dict() == full
@@ -290,14 +293,25 @@ def test_too_small_shape_and_mismatched_labels_are_refused(scans, tmp_path, caps
     assert "labels.nii.gz" in err and "does not match" in err
 
 
-def test_refinement_refuses_an_lcc_term_that_g_cannot_give():
-    """With translate 'fixed' G renders R, not F: refinement's L_LCC(R, G(F)(phi)) is refused
-    (one line); the default refinement (L_LG alone) and no refinement are accepted."""
-    fixed_direction = {"translate": "fixed"}
-    with pytest.raises(InputError, match="needs G\\(F\\).*translate 'fixed'"):
-        TrainConfig.demo(loss=fixed_direction, refine={"w_lcc": 1.0}).refine_config
-    assert TrainConfig.demo(loss=fixed_direction).refine_config.w_lcc == 0
-    assert TrainConfig.demo(loss=fixed_direction,
-                                     refine={"w_lcc": 1.0, "steps": 0}).refine_config.steps == 0
-    assert TrainConfig.demo(loss={"translate": "moving"},
-                                     refine={"w_lcc": 1.0}).refine_config.w_lcc == 1.0
+def test_the_config_holds_typed_settings_and_reads_files_of_retired_experiments(three_step_run):
+    config = TrainConfig.demo()
+    assert isinstance(config.network, NetworkConfig) and config.network.shape == config.shape
+    assert isinstance(config.loss, LossWeights) and isinstance(config.refine, RefineConfig)
+    # refinement starts from the training loss's windows and beta, then the preset's settings
+    assert (config.refine.lg_window, config.refine.lcc_window) == (3, 5)
+    assert config.refine.steps == presets.DEMO_REFINE["steps"]
+    typed = TrainConfig.demo(network=config.network, loss=config.loss, refine=config.refine)
+    assert typed.to_dict() == config.to_dict()
+    full = json.loads((three_step_run / "config.json").read_text())
+    saved = json.loads(json.dumps(full))  # a run folder written before the experiments went
+    saved["loss"].update(lcc_warmup=0, translate="moved", lg_reference="fixed")
+    saved["network"]["g_pointwise"] = False
+    assert TrainConfig.from_dict(saved).to_dict() == full
+    saved["loss"]["translate"] = "fixed"
+    with pytest.raises(InputError, match="^loss setting: translate='fixed' was an experiment"):
+        TrainConfig.from_dict(saved)
+    saved["loss"]["translate"], saved["network"]["g_pointwise"] = "moved", True
+    with pytest.raises(InputError, match="^g_pointwise=True was an experiment"):
+        TrainConfig.from_dict(saved)
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args([*TINY, "--lcc-warmup", "10"])

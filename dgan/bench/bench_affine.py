@@ -31,7 +31,7 @@ from ..data.io import atomic_write
 from ..errors import InputError
 from ..evaluation.methods import import_ants
 from ..registration import affine as daffine
-from ..registration.registrar import DEFAULT_REFINE_STEPS
+from ..registration.settings import DEFAULT_REFINE_STEPS
 from . import affine_cases as bench
 from . import brain
 from .options import add_brain_file_arguments
@@ -45,8 +45,6 @@ def parser():
     p.add_argument("--cases", type=int, default=20, help="accuracy cases (default 20)")
     p.add_argument("--dice-pairs", type=int, default=0, help="Dice pairs (default 0: skip)")
     p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
-    p.add_argument("--similarity", choices=("mi", "lg"), default="mi",
-                   help="the affine stage's similarity (default mi; lg: the local gradient)")
     p.add_argument("--margin-mm", type=float, default=daffine.AffineConfig.margin_mm,
                    help="MI samples the fixed foreground grown by this many mm (negative: "
                         "shrunk; default %(default)s)")
@@ -126,7 +124,7 @@ def main(argv=None):
             print(reason)
         n_pairs = max(brain.BRAIN_PAIRS, args.dice_pairs)
         pairs = brain.load_brain_benchmark(args.brain_npz, 2.0, n_pairs=n_pairs, seed=args.seed)
-        config = daffine.AffineConfig(similarity=args.similarity, margin_mm=args.margin_mm)
+        config = daffine.AffineConfig(margin_mm=args.margin_mm)
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / "config.json") as tmp, open(tmp, "w") as handle:
             json.dump({"argv": sys.argv[1:] if argv is None else list(argv), "cpu": cpu_model(),

@@ -39,16 +39,18 @@ from pathlib import Path
 import numpy as np
 
 from ..core.matching import DEFAULT_PASSES
-from ..core.networks import VXM_FEATURES, NetworkConfig, parse_features, parse_matching
+from ..core.networks import (VXM_FEATURES, NetworkConfig, features_text, parse_features,
+                             parse_matching)
 from ..data import synth
 from ..data.io import crop_or_pad, write_json
 from ..data.preprocessing import padded_shape
 from ..errors import InputError
 from ..evaluation import methods as evaluation
-from ..registration.refine import RefineConfig, refine
+from ..registration.refine import refine
+from ..registration.settings import RefineConfig
+from ..training.presets import BASELINE_NETWORK
 from . import brain, speed
 from .options import add_brain_file_arguments, show_warnings
-from .train_baselines import D_NETWORK, G_FEATURES
 
 
 def parser():
@@ -68,12 +70,13 @@ def parser():
                    default=list(evaluation.ANTS_DEFAULTS["reg_iterations"]))
     p.add_argument("--t-features", help="U-Net features of T and VxmDense, e.g. "
                    "'16,32,32/32,32,32,16,16' (default: VoxelMorph's)")
-    p.add_argument("--g-features", default=G_FEATURES,
+    p.add_argument("--g-features", default=features_text(BASELINE_NETWORK["g_features"]),
                    help="G's U-Net features (default %(default)s, dgan-train-baselines')")
-    p.add_argument("--d-pool", type=int, default=D_NETWORK["d_pool"],
+    p.add_argument("--d-pool", type=int, default=BASELINE_NETWORK["d_pool"],
                    help="D pools its input by this factor (default %(default)s; D has "
-                        f"{D_NETWORK['d_features']} features and {D_NETWORK['d_layers']} strided "
-                        "layers, as dgan-train-baselines trains it)")
+                        f"{BASELINE_NETWORK['d_features']} features and "
+                        f"{BASELINE_NETWORK['d_layers']} strided layers, as "
+                        "dgan-train-baselines trains it)")
     p.add_argument("--matching", type=parse_matching, default=list(DEFAULT_PASSES),
                    help="T's block-matching passes, e.g. 4:2,2:2,1:1 (the default) or none")
     add_brain_file_arguments(p, labels=False)
@@ -110,7 +113,9 @@ def network_config(moving, fixed, args):
     dgan.registration.registrar.Registrar pads them."""
     features = parse_features(args.t_features) if args.t_features else VXM_FEATURES
     settings = dict(t_features=features, g_features=parse_features(args.g_features),
-                    g_residual=True, matching=args.matching, **{**D_NETWORK, "d_pool": args.d_pool})
+                    g_residual=True, matching=args.matching, d_pool=args.d_pool,
+                    d_features=BASELINE_NETWORK["d_features"],
+                    d_layers=BASELINE_NETWORK["d_layers"])
     probe = NetworkConfig((64, 64, 64), **settings)
     shape = padded_shape(moving.shape, probe.multiple)
     moving, _ = crop_or_pad(moving, shape)

@@ -32,7 +32,8 @@ from ..evaluation import figures
 from ..evaluation import methods as evaluation
 from ..evaluation.report import evaluate
 from ..registration.model_folder import as_model_folder
-from ..registration.registrar import DEFAULT_REFINE_STEPS, model_refinement
+from ..registration.registrar import model_refinement
+from ..registration.settings import DEFAULT_REFINE_STEPS
 from ..training.config import METHOD_NAMES, METHODS
 from . import brain
 from .options import add_brain_file_arguments, show_warnings

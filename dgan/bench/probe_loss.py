@@ -25,7 +25,8 @@ import numpy as np
 from ..core import metrics
 from ..data import synth
 from ..errors import InputError
-from ..registration.refine import RefineConfig, refine
+from ..registration.refine import refine
+from ..registration.settings import RefineConfig
 from .options import add_pair_arguments, probe_pairs, show_warnings
 
 

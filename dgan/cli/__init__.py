@@ -10,6 +10,7 @@ returning the exit status (0, or 2 for bad input with a one-line message; ``dgan
 
 The benchmark and probe commands (``dgan-evaluate``, ``dgan-train-baselines``,
 ``dgan-bench-*``, ``dgan-probe-*``) live in :mod:`dgan.bench`, with shims ``eval/<name>.py``.
-:mod:`dgan.cli.options` holds the choices and defaults ``dgan-register --help`` shows without
-starting TensorFlow.
+``dgan-register`` and ``dgan-export`` parse their arguments and answer ``--help`` before
+TensorFlow starts (the choices and defaults they quote come from TensorFlow-free modules,
+:mod:`dgan.registration.settings` and :mod:`dgan.core.settings`).
 """

@@ -14,8 +14,10 @@ import sys
 import time
 
 from .. import compat
+from ..core.settings import SMOOTHED_FIELDS
 from ..errors import InputError
-from . import options
+from ..registration.settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS,
+                                     START_CHOICES, RefineConfig)
 
 #: Exit status: every pair registered; some rows of a batch failed (see its results.csv); the
 #: input was refused (nothing registered).
@@ -88,39 +90,39 @@ def _parser():
         help="binary mask on the fixed scan's grid: only the voxels inside it are compared")
     add("--refine-steps", type=_whole_number, metavar="N",
         help="refinement iterations per level (default: the model's, else "
-             f"{options.DEFAULT_REFINE_STEPS}; 0: T's field alone)")
+             f"{DEFAULT_REFINE_STEPS}; 0: T's field alone)")
     add("--refine-levels", type=int, nargs="+", metavar="F",
         help="refinement levels as down-sampling factors of the fixed grid, coarse to fine, "
              "powers of two (default: the model's, else "
-             f"{' '.join(map(str, options.REFINE_LEVELS))})")
+             f"{' '.join(map(str, RefineConfig.levels))})")
     add("--diffeomorphic", action="store_true",
         help="refine a stationary velocity field (scaling and squaring): no folding")
-    add("--refine-smooth", choices=options.SMOOTHED_FIELDS,
+    add("--refine-smooth", choices=SMOOTHED_FIELDS,
         help="what refinement's smoothness term acts on: residual, the change it makes to T's "
              "field (keeps T's detail), or flow, the whole field (the paper's term); default: "
-             f"the model's, else {options.REFINE_SMOOTH}")
+             f"the model's, else {RefineConfig.smooth}")
     add("--refine-lcc", type=float, metavar="W",
         help="weight of refinement's L_LCC term through the model's G, w_lcc (default: the "
              "model's: 1 for brain models from dgan-train-baselines, whose G translates; 0 for "
              "the demo's and dgan-train's, whose G draws the fixed image)")
     add("--refine-lcc-stride", type=int, metavar="S",
         help="refinement's L_LCC as the mean over the windows around every S-th voxel along "
-             f"each axis (default {options.REFINE_LCC_STRIDE}, about a third of the window sums; "
+             f"each axis (default {RefineConfig.lcc_stride}, about a third of the window sums; "
              "1: every window)")
     add("--refine-alpha", type=float, metavar="A",
         help="weight of refinement's smoothness term, alpha (default: the model's, else "
-             f"{options.REFINE_ALPHA:g}; 4 for brain models, whose refinement keeps the L_LCC "
+             f"{RefineConfig.alpha:g}; 4 for brain models, whose refinement keeps the L_LCC "
              "term)")
     add("--network-spacing", type=float, metavar="MM",
         help="voxel size in mm of the grid T runs on (default: the model folder's, else its "
              "training spacing); a T trained at 4 mm can run at 2 mm, more accurate and slower)")
-    add("--affine", choices=options.AFFINE_MODES, default="auto",
+    add("--affine", choices=AFFINE_MODES, default="auto",
         help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
              "applied only when it moves the fixed scan's foreground by more than "
-             f"{options.AUTO_THRESHOLD_MM:g} mm RMS, the headers do not already overlap the "
+             f"{AUTO_THRESHOLD_MM:g} mm RMS, the headers do not already overlap the "
              "two foregrounds, and it beats the headers' alignment on MI, the local gradient "
              "and the foregrounds' overlap (it prints what it decided and why)")
-    add("--start", choices=options.START_CHOICES, default="auto",
+    add("--start", choices=START_CHOICES, default="auto",
         help="the field refinement starts from: auto (default), the best of the identity, the "
              "block matching's and T's by the local gradient on the overlap, each kept only when "
              "it gains; network: T's field (without --model, the matching's) as it is; "
@@ -151,9 +153,12 @@ def _check_arguments(parser, args):
                      "(or --batch CSV --out-dir DIR)")
     if (args.moving_labels is None) != (args.out_labels is None):
         parser.error("--moving-labels and --out-labels must be given together")
-    if args.out_affine is not None and not args.out_affine.lower().endswith(options.ITK_SUFFIXES):
-        parser.error(f"--out-affine must end in {' or '.join(options.ITK_SUFFIXES)}: "
-                     f"{args.out_affine}")
+    if args.out_affine is not None:
+        from ..registration.itk import ITK_SUFFIXES  # NumPy, SciPy and nibabel: only when needed
+
+        if not args.out_affine.lower().endswith(ITK_SUFFIXES):
+            parser.error(f"--out-affine must end in {' or '.join(ITK_SUFFIXES)}: "
+                         f"{args.out_affine}")
 
 
 def _registrar(args):

@@ -20,14 +20,14 @@ import sys
 from pathlib import Path
 
 from ..compat import tf
-from ..core.losses import SMOOTHED_FIELDS
 from ..core.networks import parse_features, parse_matching
+from ..core.settings import SMOOTHED_FIELDS
 from ..errors import InputError, TrainingDiverged
 from ..training import distribute, presets
 from ..training import run as training_run
 from ..training.config import METHODS, TrainConfig
 from ..training.schedules import SCHEDULES
-from ..training.trainers import LG_REFERENCES, TRANSLATED_IMAGES
+from ..training.trainers import LossWeights
 
 
 def parser():
@@ -77,26 +77,22 @@ def parser():
     opt.add_argument("--beta", type=float, help="local-gradient weight in L_T")
     opt.add_argument("--mu", type=float, help="local-gradient weight in L_G")
     opt.add_argument("--lambda", dest="lam", type=float, help="L1 weight in L_G")
-    opt.add_argument("--lg-window", type=int, help="local-gradient neighbourhood n (default 7)")
-    opt.add_argument("--lcc-window", type=int, help="LCC window (default 9)")
+    opt.add_argument("--lg-window", type=int,
+                     help=f"local-gradient neighbourhood n (default {LossWeights.lg_window})")
+    opt.add_argument("--lcc-window", type=int,
+                     help=f"LCC window (default {LossWeights.lcc_window})")
     opt.add_argument("--refine-steps", type=int,
                      help="instance-refinement iterations per level when validating and in the "
                           "exported model (dgan-register's default; 0: T alone; demo: 100)")
-    opt.add_argument("--lcc-warmup", type=int,
-                     help="ramp T's LCC weight from 0 to 1 over this many steps (0: paper, weight 1)")
-    opt.add_argument("--w-lcc", type=float, help="weight of T's LCC term (default 1, the paper)")
+    opt.add_argument("--w-lcc", type=float,
+                     help=f"weight of T's LCC term (default {LossWeights.w_lcc:g}, the paper)")
     opt.add_argument("--smooth", choices=SMOOTHED_FIELDS,
                      help="with --matching: the smoothness term on the U-Net's residual (default) "
                           "or on the whole field phi (the paper's)")
-    opt.add_argument("--translate", choices=TRANSLATED_IMAGES,
-                     help="Deform-GAN: G renders F(phi) for T's LCC term ('moved', the paper's "
-                          "G(F(phi))), F before it is warped ('moving', G(F) warped by phi), or "
-                          "R in the moving modality ('fixed': T's term L_LCC(G(R), F(phi)))")
-    opt.add_argument("--lg-reference", choices=LG_REFERENCES,
-                     help="Deform-GAN: T's L_LG term compares F(phi) with R ('fixed', the "
-                          "paper's) or with G(R) ('translated', needs --translate fixed)")
-    opt.add_argument("--vxm-lambda", type=float, help="vxm: weight of Grad_l2 (default 1)")
-    opt.add_argument("--mi-bins", type=int, help="vxm: mutual-information bins (default 16)")
+    opt.add_argument("--vxm-lambda", type=float,
+                     help=f"vxm: weight of Grad_l2 (default {LossWeights.vxm_lambda:g})")
+    opt.add_argument("--mi-bins", type=int,
+                     help=f"vxm: mutual-information bins (default {LossWeights.mi_bins})")
     net = p.add_argument_group("networks")
     net.add_argument("--int-steps", type=int, help="diffeomorphic integration steps (0: off)")
     net.add_argument("--flow-resolution", type=int, choices=(1, 2, 4),
@@ -106,9 +102,6 @@ def parser():
     net.add_argument("--g-residual", action=argparse.BooleanOptionalAction,
                      help="G adds a learnt correction to its input and starts as the identity "
                           "(demo: on)")
-    net.add_argument("--g-pointwise", action=argparse.BooleanOptionalAction,
-                     help="G maps each voxel's intensity alone (1x1x1 convolutions of the "
-                          "--g-features encoder widths) instead of a U-Net")
     net.add_argument("--matching", type=parse_matching,
                      help="T's block-matching first estimate, passes 'factor:radius,...' coarse "
                           "to fine (default '4:2,2:2,1:1'); 'none': the paper's T, U-Net alone")
@@ -134,8 +127,7 @@ def settings_from_args(args):
     if args.spacing is not None:
         fields["spacing"] = args.spacing or None
     loss = {k: getattr(args, k) for k in ("alpha", "beta", "mu", "lam", "lg_window", "lcc_window",
-                                          "lcc_warmup", "w_lcc", "vxm_lambda", "mi_bins",
-                                          "smooth", "translate", "lg_reference")
+                                          "w_lcc", "vxm_lambda", "mi_bins", "smooth")
             if getattr(args, k) is not None}
     if args.refine_steps is not None:
         fields["refine"] = {"steps": args.refine_steps}
@@ -144,7 +136,7 @@ def settings_from_args(args):
         if value is not None:
             network[key] = parse_features(value)
     for key in ("d_features", "d_layers", "int_steps", "flow_resolution", "g_residual", "d_pool",
-                "matching", "g_pointwise"):
+                "matching"):
         if getattr(args, key) is not None:
             network[key] = getattr(args, key)
     if network:

@@ -8,6 +8,7 @@ a registration (Zhang et al. 2020, arXiv:2002.11430).
 | :mod:`~dgan.core.networks` | builders of T (VoxelMorph U-Net + SpatialTransformer), G and D |
 | :mod:`~dgan.core.coverage` | where both scans have data; masks |
 | :mod:`~dgan.core.metrics` | Dice, HD95, Jacobian determinant, folding, SDlogJ; time and memory |
+| :mod:`~dgan.core.settings` | the terms' windows and what smoothness acts on, free of TensorFlow |
 
 It imports :mod:`dgan.data` at most, never training, registration, evaluation, the commands or
 the benchmarks (``tests/test_layout.py``).

@@ -28,18 +28,7 @@ PatchGAN over 3D volumes. D is conditioned on the moved image F(phi), as in pix2
 import numpy as np
 
 from ..compat import keras, tf
-
-#: The paper's best neighbourhood size for the local gradient (n = 7).
-DEFAULT_LG_WINDOW = 7
-#: VoxelMorph's window for local cross-correlation.
-DEFAULT_LCC_WINDOW = 9
-#: The eps in n = v / (|v| + eps).
-DEFAULT_LG_EPS = 1e-5
-#: The eps in cc = cross^2 / (var_R var_F + eps).
-DEFAULT_LCC_EPS = 1e-5
-#: What the smoothness term may act on: the residual (the change made to a starting field, e.g.
-#: the block matching's or T's) or the whole flow phi (the paper's term).
-SMOOTHED_FIELDS = ("residual", "flow")
+from .settings import DEFAULT_LCC_EPS, DEFAULT_LCC_WINDOW, DEFAULT_LG_EPS, DEFAULT_LG_WINDOW
 
 
 def _check_window(window):

@@ -8,8 +8,7 @@
   moved(p) = moving(p + flow(p)).
 - G, the generator: VoxelMorph's U-Net translating F(phi) into the fixed modality,
   F'(phi) = G(F(phi)), with a sigmoid output (intensities are normalised to [0, 1]); or,
-  residual, F'(phi) = F(phi) + U(F(phi)) with U's last layer zero at initialisation; U may be
-  per voxel (``g_pointwise``: 1x1x1 convolutions) instead of a U-Net.
+  residual, F'(phi) = F(phi) + U(F(phi)) with U's last layer zero at initialisation.
 - D, the discriminator: a 3D conditional PatchGAN (Isola et al. 2017). Inputs the condition
   F(phi) and an image in the fixed modality (R, or G's F'(phi)), optionally average-pooled;
   output one unbounded score per patch, (B, x', y', z', 1).
@@ -22,6 +21,11 @@ from dataclasses import asdict, dataclass
 
 from ..compat import keras, vxm
 from .matching import BlockMatching
+from .settings import without_retired
+
+#: Settings of experiments that were not kept (docs/notes/training-log.md), with the value that
+#: builds today's networks: a saved description may name them at that value, and no other.
+RETIRED = {"g_pointwise": False}
 
 #: VoxelMorph's default U-Net features: ([encoder], [decoder]).
 VXM_FEATURES = ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16))
@@ -53,10 +57,6 @@ class NetworkConfig:
     :param d_pool: D average-pools its input pair by this factor before its first strided
         convolution (1: none). D's weight gradients are the costliest part of a step on CPU;
         2 makes D's update several times cheaper
-    :param g_pointwise: G sees one voxel at a time: 1x1x1 convolutions with the widths of
-        ``g_features``' encoder (leaky ReLU), a per-voxel intensity map of F(phi). Such a G can
-        translate contrast but cannot draw R's anatomy, which a U-Net G trained with
-        L1(F'(phi), R) on unaligned pairs learns instead (docs/notes/training-log.md, entry 17)
     """
 
     shape: tuple
@@ -69,7 +69,6 @@ class NetworkConfig:
     g_residual: bool = False
     d_pool: int = 1
     matching: tuple = ()
-    g_pointwise: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
@@ -109,7 +108,8 @@ class NetworkConfig:
 
     @classmethod
     def from_dict(cls, config):
-        return cls(**config)
+        """A configuration as saved (:meth:`to_dict`), :data:`RETIRED` settings left out."""
+        return cls(**without_retired(config, RETIRED))
 
 
 def parse_features(text):
@@ -119,6 +119,12 @@ def parse_features(text):
         return [[int(f) for f in encoder.split(",")], [int(f) for f in decoder.split(",")]]
     except ValueError:
         raise ValueError(f"features must look like '16,32,32/32,32,32,16,16', got {text!r}") from None
+
+
+def features_text(features):
+    """The command-line form of U-Net features, ``"16,32,32/32,32,32,16,16"``
+    (:func:`parse_features` reads it back)."""
+    return "/".join(",".join(str(int(f)) for f in part) for part in features)
 
 
 def parse_matching(text):
@@ -208,23 +214,16 @@ def build_generator(config, name="generator"):
     """G: F(phi) -> F'(phi), the moved image rendered in the fixed image's modality."""
     moved = keras.Input((*config.shape, 1), name="moved")
     encoder, decoder = config.g_features
-    if config.g_pointwise:
-        features, kernel = moved, 1
-        for i, width in enumerate(encoder):
-            features = keras.layers.Conv3D(width, 1, name=f"{name}_pointwise_{i}")(features)
-            features = keras.layers.LeakyReLU(0.2, name=f"{name}_pointwise_{i}_activation")(
-                features)
-    else:
-        feeder = keras.Model(moved, moved, name=f"{name}_inputs")
-        features, kernel = vxm.networks.Unet(
-            input_model=feeder, nb_features=[list(encoder), list(decoder)], name=f"{name}_unet"
-        ).output, 3
+    feeder = keras.Model(moved, moved, name=f"{name}_inputs")
+    features = vxm.networks.Unet(
+        input_model=feeder, nb_features=[list(encoder), list(decoder)], name=f"{name}_unet"
+    ).output
     if config.g_residual:
-        delta = keras.layers.Conv3D(1, kernel, padding="same", kernel_initializer="zeros",
+        delta = keras.layers.Conv3D(1, 3, padding="same", kernel_initializer="zeros",
                                     name="translation_residual")(features)
         translated = keras.layers.Add(name="translated")([moved, delta])
     else:
-        translated = keras.layers.Conv3D(1, kernel, padding="same", activation="sigmoid",
+        translated = keras.layers.Conv3D(1, 3, padding="same", activation="sigmoid",
                                          name="translated")(features)
     return keras.Model(moved, translated, name=name)
 

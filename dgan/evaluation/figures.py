@@ -65,17 +65,16 @@ def plot_grid(ax, flow, axis, spacing=4, background=None):
 
 
 def save_pair_figure(path, fixed, moving, moved, flow, translated=None, title=None,
-                     fixed_labels=None, translated_title="translated F'(phi)"):
+                     fixed_labels=None):
     """Fixed, moving, moved, (translated), and the deformation grid; one row per view.
 
     :param fixed, moving, moved, translated: shape = (X, Y, Z)
     :param flow: shape = (X, Y, Z, 3)
     :param fixed_labels: optional (X, Y, Z) label map drawn as contours over each image
-    :param translated_title: the translated image's column title (G's output)
     """
     images = [("fixed R", fixed), ("moving F", moving), ("moved F(phi)", moved)]
     if translated is not None:
-        images.append((translated_title, translated))
+        images.append(("translated F'(phi)", translated))
     columns = len(images) + 1
     fig, axes = new_figure(3, columns, figsize=(2.6 * columns, 7.8))
     for row, axis in enumerate((2, 1, 0)):  # axial, coronal, sagittal

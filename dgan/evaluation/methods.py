@@ -89,8 +89,8 @@ class ModelMethod:
     :param folder: the model folder, or None: refinement alone from the identity
     :param refine_steps: instance refinement iterations per level after T
         (:mod:`dgan.registration.refine`); 0: T alone
-    :param refine_config: :class:`dgan.registration.refine.RefineConfig` for the other settings, or
-        None
+    :param refine_config: :class:`dgan.registration.settings.RefineConfig` for the other settings,
+        or None
     :param network_spacing: the voxel size in mm T runs at, or None: the model's training
         spacing (:class:`dgan.registration.registrar.Registrar`)
     :param start: :class:`dgan.registration.registrar.Registrar`'s ``start``: ``"network"`` (the

@@ -14,6 +14,7 @@ written | | :mod:`~dgan.registration.batch` | every pair of a CSV file in one pr
 | :mod:`~dgan.registration.scoring` | the start field, chosen by L_LG on the overlap |
 | :mod:`~dgan.registration.model_folder` | the dgan model folder: T, G and how scans are prepared |
 | :mod:`~dgan.registration.serving` | T as a TensorFlow Serving SavedModel (``dgan-export``) |
+| :mod:`~dgan.registration.settings` | ``RefineConfig``, defaults and choices, free of TensorFlow |
 
 It imports :mod:`dgan.core` and :mod:`dgan.data`, never training, evaluation, the commands or
 the benchmarks.

@@ -41,12 +41,10 @@ foreground shrunk by 4 mm (``margin_mm``), the moving scan is sampled trilinearl
 and the joint histogram, over the samples that land inside the moving scan (and its mask: outside
 there is no data, which is not intensity 0), of the two intensities (``bins`` bins; the fixed side
 binned, the moving side spread by a cubic B-spline so that it is differentiable in y) gives MI = sum
-p(a, b) log p(a, b) / (p(a) p(b)). The paper's local-gradient similarity L_LG
-(:func:`dgan.core.losses.local_gradient_agreement`, on the whole level grid) is available as
-``similarity="lg"``; docs/notes/benchmarks-history.md compares the two on the affine benchmark: MI
-was more accurate, and faster (it needs scattered points, L_LG whole grids). Sampling the interior
-rather than the foreground grown by a margin was more accurate across modalities too: the brain's
-outline differs between a T1 and a T2-like image.
+p(a, b) log p(a, b) / (p(a) p(b)). MI, rather than the paper's local-gradient similarity, and the
+foreground's interior, rather than the foreground grown by a margin, were the more accurate across
+modalities on the affine benchmark (docs/notes/benchmarks-history.md): the brain's outline differs
+between a T1 and a T2-like image.
 """
 
 import dataclasses
@@ -59,7 +57,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..compat import tf
-from ..core import coverage, losses
+from ..core import coverage
 from ..data import io as dio
 from ..errors import InputError
 
@@ -68,10 +66,6 @@ logger = logging.getLogger(__name__)
 #: One unit of the rotation and affine parameters moves a point this far from the centre by
 #: about 1 mm: all parameters then live on the scale of the translation (mm) for Adam.
 RADIUS_MM = 50.0
-#: ``--affine auto`` applies the estimated affine when it moves the fixed scan's foreground by
-#: more than this RMS distance (mm) from where the two headers put it; below it the deformable
-#: stage (T, refinement) takes the misalignment as it is.
-AUTO_THRESHOLD_MM = 2.0
 #: The affine stage's transform replaces the headers' alignment (``--affine auto``) only when it
 #: raises the similarity on the overlap by at least this fraction of its value there: on a pair
 #: the headers align, the optimiser still finds a transform that fits the samples' noise
@@ -100,12 +94,10 @@ class AffineConfig:
     :param learning_rate: Adam's step at the coarsest level, mm (and mm-scaled units); each
         finer level halves it
     :param restart_deg: the rigid stage's extra starts rotate by +-this about each axis
-    :param similarity: ``"mi"`` (mutual information) or ``"lg"`` (the local gradient L_LG)
     :param bins: histogram bins of MI
     :param max_points: MI samples at most this many fixed voxels per level (a seeded subset)
     :param margin_mm: MI samples the fixed foreground grown by this many mm (negative: shrunk,
         its interior: measured, the outline of a brain biases MI across modalities)
-    :param lg_window: the local-gradient neighbourhood n (``similarity="lg"``)
     :param seed: seed of the point subsets
     """
 
@@ -114,11 +106,9 @@ class AffineConfig:
     steps: tuple = (60, 60, 40)
     learning_rate: float = 1.0
     restart_deg: float = 15.0
-    similarity: str = "mi"
     bins: int = 32
     max_points: int = 20_000
     margin_mm: float = -4.0
-    lg_window: int = 3
     seed: int = 0
 
     def __post_init__(self):
@@ -129,8 +119,6 @@ class AffineConfig:
             raise InputError(f"affine levels must be decreasing voxel sizes in mm, got {self.levels_mm}")
         if len(self.steps) != len(self.levels_mm) or min(self.steps) < 0 or self.rigid_steps < 0:
             raise InputError(f"affine steps must be one whole number >= 0 per level, got {self.steps}")
-        if self.similarity not in ("mi", "lg"):
-            raise InputError(f"affine similarity must be 'mi' or 'lg', got {self.similarity!r}")
         if not self.learning_rate > 0 or self.bins < 4 or self.max_points < 100:
             raise InputError("affine learning_rate must be > 0, bins >= 4, max_points >= 100")
 
@@ -159,7 +147,7 @@ class AffineResult:
     @property
     def gain(self):
         """How much better ``matrix`` aligns the scans than their headers: the relative gain
-        of the similarity, (S - S_headers) / |S_headers| (MI, or L_LG), 0 when both are 0."""
+        of MI, (MI - MI_headers) / |MI_headers|, 0 when both are 0."""
         gained = self.header_objective - self.objective  # objectives: lower is better
         return float(gained / abs(self.header_objective)) if self.header_objective else 0.0
 
@@ -346,8 +334,8 @@ def _mutual_information(fixed_bins, moving_values, bins, inside):
                                   - tf.math.log(p_moving + tiny)))
 
 
-def _objective(level, params, base, rigid, similarity, bins, lg_window):
-    """-MI or 1 - L_LG of the moving scan sampled at the transformed fixed points."""
+def _objective(level, params, base, rigid, bins):
+    """-MI of the moving scan sampled at the transformed fixed points."""
     m, t = _linear(params, base, rigid)
     world = level["centre_moving"] + t + tf.matmul(level["points"], m, transpose_b=True)
     inverse = level["moving_inverse"]  # world -> padded moving voxels, (4, 4)
@@ -355,13 +343,10 @@ def _objective(level, params, base, rigid, similarity, bins, lg_window):
     values = _sample(level["moving"], coords)  # (N,)
     # where the moving scan has data (its grid, inside its mask): 1, else 0; no gradient
     inside = tf.cast(tf.stop_gradient(_sample(level["moving_valid"], coords)) > 0.5, tf.float32)
-    if similarity == "mi":
-        return -_mutual_information(level["fixed_bins"], values, bins, inside)
-    warped = tf.reshape(values, level["shape"])[tf.newaxis, ..., tf.newaxis]
-    return 1.0 - losses.local_gradient_agreement(level["fixed_direction"], warped, lg_window)[0]
+    return -_mutual_information(level["fixed_bins"], values, bins, inside)
 
 
-def _adam(level, params, base, rigid, steps, learning_rate, similarity, bins, lg_window):
+def _adam(level, params, base, rigid, steps, learning_rate, bins):
     """``steps`` Adam steps on the parameters; returns (params, objective at the result)."""
     m = tf.zeros_like(params)
     v = tf.zeros_like(params)
@@ -370,18 +355,18 @@ def _adam(level, params, base, rigid, steps, learning_rate, similarity, bins, lg
     for step in tf.range(steps):
         with tf.GradientTape() as tape:
             tape.watch(params)
-            loss = _objective(level, params, base, rigid, similarity, bins, lg_window)
+            loss = _objective(level, params, base, rigid, bins)
         g = tape.gradient(loss, params)
         t = tf.cast(step, tf.float32) + 1.0
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         rate = learning_rate * (1.0 - 0.9 * (t - 1.0) / total)  # linear decay to a tenth
         params = params - rate * tf.sqrt(1 - b2**t) / (1 - b1**t) * m / (tf.sqrt(v) + ADAM_EPS)
-    return params, _objective(level, params, base, rigid, similarity, bins, lg_window)
+    return params, _objective(level, params, base, rigid, bins)
 
 
-#: The MI optimiser's inputs: any level's shapes, so that it is traced once per process.
-_MI_SIGNATURE = [
+#: The optimiser's inputs: any level's shapes, so that it is traced once per process.
+_SIGNATURE = [
     {"moving": tf.TensorSpec([None, None, None], tf.float32),
      "moving_valid": tf.TensorSpec([None, None, None], tf.float32),
      "moving_inverse": tf.TensorSpec([4, 4], tf.float32),
@@ -394,20 +379,17 @@ _MI_SIGNATURE = [
 
 
 @functools.lru_cache(maxsize=None)
-def _optimiser(similarity, bins, lg_window):
-    """The compiled :func:`_adam` for one similarity: ``(level, params, base, rigid, steps,
-    learning_rate) -> (params, objective)``; MI's is traced once for every shape."""
+def _optimiser(bins):
+    """The compiled :func:`_adam` for ``bins``: ``(level, params, base, rigid, steps,
+    learning_rate) -> (params, objective)``, traced once for every shape."""
     def run(level, params, base, rigid, steps, learning_rate):
-        return _adam(level, params, base, rigid, steps, learning_rate, similarity, bins,
-                     lg_window)
+        return _adam(level, params, base, rigid, steps, learning_rate, bins)
 
-    if similarity == "mi":
-        return tf.function(run, input_signature=_MI_SIGNATURE)
-    return tf.function(run, reduce_retracing=True)
+    return tf.function(run, input_signature=_SIGNATURE)
 
 
 def _run(level, params, base, rigid, steps, learning_rate, config):
-    optimise = _optimiser(config.similarity, config.bins, config.lg_window)
+    optimise = _optimiser(config.bins)
     result, value = optimise(level, tf.constant(params, tf.float32),
                              tf.constant(base, tf.float32), tf.constant(rigid),
                              tf.constant(steps, tf.int32), tf.constant(learning_rate, tf.float32))
@@ -472,22 +454,16 @@ def _prepare_level(moving, fixed, spacing, centre_fixed, centre_moving, config, 
         "moving_inverse": tf.constant(inverse, tf.float32),
         "centre_moving": tf.constant(centre_moving, tf.float32),
     }
-    if config.similarity == "mi":
-        region = _sampled_region(fixed_l, config.margin_mm)
-        if fixed_mask is not None:
-            region &= coverage.on_grid(fixed_mask.array, fixed_mask.affine, fixed_l.affine,
-                                       fixed_l.shape)
-        voxels = np.argwhere(region)
-        if len(voxels) > config.max_points:
-            rng = np.random.default_rng([config.seed, int(spacing * 1000)])
-            voxels = voxels[np.sort(rng.choice(len(voxels), config.max_points, replace=False))]
-        values = fixed_l.array[tuple(voxels.T)]
-        level["fixed_bins"] = tf.cast(tf.round(_bin_position(values, config.bins)), tf.int32)
-    else:
-        voxels = np.argwhere(np.ones(fixed_l.shape, bool))  # the whole grid, in 'ij' order
-        level["shape"] = tf.constant(fixed_l.shape, tf.int32)
-        level["fixed_direction"] = losses.local_gradient_direction(
-            tf.constant(fixed_l.array[np.newaxis, ..., np.newaxis]), config.lg_window)
+    region = _sampled_region(fixed_l, config.margin_mm)
+    if fixed_mask is not None:
+        region &= coverage.on_grid(fixed_mask.array, fixed_mask.affine, fixed_l.affine,
+                                   fixed_l.shape)
+    voxels = np.argwhere(region)
+    if len(voxels) > config.max_points:
+        rng = np.random.default_rng([config.seed, int(spacing * 1000)])
+        voxels = voxels[np.sort(rng.choice(len(voxels), config.max_points, replace=False))]
+    values = fixed_l.array[tuple(voxels.T)]
+    level["fixed_bins"] = tf.cast(tf.round(_bin_position(values, config.bins)), tf.int32)
     level["points"] = tf.constant(world_points(fixed_l.affine, voxels) - centre_fixed, tf.float32)
     return level
 
@@ -565,16 +541,10 @@ def estimate_affine(moving, fixed, config=None, progress=None, moving_mask=None,
     if progress is not None:
         progress(f"affine: {len(levels)} levels "
                  f"({', '.join(f'{s:g} mm' for s, _ in levels)}), best start {start}, "
-                 f"{config.similarity} {_similarity_value(objective, config):.4f} against "
-                 f"{_similarity_value(header_objective, config):.4f} at the headers' alignment "
+                 f"mi {-objective:.4f} against {-header_objective:.4f} at the headers' alignment "
                  f"(gain {100 * result.gain:+.1f}%), {result.rms_mm:.1f} mm RMS from it, "
                  f"{result.seconds:.1f} s")
     return result
-
-
-def _similarity_value(objective, config):
-    """The similarity (MI, or L_LG) from the objective (-MI, or 1 - L_LG)."""
-    return -objective if config.similarity == "mi" else 1 - objective
 
 
 def _best_rigid_start(level, config, rate, header):

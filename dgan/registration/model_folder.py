@@ -126,7 +126,7 @@ def save_model_folder(registration_net, network_config, preprocessing, path, *, 
     :param path: the model folder to write
     :param generator: G, from :func:`dgan.core.networks.build_generator` (e.g.
         ``DeformGAN.generator``), kept for instance refinement; None writes T alone
-    :param refinement: the :class:`dgan.registration.refine.RefineConfig` settings (a dict) that
+    :param refinement: the :class:`dgan.registration.settings.RefineConfig` settings (a dict) that
         suit this model (e.g. its training windows), used by
         :class:`dgan.registration.registrar.Registrar` unless the caller gives its own; None:
         refinement's defaults

@@ -16,7 +16,7 @@ their grid), intensities scaled as in training.
 - :meth:`Registrar.register_files` / :meth:`Registrar.register_volumes`: scans on their own grids.
 
   0. With the affine stage (``affine="on"``, or ``"auto"`` when the scans are misaligned by more
-     than :data:`dgan.registration.affine.AUTO_THRESHOLD_MM`),
+     than :data:`dgan.registration.settings.AUTO_THRESHOLD_MM`),
      :func:`dgan.registration.affine.estimate_affine` finds the world transform T (fixed point ->
      moving point) and the moving scan (and its labels) is from then on read through it
      (:func:`dgan.registration.affine.through`: its affine becomes ``T^-1 A_m``), so that every step
@@ -61,12 +61,11 @@ from . import scoring
 from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
 from .model_folder import as_model_folder, generator_for_shape, registration_net_for_shape
-from .refine import MIN_LEVEL_VOXELS, RefineConfig, refine, usable_levels
+from .refine import MIN_LEVEL_VOXELS, refine, usable_levels
+from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS, START_CHOICES,
+                       RefineConfig)
 
 logger = logging.getLogger(__name__)
-
-#: Refinement iterations per level by default (how it was chosen: docs/notes/benchmarks-history.md).
-DEFAULT_REFINE_STEPS = 25
 
 #: ``--affine auto`` applies a transform only when it also raises L_LG on the overlap by this much
 #: over the headers' alignment (:meth:`Registrar.judge_affine`): twice the margin a deformable start
@@ -87,12 +86,6 @@ FOREGROUND_LEVEL = 0.1
 #: the fixed scan's own grid.
 MATCHING_SPACING_MM = 2.0
 
-#: :class:`Registrar`'s ``start`` choices.
-START_CHOICES = ("auto", "network", "identity")
-
-#: ``--affine``: ``auto`` applies the affine stage when the scans are misaligned by more than
-#: :data:`dgan.registration.affine.AUTO_THRESHOLD_MM`, ``on`` always, ``off`` never.
-AFFINE_MODES = ("auto", "on", "off")
 @dataclasses.dataclass(frozen=True, eq=False)
 class ArrayRegistration:
     """Result of :meth:`Registrar.register_arrays`.
@@ -140,7 +133,7 @@ class FileRegistration:
 
 
 def model_refinement(model):
-    """The :class:`dgan.registration.refine.RefineConfig` a model folder was saved with
+    """The :class:`dgan.registration.settings.RefineConfig` a model folder was saved with
     (``refinement`` in its ``dgan_model.json``, written by training: its loss windows and weights),
     with :data:`DEFAULT_REFINE_STEPS` where it says nothing; the defaults without a model.
 
@@ -163,16 +156,16 @@ class Registrar:
         be > 0, unless ``affine="on"``: the affine stage alone)
     :param refine_steps: refinement iterations per level; 0: T's field as it is; None: those
         of ``refine_config`` (by default the model folder's own, :func:`model_refinement`)
-    :param refine_config: :class:`dgan.registration.refine.RefineConfig` for everything else (its
+    :param refine_config: :class:`dgan.registration.settings.RefineConfig` for everything else (its
         ``steps`` is replaced by ``refine_steps``); None: the settings the model folder was saved
         with (e.g. the windows it was trained with), else the defaults
     :param progress: called with one line of text per refinement level, or None
     :param affine: the affine stage of :meth:`register_volumes` (:data:`AFFINE_MODES`): ``"off"``
         (the default here; ``dgan-register``'s default is ``"auto"``), ``"on"``, or ``"auto"``:
         applied when it moves the fixed foreground by more than
-        :data:`dgan.registration.affine.AUTO_THRESHOLD_MM` RMS (skipped for scans too small for its
-        pyramid: fewer than 16 voxels of 2 mm along an axis). Arrays (:meth:`register_arrays`) have
-        no world coordinates and are never aligned affinely.
+        :data:`dgan.registration.settings.AUTO_THRESHOLD_MM` RMS (skipped for scans too small for
+        its pyramid: fewer than 16 voxels of 2 mm along an axis). Arrays (:meth:`register_arrays`)
+        have no world coordinates and are never aligned affinely.
     :param affine_config: :class:`dgan.registration.affine.AffineConfig`, or None for the defaults
     :param network_spacing: the voxel size in mm (a number, or three) of the grid T runs on;
         None: the model folder's ``registration.network_spacing`` if it has one (training's
@@ -400,7 +393,7 @@ class Registrar:
     def _affine_stage(self, moving, fixed, moving_mask=None, fixed_mask=None):
         """(alignment or None, the transform to apply or None) under ``self.affine``: ``auto``
         applies the estimate only when it moves the fixed foreground by more than
-        :data:`dgan.registration.affine.AUTO_THRESHOLD_MM` RMS, raises MI over the headers'
+        :data:`dgan.registration.settings.AUTO_THRESHOLD_MM` RMS, raises MI over the headers'
         alignment by :data:`dgan.registration.affine.MIN_GAIN`
         (:meth:`dgan.registration.affine.AffineResult.improves`), the headers do not already overlap
         the foregrounds with Dice :data:`HEADER_TRUST_DICE`, and it beats them on L_LG and the
@@ -413,9 +406,9 @@ class Registrar:
         alignment = self.estimate_affine(moving, fixed, moving_mask, fixed_mask)
         if self.affine == "on":
             return alignment, alignment.matrix
-        if alignment.rms_mm <= daffine.AUTO_THRESHOLD_MM:
+        if alignment.rms_mm <= AUTO_THRESHOLD_MM:
             self._say(f"affine: kept the headers' alignment (auto: the estimate moves "
-                      f"{alignment.rms_mm:.1f} mm RMS <= {daffine.AUTO_THRESHOLD_MM:g} mm)")
+                      f"{alignment.rms_mm:.1f} mm RMS <= {AUTO_THRESHOLD_MM:g} mm)")
             return alignment, None
         if not alignment.improves():
             self._say(f"affine: kept the headers' alignment (auto: the estimate gains "

@@ -3,7 +3,7 @@
 | module | one job |
 |---|---|
 | :mod:`~dgan.training.config` | :class:`~dgan.training.config.TrainConfig`, the run's settings |
-| :mod:`~dgan.training.presets` | the settings a run starts from: ``demo``, ``scans`` |
+| :mod:`~dgan.training.presets` | the settings a run starts from: ``demo``, ``scans``, ``brain`` |
 | :mod:`~dgan.training.run` | :func:`~dgan.training.run.train`: data, checkpoints, resume, logs,
 export |
 | :mod:`~dgan.training.validation` | held-out Dice through the registration code |

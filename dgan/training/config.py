@@ -14,7 +14,7 @@ from ..core.networks import NetworkConfig
 from ..data import demo
 from ..data.preprocessing import Preprocessing
 from ..errors import InputError
-from ..registration.refine import RefineConfig
+from ..registration.settings import RefineConfig
 from .baselines import VxmTrainer
 from .presets import DEFAULT_LR_G, DEMO_REFINE, PRESETS, REFINE_DEFAULTS
 from .schedules import SCHEDULES
@@ -38,11 +38,14 @@ METHOD_NAMES = {
 
 
 def network_for_method(method, network):
-    """The network settings ``method`` trains with: VoxelMorph's VxmDense (``vxm``) has no
-    block-matching front end, so ``matching`` is left out for it."""
-    if method == "vxm":
-        return {k: v for k, v in network.items() if k != "matching"}
-    return dict(network)
+    """The network settings ``method`` trains with (a :class:`NetworkConfig` or a dict of its
+    fields, returned in the same form): VoxelMorph's VxmDense (``vxm``) has no block-matching
+    front end, so ``matching`` is left out for it."""
+    if method != "vxm":
+        return network
+    if isinstance(network, NetworkConfig):
+        return dataclasses.replace(network, matching=())
+    return {k: v for k, v in network.items() if k != "matching"}
 
 
 @dataclass
@@ -56,11 +59,18 @@ class TrainConfig:
     :class:`dgan.registration.registrar.Registrar` runs T on by default; validation stays on the
     training grid. ``method`` is what is trained (:data:`METHODS`): ``deformgan``, ``lcc`` (T alone
     with L_T's terms on F(phi)) or ``vxm`` (VoxelMorph's VxmDense with -MI + lambda Grad_l2); every
-    method takes its loss settings from ``loss`` (:class:`dgan.training.trainers.LossWeights`).
+    method takes its loss settings from ``loss``.
 
-    The fields' defaults are the settings for your scans; :meth:`demo` and :meth:`for_scans`
-    (:meth:`from_preset`) start from a named preset (:data:`PRESETS`) and record its name in
-    ``preset``.
+    ``network`` (:class:`~dgan.core.networks.NetworkConfig`, its ``shape`` this configuration's),
+    ``loss`` (:class:`~dgan.training.trainers.LossWeights`) and ``refine``
+    (:class:`~dgan.registration.settings.RefineConfig`: how validation and the exported model refine
+    T's fields; ``steps`` 0: T alone) may be given as those dataclasses or as dicts of their fields
+    (a preset, a ``config.json``); the configuration holds the dataclasses. A ``refine`` dict starts
+    from the training loss's windows and beta and :data:`~dgan.training.presets.REFINE_DEFAULTS`.
+
+    The fields' defaults are the settings for your scans; :meth:`from_preset` (:meth:`demo`,
+    :meth:`for_scans`) starts from a named preset (:data:`~dgan.training.presets.PRESETS`) and
+    records its name in ``preset``.
     """
 
     moving: list | None = None
@@ -76,9 +86,9 @@ class TrainConfig:
     lr_g: float = DEFAULT_LR_G
     lr_d: float = 2e-4
     lr_decay: str = "linear"
-    network: dict = field(default_factory=dict)
-    loss: dict = field(default_factory=dict)
-    refine: dict = field(default_factory=dict)
+    network: NetworkConfig | dict = field(default_factory=dict)
+    loss: LossWeights | dict = field(default_factory=dict)
+    refine: RefineConfig | dict = field(default_factory=dict)
     checkpoint_every: int = 50
     keep_checkpoints: int = 3
     validate_every: int = 50
@@ -91,6 +101,9 @@ class TrainConfig:
 
     def __post_init__(self):
         self.shape = tuple(int(s) for s in self.shape)
+        self.network = _network(self.network, self.shape)
+        self.loss = _loss(self.loss)
+        self.refine = _refine(self.refine, self.loss)
         if (self.moving is None) != (self.fixed is None):
             raise InputError("give both moving and fixed scans, or neither (the demo data)")
         if self.method not in METHODS:
@@ -103,26 +116,24 @@ class TrainConfig:
         for name in ("steps", "batch_size", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.method == "vxm" and self.network_config.flow_resolution != 1:
+        if self.method == "vxm" and self.network.flow_resolution != 1:
             raise InputError("the vxm method needs flow_resolution 1: VoxelMorph 0.2 does not "
                              "upsample a coarse field the way T does")
         if self.network_spacing is not None and not (math.isfinite(self.network_spacing)
                                                      and self.network_spacing > 0):
             raise InputError(f"network_spacing must be a positive number of mm, "
                              f"got {self.network_spacing!r}")
-        self.network_config  # noqa: B018  (validates the shape against the networks)
-        self.loss_weights  # noqa: B018
-        self.refine_config  # noqa: B018
 
     @classmethod
     def from_preset(cls, preset, **settings):
-        """A configuration that starts from ``PRESETS[preset]``; ``settings`` override it (the
-        dicts ``network``, ``loss`` and ``refine`` key by key)."""
+        """A configuration that starts from ``PRESETS[preset]``; ``settings`` override it (given
+        as dicts, ``network``, ``loss`` and ``refine`` key by key)."""
         if preset not in PRESETS:
             raise InputError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         merged = {k: dict(v) if isinstance(v, dict) else v for k, v in PRESETS[preset].items()}
         for key, value in settings.items():
-            merged[key] = {**merged[key], **value} if isinstance(merged.get(key), dict) else value
+            both = isinstance(merged.get(key), dict) and isinstance(value, dict)
+            merged[key] = {**merged[key], **value} if both else value
         merged["network"] = network_for_method(settings.get("method", "deformgan"),
                                                merged.get("network", {}))
         return cls(**merged, preset=preset)
@@ -130,8 +141,8 @@ class TrainConfig:
     @classmethod
     def demo(cls, **settings):
         """The demo preset: the embedded demo data's grid, networks, loss windows, alpha, G's
-        learning rate and refinement (:data:`DEMO_NETWORK`, :data:`DEMO_LOSS`,
-        :data:`DEMO_REFINE`, :data:`DEMO_LR_G`), with ``settings`` over them."""
+        learning rate and refinement (:mod:`dgan.training.presets`), with ``settings`` over
+        them."""
         return cls.from_preset("demo", **settings)
 
     @classmethod
@@ -140,41 +151,9 @@ class TrainConfig:
         return cls.from_preset("scans", moving=moving, fixed=fixed, **settings)
 
     @property
-    def network_config(self):
-        try:
-            return NetworkConfig(shape=self.shape, **self.network)
-        except ValueError as error:
-            raise InputError(str(error)) from None
-
-    @property
-    def loss_weights(self):
-        try:
-            return LossWeights(**self.loss)
-        except TypeError as error:
-            raise InputError(f"unknown loss setting ({error})") from None
-        except ValueError as error:
-            raise InputError(f"loss setting: {error}") from None
-
-    @property
     def preprocessing(self):
         """How the run prepares its volumes; the model folder records it for registration."""
         return Preprocessing(self.shape, self.spacing)
-
-    @property
-    def refine_config(self):
-        """How validation and the exported model refine T's fields: the training loss's windows
-        and beta, then ``refine`` (``steps`` 0: T alone)."""
-        w = self.loss_weights
-        settings = {"lg_window": w.lg_window, "lcc_window": w.lcc_window, "beta": w.beta,
-                    **REFINE_DEFAULTS, **self.refine}
-        try:
-            config = RefineConfig(**settings)
-        except TypeError as error:
-            raise InputError(f"unknown refinement setting ({error})") from None
-        if w.translate == "fixed" and config.steps and config.w_lcc:
-            raise InputError("refinement's L_LCC term needs G(F), but with translate 'fixed' G "
-                             "renders R: set the refinement's w_lcc to 0")
-        return config
 
     @property
     def uses_demo_data(self):
@@ -183,10 +162,10 @@ class TrainConfig:
     def to_dict(self):
         out = dataclasses.asdict(self)
         out["shape"] = list(self.shape)
-        out["network"] = {k: v for k, v in self.network_config.to_dict().items() if k != "shape"}
-        out["loss"] = self.loss_weights.to_dict()
+        out["network"] = {k: v for k, v in self.network.to_dict().items() if k != "shape"}
+        out["loss"] = self.loss.to_dict()
         out["refine"] = {k: list(v) if isinstance(v, tuple) else v
-                         for k, v in dataclasses.asdict(self.refine_config).items()}
+                         for k, v in dataclasses.asdict(self.refine).items()}
         return out
 
     @classmethod
@@ -204,5 +183,41 @@ class TrainConfig:
 
 #: What a ``config.json`` written before these settings existed was trained with.
 _ABSENT_MEANS = {"lr_decay": "constant"}
-_ABSENT_NETWORK_MEANS = {"flow_resolution": 1, "g_residual": False, "d_pool": 1, "matching": [],
-                         "g_pointwise": False}
+_ABSENT_NETWORK_MEANS = {"flow_resolution": 1, "g_residual": False, "d_pool": 1, "matching": []}
+
+
+def _network(network, shape):
+    """``network`` (a :class:`NetworkConfig` or a dict of its fields) for ``shape``."""
+    try:
+        if isinstance(network, NetworkConfig):
+            return dataclasses.replace(network, shape=shape)
+        return NetworkConfig.from_dict({**network, "shape": shape})
+    except TypeError as error:
+        raise InputError(f"unknown network setting ({error})") from None
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def _loss(loss):
+    """``loss`` as :class:`LossWeights` (given as one, or as a dict of its fields)."""
+    if isinstance(loss, LossWeights):
+        return loss
+    try:
+        return LossWeights.from_dict(loss)
+    except TypeError as error:
+        raise InputError(f"unknown loss setting ({error})") from None
+    except ValueError as error:
+        raise InputError(f"loss setting: {error}") from None
+
+
+def _refine(refine, loss):
+    """``refine`` as :class:`RefineConfig`; a dict of its fields over the windows and beta of
+    ``loss`` (a :class:`LossWeights`) and :data:`~dgan.training.presets.REFINE_DEFAULTS`."""
+    if isinstance(refine, RefineConfig):
+        return refine
+    settings = {"lg_window": loss.lg_window, "lcc_window": loss.lcc_window, "beta": loss.beta,
+                **REFINE_DEFAULTS, **refine}
+    try:
+        return RefineConfig(**settings)
+    except TypeError as error:
+        raise InputError(f"unknown refinement setting ({error})") from None

@@ -3,7 +3,7 @@ defaults (:meth:`~dgan.training.config.TrainConfig.from_preset`).
 
 Each preset is a dict of ``TrainConfig`` fields; ``network``, ``loss`` and ``refine`` are dicts
 of :class:`dgan.core.networks.NetworkConfig`, :class:`dgan.training.trainers.LossWeights` and
-:class:`dgan.registration.refine.RefineConfig` fields, merged key by key with what the caller
+:class:`dgan.registration.settings.RefineConfig` fields, merged key by key with what the caller
 gives.
 """
 
@@ -29,8 +29,7 @@ DEMO_NETWORK = {
 #: (mu = 1, lambda = 10). alpha = 0.05: on the demo pairs the true deformation's smoothness cost
 #: at alpha = 1 outweighs what it gains in L_LCC and L_LG, so the identity would be (nearly)
 #: optimal and T would learn nothing (docs/notes/training-log.md).
-DEMO_LOSS = {"lg_window": 3, "lcc_window": 5, "lcc_warmup": 0, "alpha": 0.05, "mu": 1.0,
-             "lam": 10.0}
+DEMO_LOSS = {"lg_window": 3, "lcc_window": 5, "alpha": 0.05, "mu": 1.0, "lam": 10.0}
 
 #: Instance refinement (:mod:`dgan.registration.refine`) of the demo model's fields: one level
 #: on the demo grid with the field on a grid 4 times coarser (the demo's deformations have a
@@ -52,14 +51,57 @@ DEFAULT_LR_G = 2e-4
 DEMO_STEPS = 300
 
 
+#: The networks of the brain baselines (``dgan-train-baselines``, every method the same T): the
+#: demo's (G and D lighter than T, G residual, D pooling its input by 2) with T's field at full
+#: resolution, as VoxelMorph's VxmDense cannot predict a coarser one; block matching aside (the
+#: presets add it to the methods that have it).
+BASELINE_NETWORK = {**{k: v for k, v in DEMO_NETWORK.items() if k != "matching"},
+                    "int_steps": 0, "flow_resolution": 1}
+#: How the brain baselines run every method, on the brain benchmark or the demo data: those
+#: networks, constant learning rates, held-out Dice and the loss log every 25 steps.
+BASELINE_RUN = {"network": BASELINE_NETWORK, "lr_decay": "constant", "validate_every": 25,
+                "log_every": 25}
+
+#: The paper's windows (n = 7, LCC 9) are for ~1 mm voxels; on grids this coarse or coarser (mm)
+#: the demo's (3, 5) are used instead (the brain preset's, for its 4 mm grid).
+COARSE_GRID_MM = 3.0
+COARSE_WINDOWS = {"lg_window": 3, "lcc_window": 5}
+
+#: The brain preset's training grid (mm): the brain benchmark at 4 mm, 40 x 48 x 56.
+BRAIN_SPACING_MM = 4.0
+#: The brain preset's step budget (docs/notes/training-log.md: at 600 steps Deform-GAN's T is
+#: above the ablation without G and D, at 150 they tie).
+BRAIN_STEPS = 600
+#: G's weights on the brain benchmark: mu 10, lambda 1 (the paper's pix2pix-style 1 and 10 the
+#: other way round), so that G translates F(phi), keeping its local-gradient structure, rather
+#: than drawing R: T's term L_LCC(R, G(F(phi))) then no longer pulls T off its block matching
+#: (docs/notes/training-log.md).
+BRAIN_LOSS = {**COARSE_WINDOWS, "mu": 10.0, "lam": 1.0}
+#: The grid, in mm, at which a brain model's T registers by default: the benchmark's 2 mm, finer
+#: than the 4 mm it trains on and more accurate (docs/notes/training-log.md).
+BRAIN_NETWORK_SPACING_MM = 2.0
+#: The refinement saved in a brain model folder (and run at its first and last validation): 10
+#: iterations per level with the L_LCC term through G (w_lcc 1) and alpha 4, which does not fold
+#: with that term (docs/notes/training-log.md). A model without G (the ablation, VoxelMorph)
+#: refines with L_LG and smoothness alone.
+BRAIN_REFINE = {"steps": 10, "w_lcc": 1.0, "alpha": 4.0}
+
+
 #: The presets :meth:`TrainConfig.from_preset` knows: settings over the dataclass defaults.
 #: ``demo``: the embedded demo data's coarse grid (the values above); ``scans``: your scans at
-#: about 1 mm (the paper's windows and weights, pix2pix's learning rate for G).
+#: about 1 mm (the paper's windows and weights, pix2pix's learning rate for G); ``brain``: the
+#: brain benchmark's training scans at 4 mm, as ``dgan-train-baselines --data brain`` trains
+#: Deform-GAN (its models register at 2 mm).
 PRESETS = {
     "demo": {"network": DEMO_NETWORK, "loss": DEMO_LOSS, "refine": DEMO_REFINE,
              "lr_g": DEMO_LR_G, "steps": DEMO_STEPS},
     "scans": {"lr_g": DEFAULT_LR_G, "network": {"matching": [list(p) for p in DEFAULT_PASSES]}},
+    "brain": {**BASELINE_RUN,
+              "network": {**BASELINE_NETWORK, "matching": [list(p) for p in DEFAULT_PASSES]},
+              "loss": BRAIN_LOSS, "refine": BRAIN_REFINE, "lr_g": DEFAULT_LR_G,
+              "steps": BRAIN_STEPS, "spacing": BRAIN_SPACING_MM,
+              "network_spacing": BRAIN_NETWORK_SPACING_MM},
 }
-#: Both presets give T its block-matching front end (:mod:`dgan.core.matching`), which registers
+#: Every preset gives T its block-matching front end (:mod:`dgan.core.matching`), which registers
 #: more than the paper's T learns in a CPU's step budget (docs/notes/training-log.md); VoxelMorph's
 #: VxmDense (method ``vxm``) is VoxelMorph as its users know it, without it.

@@ -131,7 +131,7 @@ def make_optimizers(config):
 
 def build_model(config):
     """The untrained model of ``config.method`` (see :data:`METHODS`)."""
-    return METHODS[config.method].from_config_object(config.network_config)
+    return METHODS[config.method].from_config_object(config.network)
 
 
 def _strategy(name):
@@ -253,7 +253,7 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     keras.utils.set_random_seed(config.seed)  # reproducible initial weights
     with strategy.scope():
         model = build_model(config)
-        model.compile(**make_optimizers(config), weights=config.loss_weights)
+        model.compile(**make_optimizers(config), weights=config.loss)
         checkpoint = tf.train.Checkpoint(**model.checkpoint_items())
     manager = tf.train.CheckpointManager(checkpoint, str(out_dir / "checkpoints"),
                                          max_to_keep=config.keep_checkpoints)
@@ -277,7 +277,7 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     def live_folder():
         """The live networks as a model folder: each check sees the current weights."""
         return ModelFolder(path=str(out_dir / "model"), registration_net=model.registration_model,
-                           network_config=config.network_config,
+                           network_config=config.network,
                            preprocessing=config.preprocessing, description={},
                            generator=model.generator)
 
@@ -286,7 +286,7 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
         (the first and the last check: it costs seconds per pair)."""
         if not pairs:
             return
-        refine_config = config.refine_config if refine and config.refine_config.steps else None
+        refine_config = config.refine if refine and config.refine.steps else None
         scores = score_pairs(live_folder(), pairs, refine_config)
         dice.update(identity=scores.identity, network=scores.network, refined=scores.refined,
                     registered=scores.registered, step=step)
@@ -294,9 +294,8 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
         logger.info("step %d: validation mean Dice: identity %.4f, T %.4f%s", step,
                     scores.identity, scores.network, refined_text)
         first = scores.first
-        source = "fixed" if config.loss_weights.translate == "fixed" else "moved"
         first["translated"] = None if model.generator is None else model.generator.predict(
-            first[source][None, ..., None], verbose=0)[0, ..., 0]
+            first["moved"][None, ..., None], verbose=0)[0, ..., 0]
         with writer.as_default(step=step):
             tf.summary.scalar("validation/dice", scores.network)
             tf.summary.scalar("validation/dice_identity", scores.identity)
@@ -316,7 +315,6 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
             figures.save_pair_figure(
                 out_dir / "validation.png", first["fixed"], first["moving"], first["moved"],
                 first["flow"], first["translated"], fixed_labels=first["fixed_labels"],
-                translated_title="G(R)" if source == "fixed" else "translated F'(phi)",
                 title=f"step {step}: mean Dice {scores.registered:.3f} with {what} "
                       f"(T alone {scores.network:.3f}, identity {scores.identity:.3f})")
 
@@ -358,9 +356,9 @@ def _train(config, run_dir, out_dir, resume, strategy, chief, progress, extra_ca
     seconds = time.perf_counter() - started
     if chief:
         figures.save_curves(out_dir / "losses.png", read_loss_history(out_dir / "losses.csv"))
-        save_model_folder(model.registration_model, config.network_config, config.preprocessing,
+        save_model_folder(model.registration_model, config.network, config.preprocessing,
                           out_dir / "model", generator=model.generator,
-                          refinement=dataclasses.asdict(config.refine_config),
+                          refinement=dataclasses.asdict(config.refine),
                           network_spacing=config.network_spacing)
         write_json(out_dir / "results.json", {
             "method": config.method,

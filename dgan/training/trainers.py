@@ -18,11 +18,7 @@ One :meth:`DeformGAN.train_step` on a batch of unpaired (F = moving, R = fixed) 
    ``L_G = L_adv(D(F(phi), F'(phi))) + mu * (1 - L_LG(F'(phi), F(phi))) + lambda * L1(F'(phi), R)``.
 3. T, with G and D frozen (gradients flow through G into T, but only T changes): minimise
    ``L_T = w * (1 - L_LCC(R, F'(phi))) + beta * (1 - L_LG(R, F(phi))) + alpha * sum |grad phi|^2``
-   where w = ``w_lcc`` (1 in the paper), or ramps up from 0 to it over ``lcc_warmup`` steps.
-
-``LossWeights.translate`` = ``"fixed"`` turns the translation round: G renders R in the moving
-modality (R' = G(R); D tells (R, F(phi)) from (R, R'); L1 and L_LG compare R' with F(phi) and R)
-and T's term is L_LCC(R', F(phi)).
+   where w = ``w_lcc`` (1 in the paper).
 
 This is the paper's objective with each similarity S written as the loss 1 - S (S in [0, 1]),
 which changes no gradient. Each loss is computed per example and averaged over the *global*
@@ -32,17 +28,16 @@ under ``tf.distribute`` strategies.
 
 from dataclasses import asdict, dataclass
 
-from ..compat import keras, tf, vxm
+from ..compat import keras, tf
 from ..core import losses
-from ..core.losses import SMOOTHED_FIELDS
+from ..core.settings import SMOOTHED_FIELDS, without_retired
 from ..core.networks import (build_discriminator, build_generator, build_registration_net,
                              training_view)
 
 
-#: What :attr:`LossWeights.translate` may name.
-TRANSLATED_IMAGES = ("moved", "moving", "fixed")
-#: What :attr:`LossWeights.lg_reference` may name.
-LG_REFERENCES = ("fixed", "translated")
+#: Settings of experiments that were not kept (docs/notes/training-log.md), with the value that
+#: is today's behaviour: a saved configuration may name them at that value, and no other.
+RETIRED = {"lcc_warmup": 0, "translate": "moved", "lg_reference": "fixed"}
 
 
 @dataclass(frozen=True)
@@ -58,9 +53,6 @@ class LossWeights:
     :param lam: lambda, weight of L1(F'(phi), R) in L_G
     :param lg_window: n, the local-gradient neighbourhood (n^3 voxels); 7 is the paper's best
     :param lcc_window: the local cross-correlation window
-    :param lcc_warmup: T's L_LCC(R, F'(phi)) term is weighted min(1, step / lcc_warmup): while G
-        is untrained, F'(phi) is noise and so is the gradient it sends into T; the
-        modality-independent L_LG term guides T meanwhile. 0 (the paper) gives weight 1 throughout.
     :param w_lcc: weight of the L_LCC term in L_T (Deform-GAN: L_LCC(R, F'(phi)); T alone:
         L_LCC(R, F(phi))); 1 in the paper, 0 leaves T with L_LG and smoothness
     :param vxm_lambda: VoxelMorph's lambda in ``-MI(R, F(phi)) + lambda * Grad_l2(phi)``
@@ -71,18 +63,6 @@ class LossWeights:
         the composed phi (the paper's term, on T's whole field). phi_0 is the matching's own
         smoothed estimate and gets no gradient, so a penalty on phi's roughness can only be lowered
         by an r that undoes phi_0 (docs/notes/training-log.md). Without matching both are phi.
-    :param translate: the image G renders for T's L_LCC term (Deform-GAN only): ``"moved"``, the
-        paper's F'(phi) = G(F(phi)), so T's gradient passes through G; or ``"moving"``, G(F) warped
-        by phi, equal for a smooth phi since G is convolutional (as refinement does,
-        :mod:`dgan.registration.refine`), so T's gradient passes through the warp alone and T meets
-        a mono-modal L_LCC term. G and D train on F(phi) either way. Or ``"fixed"``: the other
-        direction, G renders R in the moving modality (G: R -> R', D tells (R, F(phi)) from (R, R'),
-        G's terms are L_LG(R', R) and L1(R', F(phi))) and T's term is L_LCC(R', F(phi)), whose
-        gradient passes through the warp alone (docs/notes/training-log.md, entry 18: a T2 -> T1 map
-        is a function of the voxel, T1 -> T2 is not).
-    :param lg_reference: the image T's L_LG term compares F(phi) with: ``"fixed"``, R (the
-        paper's), or ``"translated"``, R' = G(R) (with ``translate = "fixed"`` only), so that
-        both of T's similarity terms compare images of the moving modality
     """
 
     alpha: float = 1.0
@@ -91,29 +71,23 @@ class LossWeights:
     lam: float = 10.0
     lg_window: int = losses.DEFAULT_LG_WINDOW
     lcc_window: int = losses.DEFAULT_LCC_WINDOW
-    lcc_warmup: int = 0
     w_lcc: float = 1.0
     vxm_lambda: float = 1.0
     mi_bins: int = 16
     smooth: str = "residual"
-    translate: str = "moved"
-    lg_reference: str = "fixed"
 
     def __post_init__(self):
         if self.smooth not in SMOOTHED_FIELDS:
             raise ValueError(f"smooth must be one of {', '.join(SMOOTHED_FIELDS)}, "
                              f"got {self.smooth!r}")
-        if self.translate not in TRANSLATED_IMAGES:
-            raise ValueError(f"translate must be one of {', '.join(TRANSLATED_IMAGES)}, "
-                             f"got {self.translate!r}")
-        if self.lg_reference not in LG_REFERENCES:
-            raise ValueError(f"lg_reference must be one of {', '.join(LG_REFERENCES)}, "
-                             f"got {self.lg_reference!r}")
-        if self.lg_reference == "translated" and self.translate != "fixed":
-            raise ValueError("lg_reference 'translated' needs translate 'fixed' (G renders R)")
 
     def to_dict(self):
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, settings):
+        """Loss settings as saved (``config.json``), :data:`RETIRED` settings left out."""
+        return cls(**without_retired(settings, RETIRED))
 
 
 #: The names under which train_step and test_step report each loss term.
@@ -151,6 +125,20 @@ class _TrainableModel(keras.Model):
             self._view = training_view(self.registration_net)
         return self._view({"moving": moving, "fixed": fixed}, training=training)
 
+    def _t_terms(self, fixed, moved, lcc_image, smoothed):
+        """L_T's terms per example, each shape = (B,): ``t_lcc`` = 1 - L_LCC(R, ``lcc_image``),
+        ``t_lg`` = 1 - L_LG(R, F(phi)), ``t_smooth`` = sum |grad ``smoothed``|^2, and ``t_loss``,
+        their sum weighted by w_lcc, beta and alpha (:class:`LossWeights`)."""
+        w = self.loss_config
+        terms = {
+            "t_lcc": 1.0 - losses.local_cross_correlation(fixed, lcc_image, w.lcc_window),
+            "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
+            "t_smooth": losses.smoothness(smoothed),
+        }
+        terms["t_loss"] = (w.w_lcc * terms["t_lcc"] + w.beta * terms["t_lg"]
+                           + w.alpha * terms["t_smooth"])
+        return terms
+
     def _report(self, terms):
         """Each tracker takes its per-example term (shape (B,)); the running means."""
         for name, tracker in self.trackers.items():
@@ -178,9 +166,6 @@ class DeformGAN(_TrainableModel):
         self.registration_net = registration_net
         self.generator = generator
         self.discriminator = discriminator
-        # G(F) warped by phi (LossWeights.translate "moving"), as T warps F
-        self._warp = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij",
-                                                   name="translation_at_flow")
 
     #: The networks, each with its optimizer ``<name>_optimizer``: T, G, D.
     NETWORKS = ("t", "g", "d")
@@ -231,61 +216,30 @@ class DeformGAN(_TrainableModel):
 
     # --- the loss terms, per example -------------------------------------------------------
 
-    def translation_pair(self, moved, fixed):
-        """(what G translates, what it should look like): (F(phi), R), or (R, F(phi)) when
-        :attr:`LossWeights.translate` is ``"fixed"``."""
-        return (fixed, moved) if self.loss_config.translate == "fixed" else (moved, fixed)
-
     def discriminator_terms(self, moved, translated, fixed, training):
-        source, target = self.translation_pair(moved, fixed)
-        real = self.discriminator([source, target], training=training)
-        fake = self.discriminator([source, translated], training=training)
+        real = self.discriminator([moved, fixed], training=training)
+        fake = self.discriminator([moved, translated], training=training)
         return {"d_loss": losses.discriminator_loss(real, fake)}
 
     def generator_terms(self, moved, fixed, training):
         w = self.loss_config
-        source, target = self.translation_pair(moved, fixed)
-        translated = self.generator(source, training=training)
-        fake = self.discriminator([source, translated], training=False)
+        translated = self.generator(moved, training=training)
+        fake = self.discriminator([moved, translated], training=False)
         terms = {
             "g_adv": losses.generator_adversarial_loss(fake),
-            "g_lg": 1.0 - losses.local_gradient_similarity(translated, source, w.lg_window),
-            "g_l1": losses.l1(translated, target),
+            "g_lg": 1.0 - losses.local_gradient_similarity(translated, moved, w.lg_window),
+            "g_l1": losses.l1(translated, fixed),
         }
         terms["g_loss"] = terms["g_adv"] + w.mu * terms["g_lg"] + w.lam * terms["g_l1"]
         return terms
 
     def registration_terms(self, moving, fixed, training):
-        w = self.loss_config
+        """L_T's terms (L_LCC through G) per example, F(phi) and F'(phi) = G(F(phi))."""
         out = self._training_view(moving, fixed, training)
         moved = out["moved"]
-        if w.translate == "fixed":  # R' = G(R) against F(phi)
-            translated = self.generator(fixed, training=False)
-            lcc = losses.local_cross_correlation(translated, moved, w.lcc_window)
-        elif w.translate == "moving":
-            translated = self._warp([self.generator(moving, training=False), out["flow"]])
-            lcc = losses.local_cross_correlation(fixed, translated, w.lcc_window)
-        else:
-            translated = self.generator(moved, training=False)
-            lcc = losses.local_cross_correlation(fixed, translated, w.lcc_window)
-        terms = {
-            "t_lcc": 1.0 - lcc,
-            "t_lg": 1.0 - losses.local_gradient_similarity(
-                translated if w.lg_reference == "translated" else fixed, moved, w.lg_window),
-            "t_smooth": losses.smoothness(out[w.smooth]),
-        }
-        lcc_weight = self.lcc_weight()
-        terms["t_loss"] = (lcc_weight * terms["t_lcc"] + w.beta * terms["t_lg"]
-                           + w.alpha * terms["t_smooth"])
+        translated = self.generator(moved, training=False)
+        terms = self._t_terms(fixed, moved, translated, out[self.loss_config.smooth])
         return terms, moved, translated
-
-    def lcc_weight(self):
-        """The weight of L_LCC in L_T at the current step (see :class:`LossWeights`)."""
-        w_lcc, warmup = self.loss_config.w_lcc, self.loss_config.lcc_warmup
-        if warmup <= 0:
-            return w_lcc
-        step = tf.cast(self.t_optimizer.iterations, tf.float32)
-        return w_lcc * tf.minimum(1.0, step / float(warmup))
 
     # --- the three updates -----------------------------------------------------------------
 
@@ -299,7 +253,7 @@ class DeformGAN(_TrainableModel):
 
     def train_d(self, moved, fixed):
         """Step 1: update D only. ``moved``: F(phi) from the current, frozen T."""
-        translated = self.generator(self.translation_pair(moved, fixed)[0], training=False)
+        translated = self.generator(moved, training=False)
         with tf.GradientTape() as tape:
             terms = self.discriminator_terms(moved, translated, fixed, training=True)
             loss = tf.nn.compute_average_loss(terms["d_loss"])
@@ -396,17 +350,8 @@ class RegistrationTrainer(_TrainableModel):
 
     def registration_terms(self, moving, fixed, training):
         """Per-example loss terms, each shape = (B,); ``"t_loss"`` is the total."""
-        w = self.loss_config
         out = self._training_view(moving, fixed, training)
-        moved = out["moved"]
-        terms = {
-            "t_lcc": 1.0 - losses.local_cross_correlation(fixed, moved, w.lcc_window),
-            "t_lg": 1.0 - losses.local_gradient_similarity(fixed, moved, w.lg_window),
-            "t_smooth": losses.smoothness(out[w.smooth]),
-        }
-        terms["t_loss"] = (w.w_lcc * terms["t_lcc"] + w.beta * terms["t_lg"]
-                           + w.alpha * terms["t_smooth"])
-        return terms
+        return self._t_terms(fixed, out["moved"], out["moved"], out[self.loss_config.smooth])
 
     def train_step(self, data):
         variables = self.registration_net.trainable_variables

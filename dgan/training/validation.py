@@ -44,7 +44,7 @@ def score_pairs(model, pairs, refine_config=None):
     :param model: a :class:`dgan.registration.model_folder.ModelFolder` (in memory during training)
         or folder path
     :param pairs: dicts ``moving``, ``fixed`` (X, Y, Z) and their ``*_labels``
-    :param refine_config: :class:`dgan.registration.refine.RefineConfig`, or None for T alone
+    :param refine_config: :class:`dgan.registration.settings.RefineConfig`, or None for T alone
     :return: :class:`Scores`
     """
     from ..registration.registrar import Registrar

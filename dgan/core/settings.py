@@ -1,0 +1,37 @@
+"""The loss terms' shared settings, free of TensorFlow: what the command lines quote in
+``--help`` before TensorFlow starts, and what training and registration both read.
+
+- the paper's window sizes and eps of the local gradient L_LG and of LCC
+  (:mod:`dgan.core.losses` computes the terms);
+- what the smoothness term may act on (:data:`SMOOTHED_FIELDS`);
+- :func:`without_retired`: saved settings read back without those of experiments that were not
+  kept (a run folder's ``config.json``, a model folder's ``dgan_model.json``).
+"""
+
+#: The paper's best neighbourhood size for the local gradient (n = 7).
+DEFAULT_LG_WINDOW = 7
+#: VoxelMorph's window for local cross-correlation.
+DEFAULT_LCC_WINDOW = 9
+#: The eps in n = v / (|v| + eps).
+DEFAULT_LG_EPS = 1e-5
+#: The eps in cc = cross^2 / (var_R var_F + eps).
+DEFAULT_LCC_EPS = 1e-5
+#: What the smoothness term may act on: the residual (the change made to a starting field, e.g.
+#: the block matching's or T's) or the whole flow phi (the paper's term).
+SMOOTHED_FIELDS = ("residual", "flow")
+
+
+def without_retired(settings, retired):
+    """``settings`` (a dict, as saved) without the keys of ``retired``, a dict of the settings of
+    experiments that were not kept, each with the value that is today's behaviour.
+
+    :raises ValueError: a retired setting at another value (files written while the experiment
+        ran describe something dgan no longer builds)
+    """
+    kept = dict(settings)
+    for name, today in retired.items():
+        value = kept.pop(name, today)
+        if value != today:
+            raise ValueError(f"{name}={value!r} was an experiment that dgan no longer runs "
+                             f"(only {today!r} is read)")
+    return kept
