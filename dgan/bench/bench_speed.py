@@ -1,5 +1,5 @@
-"""``dgan-bench-speed`` (also ``python eval/bench_speed.py``). Speed and memory: register one
-pair, and one training step, Deform-GAN vs VoxelMorph (vs ANTs).
+"""``dgan-bench-speed``. Speed and memory: register one pair, and one training step, Deform-GAN vs
+VoxelMorph (vs ANTs).
 
 In one run: the median time and peak memory (``dgan.core.metrics.measure``) of registering one pair
 with Deform-GAN's T, VoxelMorph's VxmDense with the same U-Net, and ANTs SyN (when antspyx is

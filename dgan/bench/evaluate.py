@@ -1,5 +1,5 @@
-"""``dgan-evaluate`` (also ``python eval/evaluate.py``): evaluate Deform-GAN against identity,
-VoxelMorph, the LCC ablation and ANTs SyN, on the same pairs.
+"""``dgan-evaluate``: evaluate Deform-GAN against identity, VoxelMorph, the LCC ablation and ANTs
+SyN, on the same pairs.
 
 Beside them runs the mono-modal ceiling: ANTs SyN-CC from the moving T1 to the fixed anatomy
 as a T1 (the pair's ``fixed_t1``, same deformation and labels as the cross-modal fixed image).

@@ -1,5 +1,5 @@
-"""``dgan-probe-loss`` (also ``python eval/probe_loss.py``). Loss probe: can a loss term register
-the benchmark pairs at all, without any network?
+"""``dgan-probe-loss``. Loss probe: can a loss term register the benchmark pairs at all, without
+any network?
 
 Optimises one displacement field per pair directly (:func:`dgan.registration.refine.refine` from the
 identity: Adam, coarse to fine) with the chosen terms of Deform-GAN's T objective, and prints

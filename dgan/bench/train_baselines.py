@@ -1,6 +1,5 @@
 """``dgan-train-baselines``: train Deform-GAN and its learned baselines on the same data with the
-same step budget, each through the one training run (``dgan.training.run.train``);
-``python eval/train_baselines.py`` runs the same.
+same step budget, each through the one training run (``dgan.training.run.train``).
 
 Methods (``--methods``, default all): ``deformgan`` (Deform-GAN), ``vxm`` (VoxelMorph's VxmDense,
 same U-Net, loss -MI + lambda Grad_l2) and ``lcc`` (T alone with LCC(fixed, moved), the local

@@ -4,7 +4,7 @@ A thin layer over :class:`dgan.registration.registrar.Registrar` (one pair,
 :func:`dgan.registration.files.write_outputs`) and :mod:`dgan.registration.batch` (a CSV file of
 pairs, one process). The arguments are parsed, and ``--help`` answered, before TensorFlow starts:
 this module imports the library only in :func:`main`, after :func:`dgan.compat.quiet` (TensorFlow's
-start-up lines stay off the terminal unless ``--verbose``). Also ``python -m dgan.cli.register``.
+start-up lines stay off the terminal unless ``--verbose``).
 """
 
 import argparse

@@ -1,5 +1,5 @@
 """``dgan-train``: train Deform-GAN (or T alone, or VoxelMorph's VxmDense) on the embedded demo
-data or your scans; ``python train/train_dgan.py`` runs the same.
+data or your scans.
 
 Examples::
 

@@ -83,8 +83,8 @@ ADAM_EPS = 1e-8
 
 @dataclasses.dataclass(frozen=True)
 class AffineConfig:
-    """Settings of :func:`estimate_affine`; the defaults were measured on the affine benchmark
-    (``eval/bench_affine.py``, docs/benchmarks.md).
+    """Settings of :func:`estimate_affine`; the defaults were chosen on the affine benchmark
+    (``dgan-bench-affine``; docs/notes/benchmarks-history.md).
 
     :param levels_mm: pyramid voxel sizes in mm, coarse to fine; a level finer than the fixed
         scan's own voxels runs at its voxels, a level whose grid would have fewer than

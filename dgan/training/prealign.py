@@ -1,4 +1,4 @@
-"""Training scans aligned affinely to one reference scan, once, and cached (``train_dgan.py
+"""Training scans aligned affinely to one reference scan, once, and cached (``dgan-train
 --align``).
 
 Deform-GAN's T (Zhang et al. 2020, arXiv:2002.11430) learns small, smooth deformations; a training

@@ -20,8 +20,7 @@ A run folder holds::
     model/               the exported registration model (see :mod:`dgan.registration.model_folder`)
     aligned/             with --align: the training scans aligned to the first fixed scan
 
-The CLI ``dgan-train`` (:mod:`dgan.cli.train`, also ``python train/train_dgan.py``) is a thin
-layer over :func:`train`.
+The command line ``dgan-train`` (:mod:`dgan.cli.train`) is a thin layer over :func:`train`.
 """
 
 import dataclasses
