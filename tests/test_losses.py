@@ -320,3 +320,41 @@ def test_loss_layer_refuses_wrong_inputs():
     layer = losses.LocalCrossCorrelation()
     with pytest.raises(ValueError, match="single-channel volumes"):
         layer([keras.Input((8, 8, 8, 2)), keras.Input((8, 8, 8, 2))])
+
+
+# --- an eps from the image's own gradient scale (refinement's lg_noise) -------------------------
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.9])
+def test_gradient_scale_is_the_quantile_of_the_window_summed_gradient_over_the_weight(rng, quantile):
+    image = smooth_random(rng, (14, 12, 10))
+    weight = np.zeros((14, 12, 10), np.float32)
+    weight[3:11, 2:9, 4:8] = 1.0
+    _, norm = np_direction(image, 3)
+    got = losses.gradient_scale(batch(image), 3, weight[None], quantile)
+    want = np.quantile(norm[weight > 0], quantile)
+    # float32 window sums of 27 central differences against float64: relative ~1e-6
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+    np.testing.assert_allclose(losses.gradient_scale(batch(image), 3), np.median(norm), rtol=1e-4)
+
+
+def test_gradient_scale_of_a_flat_image_is_zero():
+    assert losses.gradient_scale(batch(np.full((8, 8, 8), 0.3, np.float32)), 3) == 0.0
+
+
+def test_a_larger_eps_shortens_weak_gradients_more_than_strong_ones(rng):
+    """n = v / (|v| + eps) with eps a tensor, as refinement passes it: the reference's values,
+    and with eps = the median |v| an edge (|v| >> eps) keeps most of its length where noise
+    (|v| << eps) loses most of it."""
+    image = np.zeros((12, 12, 12))
+    image[6:] = 1.0  # an edge across x, in noise
+    image += 0.01 * rng.standard_normal(image.shape)
+    eps = float(np.median(np_direction(image, 3)[1]))
+    got = losses.local_gradient_direction(batch(image), 3, tf.constant(eps)).numpy()[0]
+    want, norm = np_direction(image, 3, eps)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    length = np.linalg.norm(want, axis=-1)
+    np.testing.assert_allclose(length, norm / (norm + eps), atol=1e-6)
+    strong, weak = norm >= 4 * eps, norm <= eps / 4
+    assert strong.any() and weak.any()
+    assert length[strong].min() >= 0.8 > 0.2 >= length[weak].max()

@@ -26,8 +26,10 @@ TINY_CONFIG = NetworkConfig(
     d_layers=2, g_residual=True,
 )
 #: Small windows for 16-32 voxel volumes.
+# The paper's L_LG (lg_noise 0): these tests check the optimisation against known answers on
+# noiseless textures, where an eps from the image's gradient scale only weakens the image term.
 SMALL = dr.RefineConfig(steps=100, levels=(2, 1), lg_window=5, lcc_window=5, alpha=0.01,
-                        learning_rate=0.1)
+                        learning_rate=0.1, lg_noise=0.0)
 
 
 def texture(points):
@@ -322,10 +324,30 @@ def test_a_new_pair_with_equal_settings_reuses_the_traced_iteration():
     ({"lcc_stride": 1.5}, "refinement lcc_stride must be a whole number >= 1, got 1.5"),
     ({"xla": True}, "refinement xla must be one of auto, on, off"),
     ({"smooth": "phi"}, "refinement smooth must be one of residual, flow, got 'phi'"),
+    ({"lg_noise": -1.0}, "refinement lg_noise must be a finite number >= 0"),
 ])
 def test_bad_settings_are_refused(changes, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         dr.RefineConfig(**changes)
+
+
+def test_an_eps_from_the_gradient_scale_keeps_an_aligned_noisy_pair_nearer_in_place():
+    """An aligned pair whose two scans carry their own noise (two acquisitions): with the
+    paper's eps every noise voxel's direction has unit length and refinement bends the field to
+    line the noise up; with ``lg_noise`` 3 the noise's directions are short and it moves less
+    (seed 3: a mean of 0.19 voxels against 0.30)."""
+    n = 24
+    grid = np.stack(np.meshgrid(*(np.arange(n, dtype=np.float64),) * 3, indexing="ij"), -1)
+    rng = np.random.default_rng(3)
+    anatomy = texture(grid)
+    moving, fixed = ((anatomy + 0.15 * rng.standard_normal(anatomy.shape)).astype("f4")
+                     for _ in range(2))
+    moved = {}
+    for noise in (0.0, 3.0):
+        config = dr.RefineConfig(steps=30, levels=(2, 1), lg_window=3, alpha=0.1, lg_noise=noise)
+        flow = dr.refine(moving, fixed, config=config).flow
+        moved[noise] = float(np.linalg.norm(flow, axis=-1).mean())
+    assert moved[3.0] < moved[0.0]
 
 
 def test_bad_arrays_are_refused():

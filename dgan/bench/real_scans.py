@@ -13,7 +13,10 @@ most often scans of one session that their headers already align. Three kinds of
 - **labelled**: where both scans have labels (the spinal cord), the Dice of the moving labels
   registered against the fixed labels (``dice``), on the aligned and deformed cases alike.
 
-Variants generated from the scans: a slab (the moving scan cut to ``SLAB_MM`` along its slice
+Variants generated from the scans: a pair aligned by construction (the moving scan itself in an
+inverted contrast with a bias field and noise, on the fixed scan's grid: the one case whose true
+answer is exactly known to be the identity, where scans of two acquisitions carry whatever the
+subject moved between them), a slab (the moving scan cut to ``SLAB_MM`` along its slice
 axis), thick slices (resampled to ``THICK_MM`` along it) and another grid (axes permuted,
 coarser voxels; the headers still say where it lies).
 
@@ -147,6 +150,19 @@ def other_grid(volume, spacing_mm=1.7):
                              affine=resampled.affine @ permutation)
 
 
+def inverted_contrast(volume, grid, seed):
+    """The same scan in an inverted, T1-like contrast on another grid, aligned by construction:
+    its foreground's intensities reversed (1 - I: a T2's bright fluid turns dark, its dark white
+    matter bright), a random gamma, smooth bias field and noise
+    (:func:`dgan.synth.random_intensity_augmentation`), resampled onto ``grid``
+    (:class:`dgan.io.Volume`, e.g. the fixed scan's). Registering ``volume`` to it, the right
+    answer is exactly the identity."""
+    scaled = dio.normalize_intensity(volume.array)
+    inverted = np.where(scaled > 0.05, 1.0 - scaled + 0.05, 0.0).astype(np.float32)
+    rendered = synth.random_intensity_augmentation(inverted, seed)
+    return dio.resample_to_grid(volume.replace(array=rendered), grid.affine, grid.shape)
+
+
 def _coarsened(volume, spacing_mm=FIXED_SPACING_MM):
     if float(np.min(volume.spacing)) >= spacing_mm - 1e-6:
         return volume
@@ -214,6 +230,9 @@ def build_cases(data, folder, progress=print):
                               deformations=DEFORMATIONS_MM[:1])
         cases += writer.cases(f"IXI T2 {SLAB_MM:g} mm slab -> T1", slab(moving, SLAB_MM), fixed,
                               seed=31, deformations=DEFORMATIONS_MM[:1])
+        cases += writer.cases("IXI T2 -> itself inverted, bias, noise, T1's grid",
+                              moving, inverted_contrast(moving, fixed, seed=33), seed=33,
+                              deformations=DEFORMATIONS_MM[:1])
         cases += writer.cases(f"IXI T2 {THICK_MM:g} mm slices, other grid -> T1",
                               other_grid(thick_slices(moving, THICK_MM)), fixed, seed=32,
                               deformations=())

@@ -54,7 +54,10 @@ class RefineConfig:
     :param lg_noise: the eps of n(I, p) = v / (|v| + eps) as this fraction of the median |v| of
         I over the overlap, for R and F each (:func:`dgan.core.losses.gradient_scale`): above 0,
         voxels whose gradient is small against the image's own (noise, flat tissue) weigh less
-        than edges, so that the field is not bent to line up noise; 0: the paper's tiny eps
+        than edges, so that the field is not bent to line up noise (two scans of one subject
+        carry their own noise). The median is over the whole overlap: on a skull-stripped scan
+        whose zero background fills most of it the median is 0 and the paper's eps remains.
+        Default 3; 0: the paper's tiny eps everywhere (docs/notes/2026-12-06-real-scans.md)
     :param lcc_window: the local cross-correlation window
     :param lcc_stride: L_LCC as the mean over the windows around every ``lcc_stride``-th voxel
         along each axis (``stride`` of :func:`dgan.core.losses.correlation_from_statistics`); 1: all
@@ -82,7 +85,7 @@ class RefineConfig:
     beta: float = 1.0
     w_lcc: float = 1.0
     lg_window: int = 3
-    lg_noise: float = 0.0
+    lg_noise: float = 3.0
     lcc_window: int = loss_settings.DEFAULT_LCC_WINDOW
     lcc_stride: int = 2
     int_steps: int = 0
