@@ -30,12 +30,14 @@ def module_name(path):
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(path):
-    """Every dgan module ``path`` imports, at module level or inside a function."""
+def imported_modules(path, module_level_only=False):
+    """Every dgan module ``path`` imports, at module level or (unless ``module_level_only``)
+    inside a function."""
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in tree.body if module_level_only else ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -77,6 +79,26 @@ def test_nothing_outside_the_benchmarks_imports_them_and_core_no_upper_layer():
             assert "bench" not in parts, path
         if part_of(module_name(path)) == "core":
             assert not parts & {"training", "registration", "evaluation", "bench", "cli"}, path
+
+
+def test_no_module_imports_itself_back_at_module_level():
+    graph = {module_name(p): imported_modules(p, module_level_only=True) - {module_name(p)}
+             for p in PACKAGE.rglob("*.py")}
+    done, path = set(), []
+
+    def visit(module):
+        if module in path:
+            raise AssertionError(f"import cycle: {' -> '.join(path[path.index(module):])}")
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph.get(module, ())):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)
 
 
 def test_the_top_level_modules_import_no_part_and_are_few():
