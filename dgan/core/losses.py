@@ -126,6 +126,19 @@ def spatial_gradient(image):
     )
 
 
+def window_gradient(image, window, sums_first=False):
+    """v(I, p): the spatial gradient of I summed over a window^3 neighbourhood, as the window sums
+    of the central differences, or with ``sums_first`` the central differences of the window sums
+    (:func:`local_gradient_direction`).
+
+    :param image: shape = (B, X, Y, Z, 1), a tensor
+    :return: shape = (B, X, Y, Z, 3)
+    """
+    if sums_first:
+        return spatial_gradient(box_sum(image, window))
+    return box_sum(spatial_gradient(image), window)
+
+
 def local_gradient_direction(image, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS,
                              sums_first=False):
     """n(I, p) = v / (|v| + eps), v = the spatial gradient of I summed over a window^3
@@ -144,10 +157,7 @@ def local_gradient_direction(image, window=DEFAULT_LG_WINDOW, eps=DEFAULT_LG_EPS
     :return: shape = (B, X, Y, Z, 3)
     """
     image = tf.convert_to_tensor(image)
-    if sums_first:
-        v = spatial_gradient(box_sum(image, window))
-    else:
-        v = box_sum(spatial_gradient(image), window)
+    v = window_gradient(image, window, sums_first)
     tiny = tf.constant(np.finfo(image.dtype.as_numpy_dtype).tiny, image.dtype)
     norm = tf.sqrt(tf.reduce_sum(tf.square(v), axis=-1, keepdims=True) + tiny)
     return v / (norm + tf.cast(eps, image.dtype))
@@ -165,9 +175,7 @@ def gradient_scale(image, window=DEFAULT_LG_WINDOW, weight=None, quantile=0.5,
     :param weight: shape = (B, X, Y, Z) or None
     :return: a float (0.0 for a flat image)
     """
-    image = tf.convert_to_tensor(image)
-    v = spatial_gradient(box_sum(image, window)) if sums_first else \
-        box_sum(spatial_gradient(image), window)
+    v = window_gradient(tf.convert_to_tensor(image), window, sums_first)
     norm = np.sqrt(np.sum(np.square(np.asarray(v, np.float64)), axis=-1))
     if weight is not None:
         norm = norm[np.asarray(weight) > 0]
