@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from dgan import compat
+from fresh_process import run_python
 
 
 def test_held_back_stderr_is_dropped_when_the_block_succeeds(capfd):
@@ -29,3 +30,42 @@ def test_held_back_stderr_is_written_out_when_the_block_fails(capfd):
 def test_unknown_names_are_still_attribute_errors():
     with pytest.raises(AttributeError, match="has no attribute 'torch'"):
         compat.torch  # noqa: B018
+
+
+def test_registering_without_a_model_imports_neither_neurite_nor_voxelmorph():
+    """They (and scikit-learn, which neurite imports) are seconds of start-up that only a model
+    needs."""
+    loaded = run_python(
+        "import sys\n"
+        "import numpy as np\n"
+        "from dgan.registration.registrar import Registrar\n"
+        "from dgan.registration.settings import RefineConfig\n"
+        "r = Registrar(None, refine_config=RefineConfig(steps=1, levels=(1,)))\n"
+        "r.register_arrays(np.random.rand(16, 16, 16).astype('f'),\n"
+        "                  np.random.rand(16, 16, 16).astype('f'))\n"
+        "print(sorted(m for m in ('neurite', 'voxelmorph', 'sklearn') if m in sys.modules))\n")
+    assert loaded.strip().splitlines()[-1] == "[]"
+
+
+def test_compile_cache_is_set_before_tensorflow_starts_and_per_cpu(tmp_path):
+    out = run_python(
+        "import os, sys\n"
+        "from dgan import compat\n"
+        f"folder = compat.use_compile_cache({str(tmp_path)!r})\n"
+        "print(folder)\n"
+        "print(os.environ['TF_XLA_FLAGS'])\n"
+        "print('tensorflow' in sys.modules)\n"
+        "print(compat.use_compile_cache())\n")  # a second call: the flags name a cache already
+    folder, flags, started, again = out.strip().splitlines()[-4:]
+    assert os.path.isdir(folder) and os.path.dirname(folder) == str(tmp_path)
+    assert os.path.basename(folder).startswith("tf-") and "-cpu-" in folder
+    assert f"--tf_xla_persistent_cache_directory={folder}" in flags.split()
+    assert started == "False" and again == "None"
+
+
+def test_compile_cache_off_and_too_late(tmp_path, monkeypatch):
+    monkeypatch.setenv(compat.COMPILE_CACHE_ENV, "off")
+    assert compat.use_compile_cache(str(tmp_path)) is None
+    monkeypatch.delenv(compat.COMPILE_CACHE_ENV)
+    assert compat.tf.__name__ == "tensorflow"  # started: the flags would come too late
+    assert compat.use_compile_cache(str(tmp_path)) is None and not list(tmp_path.iterdir())

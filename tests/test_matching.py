@@ -8,7 +8,7 @@ import pytest
 from scipy import ndimage
 
 from dgan.compat import tf
-from dgan.core import losses, matching
+from dgan.core import losses, matching, networks
 from dgan.core.networks import NetworkConfig, build_registration_net, parse_matching, training_view
 from dgan.data import synth
 from dgan.registration.model_folder import load_model_folder, save_model_folder
@@ -67,7 +67,7 @@ def test_block_matching_finds_a_translation_across_contrast(invert):
     moving = np.roll(texture, shift, axis=(0, 1, 2))
     if invert:  # another "modality": the local-gradient measure ignores the sign of contrast
         moving = 1.0 - moving
-    layer = matching.BlockMatching([(2, 2), (1, 1)])
+    layer = networks.BlockMatching([(2, 2), (1, 1)])
     flow = layer([tf.constant(moving[None, ..., None]), tf.constant(texture[None, ..., None])])
     interior = flow.numpy()[0, 8:-8, 8:-8, 8:-8]
     np.testing.assert_allclose(np.median(interior.reshape(-1, 3), axis=0), shift, atol=0.25)
@@ -92,7 +92,7 @@ def zero_residual_t(rng):
 
 def test_t_with_matching_starts_from_the_block_matching_field(rng):
     config, net, moving, fixed = zero_residual_t(rng)
-    want = matching.BlockMatching(config.matching)([tf.constant(moving), tf.constant(fixed)])
+    want = networks.BlockMatching(config.matching)([tf.constant(moving), tf.constant(fixed)])
     out = net({"moving": moving, "fixed": fixed})
     # a zero residual: phi(p) = 0 + phi_0(p + 0), interpolated at grid points exactly
     np.testing.assert_allclose(out["flow"].numpy(), want.numpy(), atol=1e-6)
@@ -164,4 +164,4 @@ def test_matching_settings_are_checked():
     with pytest.raises(ValueError, match="matching pass"):
         NetworkConfig((16, 16, 16), t_features=((4, 8), (8, 8, 4)), matching=((2, 0),))
     with pytest.raises(ValueError, match="at least one"):
-        matching.BlockMatching([])
+        networks.BlockMatching([])

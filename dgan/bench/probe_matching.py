@@ -1,7 +1,7 @@
 """Matching probe: how far does T's parameter-free block matching (:mod:`dgan.core.matching`)
 register the benchmark pairs on its own, before any training?
 
-Runs :class:`dgan.core.matching.BlockMatching` on each pair (optionally on a grid ``--pool`` times
+Runs :class:`dgan.core.networks.BlockMatching` on each pair (optionally on a grid ``--pool`` times
 coarser, as a T trained at 4 mm sees 2 mm pairs), up-samples the field, and prints the mean Dice
 before and after and the folding. This is what a T with ``matching`` predicts at step 0 (its
 U-Net's residual starts at zero); docs/notes/training-log.md. Examples::
@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ..compat import tf, vxm
-from ..core import matching, metrics
+from ..core import matching, metrics, networks
 from ..core.networks import parse_matching
 from ..data import synth
 from ..errors import InputError
@@ -44,7 +44,7 @@ def parser():
 
 def matcher(args):
     """(moving, fixed) (1, X, Y, Z, 1) -> phi (1, X, Y, Z, 3) on the pairs' grid."""
-    layer = matching.BlockMatching(args.passes, lg_window=args.lg_window, window=args.window,
+    layer = networks.BlockMatching(args.passes, lg_window=args.lg_window, window=args.window,
                                    smoothing=args.smoothing, temperature=args.temperature)
 
     @tf.function

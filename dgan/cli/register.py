@@ -164,10 +164,12 @@ def _check_arguments(parser, args):
 def _registrar(args):
     """The :class:`dgan.registration.registrar.Registrar` the options describe (the model loaded
     once)."""
-    from ..registration.model_folder import as_model_folder
     from ..registration.registrar import Registrar, model_refinement
 
-    model = None if args.model is None else as_model_folder(args.model)
+    model = None
+    if args.model is not None:  # Keras, neurite and voxelmorph: only with a model
+        from ..registration.model_folder import as_model_folder
+        model = as_model_folder(args.model)
     changes = {}
     if args.refine_levels is not None:
         changes["levels"] = tuple(args.refine_levels)
@@ -240,6 +242,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     _check_arguments(parser, args)
     compat.quiet(args.verbose)  # before the library below starts TensorFlow
+    compat.use_compile_cache()
     try:
         return _register_batch(args) if args.batch is not None else _register_pair(args)
     except InputError as error:

@@ -16,18 +16,19 @@ the displacement is its soft arg-max, ``phi(p) = sum_d d softmax(C(p, .) / tempe
 up-sampled to the image grid. Several passes, coarse to fine, each match the moving image
 warped by the previous passes' field and compose their fields.
 
-:class:`BlockMatching` is the Keras layer T uses (see
-:func:`dgan.core.networks.build_registration_net`): it has no weights, and T's U-Net learns the
-residual that remains after it.
+:func:`match` is T's first layer (:class:`dgan.core.networks.BlockMatching`, no weights: T's
+U-Net learns the residual that remains after it) and, without a model, the training-free start
+field of registration. Warping and up-sampling are :mod:`dgan.core.spatial`'s.
 """
 
 import itertools
 
 import numpy as np
 
-from ..compat import keras, tf, vxm
+from ..compat import tf
 from .coverage import shrink
 from .losses import box_sum, local_gradient_direction
+from .spatial import upsample_flow, warp_batch
 
 #: The passes T uses by default, (factor, radius) coarse to fine: they search up to 8 + 8 + 1 =
 #: 17 voxels in all, more than a single pass or two can.
@@ -111,57 +112,13 @@ def block_match(moving, fixed, factor, radius, lg_window=DEFAULT_LG_WINDOW, wind
     cost = matching_cost(_pooled_directions(fixed, factor, lg_window),
                          _pooled_directions(moving, factor, lg_window), radius, window, smoothing,
                          valid)
-    flow = soft_argmax_flow(cost, radius, temperature)
-    if factor == 1:
-        return flow
-    return vxm.utils.rescale_dense_transform(flow, factor)  # up-sampled, displacements scaled
-
-
-def warp(volume, flow):
-    """moved(p) = volume(p + flow(p)), trilinear (VoxelMorph's transform): (B, X, Y, Z, C)."""
-    return tf.map_fn(lambda pair: vxm.utils.transform(pair[0], pair[1], indexing="ij"),
-                     (volume, flow), fn_output_signature=volume.dtype)
+    return upsample_flow(soft_argmax_flow(cost, radius, temperature), factor)
 
 
 def compose(first, second):
     """The field of warping by ``first`` and then by ``second``: second(p) + first(p +
     second(p))."""
-    return second + warp(first, second)
-
-
-class BlockMatching(keras.layers.Layer):
-    """Coarse-to-fine block matching, (moving, fixed) -> phi; no weights, no gradient.
-
-    :param passes: ((factor, radius), ...), applied in order, each on the moving image warped
-        by the previous passes
-    """
-
-    def __init__(self, passes, lg_window=DEFAULT_LG_WINDOW, window=DEFAULT_WINDOW,
-                 smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE, **kwargs):
-        kwargs["trainable"] = False  # no weights; also when rebuilt from its config
-        super().__init__(**kwargs)
-        self.passes = tuple((int(f), int(r)) for f, r in passes)
-        if not self.passes:
-            raise ValueError("BlockMatching needs at least one (factor, radius) pass")
-        for factor, radius in self.passes:
-            if factor < 1 or factor & (factor - 1) or radius < 1:
-                raise ValueError(f"a matching pass needs a power-of-two factor and a radius >= 1, "
-                                 f"got ({factor}, {radius})")
-        self.lg_window, self.window = int(lg_window), int(window)
-        self.smoothing, self.temperature = int(smoothing), float(temperature)
-
-    def call(self, inputs):
-        moving, fixed = (tf.stop_gradient(x) for x in inputs)
-        return tf.stop_gradient(match(moving, fixed, self.passes, None, self.lg_window,
-                                      self.window, self.smoothing, self.temperature))
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[0][:-1]) + (3,)
-
-    def get_config(self):
-        return {**super().get_config(), "passes": [list(p) for p in self.passes],
-                "lg_window": self.lg_window, "window": self.window,
-                "smoothing": self.smoothing, "temperature": self.temperature}
+    return second + warp_batch(first, second)
 
 
 def pass_validity(mask, passes=DEFAULT_PASSES, lg_window=DEFAULT_LG_WINDOW):
@@ -191,8 +148,8 @@ def match(moving, fixed, passes=DEFAULT_PASSES, valid=None, lg_window=DEFAULT_LG
     moving, fixed = tf.convert_to_tensor(moving), tf.convert_to_tensor(fixed)
     flow = None
     for index, (factor, radius) in enumerate(passes):
-        source = moving if flow is None else warp(moving, flow)
+        source = moving if flow is None else warp_batch(moving, flow)
         step = block_match(source, fixed, factor, radius, lg_window, window, smoothing,
-                           temperature, None if valid is None else tf.constant(valid[index]))
+                           temperature, None if valid is None else tf.convert_to_tensor(valid[index]))
         flow = step if flow is None else compose(flow, step)
     return flow

@@ -19,8 +19,8 @@ save and reload with :func:`custom_objects`.
 
 from dataclasses import asdict, dataclass
 
-from ..compat import keras, vxm
-from .matching import BlockMatching
+from ..compat import keras, tf, vxm
+from . import matching
 from .settings import without_retired
 
 #: Settings of experiments that were not kept (docs/notes/training-log.md), with the value that
@@ -51,7 +51,7 @@ class NetworkConfig:
         compares R with the moved image itself until G has learnt the translation, instead of
         with an untrained G's flat grey output. False: F'(phi) = sigmoid(U(F(phi)))
     :param matching: T's parameter-free first estimate of phi, ((factor, radius), ...) passes of
-        :class:`dgan.core.matching.BlockMatching` (block matching of local-gradient directions,
+        :class:`dgan.core.networks.BlockMatching` (block matching of local-gradient directions,
         coarse to fine); T's U-Net then sees the moving image warped by it and predicts the residual
         field, composed with it. () (the default): the paper's T, the U-Net alone
     :param d_pool: D average-pools its input pair by this factor before its first strided
@@ -145,6 +145,44 @@ def _as_features(features):
 
 def _as_lists(value):
     return [_as_lists(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+class BlockMatching(keras.layers.Layer):
+    """T's first layer: the coarse-to-fine block matching of :func:`dgan.core.matching.match`,
+    (moving, fixed) -> phi; no weights, no gradient.
+
+    :param passes: ((factor, radius), ...), applied in order, each on the moving image warped
+        by the previous passes
+    """
+
+    def __init__(self, passes, lg_window=matching.DEFAULT_LG_WINDOW,
+                 window=matching.DEFAULT_WINDOW, smoothing=matching.DEFAULT_SMOOTHING,
+                 temperature=matching.DEFAULT_TEMPERATURE, **kwargs):
+        kwargs["trainable"] = False  # no weights; also when rebuilt from its config
+        super().__init__(**kwargs)
+        self.passes = tuple((int(f), int(r)) for f, r in passes)
+        if not self.passes:
+            raise ValueError("BlockMatching needs at least one (factor, radius) pass")
+        for factor, radius in self.passes:
+            if factor < 1 or factor & (factor - 1) or radius < 1:
+                raise ValueError(f"a matching pass needs a power-of-two factor and a radius >= 1, "
+                                 f"got ({factor}, {radius})")
+        self.lg_window, self.window = int(lg_window), int(window)
+        self.smoothing, self.temperature = int(smoothing), float(temperature)
+
+    def call(self, inputs):
+        moving, fixed = (tf.stop_gradient(x) for x in inputs)
+        return tf.stop_gradient(matching.match(moving, fixed, self.passes, None,
+                                               self.lg_window, self.window, self.smoothing,
+                                               self.temperature))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[0][:-1]) + (3,)
+
+    def get_config(self):
+        return {**super().get_config(), "passes": [list(p) for p in self.passes],
+                "lg_window": self.lg_window, "window": self.window,
+                "smoothing": self.smoothing, "temperature": self.temperature}
 
 
 def _unet(inputs, features, name, upsample_skips=0, model_inputs=None):

@@ -51,7 +51,6 @@ indexing, moved(p) = moving(p + flow(p)).
 import collections
 import dataclasses
 import functools
-import itertools
 import logging
 import time
 
@@ -59,6 +58,8 @@ import numpy as np
 
 from ..compat import tf
 from ..core import coverage, losses
+from ..core.spatial import (interpolate, interpolation_matrix, interpolation_slopes, resize,
+                            resize_flow, resize_matrices, voxel_grid, warp, warp_corners)
 from ..core.settings import DEFAULT_LG_EPS
 from ..errors import InputError
 from .settings import RefineConfig
@@ -86,45 +87,6 @@ class RefineResult:
     flow: np.ndarray
     losses: list
     seconds: list
-
-
-# --- grids: resizing and warping ---------------------------------------------------------------
-
-
-def interpolation_matrix(n_in, n_out, dtype=np.float32):
-    """Linear interpolation from n_in samples to n_out over the same extent, (n_out, n_in).
-
-    Output sample i sits at input coordinate (i + 1/2) n_in / n_out - 1/2 (voxel centres of two
-    grids covering one box), clamped to [0, n_in - 1]. Halving (n_out = n_in / 2) averages voxel
-    pairs; a displacement in input voxels becomes one in output voxels times n_out / n_in.
-    """
-    x = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lower = np.minimum(np.floor(x).astype(int), max(n_in - 2, 0))
-    weight = x - lower
-    matrix = np.zeros((n_out, n_in), np.float64)
-    matrix[np.arange(n_out), lower] += 1 - weight
-    matrix[np.arange(n_out), np.minimum(lower + 1, n_in - 1)] += weight
-    return matrix.astype(dtype)
-
-
-def resize(volume, matrices):
-    """Separable linear resize of (X, Y, Z, C) with per-axis matrices (X', X), (Y', Y), (Z', Z)."""
-    mx, my, mz = matrices
-    volume = tf.einsum("ax,xyzc->ayzc", mx, volume)
-    volume = tf.einsum("by,aycz->abcz", my, tf.transpose(volume, [0, 1, 3, 2]))  # (X', Y', C, Z)
-    return tf.einsum("cz,abkz->abck", mz, volume)  # (X', Y', Z', C)
-
-
-def resize_matrices(shape_in, shape_out):
-    return [tf.constant(interpolation_matrix(a, b)) for a, b in zip(shape_in, shape_out)]
-
-
-def resize_flow(flow, shape_out):
-    """A displacement field (X, Y, Z, 3) in its voxels, on a grid of ``shape_out``, in its
-    voxels."""
-    shape_in = tuple(flow.shape[:3])
-    scale = tf.constant([b / a for a, b in zip(shape_in, shape_out)], tf.float32)
-    return resize(flow, resize_matrices(shape_in, shape_out)) * scale
 
 
 #: Half-width of the bands of :func:`smoothness_bands`: linear interpolation's U^T U is
@@ -201,79 +163,6 @@ def control_smoothness(u, bands):
         return tf.reduce_sum(u * g_u), lambda upstream: 2.0 * upstream * g_u
 
     return quadratic_form(u)
-
-
-def voxel_grid(shape):
-    """Voxel coordinates, shape + (3,), float32."""
-    return tf.constant(np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape),
-                                            indexing="ij"), axis=-1))
-
-
-def warp(image, flow, grid):
-    """Trilinear ``image(p + flow(p))``, edge values beyond the border ('ij', voxels).
-
-    :param image: shape = (X, Y, Z, C)
-    :param flow: shape = (X, Y, Z, 3)
-    :param grid: :func:`voxel_grid` of (X, Y, Z)
-    :return: shape = (X, Y, Z, C)
-    """
-    corners, weight, _ = warp_corners(image, flow, grid)
-    return interpolate(corners, weight)
-
-
-def warp_corners(image, flow, grid):
-    """What the trilinear warp reads: the values at the eight corners of each voxel's cell.
-
-    :return: (corners, weight, inside): eight arrays (X, Y, Z, C), in the order of
-        ``itertools.product((0, 1), repeat=3)`` (offsets along x, y, z); the position in the
-        cell (X, Y, Z, 3), in [0, 1]; 1.0 where p + flow(p) lies within the volume along each
-        axis, else 0.0 (there the position is clamped, and it does not move with the flow)
-    """
-    shape = tuple(image.shape[:3])
-    upper = tf.constant([n - 1 for n in shape], flow.dtype)
-    target = grid + flow
-    location = tf.clip_by_value(target, tf.zeros_like(upper), upper)
-    inside = tf.cast(tf.logical_and(target >= 0, target <= upper), flow.dtype)
-    lower = tf.stop_gradient(tf.minimum(tf.floor(location), tf.maximum(upper - 1, 0)))
-    strides = (shape[1] * shape[2], shape[2], 1)
-    index = tf.cast(lower, tf.int32)
-    base = index[..., 0] * strides[0] + index[..., 1] * strides[1] + index[..., 2]  # (X, Y, Z)
-    values = tf.reshape(image, [-1, image.shape[-1]])  # (XYZ, C)
-    corners = [tf.gather(values, base + sum(c * s for c, s, n in zip(corner, strides, shape)
-                                            if n > 1))
-               for corner in itertools.product((0, 1), repeat=3)]
-    return corners, location - lower, inside
-
-
-def _lerp(a, b, w):
-    return a + w * (b - a)
-
-
-def _cell(corners, weight):
-    """The corners by offset {(i, j, k): (X, Y, Z, C)}, and the cell's edges along z and its
-    faces' lines along y interpolated at the position: {(i, j): ...} and [i] (i, j, k in 0, 1)."""
-    corner = dict(zip(itertools.product((0, 1), repeat=3), corners))
-    wy, wz = weight[..., 1:2], weight[..., 2:3]
-    along_z = {(i, j): _lerp(corner[i, j, 0], corner[i, j, 1], wz) for i in (0, 1) for j in (0, 1)}
-    along_y = [_lerp(along_z[i, 0], along_z[i, 1], wy) for i in (0, 1)]
-    return corner, along_z, along_y
-
-
-def interpolate(corners, weight):
-    """The trilinear value from :func:`warp_corners`' corners and position, (X, Y, Z, C)."""
-    _, _, along_y = _cell(corners, weight)
-    return _lerp(along_y[0], along_y[1], weight[..., 0:1])
-
-
-def interpolation_slopes(corners, weight):
-    """d value / d position along x, y, z of the trilinear interpolation: 3 x (X, Y, Z, C)."""
-    corner, along_z, along_y = _cell(corners, weight)
-    wx, wy = weight[..., 0:1], weight[..., 1:2]
-    rise_z = [_lerp(corner[i, 0, 1] - corner[i, 0, 0], corner[i, 1, 1] - corner[i, 1, 0], wy)
-              for i in (0, 1)]
-    return (along_y[1] - along_y[0],
-            _lerp(along_z[0, 1] - along_z[0, 0], along_z[1, 1] - along_z[1, 0], wx),
-            _lerp(rise_z[0], rise_z[1], wx))
 
 
 def exponentiate(velocity, steps, grid):
@@ -450,11 +339,11 @@ class _CompiledStep:
     would be recomputed by the third piece."""
 
     def __init__(self, jit_compile, split):
-        compile_ = functools.partial(tf.function, jit_compile=jit_compile)
+        compile_ = functools.partial(tf.function, jit_compile=jit_compile, autograph=False)
         if split:
             self.pieces = [compile_(_warp_corners_apart), compile_(_objective_gradients),
                            compile_(_adam_update)]
-            self.step = tf.function(self._pieces_step)
+            self.step = tf.function(self._pieces_step, autograph=False)
         else:
             self.pieces = []
             self.step = compile_(_whole_step)

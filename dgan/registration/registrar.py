@@ -50,6 +50,7 @@ import time
 
 import numpy as np
 
+from ..compat import tf
 from ..core import coverage, metrics
 from ..core import matching as dmatching
 from ..data import io as dio
@@ -60,7 +61,6 @@ from . import affine as daffine
 from . import scoring
 from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
-from .model_folder import as_model_folder, generator_for_shape, registration_net_for_shape
 from .refine import MIN_LEVEL_VOXELS, refine, usable_levels
 from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS, START_CHOICES,
                        RefineConfig)
@@ -181,7 +181,7 @@ class Registrar:
 
     def __init__(self, model, refine_steps=None, refine_config=None, progress=None,
                  affine="off", affine_config=None, network_spacing=None, start="auto"):
-        self.model = None if model is None else as_model_folder(model)
+        self.model = None if model is None else _model_folders().as_model_folder(model)
         self._preprocessing = None if self.model is None else self.model.preprocessing
         from_folder = network_spacing is None and self.model is not None
         if from_folder:
@@ -231,7 +231,9 @@ class Registrar:
         padded shape), built once and cached."""
         key = (kind, tuple(int(s) for s in shape))
         if key not in self._nets:
-            build = registration_net_for_shape if kind == "T" else generator_for_shape
+            folders = _model_folders()
+            build = folders.registration_net_for_shape if kind == "T" else \
+                folders.generator_for_shape
             self._nets[key] = build(self.model, key[1])
         return self._nets[key]
 
@@ -391,18 +393,26 @@ class Registrar:
                                        moving_mask, fixed_mask)
 
     def _affine_stage(self, moving, fixed, moving_mask=None, fixed_mask=None):
-        """(alignment or None, the transform to apply or None) under ``self.affine``: ``auto``
-        applies the estimate only when it moves the fixed foreground by more than
+        """(alignment or None, the transform to apply or None) under ``self.affine``. ``auto``
+        first looks at the headers' alignment alone: when it already overlaps the two scans'
+        foregrounds with Dice :data:`HEADER_TRUST_DICE` (:meth:`judge_affine`; scans of one
+        session, most inputs) it is kept and nothing is estimated. Otherwise it applies the
+        estimate only when it moves the fixed foreground by more than
         :data:`dgan.registration.settings.AUTO_THRESHOLD_MM` RMS, raises MI over the headers'
         alignment by :data:`dgan.registration.affine.MIN_GAIN`
-        (:meth:`dgan.registration.affine.AffineResult.improves`), the headers do not already overlap
-        the foregrounds with Dice :data:`HEADER_TRUST_DICE`, and it beats them on L_LG and the
-        foregrounds' Dice (:meth:`judge_affine`)."""
+        (:meth:`dgan.registration.affine.AffineResult.improves`), and beats them on L_LG and the
+        foregrounds' Dice."""
         if self.affine == "off":
             return None, None
         if self.affine == "auto" and not daffine.pyramid_levels(fixed, self.affine_config):
             self._say("affine: skipped (auto: the fixed scan is too small for its pyramid)")
             return None, None
+        if self.affine == "auto":
+            (_, header_fg), = self.judge_affine(moving, fixed, None, moving_mask, fixed_mask)
+            if header_fg >= HEADER_TRUST_DICE:
+                self._say(f"affine: kept the headers' alignment (auto: their foregrounds already "
+                          f"overlap, Dice {header_fg:.3f} >= {HEADER_TRUST_DICE:g}; not estimated)")
+                return None, None
         alignment = self.estimate_affine(moving, fixed, moving_mask, fixed_mask)
         if self.affine == "on":
             return alignment, alignment.matrix
@@ -416,11 +426,6 @@ class Registrar:
             return alignment, None
         judged = self.judge_affine(moving, fixed, alignment.matrix, moving_mask, fixed_mask)
         (header_lg, header_fg), (affine_lg, affine_fg) = judged
-        if header_fg >= HEADER_TRUST_DICE:
-            self._say(f"affine: kept the headers' alignment (auto: their foregrounds already "
-                      f"overlap, Dice {header_fg:.3f} >= {HEADER_TRUST_DICE:g}; the estimate, "
-                      f"{alignment.rms_mm:.1f} mm RMS away, is not applied)")
-            return alignment, None
         if affine_lg < header_lg + AFFINE_LG_MARGIN or affine_fg <= header_fg + FOREGROUND_MARGIN:
             self._say(f"affine: kept the headers' alignment (auto: MI gains "
                       f"{100 * alignment.gain:+.1f}%, but on the overlap L_LG {header_lg:.4f} "
@@ -440,11 +445,16 @@ class Registrar:
         foregrounds (normalised intensity above :data:`FOREGROUND_LEVEL`: head or brain against
         background, whatever the contrast).
 
-        :return: ((L_LG, Dice) at the headers' alignment, (L_LG, Dice) through ``matrix``)
+        :param matrix: the transform judged, or None: the headers' alignment alone, over the
+            voxels it places inside the moving scan
+        :return: ((L_LG, Dice) at the headers' alignment, (L_LG, Dice) through ``matrix``), or
+            the first pair alone when ``matrix`` is None
         """
         fixed_n = self.matching_grid(fixed)
-        views = [moving, daffine.through(moving, matrix)]
-        masks = [moving_mask, None if moving_mask is None else daffine.through(moving_mask, matrix)]
+        views, masks = [moving], [moving_mask]
+        if matrix is not None:
+            views.append(daffine.through(moving, matrix))
+            masks.append(None if moving_mask is None else daffine.through(moving_mask, matrix))
         fixed_mask_n = None if fixed_mask is None else fixed_mask.replace(
             array=coverage.on_grid(fixed_mask.array, fixed.affine, fixed_n.affine, fixed_n.shape),
             affine=fixed_n.affine)
@@ -452,7 +462,7 @@ class Registrar:
         for view, mask in zip(views, masks):
             region &= coverage.overlap(view, fixed_n, None, mask, fixed_mask_n)
         if not region.any():
-            return (0.0, 0.0), (0.0, 0.0)
+            return ((0.0, 0.0),) * len(views)
         weight = scoring.score_weight(region)
         fixed_scaled = self.scaled(fixed_n.array)
         fixed_fg = dio.normalize_intensity(fixed_n.array)[region] > FOREGROUND_LEVEL
@@ -513,8 +523,8 @@ class Registrar:
         valid = None
         if mask is not None:
             valid = dmatching.pass_validity(dio.crop_or_pad(mask, target, fill=False)[0])
-        flow = dmatching.match(moving_p[None, ..., None], fixed_p[None, ..., None],
-                               valid=valid)[0]
+        flow = _match_function(tf.constant(moving_p[None, ..., None]),
+                               tf.constant(fixed_p[None, ..., None]), valid=valid)[0]
         return np.asarray(crop.undo(np.asarray(flow)), np.float32)
 
     def keep_if_better(self, moving, fixed, start, refined, grid, mask=None):
@@ -644,6 +654,18 @@ class Registrar:
         moving, fixed, labels = load_inputs(moving_path, fixed_path, moving_labels)
         moving_mask, fixed_mask = load_masks(moving, fixed, moving_mask, fixed_mask)
         return self.register_volumes(moving, fixed, labels, moving_mask, fixed_mask)
+
+
+def _model_folders():
+    """:mod:`dgan.registration.model_folder`, imported when a model is used: it needs Keras,
+    neurite and voxelmorph, seconds of start-up that registering without a model does without."""
+    from . import model_folder
+    return model_folder
+
+
+#: :func:`dgan.core.matching.match` traced as one graph (once per grid shape in a process): run
+#: op by op it costs more time than tracing it.
+_match_function = tf.function(dmatching.match, autograph=False)
 
 
 def _check_array(array, name):

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..compat import tf
 from ..core import coverage, losses, metrics
-from ..core.matching import warp
+from ..core.spatial import warp_batch
 
 #: The L_LG window of the score (voxels of the scoring grid).
 SCORE_WINDOW = 3
@@ -75,7 +75,7 @@ def lg_score(moving, fixed, flow, weight=None):
     moving_t = tf.constant(np.asarray(moving, np.float32)[np.newaxis, ..., np.newaxis])
     fixed_t = tf.constant(np.asarray(fixed, np.float32)[np.newaxis, ..., np.newaxis])
     if flow is not None:
-        moving_t = warp(moving_t, tf.constant(np.asarray(flow, np.float32)[np.newaxis]))
+        moving_t = warp_batch(moving_t, tf.constant(np.asarray(flow, np.float32)[np.newaxis]))
     direction = losses.local_gradient_direction(fixed_t, SCORE_WINDOW)
     weight_t = None if weight is None else tf.constant(np.asarray(weight, np.float32)[np.newaxis])
     return float(losses.local_gradient_agreement(direction, moving_t, SCORE_WINDOW,
