@@ -21,7 +21,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from ..registration import affine as daffine
 from ..registration.settings import DEFAULT_REFINE_STEPS
 from . import affine_cases as bench
 from . import brain
-from .options import add_brain_file_arguments
+from .options import add_brain_file_arguments, cpu_model
 
 
 def parser():
@@ -55,17 +54,6 @@ def parser():
                         "neighbour) instead of the grid (the default: the labels are resampled "
                         "once, by the registration)")
     return p
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_csv(path, records):

@@ -10,6 +10,13 @@ one VxmDense training step at each of ``--train-sizes``; and the ratios. Example
     dgan-bench-speed --ants-sizes 2mm --train-sizes 4mm --repeats 2 --out runs/bench
     dgan-bench-speed --sizes 32x32x32 --train-sizes 32x32x32 --repeats 1 --no-ants
     dgan-bench-speed --refine-only --sizes 2mm        # s per refinement iteration
+    dgan-bench-speed --command --model runs/brain/deformgan/model --out runs/bench-command
+
+``--command`` times what a user waits for (:mod:`dgan.bench.command`): ``dgan-register`` as a
+command, one process per pair, without a model and with ``--model`` when given, ``--calls``
+times each (the first with an empty XLA compile cache), and ANTs SyN-MI through antspyx on the
+same files, at each of ``--sizes`` (``<r>mm`` only); wall time, each command's own stage times,
+peak memory of the process and Dice.
 
 ``--refine-only`` measures instance refinement (:mod:`dgan.registration.refine`) alone: the seconds
 per iteration at each size's full-resolution level, as the difference of two runs with different
@@ -31,6 +38,7 @@ value just before (the inputs and TensorFlow already loaded).
 """
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -49,8 +57,8 @@ from ..evaluation import methods as evaluation
 from ..registration.refine import refine
 from ..registration.settings import RefineConfig
 from ..training.presets import BASELINE_NETWORK
-from . import brain, speed
-from .options import add_brain_file_arguments, show_warnings
+from . import brain, command, speed
+from .options import add_brain_file_arguments, cpu_model, show_warnings
 
 
 def parser():
@@ -79,11 +87,16 @@ def parser():
                         "dgan-train-baselines trains it)")
     p.add_argument("--matching", type=parse_matching, default=list(DEFAULT_PASSES),
                    help="T's block-matching passes, e.g. 4:2,2:2,1:1 (the default) or none")
-    add_brain_file_arguments(p, labels=False)
+    add_brain_file_arguments(p)
     p.add_argument("--refine-only", action="store_true",
                    help="only the seconds per refinement iteration at each of --sizes")
     p.add_argument("--refine-iterations", type=int, nargs=2, default=[5, 25], metavar=("A", "B"),
                    help="the two iteration counts whose time difference is measured")
+    p.add_argument("--command", action="store_true",
+                   help="time dgan-register as a command, and ANTs, as a user runs them")
+    p.add_argument("--model", help="with --command: also time dgan-register --model MODEL")
+    p.add_argument("--calls", type=int, default=3,
+                   help="with --command: calls of each dgan-register (default %(default)s)")
     p.add_argument("--out", help="folder for bench.json and bench.md")
     return p
 
@@ -160,10 +173,47 @@ def _row(size, shape, method, m):
     return f"| {size} {shape} | {method} | {m['seconds']:.3f} | {m['peak_mib']:.0f} | {added} |"
 
 
+def command_main(args):
+    """``--command``: :func:`dgan.bench.command.bench_commands` at each size, the table printed
+    and written to OUT/command.md and OUT/command.json."""
+    ants_settings = None
+    if not args.no_ants:
+        ants, reason = evaluation.import_ants()
+        if ants is None:
+            print(reason, file=sys.stderr)
+        else:
+            ants_settings = {**evaluation.ANTS_DEFAULTS,
+                             "reg_iterations": tuple(args.ants_iterations)}
+    label_ids = brain.read_label_ids(args.labels)
+    by_size = {}
+    for size in args.sizes:
+        if not size.endswith("mm"):
+            raise InputError(f"--command takes sizes <r>mm, got {size!r}")
+        with_ants = ants_settings if args.ants_sizes is None or size in args.ants_sizes else None
+        by_size[size] = command.bench_commands(args.brain_npz, float(size[:-2]), label_ids,
+                                               args.model, args.calls, with_ants)
+    text = f"CPU: {cpu_model()}, {os.cpu_count()} cores\n\n{command.table(by_size)}"
+    print(text)
+    if args.out:
+        write_json(Path(args.out) / "command.json", {
+            "cpu": cpu_model(), "cpus": os.cpu_count(),
+            "rows": {size: [dataclasses.asdict(r) for r in rows]
+                     for size, rows in by_size.items()}})
+        with open(Path(args.out) / "command.md", "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+    return 0
+
+
 def main(argv=None):
     """``dgan-bench-speed``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
     show_warnings()
+    if args.command:
+        try:
+            return command_main(args)
+        except InputError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     if args.refine_only:
         try:
             return refine_main(args)

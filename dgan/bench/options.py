@@ -7,6 +7,7 @@ default, and a command that needs the file says so in one line.
 """
 
 import logging
+import platform
 from pathlib import Path
 
 from . import brain
@@ -63,3 +64,15 @@ def probe_pairs(args):
     return brain.benchmark_pairs(args.data, npz_path=args.brain_npz,
                                  labels_path=None if args.data == "demo" else args.labels,
                                  resolution_mm=args.resolution, n_pairs=args.pairs, seed=args.seed)
+
+
+def cpu_model():
+    """The processor's model name (Linux ``/proc/cpuinfo``), for every timed figure."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
