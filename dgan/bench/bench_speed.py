@@ -208,15 +208,10 @@ def main(argv=None):
     """``dgan-bench-speed``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
     show_warnings()
-    if args.command:
+    mode = command_main if args.command else refine_main if args.refine_only else None
+    if mode is not None:
         try:
-            return command_main(args)
-        except InputError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-    if args.refine_only:
-        try:
-            return refine_main(args)
+            return mode(args)
         except InputError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
