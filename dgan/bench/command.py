@@ -60,21 +60,29 @@ def write_pair(npz_path, resolution_mm, folder, label_ids=None):
     return paths
 
 
+#: Runs its arguments as a command and writes that child's peak resident memory (KiB) last on
+#: stderr. A process's peak counts what it held before it started the command: a child forked
+#: from a benchmark that has TensorFlow loaded would report the benchmark's size; this small
+#: process in between holds a few MiB.
+_TRAMPOLINE = ("import resource, subprocess, sys\n"
+               "code = subprocess.run(sys.argv[1:]).returncode\n"
+               "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+               "sys.stderr.write(f'\\n{peak}\\n')\n"
+               "sys.exit(code)\n")
+
+
 def run_timed(command, env=None):
-    """Run ``command`` (a list) in a child process; (wall seconds, the child's own peak resident
-    MiB, its stdout). A non-zero exit raises RuntimeError with the end of its stderr."""
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        started = time.perf_counter()
-        child = subprocess.Popen(command, stdout=out, stderr=err, text=True, env=env)
-        _, status, usage = os.wait4(child.pid, 0)  # this child's resources, not all children's
-        wall = time.perf_counter() - started
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        if child.returncode:
-            raise RuntimeError(f"{' '.join(command[:3])} failed ({child.returncode}): "
-                               f"{err.read()[-2000:]}")
-        return wall, usage.ru_maxrss / 1024.0, out.read()
+    """Run ``command`` (a list) in a child process; (wall seconds, its peak resident MiB, its
+    stdout). A non-zero exit raises RuntimeError with the end of its stderr."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", _TRAMPOLINE, *command], capture_output=True,
+                          text=True, env=env)
+    wall = time.perf_counter() - started
+    err, _, peak = done.stderr.rstrip("\n").rpartition("\n")
+    if done.returncode:
+        raise RuntimeError(f"{' '.join(command[:3])} failed ({done.returncode}): "
+                           f"{err[-2000:]}")
+    return wall, int(peak) / 1024.0, done.stdout
 
 
 def stages_of(output):
