@@ -1,20 +1,26 @@
 """The dgan model folder and the TensorFlow Serving export (dgan.export)."""
 
+import io
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import zipfile
 
 import numpy as np
 import pytest
 
 from dgan.cli import export as export_cli
-from dgan.core.networks import NetworkConfig, build_registration_net
+from dgan.compat import keras
+from dgan.core.networks import (NetworkConfig, build_generator, build_registration_net,
+                                custom_objects)
 from dgan.data.preprocessing import Preprocessing
 from dgan.errors import InputError
 from dgan.registration import serving
-from dgan.registration.model_folder import (CONFIG_FILE, MODEL_FILE, load_model_folder,
+from dgan.registration import model_folder as folders
+from dgan.registration.model_folder import (CONFIG_FILE, GENERATOR_FILE, MODEL_FILE,
+                                            generator_for_shape, load_model_folder,
                                             registration_net_for_shape, save_model_folder)
 from dgan.registration.serving import export_saved_model
 
@@ -188,6 +194,135 @@ def test_rebuilt_for_another_shape_keeps_the_weights(model):
     with pytest.raises(InputError, match="divisible by 4"):
         registration_net_for_shape(model, (18, 16, 16))
 
+
+@pytest.fixture(scope="module")
+def with_g(tmp_path_factory):
+    """A model folder with T and G, both with random weights (T without block matching, which has
+    no weights and costs seconds to trace)."""
+    config = NetworkConfig((16, 16, 16), **TINY, g_residual=True)
+    rng = np.random.default_rng(3)
+    net = perturbed_net(config, seed=3)
+    generator = build_generator(config)
+    generator.set_weights([rng.normal(0, 0.2, w.shape).astype("float32")
+                           for w in generator.get_weights()])  # G's last layer starts at 0
+    path = tmp_path_factory.mktemp("model_g") / "dgan_model"
+    save_model_folder(net, config, {"shape": (16, 16, 16), "spacing": [2.0] * 3}, path,
+                      generator=generator)
+    return path
+
+
+def old_route(folder, name, builder, config):
+    """The network as load_model_folder built it before T and G were loaded lazily: the whole
+    model at the saved shape, its weights copied into a fresh build for ``config.shape``."""
+    saved = keras.models.load_model(os.path.join(folder, name), custom_objects=custom_objects(),
+                                    compile=False)
+    net = builder(config)
+    net.set_weights(saved.get_weights())
+    return net
+
+
+def test_loading_a_model_folder_builds_no_network(with_g, monkeypatch):
+    def no_keras(*args, **kwargs):
+        raise AssertionError("a Keras layer or model was built")
+
+    monkeypatch.setattr(keras.layers.Layer, "__init__", no_keras)  # every layer and model
+    monkeypatch.setattr(keras.models, "load_model", no_keras)
+    monkeypatch.setattr(folders, "build_registration_net", no_keras)
+    monkeypatch.setattr(folders, "build_generator", no_keras)
+    model = load_model_folder(with_g)
+    assert model.has_generator
+    monkeypatch.undo()
+    # built on first use, for the saved shape, and kept
+    assert model.registration_net.inputs[0].shape[1:4] == (16, 16, 16)
+    assert model.registration_net is model.registration_net
+    assert model.generator.inputs[0].shape[1:4] == (16, 16, 16)
+    assert model.generator is model.generator
+
+
+def test_another_shape_is_built_from_the_weights_file_with_the_same_numbers(with_g, monkeypatch):
+    model = load_model_folder(with_g)
+    shape = (32, 16, 24)
+    config = NetworkConfig(shape, **TINY, g_residual=True)
+    t_want = old_route(with_g, MODEL_FILE, build_registration_net, config)
+    g_want = old_route(with_g, GENERATOR_FILE, build_generator, config)
+
+    def no_saved_model(*args, **kwargs):
+        raise AssertionError("the model at the saved shape was built")
+
+    monkeypatch.setattr(keras.models, "load_model", no_saved_model)
+    t_net = registration_net_for_shape(model, shape)
+    g_net = generator_for_shape(model, shape)
+    monkeypatch.undo()
+    moving, fixed = inputs(batch=1, shape=shape, seed=4)
+    got = t_net({"moving": moving, "fixed": fixed})
+    want = t_want({"moving": moving, "fixed": fixed})
+    assert np.abs(want["flow"].numpy()).max() > 0.1  # random weights: a flow that shows mix-ups
+    # the same graph and the same weights: bit-identical
+    np.testing.assert_array_equal(got["flow"].numpy(), want["flow"].numpy())
+    np.testing.assert_array_equal(got["moved"].numpy(), want["moved"].numpy())
+    np.testing.assert_array_equal(g_net(moving).numpy(), g_want(moving).numpy())
+
+
+def _copy_folder(source, target):
+    target.mkdir()
+    for name in os.listdir(source):
+        (target / name).write_bytes((source / name).read_bytes())
+    return target
+
+
+@pytest.mark.parametrize("name", [MODEL_FILE, GENERATOR_FILE])
+@pytest.mark.parametrize("how, reason", [
+    ("truncated", "File is not a zip file"),
+    ("flipped byte", "model.weights.h5 in the archive is damaged"),
+    ("not a zip", "File is not a zip file"),
+    ("no weights", "the archive has no model.weights.h5"),
+])
+def test_corrupt_weights_are_refused_at_load(with_g, tmp_path, name, how, reason):
+    folder = _copy_folder(with_g, tmp_path / "model")
+    data = (folder / name).read_bytes()
+    if how == "truncated":
+        data = data[: len(data) - 100]
+    elif how == "flipped byte":  # inside the compressed weights: only the CRC check sees it
+        with zipfile.ZipFile(folder / name) as archive:
+            info = archive.getinfo("model.weights.h5")
+        start = info.header_offset  # the member's local header: 30 bytes, its name, extra
+        header = 30 + sum(int.from_bytes(data[start + i:start + i + 2], "little") for i in (26, 28))
+        at = start + header + info.compress_size // 2
+        data = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1:]
+    elif how == "not a zip":
+        data = b"\x89HDF\r\n\x1a\n" + bytes(1000)  # an HDF5 signature, as a legacy .h5 file
+    else:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(folder / name) as archive, zipfile.ZipFile(buffer, "w") as out:
+            for member in archive.namelist():
+                if member != "model.weights.h5":
+                    out.writestr(member, archive.read(member))
+        data = buffer.getvalue()
+    (folder / name).write_bytes(data)
+    with pytest.raises(InputError) as error:
+        load_model_folder(folder)
+    assert str(error.value) == f"{folder}: {name} cannot be loaded ({reason})"
+
+
+def test_a_generator_in_place_of_t_is_refused_at_load(with_g, tmp_path):
+    folder = _copy_folder(with_g, tmp_path / "model")
+    (folder / MODEL_FILE).write_bytes((folder / GENERATOR_FILE).read_bytes())
+    with pytest.raises(InputError, match=r"registration_net.keras is not a registration network "
+                                         r"for shape \(16, 16, 16\) \(outputs \['translated'\]"):
+        load_model_folder(folder)
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(with_g, tmp_path):
+    folder = _copy_folder(with_g, tmp_path / "model")
+    description = json.loads((folder / CONFIG_FILE).read_text())
+    description["network"]["t_features"] = [[4, 8], [8, 8, 8]]  # T's last decoder layer differs
+    (folder / CONFIG_FILE).write_text(json.dumps(description))
+    model = load_model_folder(folder)
+    with pytest.raises(InputError) as error:
+        registration_net_for_shape(model, (32, 16, 16))
+    assert str(error.value).startswith(
+        f"{folder}: the weights do not fit the network described in {CONFIG_FILE} (")
+    assert "\n" not in str(error.value)
 
 # --- TensorFlow Serving -------------------------------------------------------------------------
 

@@ -17,6 +17,9 @@ shapes T during training. The model folder keeps T and G, written at the end of 
                                                   "orientation": "RAS"}, ...}
 
 Folders of format_version 1 (T alone) still load; their ``generator`` is None.
+Loading reads the description and checks the Keras files without building a network: T and G
+are built on first use, and :func:`registration_net_for_shape` builds T for the scan's shape
+straight from the weights file, never at the training shape it does not need.
 :mod:`dgan.registration.serving` exports T from a folder for TensorFlow Serving.
 
 The flow is a displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p)).
@@ -27,6 +30,7 @@ when complete, so a crash never leaves a half-written model.
 import dataclasses
 import json
 import os
+import zipfile
 
 from .. import __version__
 from ..compat import keras
@@ -51,25 +55,69 @@ READ_VERSIONS = (1, 2)
 FLOW_CONVENTION = "displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p))"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
 class ModelFolder:
-    """A loaded dgan model folder.
+    """A dgan model folder: its description, with T and G built on first use and kept.
 
     :param path: the folder
-    :param registration_net: T, a Keras model built for ``network_config.shape``
+    :param registration_net: T, a Keras model built for ``network_config.shape``; None: built from
+        ``<path>/registration_net.keras`` on first use of :attr:`registration_net`
     :param network_config: :class:`dgan.core.networks.NetworkConfig`
     :param preprocessing: :class:`dgan.data.preprocessing.Preprocessing`
     :param description: the parsed ``dgan_model.json``
-    :param generator: G, a Keras model ``moved`` (B, X, Y, Z, 1) -> F'(phi), or None (a folder
-        written before G was kept, format_version 1)
+    :param generator: G, a Keras model ``moved`` (B, X, Y, Z, 1) -> F'(phi); None: built on first
+        use from the file that ``description["files"]["generator"]`` names, or no G (a folder
+        written before G was kept, format_version 1, or a description that names none)
     """
 
-    path: str
-    registration_net: object
-    network_config: NetworkConfig
-    preprocessing: Preprocessing
-    description: dict
-    generator: object = None
+    def __init__(self, path, registration_net, network_config, preprocessing, description,
+                 generator=None):
+        self.path = path
+        self.network_config = network_config
+        self.preprocessing = preprocessing
+        self.description = description
+        self._registration_net = registration_net
+        self._generator = generator
+        self._generator_file = ((description or {}).get("files") or {}).get("generator")
+
+    def __repr__(self):
+        return f"ModelFolder(path={self.path!r}, network_config={self.network_config!r})"
+
+    @property
+    def registration_net(self):
+        """T for ``network_config.shape``, loaded from the folder on first use.
+
+        :raises InputError: the file cannot be loaded or is not T for that shape
+        """
+        if self._registration_net is None:
+            net = _load_keras(self.path, MODEL_FILE)
+            _check_registration_net(self, _output_names(net), _spatial_input_shape(net, "moving"))
+            self._registration_net = net
+        return self._registration_net
+
+    @property
+    def generator(self):
+        """G for ``network_config.shape``, loaded from the folder on first use, or None.
+
+        :raises InputError: the file cannot be loaded or is not G for that shape
+        """
+        if self._generator is None and self._generator_file is not None:
+            net = _load_keras(self.path, self._generator_file)
+            _check_generator(self, self._generator_file, _first_input_shape(net))
+            self._generator = net
+        return self._generator
+
+    @property
+    def has_generator(self):
+        """Whether the folder has G, without building it."""
+        return self._generator is not None or self._generator_file is not None
+
+    def _built(self, kind):
+        """T (``kind`` "registration_net") or G ("generator") if built or given, else None."""
+        return self._registration_net if kind == "registration_net" else self._generator
+
+    def _file(self, kind):
+        """The name of the Keras file of T or G inside the folder."""
+        return MODEL_FILE if kind == "registration_net" else self._generator_file
 
 
 # --- the model folder ---------------------------------------------------------------------------
@@ -200,6 +248,11 @@ def _read_description(path):
 def load_model_folder(path):
     """Read a dgan model folder written by :func:`save_model_folder`.
 
+    Builds no network: the description and the Keras files are checked (each file an intact
+    archive whose configuration is T, or G, for ``network_config.shape``); T and G are built on
+    first use of :attr:`ModelFolder.registration_net` and :attr:`ModelFolder.generator`, or
+    straight for another shape by :func:`registration_net_for_shape`.
+
     :param path: the model folder
     :return: :class:`ModelFolder`
     :raises InputError: ``"<folder>: <what is wrong>"`` for a missing folder, a missing, invalid
@@ -211,35 +264,87 @@ def load_model_folder(path):
     if not os.path.isdir(path):
         raise InputError("not a dgan model folder: a file, expected a folder", path)
     description, network_config, preprocessing = _read_description(path)
-    model_path = os.path.join(path, MODEL_FILE)
-    if not os.path.isfile(model_path):
+    model = ModelFolder(path=path, registration_net=None, network_config=network_config,
+                        preprocessing=preprocessing, description=description)
+    if not os.path.isfile(os.path.join(path, MODEL_FILE)):
         raise InputError(f"not a dgan model folder: {MODEL_FILE} is missing", path)
-    net = _load_keras(path, MODEL_FILE)
-    names = set(getattr(net, "output_names", None) or [])
-    shape = _spatial_input_shape(net, "moving")
-    if not {"moved", "flow"} <= names or shape != network_config.shape:
-        raise InputError(
-            f"{MODEL_FILE} is not a registration network for shape {network_config.shape} "
-            f"(outputs {sorted(names)}, input shape {shape})",
-            path,
-        )
-    generator = None
-    generator_file = (description.get("files") or {}).get("generator")
+    inputs, outputs = _inspect_keras(path, MODEL_FILE)
+    _check_registration_net(model, outputs, inputs.get("moving"))
+    generator_file = model._file("generator")
     if generator_file is not None:
         if not os.path.isfile(os.path.join(path, generator_file)):
             raise InputError(f"{generator_file} is missing (named in {CONFIG_FILE})", path)
-        generator = _load_keras(path, generator_file)
-        if _first_input_shape(generator) != network_config.shape:
-            raise InputError(f"{generator_file} is not a generator for shape "
-                             f"{network_config.shape}", path)
-    return ModelFolder(
-        path=path,
-        registration_net=net,
-        network_config=network_config,
-        preprocessing=preprocessing,
-        description=description,
-        generator=generator,
-    )
+        inputs, _ = _inspect_keras(path, generator_file)
+        _check_generator(model, generator_file, next(iter(inputs.values()), None))
+    return model
+
+
+#: Members of a tf_keras ``.keras`` archive: the model's configuration and its weights.
+_KERAS_CONFIG = "config.json"
+_KERAS_WEIGHTS = "model.weights.h5"
+
+
+def _inspect_keras(folder, name):
+    """The inputs and outputs of a ``.keras`` file, read from its configuration, after checking
+    that the archive is intact (CRCs) and holds a configuration and weights; builds nothing.
+
+    :return: ({input name: spatial shape (X, Y, Z) or None}, [output name, ...]), inputs in order
+    :raises InputError: ``"<folder>: <name> cannot be loaded (...)"``
+    """
+    try:
+        with zipfile.ZipFile(os.path.join(folder, name)) as archive:
+            missing = sorted({_KERAS_CONFIG, _KERAS_WEIGHTS} - set(archive.namelist()))
+            if missing:
+                raise ValueError(f"the archive has no {' or '.join(missing)}")
+            damaged = archive.testzip()
+            if damaged is not None:
+                raise ValueError(f"{damaged} in the archive is damaged")
+            config = json.loads(archive.read(_KERAS_CONFIG))["config"]
+        shapes = {layer["config"]["name"]: layer["config"].get("batch_input_shape")
+                  for layer in config["layers"] if layer["class_name"] == "InputLayer"}
+        inputs = _named_layers(config["input_layers"])
+        inputs = {key: _spatial(shapes.get(layer)) for key, layer in inputs.items()}
+        outputs = list(_named_layers(config["output_layers"]))
+    except Exception as error:  # zipfile, json and missing keys: a file not written by Keras
+        raise InputError(f"{name} cannot be loaded ({one_line(error)})", folder) from error
+    return inputs, outputs
+
+
+def _named_layers(entries):
+    """{name: layer name} of a Functional config's ``input_layers`` or ``output_layers`` (a dict
+    for named inputs or outputs, else a list of [layer name, node, tensor])."""
+    if isinstance(entries, dict):
+        return {key: entry[0] for key, entry in entries.items()}
+    if entries and isinstance(entries[0], str):  # a single tensor: [layer name, node, tensor]
+        entries = [entries]
+    return {entry[0]: entry[0] for entry in entries}
+
+
+def _spatial(batch_shape):
+    """(X, Y, Z) of a 5-D (B, X, Y, Z, C) input shape, or None."""
+    if batch_shape is None or len(batch_shape) != 5 or None in tuple(batch_shape)[1:4]:
+        return None
+    return tuple(int(s) for s in tuple(batch_shape)[1:4])
+
+
+def _output_names(net):
+    return list(getattr(net, "output_names", None) or [])
+
+
+def _check_registration_net(model, outputs, shape):
+    """Refuse T unless it outputs ``moved`` and ``flow`` and takes ``network_config.shape``."""
+    if not {"moved", "flow"} <= set(outputs) or shape != model.network_config.shape:
+        raise InputError(
+            f"{MODEL_FILE} is not a registration network for shape {model.network_config.shape} "
+            f"(outputs {sorted(outputs)}, input shape {shape})",
+            model.path,
+        )
+
+
+def _check_generator(model, name, shape):
+    if shape != model.network_config.shape:
+        raise InputError(f"{name} is not a generator for shape {model.network_config.shape}",
+                         model.path)
 
 
 def _load_keras(folder, name):
@@ -250,6 +355,30 @@ def _load_keras(folder, name):
         raise InputError(f"{name} cannot be loaded ({one_line(error)})", folder) from error
 
 
+def _load_weights(net, folder, name):
+    """Load the weights of ``<folder>/<name>`` (a ``.keras`` file of the same architecture) into
+    ``net``, a network built for any shape: its variables do not depend on the spatial shape.
+
+    The variables are matched by layer type and order (tf_keras ``load_weights``); the file must
+    hold exactly as many arrays, of the same shapes, as ``net`` has.
+
+    :raises ValueError, KeyError, OSError: the weights do not fit ``net``
+    """
+    import h5py  # a tf_keras dependency, needed on this path alone
+
+    path = os.path.join(folder, name)
+    shapes = []
+    with zipfile.ZipFile(path) as archive, archive.open(_KERAS_WEIGHTS) as file, \
+            h5py.File(file, "r") as weights:
+        weights.visititems(lambda _, item: shapes.append(tuple(item.shape))
+                           if isinstance(item, h5py.Dataset) else None)
+    want = [tuple(int(s) for s in v.shape) for v in net.weights]
+    if sorted(shapes) != sorted(want):
+        raise ValueError(f"{name} holds {len(shapes)} weight arrays, the network has "
+                         f"{len(want)}, or their shapes differ")
+    net.load_weights(path)
+
+
 def as_model_folder(model):
     """A :class:`ModelFolder` from itself or from a folder path."""
     return model if isinstance(model, ModelFolder) else load_model_folder(model)
@@ -258,16 +387,19 @@ def as_model_folder(model):
 def registration_net_for_shape(model, shape):
     """T with the trained weights, for volumes of another spatial shape.
 
-    T is fully convolutional, so its weights do not depend on the spatial shape: it is rebuilt
-    with :func:`dgan.core.networks.build_registration_net` for ``shape`` and the weights are copied.
+    T is fully convolutional, so its weights do not depend on the spatial shape: it is built with
+    :func:`dgan.core.networks.build_registration_net` for ``shape`` and given the weights, from
+    ``model.registration_net`` when that is already built, else straight from the folder's file
+    (T at the training shape is then never built). For ``network_config.shape`` it is
+    ``model.registration_net`` itself.
 
     :param model: :class:`ModelFolder` or a folder path
     :param shape: (X, Y, Z), each a multiple of ``network_config.multiple`` and at least twice it
     :return: a Keras model ``{"moving", "fixed"}`` (B, X, Y, Z, 1) -> ``{"moved", "flow"}``
-    :raises InputError: a shape the network cannot take
+    :raises InputError: a shape the network cannot take, or weights that do not fit it
     """
     model = as_model_folder(model)
-    return _net_for_shape(model, model.registration_net, build_registration_net, shape,
+    return _net_for_shape(model, "registration_net", build_registration_net, shape,
                           "registration network")
 
 
@@ -278,24 +410,30 @@ def generator_for_shape(model, shape):
     :return: a Keras model (B, X, Y, Z, 1) -> (B, X, Y, Z, 1), or None
     """
     model = as_model_folder(model)
-    if model.generator is None:
+    if not model.has_generator:
         return None
-    return _net_for_shape(model, model.generator, build_generator, shape, "generator")
+    return _net_for_shape(model, "generator", build_generator, shape, "generator")
 
 
-def _net_for_shape(model, trained, builder, shape, what):
+def _net_for_shape(model, kind, builder, shape, what):
+    """T (``kind`` "registration_net") or G ("generator") of ``model`` built for ``shape``."""
     shape = tuple(int(s) for s in shape)
     if shape == model.network_config.shape:
-        return trained
+        return getattr(model, kind)
     try:
         config = dataclasses.replace(model.network_config, shape=shape)
     except ValueError as error:
         raise InputError(f"cannot build the {what}: {error}") from error
     net = builder(config)
+    trained = model._built(kind)
     try:
-        net.set_weights(trained.get_weights())
-    except ValueError as error:
+        if trained is not None:
+            net.set_weights(trained.get_weights())
+        else:
+            _load_weights(net, model.path, model._file(kind))
+    except (ValueError, KeyError, OSError) as error:
         raise InputError(
-            f"the weights do not fit the network described in {CONFIG_FILE} ({error})", model.path
+            f"the weights do not fit the network described in {CONFIG_FILE} ({one_line(error)})",
+            model.path,
         ) from error
     return net
