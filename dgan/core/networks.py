@@ -170,8 +170,10 @@ class BlockMatching(keras.layers.Layer):
         self.lg_window, self.window = int(lg_window), int(window)
         self.smoothing, self.temperature = int(smoothing), float(temperature)
 
-    def call(self, inputs):
-        moving, fixed = (tf.stop_gradient(x) for x in inputs)
+    @tf.autograph.experimental.do_not_convert  # no Python control flow on tensors: converting
+    def call(self, inputs, training=None):  # it cost seconds per build of T in each process
+        del training  # the same in training and inference (Keras passes it: the decorator
+        moving, fixed = (tf.stop_gradient(x) for x in inputs)  # hides call's signature)
         return tf.stop_gradient(matching.match(moving, fixed, self.passes, None,
                                                self.lg_window, self.window, self.smoothing,
                                                self.temperature))

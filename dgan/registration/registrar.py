@@ -280,7 +280,7 @@ class Registrar:
         """
         if self.model is None or self.refine_config.w_lcc == 0:
             return None
-        if self.model.generator is None:
+        if not self.model.has_generator:
             if not self._said_no_generator:
                 logger.warning("%s has no generator G (written before G was kept): refinement "
                                "uses the local-gradient term alone", self.model.path)
