@@ -95,17 +95,88 @@ def save_pair_figure(path, fixed, moving, moved, flow, translated=None, title=No
     save_figure(fig, path)
 
 
+#: The panels of :func:`save_curves`: one per network, by the loss names' prefix, in this order.
+CURVE_PANELS = (("d", "D, the discriminator"), ("g", "G, the generator"),
+                ("t", "T, the registration network"))
+#: Legend text of the loss terms every trainer reports (:data:`dgan.training.trainers.LOSS_NAMES`,
+#: the VxmDense baseline's); any other name is shown as it is.
+CURVE_LABELS = {
+    "d_loss": "L_D (least squares)",
+    "g_loss": "L_G, weighted total",
+    "g_adv": "adversarial",
+    "g_lg": "1 - L_LG(F'(phi), F(phi))",
+    "g_l1": "L1(F'(phi), R)",
+    "t_loss": "L_T, weighted total",
+    "t_lcc": "1 - L_LCC",
+    "t_lg": "1 - L_LG(R, F(phi))",
+    "t_smooth": "sum |grad phi|^2",
+    "t_mi": "-MI(R, F(phi))",
+    "t_grad": "Grad l2(phi)",
+}
+
+
+def curve_panels(names):
+    """``names`` (loss columns) grouped into the panels of :func:`save_curves`:
+    ``[(title, [name, ...]), ...]``, one per network that has a term (``d_``, ``g_``, ``t_``), the
+    total (``<n>_loss``) first, then names of no network in one panel of their own."""
+    panels, left = [], list(names)
+    for prefix, title in CURVE_PANELS:
+        group = [n for n in left if n.split("_", 1)[0] == prefix]
+        if group:
+            group.sort(key=lambda n: (n != f"{prefix}_loss", list(names).index(n)))
+            panels.append((title, group))
+            left = [n for n in left if n not in group]
+    if left:
+        panels.append(("other", left))
+    return panels
+
+
+def _running_mean(values, window):
+    """The mean of each value with up to ``window - 1`` before it (same length)."""
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
 def save_curves(path, history, title="training losses"):
-    """Loss curves: ``history`` maps a name to a list of (step, value)."""
-    names = sorted(history)
-    fig, axes = new_figure(1, len(names), figsize=(3.0 * len(names), 2.8), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        steps, values = zip(*history[name]) if history[name] else ((), ())
-        ax.plot(steps, values, linewidth=1)
-        ax.set_title(name, fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.suptitle(title, fontsize=10)
+    """Loss curves, one panel per network (D, G, T; :func:`curve_panels`) with each of its
+    terms: the logged values faint, their running mean over about a thirtieth of the run as a
+    line, a legend, the step on x and the loss on y (logarithmic, over at most four decades, where a
+    panel's terms span more than one, as the smoothness term and the totals do).
+
+    :param history: maps a loss name to a list of (step, value), as
+        :func:`dgan.training.callbacks.read_loss_history` reads ``losses.csv``
+    """
+    panels = curve_panels(list(history)) or [("no losses logged", [])]
+    fig, axes = new_figure(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (panel_title, names) in zip(axes[0], panels):
+        positive = []
+        for k, name in enumerate(names):
+            if not history[name]:
+                continue
+            steps, values = (np.asarray(v, dtype=float) for v in zip(*history[name]))
+            color = colors[k % len(colors)]
+            window = max(1, len(values) // 30)
+            if window > 1:
+                ax.plot(steps, values, color=color, linewidth=0.5, alpha=0.3)
+            ax.plot(steps, _running_mean(values, window), color=color,
+                    linewidth=1.8 if name.endswith("_loss") else 1.2,
+                    label=CURVE_LABELS.get(name, name))
+            positive.append(values)
+        if positive:
+            values = np.concatenate(positive)
+            if values.min() > 0 and values.max() > 10 * values.min():
+                ax.set_yscale("log")  # at most 4 decades: the first steps' ~0 smoothness aside
+                ax.set_ylim(bottom=max(values.min(), 1e-4 * values.max()) / 1.5)
+            ax.legend(fontsize=7, loc="best")
+        ax.set_title(panel_title, fontsize=10)
+        ax.set_xlabel("step", fontsize=9)
+        ax.set_ylabel("loss", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     save_figure(fig, path)
 
