@@ -25,19 +25,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import demo
-from ..data.io import write_json
+from .. import compat
 from ..errors import InputError
-from ..evaluation import figures
+from ..data import demo
 from ..evaluation import methods as evaluation
-from ..evaluation.report import evaluate
-from ..registration.model_folder import as_model_folder
-from ..registration.registrar import model_refinement
 from ..registration.settings import DEFAULT_REFINE_STEPS
-from ..training.config import METHOD_NAMES, METHODS
+from ..training.settings import METHOD_NAMES
 from . import brain
 from .options import add_brain_file_arguments, show_warnings
 from .train_baselines import model_folder
+
+# The library is imported where it is used, not here (this module's docstring is --help's text):
+# the registration, evaluation and benchmark modules start TensorFlow, which takes seconds and
+# writes its start-up lines to stderr unless compat.quiet() came first.
 
 
 def parser():
@@ -71,10 +71,10 @@ def parser():
                               "iterations per level (dgan.registration.refine; default 0: T "
                               "alone); several values add one method each and refine_curve.png, "
                               "mean Dice against N")
-    methods.add_argument("--refine-methods", nargs="+", choices=list(METHODS),
-                         default=list(METHODS), metavar="METHOD",
+    methods.add_argument("--refine-methods", nargs="+", choices=list(METHOD_NAMES),
+                         default=list(METHOD_NAMES), metavar="METHOD",
                          help="the model methods that --refine-steps refines (default all: "
-                              f"{' '.join(METHODS)})")
+                              f"{' '.join(METHOD_NAMES)})")
     methods.add_argument("--refine-alone", action="store_true",
                          help="add 'refinement alone' (no model, from the identity) and "
                               "'no model: matching + refinement' (dgan-register without "
@@ -98,6 +98,9 @@ def parser():
     out.add_argument("--figure-pairs", type=int, default=1,
                      help="pairs drawn per method (default 1; 0: no figures)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
+    out.add_argument("--verbose", action="store_true",
+                     help="let TensorFlow's start-up and log lines (absl, oneDNN, CUDA) and its "
+                          "warnings through to stderr (hidden by default)")
     return p
 
 
@@ -105,7 +108,7 @@ def model_folders(args):
     """[(method, name, folder)] of the learned methods, in table order."""
     given = {"deformgan": args.dgan, "vxm": args.vxm, "lcc": args.lcc}
     folders = []
-    for method in METHODS:
+    for method in METHOD_NAMES:
         folder = given[method]
         if folder is None and args.runs is not None:
             candidate = model_folder(args.runs, method)
@@ -117,6 +120,9 @@ def model_folders(args):
 
 def refinement_methods(args):
     """The model methods (T alone, and T + refinement with --refine-steps) and refinement alone."""
+    from ..registration.model_folder import as_model_folder
+    from ..registration.registrar import model_refinement
+
     if min(args.refine_steps) < 0:
         raise InputError(f"--refine-steps must be >= 0, got {min(args.refine_steps)}")
     steps_list = refine_counts(args)
@@ -167,6 +173,8 @@ def save_refine_curve(path, records, args):
     """``refine_curve.png``: each refined model method's mean Dice (over pairs) against the
     refinement iterations per level, from 0 (T alone), with T at the first --network-spacing;
     None when fewer than two counts ran."""
+    from ..evaluation import figures
+
     steps_list = refine_counts(args)
     spacing = (args.network_spacing or [None])[0]
     if len(steps_list) < 2:
@@ -221,6 +229,10 @@ def _setting_value(text):
 def main(argv=None):
     """``dgan-evaluate``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
+    compat.quiet(args.verbose)  # before the library below starts TensorFlow
+    from ..data.io import write_json
+    from ..evaluation.report import evaluate
+
     show_warnings()
     try:
         benchmark = brain.benchmark_pairs(

@@ -30,18 +30,18 @@ import os
 import sys
 from pathlib import Path
 
-from ..core.networks import features_text, parse_features
+from .. import compat
+from ..core.settings import features_text, parse_features
 from ..data import demo
 from ..errors import InputError, TrainingDiverged
-from ..evaluation import figures
 from ..training import presets
-from ..training.config import METHOD_NAMES, METHODS, TrainConfig, network_for_method
-from ..training.run import train
-from ..training.schedules import SCHEDULES
-from ..training.trainers import LossWeights
-from ..training.validation import VALIDATION_CSV, read_validation_history
+from ..training.settings import METHOD_NAMES, SCHEDULES, LossWeights
 from . import brain
 from .options import add_brain_file_arguments, show_warnings
+
+# The library is imported where it is used, not here (this module's docstring is --help's text):
+# the training and benchmark modules start TensorFlow, which takes seconds and writes its
+# start-up lines to stderr unless compat.quiet() came first.
 
 
 def model_folder(run_root, method):
@@ -52,8 +52,8 @@ def model_folder(run_root, method):
 def parser():
     p = argparse.ArgumentParser(prog="dgan-train-baselines", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", choices=METHODS,
-                   default=list(METHODS))
+    p.add_argument("--methods", nargs="+", choices=METHOD_NAMES,
+                   default=list(METHOD_NAMES))
     p.add_argument("--out", required=True, help="output folder: <out>/<method>/ per method")
     p.add_argument("--resume", action="store_true",
                    help="continue the runs in <out>/<method>/ (with --steps: a new budget)")
@@ -116,6 +116,9 @@ def parser():
     run.add_argument("--log-every", type=int,
                      help=f"losses logged every this many steps (default {baseline['log_every']})")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--verbose", action="store_true",
+                     help="let TensorFlow's start-up and log lines (absl, oneDNN, CUDA) and its "
+                          "warnings through to stderr (hidden by default)")
     loss = p.add_argument_group("losses (one configuration for every method)")
     loss.add_argument("--alpha", type=float, help="smoothness weight (Deform-GAN, lcc)")
     loss.add_argument("--beta", type=float, help="local-gradient weight (Deform-GAN, lcc)")
@@ -182,6 +185,8 @@ def train_config(args, out):
     the baselines' networks and run settings (:data:`dgan.training.presets.BASELINE_RUN`) on the
     demo data, and the options given over it. Every method has flow_resolution 1 (VxmDense cannot
     have another), so that T is the same network for all."""
+    from ..training.config import TrainConfig
+
     settings = given_settings(args)
     steps = args.steps or (presets.BRAIN_STEPS if args.data == "brain" else BASELINE_DEMO_STEPS)
     settings.update(steps=steps, checkpoint_every=steps, n_val=args.n_val,
@@ -210,6 +215,10 @@ def train_config(args, out):
 def main(argv=None):
     """``dgan-train-baselines``; returns the exit status (2 for bad input or a diverged run)."""
     args = parser().parse_args(argv)
+    compat.quiet(args.verbose)  # before the library below starts TensorFlow
+    from ..training.config import network_for_method
+    from ..training.run import train
+
     show_warnings()
     out = Path(args.out)
     try:
@@ -243,6 +252,9 @@ def main(argv=None):
 def save_learning_curves(out, methods):
     """``<out>/learning_curves.png``: each method's held-out Dice (T alone) against the step, and
     the identity; returns its path, or None when no run has validated."""
+    from ..evaluation import figures
+    from ..training.validation import VALIDATION_CSV, read_validation_history
+
     history, labels = {}, {"identity": "identity"}
     for method in methods:
         runs = read_validation_history(out / method / VALIDATION_CSV)

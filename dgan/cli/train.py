@@ -19,21 +19,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..compat import tf
-from ..core.networks import parse_features, parse_matching
-from ..core.settings import SMOOTHED_FIELDS
+from .. import compat
+from ..core.settings import SMOOTHED_FIELDS, parse_features, parse_matching
 from ..errors import InputError, TrainingDiverged
-from ..training import distribute, presets
-from ..training import run as training_run
-from ..training.config import METHODS, TrainConfig
-from ..training.schedules import SCHEDULES
-from ..training.trainers import LossWeights
+from ..training import presets
+from ..training.settings import METHOD_NAMES, SCHEDULES, STRATEGIES, LossWeights
+
+# The library is imported where it is used, not here (this module's docstring is --help's text):
+# the training modules start TensorFlow, which takes seconds and writes its start-up lines to
+# stderr unless compat.quiet() came first.
 
 
 def parser():
     p = argparse.ArgumentParser(prog="dgan-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", choices=METHODS,
+    p.add_argument("--method", choices=METHOD_NAMES,
                    help="what to train (default deformgan): Deform-GAN, lcc (T alone with L_T's "
                         "terms on F(phi)) or vxm (VoxelMorph's VxmDense, -MI + lambda Grad_l2)")
     p.add_argument("--preset", choices=presets.PRESETS,
@@ -64,8 +64,11 @@ def parser():
     run.add_argument("--checkpoint-every", type=int)
     run.add_argument("--keep-checkpoints", type=int)
     run.add_argument("--validate-every", type=int)
-    run.add_argument("--strategy", choices=distribute.STRATEGIES)
+    run.add_argument("--strategy", choices=STRATEGIES)
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--verbose", action="store_true",
+                     help="let TensorFlow's start-up and log lines (absl, oneDNN, CUDA) and its "
+                          "warnings through to stderr (hidden by default)")
     opt = p.add_argument_group("optimisation and the paper's loss weights")
     opt.add_argument("--lr-t", type=float)
     opt.add_argument("--lr-g", type=float)
@@ -149,6 +152,8 @@ def settings_from_args(args):
 def make_config(settings, preset=None):
     """A new run's :class:`dgan.TrainConfig`: ``preset`` (default: demo without moving
     scans, else scans) with ``settings`` over it."""
+    from ..training.config import TrainConfig
+
     if preset is None:
         preset = "demo" if settings.get("moving") is None else "scans"
     return TrainConfig.from_preset(preset, **settings)
@@ -157,6 +162,9 @@ def make_config(settings, preset=None):
 def main(argv=None):
     """``dgan-train``; returns the exit status (2: bad input or a diverged run, 3: a lost worker)."""
     args = parser().parse_args(argv)
+    compat.quiet(args.verbose)  # before the library below starts TensorFlow
+    from ..training import run as training_run
+
     try:
         settings = settings_from_args(args)
         if (args.moving is None) != (args.fixed is None):
@@ -177,7 +185,7 @@ def main(argv=None):
     except (InputError, TrainingDiverged) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except tf.errors.UnavailableError as error:  # a worker of a multi-worker run was lost
+    except compat.tf.errors.UnavailableError as error:  # a worker of a multi-worker run was lost
         print(f"error: lost contact with another worker ({str(error).strip().splitlines()[0]}); "
               "restart every worker with the same command and --auto-resume", file=sys.stderr)
         return 3

@@ -28,11 +28,9 @@ import numpy as np
 from ..compat import tf
 from .coverage import shrink
 from .losses import box_sum, local_gradient_direction
+from .settings import DEFAULT_PASSES
 from .spatial import upsample_flow, warp_batch
 
-#: The passes T uses by default, (factor, radius) coarse to fine: they search up to 8 + 8 + 1 =
-#: 17 voxels in all, more than a single pass or two can.
-DEFAULT_PASSES = ((4, 2), (2, 2), (1, 1))
 #: Window and smoothing of the cost, temperature of the soft arg-max (chosen on the demo's
 #: validation pairs and the brain benchmark, docs/notes/training-log.md): a larger smoothing
 #: folds less, a sharper temperature follows the cost's best displacement more closely.

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from ..compat import keras, tf, vxm
 from . import matching
-from .settings import without_retired
+from .settings import features_text, parse_features, parse_matching, without_retired  # noqa: F401
 
 #: Settings of experiments that were not kept (docs/notes/training-log.md), with the value that
 #: builds today's networks: a saved description may name them at that value, and no other.
@@ -110,32 +110,6 @@ class NetworkConfig:
     def from_dict(cls, config):
         """A configuration as saved (:meth:`to_dict`), :data:`RETIRED` settings left out."""
         return cls(**without_retired(config, RETIRED))
-
-
-def parse_features(text):
-    """U-Net features from the command-line form ``"16,32,32/32,32,32,16,16"`` (encoder/decoder)."""
-    try:
-        encoder, decoder = text.split("/")
-        return [[int(f) for f in encoder.split(",")], [int(f) for f in decoder.split(",")]]
-    except ValueError:
-        raise ValueError(f"features must look like '16,32,32/32,32,32,16,16', got {text!r}") from None
-
-
-def features_text(features):
-    """The command-line form of U-Net features, ``"16,32,32/32,32,32,16,16"``
-    (:func:`parse_features` reads it back)."""
-    return "/".join(",".join(str(int(f)) for f in part) for part in features)
-
-
-def parse_matching(text):
-    """Block-matching passes from the command-line form ``"4:2,2:2,1:1"`` (factor:radius, coarse
-    to fine); ``"none"`` gives no passes."""
-    if text.strip().lower() == "none":
-        return []
-    try:
-        return [[int(v) for v in item.split(":")] for item in text.split(",")]
-    except ValueError:
-        raise ValueError(f"matching must look like '4:2,2:2,1:1' or 'none', got {text!r}") from None
 
 
 def _as_features(features):

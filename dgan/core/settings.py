@@ -35,3 +35,34 @@ def without_retired(settings, retired):
             raise ValueError(f"{name}={value!r} was an experiment that dgan no longer runs "
                              f"(only {today!r} is read)")
     return kept
+
+
+#: The passes T uses by default, (factor, radius) coarse to fine: they search up to 8 + 8 + 1 =
+#: 17 voxels in all, more than a single pass or two can.
+DEFAULT_PASSES = ((4, 2), (2, 2), (1, 1))
+
+
+def parse_features(text):
+    """U-Net features from the command-line form ``"16,32,32/32,32,32,16,16"`` (encoder/decoder)."""
+    try:
+        encoder, decoder = text.split("/")
+        return [[int(f) for f in encoder.split(",")], [int(f) for f in decoder.split(",")]]
+    except ValueError:
+        raise ValueError(f"features must look like '16,32,32/32,32,32,16,16', got {text!r}") from None
+
+
+def features_text(features):
+    """The command-line form of U-Net features, ``"16,32,32/32,32,32,16,16"``
+    (:func:`parse_features` reads it back)."""
+    return "/".join(",".join(str(int(f)) for f in part) for part in features)
+
+
+def parse_matching(text):
+    """Block-matching passes from the command-line form ``"4:2,2:2,1:1"`` (factor:radius, coarse
+    to fine); ``"none"`` gives no passes."""
+    if text.strip().lower() == "none":
+        return []
+    try:
+        return [[int(v) for v in item.split(":")] for item in text.split(",")]
+    except ValueError:
+        raise ValueError(f"matching must look like '4:2,2:2,1:1' or 'none', got {text!r}") from None

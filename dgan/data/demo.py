@@ -16,7 +16,6 @@ from scipy import ndimage
 
 from ..errors import InputError
 from .io import load_volume
-from .pipeline import make_dataset
 from .preprocessing import check_shape, preprocess_volume
 from .synth import (
     DEMO_RENDER_STREAM,
@@ -123,6 +122,8 @@ def demo_dataset(batch_size, seed, start_step=0, shape=DEMO_SHAPE, input_context
     :return: ``tf.data.Dataset`` of ``{"moving", "fixed"}``, each (B, X, Y, Z, 1) float32
     """
     demo = demo_volumes(shape, spacing)
+    from .pipeline import make_dataset
+
     return make_dataset([demo.t1], [demo.t2], batch_size, seed, start_step=start_step,
                         augment=True, input_context=input_context,
                         max_displacement=DEMO_MAX_DISPLACEMENT, smoothness=DEMO_SMOOTHNESS)

@@ -23,7 +23,6 @@ import numpy as np
 from ..data import synth
 from ..data.io import Volume
 from ..errors import InputError
-from ..registration.registrar import Registrar
 
 #: ANTs SyN settings (``ants.registration`` arguments) used unless told otherwise.
 ANTS_DEFAULTS = {
@@ -105,6 +104,8 @@ class ModelMethod:
                  start="network"):
         self.name = name
         self.folder = None if folder is None else os.fspath(folder)
+        from ..registration.registrar import Registrar
+
         self.registrar = Registrar(folder, refine_steps=refine_steps, refine_config=refine_config,
                                    network_spacing=network_spacing, start=start)
 

@@ -18,7 +18,6 @@ from tqdm.auto import tqdm
 from ..core import metrics
 from ..data.io import atomic_write
 from ..errors import InputError
-from .figures import save_comparison_figure, save_dice_boxplot, save_method_figure
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +169,8 @@ def evaluate(methods, benchmark, out_dir, figure_pairs=1, progress=True):
     :return: :class:`EvaluationResult`
     :raises InputError: a method needs an image the pairs do not have
     """
+    from .figures import save_comparison_figure, save_dice_boxplot, save_method_figure  # matplotlib
+
     for method in methods:
         fixed_key = getattr(method, "fixed_key", "fixed")
         if any(fixed_key not in pair for pair in benchmark.pairs):

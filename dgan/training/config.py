@@ -18,6 +18,7 @@ from ..registration.settings import RefineConfig
 from .baselines import VxmTrainer
 from .presets import DEFAULT_LR_G, DEMO_REFINE, PRESETS, REFINE_DEFAULTS
 from .schedules import SCHEDULES
+from .settings import METHOD_NAMES
 from .trainers import DeformGAN, LossWeights, RegistrationTrainer
 
 #: Keys of ``config.json`` that describe the data, the networks and the losses; a resumed run
@@ -29,12 +30,6 @@ FROZEN_ON_RESUME = ("method", "moving", "fixed", "shape", "spacing", "batch_size
 #: The methods the run trains (:attr:`TrainConfig.method`): each a Keras model with its own
 #: ``train_step`` (see :mod:`dgan.training.trainers`).
 METHODS = {"deformgan": DeformGAN, "vxm": VxmTrainer, "lcc": RegistrationTrainer}
-#: Readable names, as the evaluation tables show them.
-METHOD_NAMES = {
-    "deformgan": "Deform-GAN",
-    "vxm": "VoxelMorph (MI)",
-    "lcc": "T + LCC (no G, D)",
-}
 
 
 def network_for_method(method, network):

@@ -21,8 +21,8 @@ import subprocess
 
 from ..compat import tf
 from ..errors import InputError
+from .settings import STRATEGIES
 
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")
 
 #: Slurm tasks listen on ``SLURM_PORT_BASE + SLURM_JOB_ID % SLURM_PORT_SPREAD`` (and the next
 #: ports for further tasks on the same node), so two jobs sharing a node do not collide.

@@ -7,7 +7,7 @@ of :class:`dgan.core.networks.NetworkConfig`, :class:`dgan.training.trainers.Los
 gives.
 """
 
-from ..core.matching import DEFAULT_PASSES
+from ..core.settings import DEFAULT_PASSES
 
 #: Small networks for the demo's coarse grid, cheap enough for a CPU. T predicts its field at
 #: half resolution (the demo's deformations are smooth), which costs less per update and learns

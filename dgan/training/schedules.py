@@ -6,9 +6,7 @@ that the weights a run ends with are not those of one noisy batch-size-1 update.
 """
 
 from ..compat import keras, tf
-
-#: The schedules :func:`learning_rate` knows.
-SCHEDULES = ("constant", "linear")
+from .settings import SCHEDULES
 
 
 class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
