@@ -147,6 +147,16 @@ def use_compile_cache(root=None):
     return folder
 
 
+def compile_cache_in_use():
+    """The folder XLA's persistent compile cache reads in this process (``TF_XLA_FLAGS``'s
+    ``--tf_xla_persistent_cache_directory``), or None."""
+    for flag in os.environ.get("TF_XLA_FLAGS", "").split():
+        name, _, value = flag.partition("=")
+        if name == "--tf_xla_persistent_cache_directory" and value:
+            return value
+    return None
+
+
 @contextlib.contextmanager
 def _stderr_held_back():
     """Hold back what the block writes to stderr: file descriptor 2 (C++) into a temporary file,
@@ -196,4 +206,4 @@ def __getattr__(name):
 
 
 __all__ = ["tf", "keras", "ne", "vxm", "StackError", "quiet", "use_compile_cache",
-           "compile_cache_folder"]
+           "compile_cache_folder", "compile_cache_in_use"]

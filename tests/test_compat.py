@@ -69,3 +69,33 @@ def test_compile_cache_off_and_too_late(tmp_path, monkeypatch):
     monkeypatch.delenv(compat.COMPILE_CACHE_ENV)
     assert compat.tf.__name__ == "tensorflow"  # started: the flags would come too late
     assert compat.use_compile_cache(str(tmp_path)) is None and not list(tmp_path.iterdir())
+
+
+def test_a_damaged_compile_cache_is_one_line_naming_the_folder(tmp_path):
+    """A cache file cut short (a full disk, a copy) fails every compiled refinement after it:
+    the error says so and names the folder, instead of TensorFlow's graph trace."""
+    cache = tmp_path / "cache"
+    code = (
+        "import os\n"
+        f"os.environ['TF_XLA_FLAGS'] = '--tf_xla_persistent_cache_directory={cache} "
+        "--tf_xla_persistent_cache_device_types=CPU,XLA_CPU'\n"
+        "import numpy as np\n"
+        "from dgan.errors import InputError\n"
+        "from dgan.registration.refine import refine\n"
+        "from dgan.registration.settings import RefineConfig\n"
+        "rng = np.random.default_rng(0)\n"
+        "a, b = rng.random((2, 16, 16, 16)).astype('f')\n"
+        "try:\n"
+        "    refine(a, b, config=RefineConfig(steps=1, levels=(1,), xla='on', lg_noise=0))\n"
+        "    print('ok')\n"
+        "except InputError as error:\n"
+        "    print(error)\n")
+    assert run_python(code).strip().splitlines()[-1] == "ok"  # compiled, and written
+    files = list(cache.iterdir())
+    assert files
+    for path in files:
+        path.write_bytes(path.read_bytes()[:100])
+    said = run_python(code).strip().splitlines()[-1]
+    assert said.startswith(f"{cache}: a compiled program could not be read from the XLA "
+                           "compile cache (")
+    assert said.endswith("delete that folder, or set DGAN_COMPILE_CACHE=off")
