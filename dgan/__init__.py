@@ -43,7 +43,7 @@ _PUBLIC = {
     "load_model_folder": "dgan.registration.model_folder",
     "export_saved_model": "dgan.registration.serving",
     "NetworkConfig": "dgan.core.networks",
-    "LossWeights": "dgan.training.trainers",
+    "LossWeights": "dgan.training.settings",
     "TrainConfig": "dgan.training.config",
     "train": "dgan.training.run",
     "RunResult": "dgan.training.run",

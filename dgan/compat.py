@@ -14,14 +14,17 @@ TensorFlow's start-up and log lines off the user's terminal.
 
 import collections
 import contextlib
+import hashlib
 import importlib
 import inspect
 import io
 import logging
 import os
+import platform
 import sys
 import tempfile
 import warnings
+from importlib import metadata
 
 
 class StackError(ImportError):
@@ -102,7 +105,6 @@ def compile_cache_folder(root=None):
     root = root or os.environ.get(COMPILE_CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
         "dgan", "xla")
-    from importlib import metadata
     try:
         version = metadata.version("tensorflow")
     except metadata.PackageNotFoundError:  # pragma: no cover - a differently named build
@@ -113,9 +115,7 @@ def compile_cache_folder(root=None):
             cpu = "".join(line for line in handle
                           if line.startswith(("model name", "flags", "Features")))
     except OSError:  # not Linux: the platform's description
-        import platform
         cpu = platform.processor() + platform.machine()
-    import hashlib
     digest = hashlib.sha256(cpu.encode()).hexdigest()[:16]
     return os.path.join(root, f"tf-{version}-cpu-{digest}")
 

@@ -1,14 +1,12 @@
-"""The demo preset's training settings (issue 30, item 6) and the run folder's losses.png, one
-panel per network (docs/notes/2026-12-07-demo-training.md)."""
+"""The run folder's losses.png: one panel per network (issue 30, item 6;
+docs/notes/2026-12-07-demo-training.md)."""
 
 import matplotlib.image
 import numpy as np
 import pytest
 
 from dgan.evaluation import figures
-from dgan.training import presets
 from dgan.training.baselines import VxmTrainer
-from dgan.training.config import TrainConfig
 from dgan.training.trainers import LOSS_NAMES, RegistrationTrainer
 
 

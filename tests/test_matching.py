@@ -9,7 +9,8 @@ from scipy import ndimage
 
 from dgan.compat import tf
 from dgan.core import losses, matching, networks
-from dgan.core.networks import NetworkConfig, build_registration_net, parse_matching, training_view
+from dgan.core.networks import NetworkConfig, build_registration_net, training_view
+from dgan.core.settings import parse_matching
 from dgan.data import synth
 from dgan.registration.model_folder import load_model_folder, save_model_folder
 from dgan.registration.serving import export_saved_model

@@ -5,8 +5,8 @@ import pytest
 
 from dgan.compat import keras, tf
 from dgan.core.networks import (NetworkConfig, build_discriminator, build_generator,
-                                build_registration_net, custom_objects, features_text,
-                                parse_features)
+                                build_registration_net, custom_objects)
+from dgan.core.settings import features_text, parse_features
 
 
 def warp_with(net, moving, flow):

@@ -47,8 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from ..core.matching import DEFAULT_PASSES
-from ..core.networks import (VXM_FEATURES, NetworkConfig, features_text, parse_features,
-                             parse_matching)
+from ..core.networks import VXM_FEATURES, NetworkConfig
+from ..core.settings import features_text, parse_features, parse_matching
 from ..data import synth
 from ..data.io import crop_or_pad, write_json
 from ..data.preprocessing import padded_shape

@@ -45,19 +45,21 @@ class CommandTime:
     dice: float
 
 
-def write_pair(npz_path, resolution_mm, folder, label_ids=None):
+def write_pair(npz_path, resolution_mm, folder):
     """The brain benchmark's first pair at ``resolution_mm`` as NIfTI files in ``folder``
-    (identity direction, the voxel size as spacing): {"moving", "fixed", "moving_labels",
-    "fixed_labels"} -> path."""
+    (identity direction, the voxel size as spacing).
+
+    :return: ({"moving", "fixed", "moving_labels"} -> path, the fixed labels as an int32 array)
+    """
     pair = brain.load_brain_benchmark(brain.check_brain_file(npz_path), resolution_mm,
                                       n_pairs=1, seed=0)[0]
     affine = np.diag([resolution_mm] * 3 + [1.0])
     paths = {}
-    for key in ("moving", "fixed", "moving_labels", "fixed_labels"):
+    for key in ("moving", "fixed", "moving_labels"):
         paths[key] = str(Path(folder) / f"{key}.nii.gz")
         array = pair[key] if "labels" not in key else pair[key].astype(np.int32)
         dio.save_volume(paths[key], array, affine)
-    return paths
+    return paths, pair["fixed_labels"].astype(np.int32)
 
 
 #: Runs its arguments as a command and writes that child's peak resident memory (KiB) last on
@@ -131,29 +133,28 @@ def bench_commands(npz_path, resolution_mm, label_ids, model=None, calls=3, ants
     :return: list of :class:`CommandTime`
     """
     rows = []
+
+    def timed(method, call, command, out, env=None):
+        wall, peak, output = run_timed(command, env)
+        dice = mean_dice(out / "moved_labels.nii.gz", fixed_labels, label_ids)
+        rows.append(CommandTime(method, call, wall, peak, stages_of(output), dice))
+        progress(f"{method} call {call}: {wall:.1f} s, {peak:.0f} MiB, Dice {dice:.3f}")
+
     with tempfile.TemporaryDirectory(prefix="dgan-bench-command-") as folder:
-        paths = write_pair(npz_path, resolution_mm, folder)
-        fixed_labels = dio.load_volume(paths["fixed_labels"], kind="labels").array
+        paths, fixed_labels = write_pair(npz_path, resolution_mm, folder)
         runs = [("dgan-register (no model)", None)]
         if model is not None:
             runs.append(("dgan-register --model", model))
         for method, model_path in runs:
             env = {**os.environ, "DGAN_COMPILE_CACHE": str(Path(folder) / f"cache-{len(rows)}")}
-            for call in range(calls):
+            for call in range(1, calls + 1):
                 out = Path(folder) / f"out-{len(rows)}"
                 out.mkdir()
-                wall, peak, output = run_timed(dgan_command(paths, out, model_path), env)
-                dice = mean_dice(out / "moved_labels.nii.gz", fixed_labels, label_ids)
-                rows.append(CommandTime(method, call + 1, wall, peak, stages_of(output), dice))
-                progress(f"{method} call {call + 1}: {wall:.1f} s, {peak:.0f} MiB, "
-                         f"Dice {dice:.3f}")
+                timed(method, call, dgan_command(paths, out, model_path), out, env)
         if ants_settings is not None:
             out = Path(folder) / "out-ants"
             out.mkdir()
-            wall, peak, _ = run_timed(ants_command(paths, out, ants_settings))
-            dice = mean_dice(out / "moved_labels.nii.gz", fixed_labels, label_ids)
-            rows.append(CommandTime("ANTs SyN (MI), antspyx", 1, wall, peak, {}, dice))
-            progress(f"ANTs: {wall:.1f} s, {peak:.0f} MiB, Dice {dice:.3f}")
+            timed("ANTs SyN (MI), antspyx", 1, ants_command(paths, out, ants_settings), out)
     return rows
 
 

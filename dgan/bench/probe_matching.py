@@ -20,7 +20,7 @@ import numpy as np
 
 from ..compat import tf, vxm
 from ..core import matching, metrics, networks
-from ..core.networks import parse_matching
+from ..core.settings import parse_matching
 from ..data import synth
 from ..errors import InputError
 from . import brain

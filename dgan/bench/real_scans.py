@@ -225,7 +225,8 @@ def build_cases(data, folder, progress=print):
     brain = os.path.join(data, "ixi002_hdbet")
     if os.path.isdir(brain):
         moving = dio.load_volume(os.path.join(brain, "hd_bet_IXI002-Guys-0828-T2.nii.gz"))
-        fixed = _coarsened(dio.load_volume(os.path.join(brain, "hd_bet_IXI002-Guys-0828-T1.nii.gz")))
+        fixed = _coarsened(dio.load_volume(
+            os.path.join(brain, "hd_bet_IXI002-Guys-0828-T1.nii.gz")))
         cases += writer.cases("IXI T2 -> T1 (skull-stripped)", moving, fixed, seed=30,
                               deformations=DEFORMATIONS_MM[:1])
         cases += writer.cases(f"IXI T2 {SLAB_MM:g} mm slab -> T1", slab(moving, SLAB_MM), fixed,

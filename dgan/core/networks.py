@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 
 from ..compat import keras, tf, vxm
 from . import matching
-from .settings import features_text, parse_features, parse_matching, without_retired  # noqa: F401
+from .settings import without_retired
 
 #: Settings of experiments that were not kept (docs/notes/training-log.md), with the value that
 #: builds today's networks: a saved description may name them at that value, and no other.

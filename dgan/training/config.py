@@ -18,7 +18,6 @@ from ..registration.settings import RefineConfig
 from .baselines import VxmTrainer
 from .presets import DEFAULT_LR_G, DEMO_REFINE, PRESETS, REFINE_DEFAULTS
 from .schedules import SCHEDULES
-from .settings import METHOD_NAMES
 from .trainers import DeformGAN, LossWeights, RegistrationTrainer
 
 #: Keys of ``config.json`` that describe the data, the networks and the losses; a resumed run

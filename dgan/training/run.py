@@ -42,7 +42,8 @@ from ..registration.model_folder import ModelFolder, save_model_folder
 from . import callbacks as cb
 from . import prealign
 from .callbacks import read_loss_history
-from .config import FROZEN_ON_RESUME, METHOD_NAMES, METHODS, TrainConfig
+from .config import FROZEN_ON_RESUME, METHODS, TrainConfig
+from .settings import METHOD_NAMES
 from .schedules import learning_rate
 from .validation import VALIDATION_CSV, append_validation_row, read_validation_history, score_pairs
 

@@ -29,7 +29,7 @@ under ``tf.distribute`` strategies.
 
 from ..compat import keras, tf
 from ..core import losses
-from .settings import RETIRED, LossWeights  # noqa: F401  (their home before)
+from .settings import LossWeights
 from ..core.networks import (build_discriminator, build_generator, build_registration_net,
                              training_view)
 
