@@ -175,6 +175,28 @@ def test_choose_needs_a_margin_over_the_identity_and_rejects_folding(pair):
     assert choice.name == "T"
 
 
+def test_t_is_not_followed_where_the_matching_it_builds_on_folds(pair):
+    """T refines the matching's field: when the matching folds (inputs unlike T's training data),
+    T's field is not followed even though it scores best and does not fold itself."""
+    moving, fixed = pair
+    m, f = dio.normalize_intensity(moving.array), dio.normalize_intensity(fixed.array)
+    shifted = np.roll(m, 3, axis=0)
+    undo = np.zeros(SHAPE + (3,), np.float32)
+    undo[..., 0] = 3.0
+    folding = undo.copy()
+    folding[..., 0] = -2.0 * np.arange(SHAPE[0])[:, None, None]
+    candidates = [("identity", None), ("matching", folding), ("T", undo)]
+    choice, flow = scoring.choose(shifted, f, candidates, builds_on={"T": "matching"})
+    assert choice.name == "identity" and flow is None
+    assert choice.scores["T"] >= choice.scores["identity"] + scoring.MARGIN  # it would have won
+    assert choice.builds_on == {"T": "matching"}
+    assert "T " in choice.describe() and "builds on the matching, which folds" in choice.describe()
+    # the same T with a matching that holds is followed
+    choice, flow = scoring.choose(shifted, f, [("identity", None), ("matching", undo), ("T", undo)],
+                                  builds_on={"T": "matching"})
+    assert choice.name == "T" and flow is undo and choice.builds_on == {}
+
+
 def test_an_aligned_slab_stays_where_it_is(pair):
     """A moving slab that covers a third of the fixed grid, aligned by its header: registration
     without a model (matching, refinement, the affine stage on auto) must leave it in place: the

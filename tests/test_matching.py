@@ -13,6 +13,7 @@ from dgan.core.networks import NetworkConfig, build_registration_net, training_v
 from dgan.core.settings import parse_matching
 from dgan.data import synth
 from dgan.registration.model_folder import load_model_folder, save_model_folder
+from dgan.registration.registrar import Registrar
 from dgan.registration.serving import export_saved_model
 from dgan.training.trainers import LossWeights, RegistrationTrainer
 
@@ -166,3 +167,38 @@ def test_matching_settings_are_checked():
         NetworkConfig((16, 16, 16), t_features=((4, 8), (8, 8, 4)), matching=((2, 0),))
     with pytest.raises(ValueError, match="at least one"):
         networks.BlockMatching([])
+
+
+def test_the_registrar_runs_t_after_its_matching_with_the_same_numbers(tmp_path, rng):
+    """The registrar computes T's block matching once, outside the network (it is also a start
+    field of its own), and feeds it to T's variant with an ``initial`` input: the flow must be
+    T's own, for the padded shapes too, and the same with the matching handed in."""
+    config = matching_config()
+    net = build_registration_net(config)
+    net.set_weights([w + rng.normal(0, 0.05, w.shape).astype("float32")
+                     for w in net.get_weights()])  # a residual that is not 0
+    folder = tmp_path / "model"
+    save_model_folder(net, config, {"shape": (16, 16, 16), "spacing": [2.0] * 3}, folder)
+    registrar = Registrar(load_model_folder(folder))
+    moving = rng.random((1, 14, 16, 12)).astype("float32")  # padded to 16^3 inside
+    fixed = np.roll(moving, 1, axis=1)
+    moving_in, window = registrar._network_input(moving)
+    fixed_in, _ = registrar._network_input(fixed)
+    whole_t = registrar.network_for(moving_in.shape[1:4])  # T with its matching layer
+    assert "matching" in {layer.name for layer in whole_t.layers}
+    whole = whole_t({"moving": moving_in, "fixed": fixed_in})["flow"].numpy()[(slice(None), *window)]
+    assert np.abs(whole).max() > 0.5
+    split = registrar.predict_flow(moving, fixed)
+    # the same operations on the same numbers, in two graphs: float32 round-off of flows of a
+    # few voxels (~1e-6 relative); a matching field lost or fed twice differs by ~a voxel
+    np.testing.assert_allclose(split, whole, atol=1e-4)
+    assert ("T after matching", (16, 16, 12)) in registrar._nets
+    phi0 = matching.match(tf.constant(moving_in), tf.constant(fixed_in), config.matching).numpy()
+    handed = registrar.predict_flow(moving, fixed, initial=phi0)
+    np.testing.assert_allclose(handed, whole, atol=1e-4)
+    cropped, padded = registrar.match(registrar.scaled(moving[0]), registrar.scaled(fixed[0]),
+                                      padded=True)  # what the start field hands in
+    np.testing.assert_allclose(padded, phi0[0], atol=1e-5)
+    np.testing.assert_array_equal(cropped, padded[window])
+    with pytest.raises(ValueError, match="padded input"):
+        registrar.predict_flow(moving, fixed, initial=phi0[(slice(None), *window)])

@@ -172,19 +172,30 @@ def _unet(inputs, features, name, upsample_skips=0, model_inputs=None):
     return unet.output
 
 
-def build_registration_net(config, name="registration_net"):
-    """T: (moving F, fixed R) -> (moved F(phi), flow phi). See the module docstring."""
+def build_registration_net(config, name="registration_net", matching_input=False):
+    """T: (moving F, fixed R) -> (moved F(phi), flow phi). See the module docstring.
+
+    :param matching_input: for a T with block matching, take the matching's field phi_0 as a
+        third input ``initial`` (B, X, Y, Z, 3), voxels, instead of computing it: the same
+        weights (the matching has none), for a caller that has computed phi_0 already (the
+        registrar scores it as a start field of its own), so that it is not computed, and traced,
+        twice
+    """
     moving = keras.Input((*config.shape, 1), name="moving")
     fixed = keras.Input((*config.shape, 1), name="fixed")
+    inputs = {"moving": moving, "fixed": fixed}
     source, initial = moving, None
     if config.matching:  # the U-Net sees F warped by the block-matching field phi_0
-        initial = BlockMatching(config.matching, name="matching")([moving, fixed])
+        if matching_input:
+            initial = inputs["initial"] = keras.Input((*config.shape, 3), name="initial")
+        else:
+            initial = BlockMatching(config.matching, name="matching")([moving, fixed])
         source = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij",
                                                name="matched")([moving, initial])
     # two inputs into the U-Net, so VoxelMorph concatenates them
     skips = config.flow_resolution.bit_length() - 1
     features = _unet([source, fixed], config.t_features, f"{name}_unet", upsample_skips=skips,
-                     model_inputs=[moving, fixed])
+                     model_inputs=list(inputs.values()))
     init = keras.initializers.RandomNormal(mean=0.0, stddev=1e-5)
     field_name = "velocity" if config.int_steps > 0 else "flow"
     if initial is not None:
@@ -209,7 +220,7 @@ def build_registration_net(config, name="registration_net"):
     moved = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="moved")(
         [moving, flow]
     )
-    return keras.Model({"moving": moving, "fixed": fixed}, {"moved": moved, "flow": flow}, name=name)
+    return keras.Model(inputs, {"moved": moved, "flow": flow}, name=name)
 
 
 def training_view(net):

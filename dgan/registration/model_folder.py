@@ -28,6 +28,7 @@ when complete, so a crash never leaves a half-written model.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import zipfile
@@ -384,7 +385,7 @@ def as_model_folder(model):
     return model if isinstance(model, ModelFolder) else load_model_folder(model)
 
 
-def registration_net_for_shape(model, shape):
+def registration_net_for_shape(model, shape, matching_input=False):
     """T with the trained weights, for volumes of another spatial shape.
 
     T is fully convolutional, so its weights do not depend on the spatial shape: it is built with
@@ -395,10 +396,17 @@ def registration_net_for_shape(model, shape):
 
     :param model: :class:`ModelFolder` or a folder path
     :param shape: (X, Y, Z), each a multiple of ``network_config.multiple`` and at least twice it
+    :param matching_input: for a T with block matching, the variant that takes the matching's
+        field as a third input ``initial`` (:func:`dgan.core.networks.build_registration_net`);
+        always built, with the same weights
     :return: a Keras model ``{"moving", "fixed"}`` (B, X, Y, Z, 1) -> ``{"moved", "flow"}``
     :raises InputError: a shape the network cannot take, or weights that do not fit it
     """
     model = as_model_folder(model)
+    if matching_input and model.network_config.matching:
+        return _net_for_shape(model, "registration_net", functools.partial(
+            build_registration_net, matching_input=True), shape, "registration network",
+            reuse=False)
     return _net_for_shape(model, "registration_net", build_registration_net, shape,
                           "registration network")
 
@@ -415,10 +423,11 @@ def generator_for_shape(model, shape):
     return _net_for_shape(model, "generator", build_generator, shape, "generator")
 
 
-def _net_for_shape(model, kind, builder, shape, what):
-    """T (``kind`` "registration_net") or G ("generator") of ``model`` built for ``shape``."""
+def _net_for_shape(model, kind, builder, shape, what, reuse=True):
+    """T (``kind`` "registration_net") or G ("generator") of ``model`` built for ``shape``
+    (``reuse``: the folder's own network where the shape is the training shape)."""
     shape = tuple(int(s) for s in shape)
-    if shape == model.network_config.shape:
+    if reuse and shape == model.network_config.shape:
         return getattr(model, kind)
     try:
         config = dataclasses.replace(model.network_config, shape=shape)

@@ -232,32 +232,64 @@ class Registrar:
         key = (kind, tuple(int(s) for s in shape))
         if key not in self._nets:
             folders = _model_folders()
-            build = folders.registration_net_for_shape if kind == "T" else \
-                folders.generator_for_shape
-            self._nets[key] = build(self.model, key[1])
+            if kind == "G":
+                self._nets[key] = folders.generator_for_shape(self.model, key[1])
+            else:  # "T", or "T after matching": T taking its matching's field as an input
+                self._nets[key] = folders.registration_net_for_shape(
+                    self.model, key[1], matching_input=kind != "T")
         return self._nets[key]
+
+    @property
+    def matching_passes(self):
+        """The block matching's passes: T's own (its first layer) with a model whose T has
+        block matching, else :data:`dgan.core.settings.DEFAULT_PASSES`."""
+        if self.model is not None and self.network_config.matching:
+            return self.network_config.matching
+        return dmatching.DEFAULT_PASSES
 
     def padded_shape(self, shape):
         """The smallest shape >= ``shape`` that T takes: multiples of ``multiple``, >= 2 of them
         (:func:`dgan.data.preprocessing.padded_shape`)."""
         return padded_shape(shape, self.network_config.multiple)
 
-    def predict_flow(self, moving, fixed, scaled=False):
+    def predict_flow(self, moving, fixed, scaled=False, initial=None):
         """T's flow for arrays on one grid: normalise, pad, predict, crop.
+
+        T's block matching (its first layer, when it has one) runs outside the network, through
+        the registrar's traced matching function, and the rest of T takes its field as an input:
+        the same arithmetic, without tracing the matching's many operations into each network.
 
         :param moving: shape = (B, X, Y, Z), finite
         :param fixed: shape = (B, X, Y, Z)
         :param scaled: the arrays are already scaled (:meth:`scaled`)
+        :param initial: T's matching field phi_0 for these arrays on T's padded grid
+            (:meth:`padded_shape`), shape = (B, X', Y', Z', 3), voxels, computed already
+            (:meth:`match` with ``padded=True``), or None: computed here, as inside T
         :return: flow in voxels, shape = (B, X, Y, Z, 3), float32
         """
         if self.model is None:
             return np.zeros(moving.shape + (3,), np.float32)
         moving_in, window = self._network_input(moving, scaled)
         fixed_in, _ = self._network_input(fixed, scaled)
-        net = self.network_for(moving_in.shape[1:4])
+        shape = moving_in.shape[1:4]
+        if not self.network_config.matching:
+            net = self.network_for(shape)
+            feeds = [{"moving": m[np.newaxis], "fixed": f[np.newaxis]}
+                     for m, f in zip(moving_in, fixed_in)]
+        else:
+            net = self.network_for(shape, kind="T after matching")
+            if initial is None:
+                initial = [_match_function(tf.constant(m[np.newaxis]), tf.constant(f[np.newaxis]),
+                                           self.matching_passes)[0]
+                           for m, f in zip(moving_in, fixed_in)]
+            elif np.shape(initial)[1:4] != tuple(shape):
+                raise ValueError(f"initial has the spatial shape {np.shape(initial)[1:4]}, "
+                                 f"T's padded input {tuple(shape)}")
+            feeds = [{"moving": m[np.newaxis], "fixed": f[np.newaxis],
+                      "initial": np.asarray(phi0, np.float32)[np.newaxis]}
+                     for m, f, phi0 in zip(moving_in, fixed_in, initial)]
         flow = np.concatenate([  # one pair at a time, no tf.data pipeline per call
-            net.predict_on_batch({"moving": m[np.newaxis], "fixed": f[np.newaxis]})["flow"]
-            for m, f in zip(moving_in, fixed_in)])
+            net.predict_on_batch(feed)["flow"] for feed in feeds])
         return np.asarray(flow[(slice(None), *window)], dtype=np.float32)
 
     def _network_input(self, batch, scaled=False):
@@ -483,7 +515,8 @@ class Registrar:
     def start_field(self, moving, fixed, mask=None):
         """The field refinement starts from, on the matching grid (:meth:`matching_grid`): the
         identity, the block matching's (:func:`dgan.core.matching.match`) or, with a model, T's,
-        whichever :func:`dgan.registration.scoring.choose` picks by L_LG on the overlap.
+        whichever :func:`dgan.registration.scoring.choose` picks by L_LG on the overlap (T only
+        where the matching it builds on does not fold).
 
         :param moving: F on the matching grid, shape = (X, Y, Z), its own units
         :param fixed: R, same shape
@@ -493,39 +526,49 @@ class Registrar:
         moving, fixed = self.scaled(moving), self.scaled(fixed)
         if mask is not None:  # outside the overlap both read 0: a shared edge, no pull
             moving, fixed = moving * mask, fixed * mask
-        if self.model is not None:
-            network = ("T", self.predict_flow(moving[np.newaxis], fixed[np.newaxis],
-                                              scaled=True)[0])
         if self.start == "identity":  # refinement alone from phi = 0 (the paper's ablation)
             return np.zeros(moving.shape + (3,), np.float32), scoring.Choice("identity", {})
+        # T's first layer, when T has one: computed once, on T's padded grid
+        matched, padded = self.match(moving, fixed, mask, padded=True)
+        if self.model is not None:
+            network = ("T", self.predict_flow(
+                moving[np.newaxis], fixed[np.newaxis], scaled=True,
+                initial=padded[np.newaxis] if self.network_config.matching else None)[0])
         if self.start == "network":  # T's field (without a model, the matching's) as it is
-            name, flow = network if self.model is not None else \
-                ("matching", self.match(moving, fixed, mask))
+            name, flow = network if self.model is not None else ("matching", matched)
             return flow, scoring.Choice(name=name, scores={})
-        candidates = [("identity", None), ("matching", self.match(moving, fixed, mask))]
+        candidates = [("identity", None), ("matching", matched)]
         if self.model is not None:
             candidates.append(network)
-        choice, flow = scoring.choose(moving, fixed, candidates, scoring.score_weight(mask))
+        choice, flow = scoring.choose(moving, fixed, candidates, scoring.score_weight(mask),
+                                      builds_on={"T": "matching"})
         self._say(choice.describe())
         return (np.zeros(moving.shape + (3,), np.float32) if flow is None else flow), choice
 
-    def match(self, moving, fixed, mask=None):
-        """The block matching's field (:func:`dgan.core.matching.match`, T's default passes) for
-        scaled arrays on one grid, padded to the passes' multiple and cropped back; with
-        ``mask`` (bool), only directions inside it are compared.
+    def match(self, moving, fixed, mask=None, padded=False):
+        """The block matching's field (:func:`dgan.core.matching.match`, :attr:`matching_passes`)
+        for scaled arrays on one grid, padded (to T's input shape, :meth:`padded_shape`, when T
+        has block matching; else to the passes' multiple) and cropped back; with ``mask``
+        (bool), only directions inside it are compared.
 
-        :return: shape = (X, Y, Z, 3), voxels, float32
+        :param padded: also return the field on the padded grid (T's ``initial`` input)
+        :return: shape = (X, Y, Z, 3), voxels, float32; with ``padded``, (that, the padded field)
         """
-        multiple = max(factor for factor, _ in dmatching.DEFAULT_PASSES)
-        target = padded_shape(moving.shape, multiple)
+        passes = self.matching_passes
+        if self.model is not None and self.network_config.matching:
+            target = self.padded_shape(moving.shape)
+        else:
+            target = padded_shape(moving.shape, max(factor for factor, _ in passes))
         moving_p, crop = dio.crop_or_pad(moving, target)
         fixed_p, _ = dio.crop_or_pad(fixed, target)
         valid = None
         if mask is not None:
-            valid = dmatching.pass_validity(dio.crop_or_pad(mask, target, fill=False)[0])
+            valid = dmatching.pass_validity(dio.crop_or_pad(mask, target, fill=False)[0], passes)
         flow = _match_function(tf.constant(moving_p[None, ..., None]),
-                               tf.constant(fixed_p[None, ..., None]), valid=valid)[0]
-        return np.asarray(crop.undo(np.asarray(flow)), np.float32)
+                               tf.constant(fixed_p[None, ..., None]), passes, valid=valid)[0]
+        flow = np.asarray(flow, np.float32)
+        cropped = np.asarray(crop.undo(flow), np.float32)
+        return (cropped, flow) if padded else cropped
 
     def keep_if_better(self, moving, fixed, start, refined, grid, mask=None):
         """Refinement's field, or the field it started from when it does not raise L_LG on the

@@ -9,6 +9,12 @@ the modality-independent local-gradient similarity L_LG(R, F(phi)) of the paper,
 the voxels where both scans have data (:mod:`dgan.core.coverage`); a field is followed only when it
 beats the identity by :data:`MARGIN` and does not fold (:data:`MAX_FOLDING`): a field has to earn
 its displacement.
+
+T's field also answers for its input: T refines the block matching's field with a learned residual,
+so where that matching folds (a pair unlike T's training data: a whole head, a slab, a spinal cord;
+on the brain pairs T is trained on it does not fold), T's field is built on a search that failed and
+is not followed either, however well it scores: a network can score well on the similarity it was
+trained to raise while moving anatomy that a plain search could not place.
 """
 
 import dataclasses
@@ -37,18 +43,25 @@ class Choice:
     :param name: the chosen candidate's name
     :param scores: every candidate's score, {name: L_LG on the overlap}, in the order tried
     :param folding: every candidate's fraction of voxels with det(I + grad phi) <= 0
+    :param builds_on: {name: the candidate it builds on}, for candidates not followed because
+        the one they build on folds
     """
 
     name: str
     scores: dict
     folding: dict = dataclasses.field(default_factory=dict)
+    builds_on: dict = dataclasses.field(default_factory=dict)
 
     def describe(self):
         """One line for the user: the choice and every score."""
-        listed = ", ".join(f"{name} {score:.4f}" + (
-            f" (folds {100 * self.folding[name]:.1f}%)"
-            if self.folding.get(name, 0) > MAX_FOLDING else "")
-            for name, score in self.scores.items())
+        def remark(name):
+            if self.folding.get(name, 0) > MAX_FOLDING:
+                return f" (folds {100 * self.folding[name]:.1f}%)"
+            if name in self.builds_on:
+                return f" (builds on the {self.builds_on[name]}, which folds)"
+            return ""
+        listed = ", ".join(f"{name} {score:.4f}{remark(name)}"
+                           for name, score in self.scores.items())
         return (f"start: {self.name} (L_LG on the overlap: {listed}; a field must gain "
                 f"{MARGIN:g} over the identity and fold at most {100 * MAX_FOLDING:g}% of voxels)")
 
@@ -82,24 +95,29 @@ def lg_score(moving, fixed, flow, weight=None):
                                                  weight=weight_t)[0])
 
 
-def choose(moving, fixed, candidates, weight=None):
+def choose(moving, fixed, candidates, weight=None, builds_on=None):
     """The candidate field to start from. ``candidates`` list the identity first, then fields
     from the simplest to the most elaborate (the matching's, T's). A field is eligible when it
-    scores at least :data:`MARGIN` above the identity; of the eligible ones the last listed is
+    scores at least :data:`MARGIN` above the identity, does not fold, and the candidate it
+    builds on (``builds_on``) does not fold either; of the eligible ones the last listed is
     chosen unless an earlier one scores :data:`MARGIN` above it; with none eligible, the
     identity.
 
     :param candidates: [(name, flow (X, Y, Z, 3) or None for the identity), ...]
+    :param builds_on: {name: name of an earlier candidate it refines}, e.g. {"T": "matching"}
     :return: (:class:`Choice`, the chosen flow or None)
     """
     scores = {name: lg_score(moving, fixed, flow, weight) for name, flow in candidates}
     folding = {name: 0.0 if flow is None else metrics.folding_fraction(flow)
                for name, flow in candidates}
+    unfounded = {name: base for name, base in (builds_on or {}).items()
+                 if name in folding and folding[base] > MAX_FOLDING}
     (first, _), *others = candidates
     eligible = [(name, flow) for name, flow in others
-                if scores[name] >= scores[first] + MARGIN and folding[name] <= MAX_FOLDING]
+                if scores[name] >= scores[first] + MARGIN and folding[name] <= MAX_FOLDING
+                and name not in unfounded]
     best = (first, None)
     for name, flow in eligible:
         if best[0] == first or scores[name] > scores[best[0]] - MARGIN:
             best = (name, flow)
-    return Choice(name=best[0], scores=scores, folding=folding), best[1]
+    return Choice(name=best[0], scores=scores, folding=folding, builds_on=unfounded), best[1]
