@@ -275,23 +275,28 @@ def _sample(volume, coords):
 
 
 def _euler(angles):
-    """:func:`euler_matrix` in TensorFlow, differentiable, (3,) -> (3, 3)."""
-    a, b, c = tf.unstack(angles)
+    """:func:`euler_matrix` in TensorFlow, differentiable, for S sets of angles: (S, 3) ->
+    (S, 3, 3)."""
+    a, b, c = tf.unstack(angles, axis=-1)
     one, zero = tf.ones_like(a), tf.zeros_like(a)
-    rx = tf.stack([one, zero, zero, zero, tf.cos(a), -tf.sin(a), zero, tf.sin(a), tf.cos(a)])
-    ry = tf.stack([tf.cos(b), zero, tf.sin(b), zero, one, zero, -tf.sin(b), zero, tf.cos(b)])
-    rz = tf.stack([tf.cos(c), -tf.sin(c), zero, tf.sin(c), tf.cos(c), zero, zero, zero, one])
-    return tf.reshape(rz, (3, 3)) @ tf.reshape(ry, (3, 3)) @ tf.reshape(rx, (3, 3))
+
+    def matrix(*entries):
+        return tf.reshape(tf.stack(entries, axis=-1), (-1, 3, 3))
+
+    rx = matrix(one, zero, zero, zero, tf.cos(a), -tf.sin(a), zero, tf.sin(a), tf.cos(a))
+    ry = matrix(tf.cos(b), zero, tf.sin(b), zero, one, zero, -tf.sin(b), zero, tf.cos(b))
+    rz = matrix(tf.cos(c), -tf.sin(c), zero, tf.sin(c), tf.cos(c), zero, zero, zero, one)
+    return rz @ ry @ rx
 
 
 def _linear(params, base, rigid):
-    """(M, t) from the 12 parameters: t = params[:3]; rigid: M = base R(params[3:6] / r),
-    affine: M = base (I + K / r), K = params[3:12] as 3 x 3. ``rigid`` is a boolean tensor, so
-    that both stages share one traced function (the rigid stage leaves params[6:] at 0: their
-    gradient is 0)."""
-    rotation = _euler(params[3:6] / RADIUS_MM)
-    general = tf.eye(3) + tf.reshape(params[3:12], (3, 3)) / RADIUS_MM
-    return base @ tf.where(rigid, rotation, general), params[:3]
+    """(M, t) from S sets of the 12 parameters, (S, 12) -> ((S, 3, 3), (S, 3)): t = params[:3];
+    rigid: M = base R(params[3:6] / r), affine: M = base (I + K / r), K = params[3:12] as 3 x 3.
+    ``base``: (S, 3, 3). ``rigid`` is a boolean tensor, so that both stages share one traced
+    function (the rigid stage leaves params[6:] at 0: their gradient is 0)."""
+    rotation = _euler(params[:, 3:6] / RADIUS_MM)
+    general = tf.eye(3) + tf.reshape(params[:, 3:12], (-1, 3, 3)) / RADIUS_MM
+    return base @ tf.where(rigid, rotation, general), params[:, :3]
 
 
 def _bin_position(values, bins):
@@ -311,43 +316,52 @@ def _cubic_bspline(u):
 def _mutual_information(fixed_bins, moving_values, bins, inside):
     """Mattes's MI: fixed intensities binned (zero order), moving intensities spread over four
     bins by a cubic B-spline (differentiable), joint histogram by one segment sum over the
-    samples that land inside the moving scan (outside it there is no data, not intensity 0).
+    samples that land inside the moving scan (outside it there is no data, not intensity 0);
+    for S transforms' samples at once, each its own histogram.
 
     :param fixed_bins: shape = (N,), int32, the fixed samples' bins
-    :param moving_values: shape = (N,), in [0, 1]
-    :param inside: shape = (N,), 1.0 for a sample inside the moving scan, else 0.0
-    :return: MI, a scalar
+    :param moving_values: shape = (S, N), in [0, 1]
+    :param inside: shape = (S, N), 1.0 for a sample inside the moving scan, else 0.0
+    :return: MI, shape = (S,)
     """
-    position = _bin_position(moving_values, bins)  # (N,)
+    position = _bin_position(moving_values, bins)  # (S, N)
     first = tf.stop_gradient(tf.floor(position)) - 1.0
     offsets = tf.constant([0.0, 1.0, 2.0, 3.0])
-    neighbours = first[:, None] + offsets[None, :]  # (N, 4) bins
-    weights = _cubic_bspline(position[:, None] - neighbours) * inside[:, None]  # (N, 4)
-    index = fixed_bins[:, None] * bins + tf.cast(neighbours, tf.int32)  # (N, 4)
+    neighbours = first[..., None] + offsets  # (S, N, 4) bins
+    weights = _cubic_bspline(position[..., None] - neighbours) * inside[..., None]  # (S, N, 4)
+    count = tf.shape(moving_values)[0]
+    histogram = tf.range(count)[:, None, None] * (bins * bins)  # each transform's own bins
+    index = histogram + fixed_bins[None, :, None] * bins + tf.cast(neighbours, tf.int32)
     joint = tf.math.unsorted_segment_sum(tf.reshape(weights, [-1]), tf.reshape(index, [-1]),
-                                         bins * bins)
-    joint = tf.reshape(joint, (bins, bins)) / tf.maximum(tf.reduce_sum(joint), 1e-6)
-    p_fixed = tf.reduce_sum(joint, axis=1, keepdims=True)
-    p_moving = tf.reduce_sum(joint, axis=0, keepdims=True)
+                                         count * bins * bins)
+    joint = tf.reshape(joint, (-1, bins, bins))
+    joint = joint / tf.maximum(tf.reduce_sum(joint, axis=(1, 2), keepdims=True), 1e-6)
+    p_fixed = tf.reduce_sum(joint, axis=2, keepdims=True)
+    p_moving = tf.reduce_sum(joint, axis=1, keepdims=True)
     tiny = 1e-10
     return tf.reduce_sum(joint * (tf.math.log(joint + tiny) - tf.math.log(p_fixed + tiny)
-                                  - tf.math.log(p_moving + tiny)))
+                                  - tf.math.log(p_moving + tiny)), axis=(1, 2))
 
 
 def _objective(level, params, base, rigid, bins):
-    """-MI of the moving scan sampled at the transformed fixed points."""
+    """-MI of the moving scan sampled at the fixed points, transformed by each of S transforms
+    (params (S, 12), base (S, 3, 3)): shape = (S,)."""
     m, t = _linear(params, base, rigid)
-    world = level["centre_moving"] + t + tf.matmul(level["points"], m, transpose_b=True)
+    world = level["centre_moving"] + t[:, None, :] + tf.einsum("nk,sjk->snj", level["points"], m)
     inverse = level["moving_inverse"]  # world -> padded moving voxels, (4, 4)
-    coords = tf.matmul(world, inverse[:3, :3], transpose_b=True) + inverse[:3, 3]
-    values = _sample(level["moving"], coords)  # (N,)
+    coords = tf.reshape(tf.matmul(world, inverse[:3, :3], transpose_b=True) + inverse[:3, 3],
+                        (-1, 3))
+    count = tf.shape(params)[0]
+    values = tf.reshape(_sample(level["moving"], coords), (count, -1))  # (S, N)
     # where the moving scan has data (its grid, inside its mask): 1, else 0; no gradient
     inside = tf.cast(tf.stop_gradient(_sample(level["moving_valid"], coords)) > 0.5, tf.float32)
-    return -_mutual_information(level["fixed_bins"], values, bins, inside)
+    return -_mutual_information(level["fixed_bins"], values, bins, tf.reshape(inside, (count, -1)))
 
 
 def _adam(level, params, base, rigid, steps, learning_rate, bins):
-    """``steps`` Adam steps on the parameters; returns (params, objective at the result)."""
+    """``steps`` Adam steps on S sets of parameters at once (S, 12); returns (params, objective
+    at the result (S,)). Each transform's objective depends on its own parameters alone and
+    Adam's update is per parameter, so S runs together are S runs apart, in one loop."""
     m = tf.zeros_like(params)
     v = tf.zeros_like(params)
     b1, b2 = ADAM_BETAS
@@ -355,7 +369,7 @@ def _adam(level, params, base, rigid, steps, learning_rate, bins):
     for step in tf.range(steps):
         with tf.GradientTape() as tape:
             tape.watch(params)
-            loss = _objective(level, params, base, rigid, bins)
+            loss = tf.reduce_sum(_objective(level, params, base, rigid, bins))
         g = tape.gradient(loss, params)
         t = tf.cast(step, tf.float32) + 1.0
         m = b1 * m + (1 - b1) * g
@@ -373,7 +387,7 @@ _SIGNATURE = [
      "centre_moving": tf.TensorSpec([3], tf.float32),
      "points": tf.TensorSpec([None, 3], tf.float32),
      "fixed_bins": tf.TensorSpec([None], tf.int32)},
-    tf.TensorSpec([12], tf.float32), tf.TensorSpec([3, 3], tf.float32),
+    tf.TensorSpec([None, 12], tf.float32), tf.TensorSpec([None, 3, 3], tf.float32),
     tf.TensorSpec([], tf.bool), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.float32),
 ]
 
@@ -389,11 +403,17 @@ def _optimiser(bins):
 
 
 def _run(level, params, base, rigid, steps, learning_rate, config):
+    """The optimiser on one transform (params (12,), base (3, 3)) or on S at once ((S, 12),
+    (S, 3, 3)); returns (params, objective) of the same form (objective a float, or (S,))."""
     optimise = _optimiser(config.bins)
-    result, value = optimise(level, tf.constant(params, tf.float32),
-                             tf.constant(base, tf.float32), tf.constant(rigid),
+    single = np.ndim(params) == 1
+    params, base = np.asarray(params, np.float32), np.asarray(base, np.float32)
+    result, value = optimise(level, tf.constant(params[None] if single else params),
+                             tf.constant(base[None] if single else base), tf.constant(rigid),
                              tf.constant(steps, tf.int32), tf.constant(learning_rate, tf.float32))
-    return result.numpy(), float(value)
+    if single:
+        return result.numpy()[0], float(value[0])
+    return result.numpy(), value.numpy()
 
 
 # --- levels ------------------------------------------------------------------------------------
@@ -526,9 +546,9 @@ def estimate_affine(moving, fixed, config=None, progress=None, moving_mask=None,
         if index == 0:
             base, params, start = _best_rigid_start(level, config, rate, header)
         params, objective = _run(level, params, base, False, steps, rate, config)
-        m, t = _linear(tf.constant(params), tf.constant(base), False)
-        base = m.numpy()
-        params = np.concatenate([t.numpy(), np.zeros(9, np.float32)])
+        m, t = _linear(tf.constant(params[None]), tf.constant(base[None]), False)
+        base = m.numpy()[0]
+        params = np.concatenate([t.numpy()[0], np.zeros(9, np.float32)])
     header_objective = _run(level, header, np.eye(3, dtype=np.float32), False, 0, rate, config)[1]
     matrix = _matrix(base.astype(np.float64), params[:3].astype(np.float64), centre_fixed,
                      centre_moving)
@@ -559,14 +579,12 @@ def _best_rigid_start(level, config, rate, header):
         starts.append((f"centres of mass, {sign * config.restart_deg:+g} deg about axis {axis}",
                        rotation))
     eye = np.eye(3, dtype=np.float32)
-    best = None
-    for name, start in starts:
-        result, value = _run(level, np.asarray(start, np.float32), eye, True, config.rigid_steps,
-                             rate, config)
-        if best is None or value < best[0]:
-            best = (value, result, name)
-    m, t = _linear(tf.constant(best[1]), tf.constant(eye), True)
-    return m.numpy(), np.concatenate([t.numpy(), np.zeros(9, np.float32)]), best[2]
+    # every start optimised in one run (each on its own: _adam)
+    results, values = _run(level, np.stack([start for _, start in starts]).astype(np.float32),
+                           np.stack([eye] * len(starts)), True, config.rigid_steps, rate, config)
+    best = int(np.argmin(values))  # the first of equal values, as one start after another
+    m, t = _linear(tf.constant(results[best:best + 1]), tf.constant(eye[None]), True)
+    return m.numpy()[0], np.concatenate([t.numpy()[0], np.zeros(9, np.float32)]), starts[best][0]
 
 
 def check_overlap(moving, fixed, matrix, points=None):
