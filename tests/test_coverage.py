@@ -211,3 +211,53 @@ def test_an_aligned_slab_stays_where_it_is(pair):
     # the field by millimetres
     assert moved < 0.5
     np.testing.assert_array_equal(result.transform, np.eye(4))
+
+
+def test_refinement_from_the_identity_is_cautious_unless_told():
+    """start="auto" with no start field found: refinement with alpha >= CAUTIOUS_ALPHA and at
+    most CAUTIOUS_STEPS iterations; after a found start, or with start="identity" (refinement
+    alone, asked for), or cautious=False, the settings as given."""
+    from dgan.cli import register as cli
+    from dgan.registration.settings import CAUTIOUS_ALPHA, CAUTIOUS_STEPS, RefineConfig
+
+    config = RefineConfig(steps=25, alpha=1.0)
+    identity, matching = scoring.Choice("identity", {}), scoring.Choice("matching", {})
+    registrar = Registrar(None, refine_config=config)
+    cautious = registrar.refinement_from(identity)
+    assert (cautious.alpha, cautious.steps) == (CAUTIOUS_ALPHA, CAUTIOUS_STEPS)
+    assert cautious.levels == config.levels and cautious.lg_noise == config.lg_noise
+    assert registrar.refinement_from(matching) == registrar.refine_config
+    assert Registrar(None, refine_config=config, start="identity").refinement_from(identity) \
+        == registrar.refine_config
+    assert Registrar(None, refine_config=config, cautious=False).refinement_from(identity) \
+        == registrar.refine_config
+    stiffer = Registrar(None, refine_config=RefineConfig(steps=5, alpha=8.0))
+    assert stiffer.refinement_from(identity) == stiffer.refine_config  # already cautious
+    # dgan-register: cautious by default, as told when any refinement option is given
+    base = ["--moving", "m.nii.gz", "--fixed", "f.nii.gz", "--out-moved", "o.nii.gz",
+            "--out-flow", "w.nii.gz"]
+    for extra, want in (([], True), (["--refine-alpha", "1"], False),
+                        (["--refine-steps", "25"], False), (["--refine-levels", "2", "1"], False)):
+        assert cli._registrar(cli._parser().parse_args(base + extra)).cautious is want, extra
+
+
+def test_an_aligned_pair_is_refined_cautiously(pair, monkeypatch):
+    """End to end: on a pair its headers align (the moving scan in another contrast), no start
+    field is found and refinement runs with the cautious settings, and says so."""
+    from dgan.registration.settings import CAUTIOUS_ALPHA, CAUTIOUS_STEPS
+
+    moving, fixed = pair
+    seen = []
+    original = Registrar.refine_flow
+
+    def spy(self, moving, fixed, flow, translated, mask=None, config=None):
+        seen.append(config)
+        return original(self, moving, fixed, flow, translated, mask, config)
+
+    monkeypatch.setattr(Registrar, "refine_flow", spy)
+    said = []
+    result = Registrar(None, affine="off", progress=said.append).register_volumes(moving, fixed)
+    assert any(line.startswith("start: identity") for line in said)
+    assert (seen[0].alpha, seen[0].steps) == (CAUTIOUS_ALPHA, CAUTIOUS_STEPS)
+    assert any("cautious from the identity" in line for line in said)
+    assert np.abs(result.flow).max() < 0.5  # voxels: left where it is

@@ -16,7 +16,8 @@ import time
 from .. import compat
 from ..core.settings import SMOOTHED_FIELDS
 from ..errors import InputError
-from ..registration.settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS,
+from ..registration.settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_ALPHA,
+                                     CAUTIOUS_STEPS, DEFAULT_REFINE_STEPS,
                                      START_CHOICES, RefineConfig)
 
 #: Exit status: every pair registered; some rows of a batch failed (see its results.csv); the
@@ -125,8 +126,11 @@ def _parser():
     add("--start", choices=START_CHOICES, default="auto",
         help="the field refinement starts from: auto (default), the best of the identity, the "
              "block matching's and T's by the local gradient on the overlap, each kept only when "
-             "it gains; network: T's field (without --model, the matching's) as it is; "
-             "identity: the zero field (refinement alone)")
+             "it gains (T only where the matching it builds on holds), and from the identity a "
+             f"cautious refinement (alpha at least {CAUTIOUS_ALPHA:g}, at most {CAUTIOUS_STEPS} "
+             "iterations per level, unless a --refine option is given); network: T's field "
+             "(without --model, the matching's) as it is; identity: the zero field "
+             "(refinement alone)")
     add("--out-affine", metavar="PATH",
         help="write the affine transform as an ITK text file (.txt or .tfm; fixed -> moving, "
              "LPS, for antsApplyTransforms and ITK-SNAP); the identity when none was applied")
@@ -180,9 +184,11 @@ def _registrar(args):
         if value is not None:
             changes[name] = value
     config = dataclasses.replace(model_refinement(model), **changes)
+    # refinement options given: refinement runs as told, also from the identity
+    cautious = not changes and args.refine_steps is None
     return Registrar(model, refine_steps=args.refine_steps, refine_config=config,
                      progress=print, affine=args.affine,
-                     network_spacing=args.network_spacing, start=args.start)
+                     network_spacing=args.network_spacing, start=args.start, cautious=cautious)
 
 
 def _register_pair(args):

@@ -62,8 +62,8 @@ from . import scoring
 from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
 from .refine import MIN_LEVEL_VOXELS, refine, usable_levels
-from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS, START_CHOICES,
-                       RefineConfig)
+from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_ALPHA, CAUTIOUS_STEPS,
+                       DEFAULT_REFINE_STEPS, START_CHOICES, RefineConfig)
 
 logger = logging.getLogger(__name__)
 
@@ -176,11 +176,16 @@ class Registrar:
         of the identity, the block matching's and T's by L_LG on the overlap; ``"network"``,
         T's (without a model, the matching's) as it is, and refinement kept whatever it gains;
         ``"identity"``: refinement from the zero field, kept whatever it gains
+    :param cautious: with ``start="auto"``, refinement from the identity (no start field found)
+        runs with a smoothness weight of at least
+        :data:`dgan.registration.settings.CAUTIOUS_ALPHA` and at most ``CAUTIOUS_STEPS``
+        iterations per level (:meth:`refinement_from`); False: ``refine_config`` as it is
     :raises InputError: not a dgan model folder; bad refinement settings; a bad network spacing
     """
 
     def __init__(self, model, refine_steps=None, refine_config=None, progress=None,
-                 affine="off", affine_config=None, network_spacing=None, start="auto"):
+                 affine="off", affine_config=None, network_spacing=None, start="auto",
+                 cautious=True):
         self.model = None if model is None else _model_folders().as_model_folder(model)
         self._preprocessing = None if self.model is None else self.model.preprocessing
         from_folder = network_spacing is None and self.model is not None
@@ -211,6 +216,7 @@ class Registrar:
         if start not in START_CHOICES:
             raise InputError(f"start must be one of {', '.join(START_CHOICES)}, got {start!r}")
         self.start = start
+        self.cautious = bool(cautious)
         self.progress = progress
         self._nets = {}  # (kind, spatial shape) -> T or G built for it
         self._said_no_generator = False
@@ -323,7 +329,7 @@ class Registrar:
         out = np.concatenate([generator.predict_on_batch(m[np.newaxis]) for m in moving_in])
         return np.asarray(out[(slice(None), *window, 0)], dtype=np.float32)
 
-    def refine_flow(self, moving, fixed, flow, translated, mask=None):
+    def refine_flow(self, moving, fixed, flow, translated, mask=None, config=None):
         """Refine ``flow`` on one pair of arrays on one grid
         (:func:`dgan.registration.refine.refine`).
 
@@ -332,17 +338,19 @@ class Registrar:
         :param flow: T's field, shape = (X, Y, Z, 3), voxels
         :param translated: G(F) on this grid (already scaled), or None
         :param mask: where both scans have data, bool (X, Y, Z), or None: everywhere
+        :param config: the refinement's settings, or None: :attr:`refine_config`
         :return: the refined flow, shape = (X, Y, Z, 3), float32; levels too coarse for these
             arrays (:func:`dgan.registration.refine.usable_levels`) are left out, and said so
         """
-        if self.refine_config.steps == 0:
+        config = self.refine_config if config is None else config
+        if config.steps == 0:
             return flow
-        levels = usable_levels(moving.shape, self.refine_config.levels)
-        for factor in self.refine_config.levels:
+        levels = usable_levels(moving.shape, config.levels)
+        for factor in config.levels:
             if factor not in levels:
                 self._say(f"refinement level 1/{factor}: left out (its grid would be narrower "
                           f"than {MIN_LEVEL_VOXELS} voxels)")
-        config = dataclasses.replace(self.refine_config, levels=tuple(levels))
+        config = dataclasses.replace(config, levels=tuple(levels))
         return refine(self.scaled(moving), self.scaled(fixed), flow, translated, config,
                       self.progress, mask=mask).flow
 
@@ -570,6 +578,22 @@ class Registrar:
         cropped = np.asarray(crop.undo(flow), np.float32)
         return (cropped, flow) if padded else cropped
 
+    def refinement_from(self, choice):
+        """The refinement settings after the start field ``choice``
+        (:class:`dgan.registration.scoring.Choice`): :attr:`refine_config`, made cautious
+        (:data:`dgan.registration.settings.CAUTIOUS_ALPHA`, ``CAUTIOUS_STEPS``) when
+        ``start="auto"`` settled on the identity and the registrar is ``cautious``."""
+        config = self.refine_config
+        if not (self.cautious and self.start == "auto" and choice.name == "identity"):
+            return config
+        cautious = dataclasses.replace(config, alpha=max(config.alpha, CAUTIOUS_ALPHA),
+                                       steps=min(config.steps, CAUTIOUS_STEPS))
+        if cautious != config:
+            self._say(f"refinement: cautious from the identity (alpha {cautious.alpha:g}, "
+                      f"{cautious.steps} iterations per level): no start field was found, so the "
+                      "pair is aligned already or lacks the structure a search needs")
+        return cautious
+
     def keep_if_better(self, moving, fixed, start, refined, grid, mask=None):
         """Refinement's field, or the field it started from when it does not raise L_LG on the
         overlap (:func:`dgan.registration.scoring.lg_score`, on the matching grid ``grid``) by
@@ -657,7 +681,8 @@ class Registrar:
                 translated = dio.resample_to_grid(
                     dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
                 ).array
-            refined = self.refine_flow(on_fixed.array, fixed.array, flow, translated, mask)
+            refined = self.refine_flow(on_fixed.array, fixed.array, flow, translated, mask,
+                                       self.refinement_from(choice))
             flow = refined if self.start != "auto" else \
                 self.keep_if_better(moving_n.array, fixed, flow, refined, fixed_n, mask_n)
         seconds = {"affine": aligned - started, "network": network - aligned,

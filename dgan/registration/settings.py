@@ -28,6 +28,18 @@ AFFINE_MODES = ("auto", "on", "off")
 #: stage (T, refinement) takes the misalignment as it is.
 AUTO_THRESHOLD_MM = 2.0
 
+#: Refinement from the identity when ``start="auto"`` found no start field (neither the block
+#: matching nor T earned one, :mod:`dgan.registration.scoring`): the pair is then either aligned
+#: already or lacks the structure a search needs (thick slices, a slab, noise, another body
+#: part), and the similarity's pull is least trustworthy, so refinement only corrects what it
+#: shows clearly: its smoothness weight alpha at least this, its iterations per level at most
+#: :data:`CAUTIOUS_STEPS` (the settings a brain model's refinement has from its training).
+#: ``Registrar(cautious=False)``, and any refinement option of ``dgan-register``, keep the
+#: settings as given (docs/notes/2026-12-07-real-scans.md).
+CAUTIOUS_ALPHA = 4.0
+#: See :data:`CAUTIOUS_ALPHA`.
+CAUTIOUS_STEPS = 10
+
 #: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
 XLA_CHOICES = ("auto", "on", "off")
 XLA_MIN_VOXELS = 2**18
