@@ -68,7 +68,8 @@ def test_train_step_updates_all_three_in_order_and_reports_every_term(tiny_confi
 
 
 def test_train_step_equals_the_three_updates_each_computing_its_own_moved(tiny_config, rng):
-    """train_step computes F(phi) once for D and G; T is frozen then, so nothing changes."""
+    """train_step runs T's forward pass once, for D, G and T's own update; T is frozen while D
+    and G train, so the result is that of three updates each running T itself."""
     data = make_batch(rng)
     one, three = make_model(tiny_config), make_model(tiny_config)
     one.train_step(data)

@@ -212,22 +212,34 @@ class DeformGAN(_TrainableModel):
         self._update(tape, loss, self.g_optimizer, self.generator)
         return terms
 
-    def train_t(self, moving, fixed):
-        """Step 3: update T only."""
-        with tf.GradientTape() as tape:
-            terms, _, _ = self.registration_terms(moving, fixed, training=True)
+    def train_t(self, moving, fixed, tape=None, out=None):
+        """Step 3: update T only. ``tape`` and ``out``: T's forward pass
+        (:meth:`_training_view`) already recorded on ``tape``, or None: run here."""
+        if tape is None:
+            tape = tf.GradientTape()
+            with tape:
+                out = self._training_view(moving, fixed, training=True)
+        with tape:  # G as updated in step 2, frozen
+            moved = out["moved"]
+            translated = self.generator(moved, training=False)
+            terms = self._t_terms(fixed, moved, translated, out[self.loss_config.smooth])
             loss = tf.nn.compute_average_loss(terms["t_loss"])
         self._update(tape, loss, self.t_optimizer, self.registration_net)
         return terms
 
     def train_step(self, data):
         moving, fixed = data["moving"], data["fixed"]
-        # T is frozen during the D and G updates, so F(phi) is the same for both: compute it once
-        moved = self.warp_moving(moving, fixed)
+        # T's forward pass once a step, recorded for its own update in step 3: T is frozen while
+        # D and G train, so the F(phi) they see is the one T's update differentiates; T's block
+        # matching and U-Net run once a step, not twice
+        t_tape = tf.GradientTape()
+        with t_tape:
+            out = self._training_view(moving, fixed, training=True)
+        moved = tf.stop_gradient(out["moved"])
         terms = {}
         terms.update(self.train_d(moved, fixed))
         terms.update(self.train_g(moved, fixed))
-        terms.update(self.train_t(moving, fixed))
+        terms.update(self.train_t(moving, fixed, tape=t_tape, out=out))
         return self._report(terms)
 
     def test_step(self, data):
