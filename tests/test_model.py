@@ -74,7 +74,9 @@ def test_train_step_equals_the_three_updates_each_computing_its_own_moved(tiny_c
     one, three = make_model(tiny_config), make_model(tiny_config)
     one.train_step(data)
     for update in (three.train_d, three.train_g):  # each warps with the (unchanged) T itself
-        update(three.warp_moving(data["moving"], data["fixed"]), data["fixed"])
+        moved = three.registration_net({"moving": data["moving"], "fixed": data["fixed"]},
+                                       training=False)["moved"]
+        update(moved, data["fixed"])
     three.train_t(data["moving"], data["fixed"])
     for name in ("discriminator", "generator", "registration_net"):
         for a, b in zip(getattr(one, name).trainable_variables,

@@ -179,7 +179,11 @@ class DeformGAN(_TrainableModel):
 
     def registration_terms(self, moving, fixed, training):
         """L_T's terms (L_LCC through G) per example, F(phi) and F'(phi) = G(F(phi))."""
-        out = self._training_view(moving, fixed, training)
+        return self._terms_of(self._training_view(moving, fixed, training), fixed)
+
+    def _terms_of(self, out, fixed):
+        """:meth:`registration_terms` from T's outputs ``out`` (:meth:`_training_view`), G
+        frozen."""
         moved = out["moved"]
         translated = self.generator(moved, training=False)
         terms = self._t_terms(fixed, moved, translated, out[self.loss_config.smooth])
@@ -190,10 +194,6 @@ class DeformGAN(_TrainableModel):
     def _update(self, tape, loss, optimizer, net):
         gradients = tape.gradient(loss, net.trainable_variables)
         optimizer.apply_gradients(zip(gradients, net.trainable_variables))
-
-    def warp_moving(self, moving, fixed):
-        """F(phi) from the current T, without training it."""
-        return self.registration_net({"moving": moving, "fixed": fixed}, training=False)["moved"]
 
     def train_d(self, moved, fixed):
         """Step 1: update D only. ``moved``: F(phi) from the current, frozen T."""
@@ -220,9 +220,7 @@ class DeformGAN(_TrainableModel):
             with tape:
                 out = self._training_view(moving, fixed, training=True)
         with tape:  # G as updated in step 2, frozen
-            moved = out["moved"]
-            translated = self.generator(moved, training=False)
-            terms = self._t_terms(fixed, moved, translated, out[self.loss_config.smooth])
+            terms, _, _ = self._terms_of(out, fixed)
             loss = tf.nn.compute_average_loss(terms["t_loss"])
         self._update(tape, loss, self.t_optimizer, self.registration_net)
         return terms
