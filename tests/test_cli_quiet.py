@@ -1,4 +1,4 @@
-"""dgan-train, dgan-evaluate and dgan-train-baselines as dgan-register (tests/test_cli_register.py):
+"""dgan-train, dgan-evaluate, dgan-train-baselines and dgan-bench-speed as dgan-register (tests/test_cli_register.py):
 TensorFlow's start-up lines kept off stderr unless --verbose, --help before TensorFlow starts.
 
 Each case runs in a fresh process (what a user's terminal sees); the commands' runs themselves
@@ -18,6 +18,7 @@ COMMANDS = {
     "dgan-train": "dgan.cli.train",
     "dgan-evaluate": "dgan.bench.evaluate",
     "dgan-train-baselines": "dgan.bench.train_baselines",
+    "dgan-bench-speed": "dgan.bench.bench_speed",
 }
 
 #: ``main(argv)`` in a fresh process: its exit status (SystemExit's code for --help) and whether
@@ -54,7 +55,7 @@ def finish(process):
 
 @pytest.fixture(scope="module")
 def helps():
-    """{command: finish(...)} of ``--help``, the three side by side."""
+    """{command: finish(...)} of ``--help``, side by side."""
     runs = {command: start(command, ["--help"]) for command in COMMANDS}
     return {command: finish(run) for command, run in runs.items()}
 
@@ -80,6 +81,7 @@ REFUSED = {
                        "12", "--refine-steps", "-1"], "--refine-steps must be >= 0"),
     "dgan-train-baselines": (["--brain-npz", "{tmp}/absent.npz"],
                              "the brain benchmark file is missing"),
+    "dgan-bench-speed": (["--refine-only", "--sizes", "8x8"], "a size is 2mm, 1mm or XxYxZ"),
 }
 
 

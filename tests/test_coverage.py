@@ -214,25 +214,30 @@ def test_an_aligned_slab_stays_where_it_is(pair):
 
 
 def test_refinement_from_the_identity_is_cautious_unless_told():
-    """start="auto" with no start field found: refinement with alpha >= CAUTIOUS_ALPHA and at
-    most CAUTIOUS_STEPS iterations; after a found start, or with start="identity" (refinement
-    alone, asked for), or cautious=False, the settings as given."""
+    """start="auto" with no start field found: refinement on the finest level alone, with
+    CAUTIOUS_STEPS iterations of step CAUTIOUS_LEARNING_RATE and alpha CAUTIOUS_ALPHA, the
+    windows and noise scale as configured; after a found start, or with start="identity"
+    (refinement alone, asked for), or cautious=False, the settings as given."""
     from dgan.cli import register as cli
-    from dgan.registration.settings import CAUTIOUS_ALPHA, CAUTIOUS_STEPS, RefineConfig
+    from dgan.registration.settings import (CAUTIOUS_ALPHA, CAUTIOUS_LEARNING_RATE,
+                                            CAUTIOUS_STEPS, RefineConfig)
 
-    config = RefineConfig(steps=25, alpha=1.0)
+    config = RefineConfig(steps=25, alpha=4.0, levels=(4, 2, 1), lg_window=5, lg_noise=2.0)
     identity, matching = scoring.Choice("identity", {}), scoring.Choice("matching", {})
     registrar = Registrar(None, refine_config=config)
     cautious = registrar.refinement_from(identity)
-    assert (cautious.alpha, cautious.steps) == (CAUTIOUS_ALPHA, CAUTIOUS_STEPS)
-    assert cautious.levels == config.levels and cautious.lg_noise == config.lg_noise
+    assert (cautious.alpha, cautious.steps, cautious.learning_rate, cautious.levels) == \
+        (CAUTIOUS_ALPHA, CAUTIOUS_STEPS, CAUTIOUS_LEARNING_RATE, (1,))
+    assert (cautious.lg_window, cautious.lg_noise) == (5, 2.0)
+    assert Registrar(None, refine_config=RefineConfig(levels=(4, 2))).refinement_from(
+        identity).levels == (2,)
     assert registrar.refinement_from(matching) == registrar.refine_config
     assert Registrar(None, refine_config=config, start="identity").refinement_from(identity) \
         == registrar.refine_config
     assert Registrar(None, refine_config=config, cautious=False).refinement_from(identity) \
         == registrar.refine_config
-    stiffer = Registrar(None, refine_config=RefineConfig(steps=5, alpha=8.0))
-    assert stiffer.refinement_from(identity) == stiffer.refine_config  # already cautious
+    already = Registrar(None, refine_config=cautious)
+    assert already.refinement_from(identity) == cautious
     # dgan-register: cautious by default, as told when any refinement option is given
     base = ["--moving", "m.nii.gz", "--fixed", "f.nii.gz", "--out-moved", "o.nii.gz",
             "--out-flow", "w.nii.gz"]
@@ -244,7 +249,7 @@ def test_refinement_from_the_identity_is_cautious_unless_told():
 def test_an_aligned_pair_is_refined_cautiously(pair, monkeypatch):
     """End to end: on a pair its headers align (the moving scan in another contrast), no start
     field is found and refinement runs with the cautious settings, and says so."""
-    from dgan.registration.settings import CAUTIOUS_ALPHA, CAUTIOUS_STEPS
+    from dgan.registration.settings import CAUTIOUS_LEARNING_RATE, CAUTIOUS_STEPS
 
     moving, fixed = pair
     seen = []
@@ -258,6 +263,7 @@ def test_an_aligned_pair_is_refined_cautiously(pair, monkeypatch):
     said = []
     result = Registrar(None, affine="off", progress=said.append).register_volumes(moving, fixed)
     assert any(line.startswith("start: identity") for line in said)
-    assert (seen[0].alpha, seen[0].steps) == (CAUTIOUS_ALPHA, CAUTIOUS_STEPS)
+    assert (seen[0].steps, seen[0].learning_rate) == (CAUTIOUS_STEPS, CAUTIOUS_LEARNING_RATE)
+    assert len(seen[0].levels) == 1
     assert any("cautious from the identity" in line for line in said)
     assert np.abs(result.flow).max() < 0.5  # voxels: left where it is

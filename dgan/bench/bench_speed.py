@@ -46,19 +46,21 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.matching import DEFAULT_PASSES
-from ..core.networks import VXM_FEATURES, NetworkConfig
-from ..core.settings import features_text, parse_features, parse_matching
+from .. import compat
+from ..core.settings import (DEFAULT_PASSES, VXM_FEATURES, features_text, parse_features,
+                             parse_matching)
 from ..data import synth
 from ..data.io import crop_or_pad, write_json
 from ..data.preprocessing import padded_shape
 from ..errors import InputError
 from ..evaluation import methods as evaluation
-from ..registration.refine import refine
 from ..registration.settings import RefineConfig
 from ..training.presets import BASELINE_NETWORK
-from . import brain, command, speed
+from . import brain, command
 from .options import add_brain_file_arguments, cpu_model, show_warnings
+
+# TensorFlow (the networks, refinement, the timed methods) is imported in main(), after
+# compat.quiet(): ``dgan-bench-speed --help`` answers without starting it.
 
 
 def parser():
@@ -98,6 +100,9 @@ def parser():
     p.add_argument("--calls", type=int, default=3,
                    help="with --command: calls of each dgan-register (default %(default)s)")
     p.add_argument("--out", help="folder for bench.json and bench.md")
+    p.add_argument("--verbose", action="store_true",
+                   help="let TensorFlow's start-up and log lines through to stderr (hidden by "
+                        "default)")
     return p
 
 
@@ -124,6 +129,8 @@ def network_config(moving, fixed, args):
     """(NetworkConfig, moving, fixed): T's (and VxmDense's) features from --t-features, G the
     same U-Net, D its default; the arrays zero-padded, centred, to the networks' multiple, as
     dgan.registration.registrar.Registrar pads them."""
+    from ..core.networks import NetworkConfig
+
     features = parse_features(args.t_features) if args.t_features else VXM_FEATURES
     settings = dict(t_features=features, g_features=parse_features(args.g_features),
                     g_residual=True, matching=args.matching, d_pool=args.d_pool,
@@ -139,6 +146,8 @@ def network_config(moving, fixed, args):
 def refine_seconds_per_iteration(moving, fixed, iterations, repeats, int_steps=0, lcc=True,
                                  xla="on"):
     """Seconds per refinement iteration on one full-resolution level (best of ``repeats``)."""
+    from ..registration.refine import refine
+
     translated = 1.0 - moving if lcc else None
 
     def seconds(steps):
@@ -207,6 +216,9 @@ def command_main(args):
 def main(argv=None):
     """``dgan-bench-speed``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
+    compat.quiet(args.verbose)  # before the library below starts TensorFlow
+    from . import speed
+
     show_warnings()
     mode = command_main if args.command else refine_main if args.refine_only else None
     if mode is not None:

@@ -16,9 +16,8 @@ import time
 from .. import compat
 from ..core.settings import SMOOTHED_FIELDS
 from ..errors import InputError
-from ..registration.settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_ALPHA,
-                                     CAUTIOUS_STEPS, DEFAULT_REFINE_STEPS,
-                                     START_CHOICES, RefineConfig)
+from ..registration.settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_STEPS,
+                                     DEFAULT_REFINE_STEPS, START_CHOICES, RefineConfig)
 
 #: Exit status: every pair registered; some rows of a batch failed (see its results.csv); the
 #: input was refused (nothing registered).
@@ -127,8 +126,8 @@ def _parser():
         help="the field refinement starts from: auto (default), the best of the identity, the "
              "block matching's and T's by the local gradient on the overlap, each kept only when "
              "it gains (T only where the matching it builds on holds), and from the identity a "
-             f"cautious refinement (alpha at least {CAUTIOUS_ALPHA:g}, at most {CAUTIOUS_STEPS} "
-             "iterations per level, unless a --refine option is given); network: T's field "
+             f"cautious refinement (the finest level alone, {CAUTIOUS_STEPS} small steps: a "
+             "small local correction, unless a --refine option is given); network: T's field "
              "(without --model, the matching's) as it is; identity: the zero field "
              "(refinement alone)")
     add("--out-affine", metavar="PATH",

@@ -21,14 +21,11 @@ from dataclasses import asdict, dataclass
 
 from ..compat import keras, tf, vxm
 from . import matching
-from .settings import without_retired
+from .settings import VXM_FEATURES, without_retired
 
 #: Settings of experiments that were not kept (docs/notes/training-log.md), with the value that
 #: builds today's networks: a saved description may name them at that value, and no other.
 RETIRED = {"g_pointwise": False}
-
-#: VoxelMorph's default U-Net features: ([encoder], [decoder]).
-VXM_FEATURES = ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16))
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ DEFAULT_LCC_EPS = 1e-5
 #: What the smoothness term may act on: the residual (the change made to a starting field, e.g.
 #: the block matching's or T's) or the whole flow phi (the paper's term).
 SMOOTHED_FIELDS = ("residual", "flow")
+#: VoxelMorph's default U-Net features: ([encoder], [decoder]) (:mod:`dgan.core.networks`).
+VXM_FEATURES = ((16, 32, 32, 32), (32, 32, 32, 32, 32, 16, 16))
 
 
 def without_retired(settings, retired):

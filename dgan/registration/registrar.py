@@ -62,8 +62,8 @@ from . import scoring
 from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
 from .refine import MIN_LEVEL_VOXELS, refine, usable_levels
-from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_ALPHA, CAUTIOUS_STEPS,
-                       DEFAULT_REFINE_STEPS, START_CHOICES, RefineConfig)
+from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS, START_CHOICES,
+                       RefineConfig, cautious_refinement)
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +177,9 @@ class Registrar:
         T's (without a model, the matching's) as it is, and refinement kept whatever it gains;
         ``"identity"``: refinement from the zero field, kept whatever it gains
     :param cautious: with ``start="auto"``, refinement from the identity (no start field found)
-        runs with a smoothness weight of at least
-        :data:`dgan.registration.settings.CAUTIOUS_ALPHA` and at most ``CAUTIOUS_STEPS``
-        iterations per level (:meth:`refinement_from`); False: ``refine_config`` as it is
+        runs cautiously: the finest level alone, in small steps
+        (:func:`dgan.registration.settings.cautious_refinement`, :meth:`refinement_from`); False:
+        ``refine_config`` as it is
     :raises InputError: not a dgan model folder; bad refinement settings; a bad network spacing
     """
 
@@ -581,17 +581,18 @@ class Registrar:
     def refinement_from(self, choice):
         """The refinement settings after the start field ``choice``
         (:class:`dgan.registration.scoring.Choice`): :attr:`refine_config`, made cautious
-        (:data:`dgan.registration.settings.CAUTIOUS_ALPHA`, ``CAUTIOUS_STEPS``) when
-        ``start="auto"`` settled on the identity and the registrar is ``cautious``."""
+        (:func:`dgan.registration.settings.cautious_refinement`: the finest level alone, small
+        steps) when ``start="auto"`` settled on the identity and the registrar is ``cautious``."""
         config = self.refine_config
         if not (self.cautious and self.start == "auto" and choice.name == "identity"):
             return config
-        cautious = dataclasses.replace(config, alpha=max(config.alpha, CAUTIOUS_ALPHA),
-                                       steps=min(config.steps, CAUTIOUS_STEPS))
+        cautious = cautious_refinement(config)
         if cautious != config:
-            self._say(f"refinement: cautious from the identity (alpha {cautious.alpha:g}, "
-                      f"{cautious.steps} iterations per level): no start field was found, so the "
-                      "pair is aligned already or lacks the structure a search needs")
+            self._say(f"refinement: cautious from the identity ({cautious.steps} iterations of "
+                      f"step {cautious.learning_rate:g} on the finest level alone, alpha "
+                      f"{cautious.alpha:g}): no start field was found, so the pair is aligned "
+                      "already or lacks the structure a search needs; only a small local "
+                      "correction is trusted")
         return cautious
 
     def keep_if_better(self, moving, fixed, start, refined, grid, mask=None):

@@ -30,15 +30,31 @@ AUTO_THRESHOLD_MM = 2.0
 
 #: Refinement from the identity when ``start="auto"`` found no start field (neither the block
 #: matching nor T earned one, :mod:`dgan.registration.scoring`): the pair is then either aligned
-#: already or lacks the structure a search needs (thick slices, a slab, noise, another body
-#: part), and the similarity's pull is least trustworthy, so refinement only corrects what it
-#: shows clearly: its smoothness weight alpha at least this, its iterations per level at most
-#: :data:`CAUTIOUS_STEPS` (the settings a brain model's refinement has from its training).
+#: already by its headers or lacks the structure a search needs (thick slices, a slab, noise,
+#: another body part), and refinement should correct only what is small and local. Adam's first
+#: steps move every control point by about the learning rate whatever its gradient, so with the
+#: default step and the coarse levels a pair's noise-level gradients carry the field millimetres
+#: away (on real pairs the loss rose over a coarse level's iterations). The cautious refinement
+#: runs the finest level alone (a capture range of a few voxels), with small steps, and more of
+#: them to converge (:func:`cautious_refinement`; how they were chosen:
+#: docs/notes/2026-12-07-cautious-refinement.md).
 #: ``Registrar(cautious=False)``, and any refinement option of ``dgan-register``, keep the
-#: settings as given (docs/notes/2026-12-07-real-scans.md).
-CAUTIOUS_ALPHA = 4.0
-#: See :data:`CAUTIOUS_ALPHA`.
-CAUTIOUS_STEPS = 10
+#: settings as given.
+CAUTIOUS_STEPS = 40
+#: See :data:`CAUTIOUS_STEPS`: Adam's step size, in voxels of the control grid.
+CAUTIOUS_LEARNING_RATE = 0.05
+#: See :data:`CAUTIOUS_STEPS`: the smoothness weight alpha (the no-model default; a model's
+#: refinement weighs its L_LCC term, which refinement from the identity does not have).
+CAUTIOUS_ALPHA = 1.0
+
+
+def cautious_refinement(config):
+    """``config`` made cautious (:data:`CAUTIOUS_STEPS`): its finest level alone,
+    :data:`CAUTIOUS_STEPS` iterations of step :data:`CAUTIOUS_LEARNING_RATE`, alpha
+    :data:`CAUTIOUS_ALPHA`; its windows, noise scale and field kind as they are."""
+    return dataclasses.replace(config, levels=config.levels[-1:], steps=CAUTIOUS_STEPS,
+                               learning_rate=CAUTIOUS_LEARNING_RATE, alpha=CAUTIOUS_ALPHA)
+
 
 #: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
 XLA_CHOICES = ("auto", "on", "off")
