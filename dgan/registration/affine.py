@@ -361,21 +361,26 @@ def _objective(level, params, base, rigid, bins):
 def _adam(level, params, base, rigid, steps, learning_rate, bins):
     """``steps`` Adam steps on S sets of parameters at once (S, 12); returns (params, objective
     at the result (S,)). Each transform's objective depends on its own parameters alone and
-    Adam's update is per parameter, so S runs together are S runs apart, in one loop."""
-    m = tf.zeros_like(params)
-    v = tf.zeros_like(params)
+    Adam's update is per parameter, so S runs together are S runs apart, in one loop. The loop
+    is an explicit ``tf.while_loop``, traced without autograph: autograph's conversion of a
+    Python loop cost more than the trace itself (docs/notes/2026-12-07-cautious-refinement.md)."""
     b1, b2 = ADAM_BETAS
     total = tf.cast(tf.maximum(steps, 1), tf.float32)
-    for step in tf.range(steps):
+
+    def step(index, params, m, v):
         with tf.GradientTape() as tape:
             tape.watch(params)
             loss = tf.reduce_sum(_objective(level, params, base, rigid, bins))
         g = tape.gradient(loss, params)
-        t = tf.cast(step, tf.float32) + 1.0
+        t = tf.cast(index, tf.float32) + 1.0
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         rate = learning_rate * (1.0 - 0.9 * (t - 1.0) / total)  # linear decay to a tenth
         params = params - rate * tf.sqrt(1 - b2**t) / (1 - b1**t) * m / (tf.sqrt(v) + ADAM_EPS)
+        return index + 1, params, m, v
+
+    start = (tf.constant(0), params, tf.zeros_like(params), tf.zeros_like(params))
+    _, params, _, _ = tf.while_loop(lambda index, *_: index < steps, step, start)
     return params, _objective(level, params, base, rigid, bins)
 
 
@@ -399,7 +404,7 @@ def _optimiser(bins):
     def run(level, params, base, rigid, steps, learning_rate):
         return _adam(level, params, base, rigid, steps, learning_rate, bins)
 
-    return tf.function(run, input_signature=_SIGNATURE)
+    return tf.function(run, input_signature=_SIGNATURE, autograph=False)
 
 
 def _run(level, params, base, rigid, steps, learning_rate, config):

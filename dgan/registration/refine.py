@@ -372,7 +372,7 @@ def _compiled_step(config, shape):
 _compiled_steps = {(False, False): _CompiledStep(jit_compile=False, split=False),
                    (True, False): _CompiledStep(jit_compile=True, split=False),
                    (True, True): _CompiledStep(jit_compile=True, split=True)}
-_field_function = tf.function(_field)
+_field_function = tf.function(_field, autograph=False)
 
 
 def _level_shapes(shape, levels, control):
