@@ -1,5 +1,6 @@
-"""dgan-train, dgan-evaluate, dgan-train-baselines and dgan-bench-speed as dgan-register (tests/test_cli_register.py):
-TensorFlow's start-up lines kept off stderr unless --verbose, --help before TensorFlow starts.
+"""dgan-train, dgan-evaluate, dgan-train-baselines and dgan-bench-speed as dgan-register
+(tests/test_cli_register.py): TensorFlow's start-up lines kept off stderr unless --verbose,
+--help before TensorFlow starts.
 
 Each case runs in a fresh process (what a user's terminal sees); the commands' runs themselves
 are tested in-process by tests/test_training.py and tests/test_evaluation.py.

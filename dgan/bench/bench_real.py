@@ -80,8 +80,7 @@ def save_figure(path, rows):
                         if r["case"] == c and r["method"] == name), np.nan) for c in cases]
         ax.bar(np.arange(len(cases)) + index * width, values, width, label=name)
     ax.set_xticks(np.arange(len(cases)) + 0.4 - width / 2)
-    ax.set_xticklabels(["\n".join(textwrap.wrap(c, 18)) for c in cases],
-                       fontsize=7)
+    ax.set_xticklabels(["\n".join(textwrap.wrap(c, 18)) for c in cases], fontsize=7)
     ax.set_ylabel("mm (aligned: moved; deformed: end-point error)")
     ax.legend(fontsize=8)
     ax.set_title("real-scan benchmark: lower is better")
