@@ -2,6 +2,8 @@
 (dgan.registration.scoring), and their use by registration: an aligned pair with different coverage
 stays where it is."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -231,7 +233,9 @@ def test_refinement_from_the_identity_is_cautious_unless_told():
     assert (cautious.lg_window, cautious.lg_noise) == (5, 2.0)
     assert Registrar(None, refine_config=RefineConfig(levels=(4, 2))).refinement_from(
         identity).levels == (2,)
-    assert registrar.refinement_from(matching) == registrar.refine_config
+    # after the matching: the smoothness term on phi (matching_refinement)
+    assert registrar.refinement_from(matching) == \
+        dataclasses.replace(registrar.refine_config, smooth="flow")
     assert Registrar(None, refine_config=config, start="identity").refinement_from(identity) \
         == registrar.refine_config
     assert Registrar(None, refine_config=config, cautious=False).refinement_from(identity) \
@@ -267,3 +271,13 @@ def test_an_aligned_pair_is_refined_cautiously(pair, monkeypatch):
     assert len(seen[0].levels) == 1
     assert any("cautious from the identity" in line for line in said)
     assert np.abs(result.flow).max() < 0.5  # voxels: left where it is
+
+
+def test_refinement_must_gain_from_the_identity_and_not_lose_after_a_found_field():
+    """The L_LG check after refinement: from the identity it must gain MARGIN (an aligned pair's
+    refinement fits noise); after the matching's or T's field it must only not lose."""
+    from dgan.registration.registrar import refinement_margin
+
+    assert refinement_margin(scoring.Choice("identity", {})) == scoring.MARGIN > 0
+    assert refinement_margin(scoring.Choice("matching", {})) == 0.0
+    assert refinement_margin(scoring.Choice("T", {})) == 0.0

@@ -249,8 +249,9 @@ def test_evaluate_refines_only_the_methods_named(untrained_dgan):
     assert [m.name for m in methods] == ["Deform-GAN", "Deform-GAN + refinement 2",
                                          "Deform-GAN + refinement 5", "refinement alone 5",
                                          "no model: matching + refinement 5"]
-    # T as trained; refinement alone from the identity; dgan-register's training-free default
-    assert [m.registrar.start for m in methods] == ["network"] * 3 + ["identity", "network"]
+    # T as trained; refinement alone from the identity; dgan-register's training-free default,
+    # its own choices
+    assert [m.registrar.start for m in methods] == ["network"] * 3 + ["identity", "auto"]
     args.refine_steps = [3, -1]
     with pytest.raises(evaluate_cli.InputError, match="must be >= 0, got -1"):
         evaluate_cli.refinement_methods(args)

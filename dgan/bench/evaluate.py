@@ -76,11 +76,12 @@ def parser():
                          help="the model methods that --refine-steps refines (default all: "
                               f"{' '.join(METHOD_NAMES)})")
     methods.add_argument("--refine-alone", action="store_true",
-                         help="add 'refinement alone' (no model, from the identity) and "
-                              "'no model: matching + refinement' (dgan-register without "
-                              "--model: the block matching, then refinement), local "
-                              "gradient + smoothness (the largest --refine-steps, or the "
-                              f"default {DEFAULT_REFINE_STEPS}, iterations per level)")
+                         help="add 'refinement alone' (no model, from the identity: local "
+                              "gradient + smoothness) and 'no model: matching + refinement' "
+                              "(dgan-register without --model, its own choices: the block "
+                              "matching where it earns it, then refinement with the joint "
+                              "histogram's rendering); the largest --refine-steps, or the "
+                              f"default {DEFAULT_REFINE_STEPS}, iterations per level")
     methods.add_argument("--refine-set", nargs="+", metavar="KEY=VALUE",
                          help="change refinement settings (dgan.RefineConfig), e.g. alpha=1 "
                               "control=4 levels=2,1")
@@ -150,7 +151,7 @@ def refinement_methods(args):
         methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps,
                                               config(None), start="identity"))
         methods.append(evaluation.ModelMethod(f"no model: matching + refinement {steps}", None,
-                                              steps, config(None)))
+                                              steps, config(None), start="auto"))
     return methods
 
 

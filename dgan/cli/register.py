@@ -54,8 +54,9 @@ def _parser():
         prog="dgan-register",
         description="Register a moving scan to a fixed scan with a trained Deform-GAN model, "
         "then refine the field on the pair (Deform-GAN's objective, G frozen); without --model, "
-        "refinement alone (local gradient + smoothness, no training). An affine stage (mutual "
-        "information) runs first when the scans are misaligned (--affine). "
+        "a parameter-free block matching, then refinement (local gradient, smoothness and local "
+        "correlation with the moving scan rendered by the joint histogram; no training). An "
+        "affine stage (mutual information) runs first when the scans are misaligned (--affine). "
         "Outputs are NIfTI on the fixed scan's grid, with its affine and header. "
         "The flow is 4D (X, Y, Z, 3): displacements in voxels of the fixed grid, 'ij' "
         "indexing, moved(p) = moving(p + flow(p)). With --batch, every pair of a CSV file in "
@@ -63,7 +64,7 @@ def _parser():
     )
     add = parser.add_argument
     add("--model", metavar="FOLDER", help="dgan model folder (from training); without it, "
-        "refinement alone from the identity")
+        "the block matching and refinement, no training")
     add("--moving", metavar="PATH", help="moving scan (.nii, .nii.gz, .mgz, .npz); required "
         "without --batch")
     add("--fixed", metavar="PATH", help="fixed scan; outputs are on its grid; required "
@@ -102,9 +103,11 @@ def _parser():
              "field (keeps T's detail), or flow, the whole field (the paper's term); default: "
              f"the model's, else {RefineConfig.smooth}")
     add("--refine-lcc", type=float, metavar="W",
-        help="weight of refinement's L_LCC term through the model's G, w_lcc (default: the "
-             "model's: 1 for brain models from dgan-train-baselines, whose G translates; 0 for "
-             "the demo's and dgan-train's, whose G draws the fixed image)")
+        help="weight of refinement's L_LCC term, w_lcc: against the moving scan rendered in the "
+             "fixed contrast by the model's G after T, by the two scans' joint histogram after "
+             "the block matching (default: the model's: 1 for brain models from "
+             "dgan-train-baselines, whose G translates; 0 for the demo's and dgan-train's, whose "
+             f"G draws the fixed image; without a model {RefineConfig.w_lcc:g}; 0: no L_LCC)")
     add("--refine-lcc-stride", type=int, metavar="S",
         help="refinement's L_LCC as the mean over the windows around every S-th voxel along "
              f"each axis (default {RefineConfig.lcc_stride}, about a third of the window sums; "

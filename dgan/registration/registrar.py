@@ -4,9 +4,10 @@ T predicts the field in one pass: ``{"moving" F, "fixed" R}`` -> ``{"moved" F(ph
 loaded from a dgan model folder (:mod:`dgan.registration.model_folder`). Then, unless
 ``refine_steps`` is 0, the field is polished on the pair by instance refinement
 (:mod:`dgan.registration.refine`) with Deform-GAN's own objective, G (from the model folder) frozen.
-Without a model folder, refinement alone registers from the identity with the local-gradient term
-and smoothness: cross-modal, training-free. Refinement runs on the fixed scan's own grid (arrays:
-their grid), intensities scaled as in training.
+Without a model folder the start field is the parameter-free block matching's
+(:mod:`dgan.core.matching`, T's first layer), and refinement stands in for G with the two scans'
+joint histogram (:mod:`dgan.registration.translation`): cross-modal, training-free. Refinement
+runs on the fixed scan's own grid (arrays: their grid), intensities scaled as in training.
 
 - :meth:`Registrar.register_arrays`: arrays of any size on one voxel grid (one pair or a batch).
   Intensities are scaled as in training (:func:`dgan.data.io.normalize_intensity`), the volumes are
@@ -58,12 +59,12 @@ from ..data import synth
 from ..data.preprocessing import padded_shape, scale_intensity
 from ..errors import InputError
 from . import affine as daffine
-from . import scoring
+from . import scoring, translation
 from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
 from .refine import MIN_LEVEL_VOXELS, refine, usable_levels
 from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS, START_CHOICES,
-                       RefineConfig, cautious_refinement)
+                       RefineConfig, cautious_refinement, matching_refinement)
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +177,14 @@ class Registrar:
         of the identity, the block matching's and T's by L_LG on the overlap; ``"network"``,
         T's (without a model, the matching's) as it is, and refinement kept whatever it gains;
         ``"identity"``: refinement from the zero field, kept whatever it gains
-    :param cautious: with ``start="auto"``, refinement from the identity (no start field found)
-        runs cautiously: the finest level alone, in small steps
-        (:func:`dgan.registration.settings.cautious_refinement`, :meth:`refinement_from`); False:
-        ``refine_config`` as it is
+    :param cautious: refinement's settings follow the start field (:meth:`refinement_from`):
+        after the block matching's field the smoothness term acts on phi
+        (:func:`dgan.registration.settings.matching_refinement`); with ``start="auto"``,
+        refinement from the identity (no start field found) runs cautiously, the finest level
+        alone in small steps (:func:`dgan.registration.settings.cautious_refinement`); False:
+        ``refine_config`` as it is. Either way, after the matching (no G to follow) refinement's
+        L_LCC term compares with the moving scan rendered by the joint histogram
+        (:meth:`translate_by_histogram`) unless ``w_lcc`` is 0
     :raises InputError: not a dgan model folder; bad refinement settings; a bad network spacing
     """
 
@@ -328,6 +333,29 @@ class Registrar:
         generator = self.network_for(moving_in.shape[1:4], kind="G")
         out = np.concatenate([generator.predict_on_batch(m[np.newaxis]) for m in moving_in])
         return np.asarray(out[(slice(None), *window, 0)], dtype=np.float32)
+
+    def translate_by_histogram(self, moving, fixed, mask=None, config=None):
+        """h(F) = E[R | F], the moving scan rendered in the fixed contrast by the two scans' joint
+        histogram on the overlap (:func:`dgan.registration.translation.conditional_mean`):
+        refinement's L_LCC term where no G renders it, after the block matching (after T, T's G
+        renders it).
+
+        :param moving: shape = (X, Y, Z), on the fixed grid, in its own units (scaled here)
+        :param fixed: shape = (X, Y, Z)
+        :param mask: where both scans have data, bool (X, Y, Z), or None
+        :param config: the refinement's settings (None: :attr:`refine_config`): none when its
+            ``w_lcc`` is 0
+        :return: h(F) in the fixed scan's scaled units, (X, Y, Z) float32, or None
+        """
+        config = self.refine_config if config is None else config
+        if config.w_lcc == 0:
+            return None
+        rendered = translation.conditional_mean(self.scaled(moving), self.scaled(fixed),
+                                                mask=mask)
+        if rendered is not None:
+            self._say("refinement: L_LCC against the moving scan rendered in the fixed contrast "
+                      "by their joint histogram (E[fixed | moving] on the overlap)")
+        return rendered
 
     def refine_flow(self, moving, fixed, flow, translated, mask=None, config=None):
         """Refine ``flow`` on one pair of arrays on one grid
@@ -580,10 +608,14 @@ class Registrar:
 
     def refinement_from(self, choice):
         """The refinement settings after the start field ``choice``
-        (:class:`dgan.registration.scoring.Choice`): :attr:`refine_config`, made cautious
+        (:class:`dgan.registration.scoring.Choice`), when the registrar is ``cautious``
+        (adapting them to the start): after the block matching's field,
+        :func:`dgan.registration.settings.matching_refinement` (smoothness on phi); made cautious
         (:func:`dgan.registration.settings.cautious_refinement`: the finest level alone, small
-        steps) when ``start="auto"`` settled on the identity and the registrar is ``cautious``."""
+        steps) when ``start="auto"`` settled on the identity; else :attr:`refine_config`."""
         config = self.refine_config
+        if self.cautious and choice.name == "matching":
+            return matching_refinement(config)
         if not (self.cautious and self.start == "auto" and choice.name == "identity"):
             return config
         cautious = cautious_refinement(config)
@@ -595,11 +627,11 @@ class Registrar:
                       "correction is trusted")
         return cautious
 
-    def keep_if_better(self, moving, fixed, start, refined, grid, mask=None):
+    def keep_if_better(self, moving, fixed, start, refined, grid, mask=None, margin=None):
         """Refinement's field, or the field it started from when it does not raise L_LG on the
         overlap (:func:`dgan.registration.scoring.lg_score`, on the matching grid ``grid``) by
-        :data:`dgan.registration.scoring.MARGIN`: on a pair that is already aligned, refinement fits
-        the two contrasts' differences and moves voxels for no gain.
+        ``margin``: on a pair that is already aligned, refinement fits the two contrasts'
+        differences and moves voxels for no gain.
 
         :param moving: the moving scan on the matching grid, (X', Y', Z'), its own units
         :param fixed: the fixed :class:`dgan.data.io.Volume` (its grid: the fields')
@@ -607,15 +639,18 @@ class Registrar:
         :param refined: refinement's field on the fixed grid
         :param grid: the matching grid's :class:`dgan.data.io.Volume` of the fixed scan
         :param mask: the overlap on that grid, bool, or None
+        :param margin: the gain refinement must make; None: :data:`dgan.registration.scoring.MARGIN`
         """
+        margin = scoring.MARGIN if margin is None else margin
         weight = scoring.score_weight(mask)
         moving_n = self.scaled(moving)
         fixed_n = self.scaled(grid.array)
         scores = [scoring.lg_score(moving_n, fixed_n, flow_to_grid(
             field, fixed.affine, grid.affine, grid.shape), weight) for field in (start, refined)]
-        kept = scores[1] >= scores[0] + scoring.MARGIN
+        kept = scores[1] >= scores[0] + margin
+        rule = f"it must gain {margin:g}" if margin > 0 else "it must not lose any"
         self._say(f"refinement: {'kept' if kept else 'left out'} (L_LG on the overlap "
-                  f"{scores[0]:.4f} -> {scores[1]:.4f}; it must gain {scoring.MARGIN:g})")
+                  f"{scores[0]:.4f} -> {scores[1]:.4f}; {rule})")
         return refined if kept else start
 
     def matching_grid(self, volume):
@@ -675,6 +710,7 @@ class Registrar:
         flow = flow_to_grid(flow_n, fixed_n.affine, fixed.affine, fixed.shape)
         network = time.perf_counter()
         if self.refine_config.steps:
+            config = self.refinement_from(choice)
             translated = None
             if choice.name == "T":  # a T that lost to the matching: its G is no guide either
                 translated = self.translate(moving_n.array[np.newaxis])
@@ -682,10 +718,13 @@ class Registrar:
                 translated = dio.resample_to_grid(
                     dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
                 ).array
+            elif choice.name == "matching":
+                translated = self.translate_by_histogram(on_fixed.array, fixed.array, mask, config)
             refined = self.refine_flow(on_fixed.array, fixed.array, flow, translated, mask,
-                                       self.refinement_from(choice))
+                                       config)
             flow = refined if self.start != "auto" else \
-                self.keep_if_better(moving_n.array, fixed, flow, refined, fixed_n, mask_n)
+                self.keep_if_better(moving_n.array, fixed, flow, refined, fixed_n, mask_n,
+                                    refinement_margin(choice))
         seconds = {"affine": aligned - started, "network": network - aligned,
                    "refinement": time.perf_counter() - network}
         moved = sample_through_world(moving, fixed.affine, flow, order=1)
@@ -723,6 +762,17 @@ class Registrar:
         moving, fixed, labels = load_inputs(moving_path, fixed_path, moving_labels)
         moving_mask, fixed_mask = load_masks(moving, fixed, moving_mask, fixed_mask)
         return self.register_volumes(moving, fixed, labels, moving_mask, fixed_mask)
+
+
+def refinement_margin(choice):
+    """The L_LG gain refinement must make to be kept (:meth:`Registrar.keep_if_better`) after the
+    start field ``choice``: from the identity :data:`dgan.registration.scoring.MARGIN` (the pair
+    may be aligned already, and refinement then fits the two contrasts' differences); after a
+    found field (the matching's or T's, which gained that margin over the identity: the pair is
+    misaligned and has structure) none, it must only not lose: refinement there also weighs
+    L_LCC and smoothness, which trade a little L_LG for a smoother, better field
+    (docs/notes/2026-12-07-histogram-translation.md)."""
+    return scoring.MARGIN if choice.name == "identity" else 0.0
 
 
 def _model_folders():

@@ -56,6 +56,15 @@ def cautious_refinement(config):
                                learning_rate=CAUTIOUS_LEARNING_RATE, alpha=CAUTIOUS_ALPHA)
 
 
+def matching_refinement(config):
+    """``config`` for refinement from the block matching's field (no T): the smoothness term on
+    phi itself (``smooth="flow"``) rather than on the change refinement makes. T's field carries
+    learned detail that refinement should keep; the matching's is a soft arg-max per coarse voxel,
+    whose roughness is noise for the smoothness term to remove (how it was chosen:
+    docs/notes/2026-12-07-histogram-translation.md)."""
+    return dataclasses.replace(config, smooth="flow")
+
+
 #: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
 XLA_CHOICES = ("auto", "on", "off")
 XLA_MIN_VOXELS = 2**18

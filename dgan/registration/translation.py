@@ -1,0 +1,72 @@
+"""A training-free stand-in for G: the moving scan rendered in the fixed modality by the
+conditional mean of the fixed intensities given the moving ones.
+
+Deform-GAN's G translates the moving image F into the fixed modality, so that refinement
+(:mod:`dgan.registration.refine`) can add the mono-modal term L_LCC(R, G(F)(phi)) to the
+modality-independent L_LG. Without a trained G that term was left out. Where the two contrasts are
+related by a function of intensity (tissue by tissue, as T1 and T2 or PD of one subject largely
+are), the least-squares estimate of that function is the conditional mean
+
+    h(f) = E[R(p) | F(phi(p)) = f]
+
+over the voxels p where both scans have data, read from their joint histogram at the alignment
+phi found so far (Roche et al. 1998, the correlation ratio's regression). ``h(F)`` is then a G
+that needs no training: refinement warps it with phi as it warps G(F). It is global, so a bias
+field or a contrast that no function of intensity explains leaves a residual; L_LCC is local
+(a window's mean and scale are its own), which absorbs a slow bias.
+
+h is piecewise linear through the points (mean of F, mean of R) of every histogram bin that holds
+at least :data:`MIN_BIN_VOXELS` voxels, and constant beyond the outermost ones. NumPy and SciPy
+only.
+"""
+
+import numpy as np
+from scipy import ndimage
+
+#: Bins of the moving scan's intensities for :func:`conditional_mean`.
+DEFAULT_BINS = 64
+
+#: A bin with fewer voxels than this is too noisy to estimate h at: h interpolates across it.
+MIN_BIN_VOXELS = 20
+
+
+def warped_linear(moving, flow):
+    """F(phi): ``moving`` (X, Y, Z) at p + flow(p) (voxels, (X, Y, Z, 3)), trilinear, edge values
+    beyond the border (as :func:`dgan.core.spatial.warp`); the identity when ``flow`` is None."""
+    if flow is None:
+        return np.asarray(moving, np.float32)
+    coords = np.indices(moving.shape, dtype=np.float32) + np.moveaxis(flow, -1, 0)
+    return ndimage.map_coordinates(moving, coords, order=1, mode="nearest").astype(np.float32)
+
+
+def conditional_mean(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
+    """h(F) of the module docstring: ``moving`` rendered in ``fixed``'s intensities.
+
+    :param moving: F, shape = (X, Y, Z), on the fixed grid (not yet warped by ``flow``)
+    :param fixed: R, same shape
+    :param flow: phi, the alignment at which h is estimated, voxels (X, Y, Z, 3), or None: the
+        identity
+    :param mask: where both scans have data, bool (X, Y, Z), or None: everywhere; voxels where
+        both scans read 0 (the background of skull-stripped scans) are left out as well
+    :param bins: number of equal-width bins over F's range
+    :return: h(F), shape = (X, Y, Z), float32 (on F's grid, unwarped: refinement warps it), or
+        None when fewer than two bins hold :data:`MIN_BIN_VOXELS` voxels (no function to read)
+    """
+    moving = np.asarray(moving, np.float32)
+    fixed = np.asarray(fixed, np.float32)
+    warped = warped_linear(moving, flow)
+    region = (warped != 0) | (fixed != 0)
+    if mask is not None:
+        region &= np.asarray(mask, bool)
+    low, high = float(moving.min()), float(moving.max())
+    if not region.any() or high <= low:
+        return None
+    values = warped[region].astype(np.float64)
+    index = np.clip(((values - low) / (high - low) * bins).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    kept = counts >= MIN_BIN_VOXELS
+    if np.count_nonzero(kept) < 2:
+        return None
+    mean_moving = np.bincount(index, weights=values, minlength=bins)[kept] / counts[kept]
+    mean_fixed = np.bincount(index, weights=fixed[region], minlength=bins)[kept] / counts[kept]
+    return np.interp(moving, mean_moving, mean_fixed).astype(np.float32)

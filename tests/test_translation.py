@@ -1,0 +1,148 @@
+"""The training-free translation h(F) = E[R | F(phi)] (dgan.registration.translation)."""
+
+import numpy as np
+import pytest
+
+from dgan.registration import translation
+
+LEVELS = np.array([0.2, 0.5, 0.8], np.float32)
+RENDERED = np.array([0.9, 0.1, 0.6], np.float32)  # not monotone: T1 against T2
+
+
+def blocks(shape=(24, 20, 16), seed=0):
+    """A moving image of three intensity levels in 4-voxel blocks, and its level indices."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 3, size=tuple(-(-n // 4) for n in shape))
+    index = np.kron(coarse, np.ones((4, 4, 4), int))[:shape[0], :shape[1], :shape[2]]
+    return LEVELS[index], index
+
+
+def test_a_function_of_intensity_is_recovered_exactly():
+    moving, index = blocks()
+    fixed = RENDERED[index]
+    out = translation.conditional_mean(moving, fixed)
+    # each level fills one bin: its mean is the level itself, its fixed mean the rendered value
+    np.testing.assert_allclose(out, fixed, atol=1e-6)
+
+
+def test_the_histogram_is_read_at_the_given_alignment():
+    moving, index = blocks()
+    flow = np.zeros(moving.shape + (3,), np.float32)
+    flow[..., 0] = 2.0  # moved(p) = moving(p + 2 e_x): the fixed scan sees the blocks shifted
+    fixed = np.interp(translation.warped_linear(moving, flow), LEVELS, RENDERED)
+    aligned = translation.conditional_mean(moving, fixed, flow)
+    np.testing.assert_allclose(aligned, RENDERED[index], atol=1e-6)
+    # read at the identity, half a block is misaligned: the levels' means mix
+    misaligned = translation.conditional_mean(moving, fixed)
+    assert np.max(np.abs(misaligned - RENDERED[index])) > 0.1
+
+
+def test_a_smooth_function_is_recovered_within_its_bins():
+    ramp = np.linspace(0.1, 1.0, 320, dtype=np.float32)  # 5 values a bin, 80 voxels
+    moving = np.broadcast_to(ramp[:, None, None], (320, 4, 4)).copy()
+    out = translation.conditional_mean(moving, moving**2)
+    width = 0.9 / translation.DEFAULT_BINS
+    error = np.abs(out - moving**2)
+    # between the outermost bins' means: the chord error of x^2 between bin means <= width^2 / 4,
+    # plus a bin's mean of x^2 against the square of its mean x (its variance) <= width^2 / 4
+    inner = (moving > 0.1 + width) & (moving < 1.0 - width)
+    assert np.max(error[inner]) <= width**2 / 2 + 1e-6
+    # beyond them h is constant: off by at most the slope (2) times a bin's width
+    assert np.max(error) <= 2 * width
+
+
+def test_only_the_mask_is_read():
+    moving, index = blocks()
+    fixed = RENDERED[index]
+    mask = np.zeros(moving.shape, bool)
+    mask[:, :, :8] = True
+    garbage = fixed.copy()
+    garbage[~mask] = np.random.default_rng(1).uniform(0, 1, np.count_nonzero(~mask))
+    out = translation.conditional_mean(moving, garbage, mask=mask)
+    np.testing.assert_allclose(out, fixed, atol=1e-6)
+
+
+def test_where_both_scans_are_zero_is_left_out():
+    moving, index = blocks()
+    fixed = RENDERED[index]
+    moving[:8], fixed[:8] = 0.0, 0.0  # a skull-stripped background
+    out = translation.conditional_mean(moving, fixed)
+    np.testing.assert_allclose(out[8:], fixed[8:], atol=1e-6)
+
+
+@pytest.mark.parametrize("moving", [np.full((8, 8, 8), 0.5, np.float32),
+                                    np.zeros((8, 8, 8), np.float32)])
+def test_no_function_to_read_gives_none(moving):
+    fixed = np.random.default_rng(0).uniform(0, 1, moving.shape).astype(np.float32)
+    assert translation.conditional_mean(moving, fixed) is None
+
+
+def test_too_few_voxels_per_bin_gives_none():
+    moving = np.linspace(0, 1, 4 * 4 * 4, dtype=np.float32).reshape(4, 4, 4)
+    assert translation.conditional_mean(moving, moving) is None
+
+
+# --- its use by registration -------------------------------------------------------------------
+
+
+def _spied_refinement(monkeypatch):
+    from dgan.registration.registrar import Registrar
+
+    seen = []
+    original = Registrar.refine_flow
+
+    def spy(self, moving, fixed, flow, translated, mask=None, config=None):
+        seen.append((moving, fixed, translated, config))
+        return original(self, moving, fixed, flow, translated, mask, config)
+
+    monkeypatch.setattr(Registrar, "refine_flow", spy)
+    return seen
+
+
+def test_refinement_after_the_matching_compares_with_the_histogram_rendering(monkeypatch):
+    """Without a model, after the block matching: refinement's L_LCC term gets h(F) read at the
+    headers' alignment from the scaled scans, the smoothness term acts on phi, and the command
+    says so; with w_lcc 0 no rendering is made."""
+    import dataclasses
+
+    from dgan.data.io import Volume
+    from dgan.data.preprocessing import scale_intensity
+    from dgan.registration.registrar import Registrar
+    from dgan.registration.settings import RefineConfig
+    from tests.test_affine import AFFINE, FIXED_CONTRAST, MOVING_CONTRAST, phantom_labels, \
+        rendered
+
+    labels = phantom_labels()
+    fixed = Volume(rendered(labels, FIXED_CONTRAST), AFFINE)
+    moving = Volume(rendered(labels, MOVING_CONTRAST), AFFINE)
+    seen = _spied_refinement(monkeypatch)
+    said = []
+    config = RefineConfig(steps=2, levels=(1,))
+    Registrar(None, refine_config=config, start="network",
+              progress=said.append).register_volumes(moving, fixed)
+    on_fixed, fixed_array, translated, used = seen[-1]
+    expected = translation.conditional_mean(scale_intensity(on_fixed), scale_intensity(fixed_array))
+    np.testing.assert_allclose(translated, expected, atol=1e-6)
+    assert used.smooth == "flow" and used.w_lcc == config.w_lcc
+    assert any("rendered in the fixed contrast by their joint histogram" in line for line in said)
+    Registrar(None, refine_config=dataclasses.replace(config, w_lcc=0.0),
+              start="network").register_volumes(moving, fixed)
+    assert seen[-1][2] is None
+
+
+def test_no_histogram_rendering_when_no_start_field_is_followed(monkeypatch):
+    """Refinement from the identity (the cautious correction of an aligned pair) gets no h(F): on
+    real pairs whose contrasts no function of intensity relates, it pulled aligned scans apart."""
+    from dgan.data.io import Volume
+    from dgan.registration.registrar import Registrar
+    from tests.test_affine import AFFINE, FIXED_CONTRAST, MOVING_CONTRAST, phantom_labels, \
+        rendered
+
+    labels = phantom_labels()
+    seen = _spied_refinement(monkeypatch)
+    said = []
+    Registrar(None, progress=said.append).register_volumes(
+        Volume(rendered(labels, MOVING_CONTRAST), AFFINE),
+        Volume(rendered(labels, FIXED_CONTRAST), AFFINE))
+    assert any(line.startswith("start: identity") for line in said)
+    assert seen[-1][2] is None
