@@ -11,6 +11,7 @@ import pytest
 from dgan.cli.register import main
 from dgan.compat import tf
 from dgan.core import losses, metrics
+from dgan.core.spatial import resize_matrices
 from dgan.core.networks import NetworkConfig, build_generator, build_registration_net
 from dgan.data import io as dio
 from dgan.errors import InputError
@@ -149,6 +150,46 @@ def test_the_control_grid_smoothness_is_that_of_the_upsampled_field_and_so_is_it
     assert abs(float(value) - want_value) <= (32 + flat.size) * unit * np.sum(np.abs(flat) * size)
     assert np.all(np.abs(gradient - want_gradient).reshape(-1, 3) <= 2 * 32 * unit * size)
     assert np.abs(want_gradient).max() > 1e4 * 2 * 32 * unit * size.max()  # not vacuous
+
+
+@pytest.mark.parametrize("control_shape, shape", [((3, 5, 2), (6, 10, 4)), ((3, 2, 4), (5, 7, 4))])
+def test_the_whole_fields_smoothness_on_the_control_grid_is_exact(control_shape, shape):
+    """smooth="flow": sum |grad (phi_0 + up(u))|^2 as c + g . u + u . G u on the control grid
+    (smoothness_offset), against the float64 sum over the level's grid, value and gradient."""
+    rng = np.random.default_rng(12)
+    u = rng.normal(0, 1, control_shape + (3,))
+    base = rng.normal(0, 2, shape + (3,))
+    ups = [dr.interpolation_matrix(c, n, np.float64) for c, n in zip(control_shape, shape)]
+    up = np.kron(np.kron(ups[0], ups[1]), ups[2])
+    laplacian = np.zeros((up.shape[0],) * 2)  # sum over d of D_d^T D_d / N_d on the level grid
+    for d, n in enumerate(shape):
+        eyes = [np.eye(m) for m in shape]
+        eyes[d] = np.diff(np.eye(n), axis=0)
+        difference = np.kron(np.kron(eyes[0], eyes[1]), eyes[2])
+        laplacian += difference.T @ difference / difference.shape[0]
+    phi = base.reshape(-1, 3) + up @ u.reshape(-1, 3)
+    want_value = np.sum(phi * (laplacian @ phi))
+    want_gradient = (2 * up.T @ laplacian @ phi).reshape(u.shape)
+    u32 = tf.constant(u.astype("f4"))
+    linear, constant = dr.smoothness_offset(tf.constant(base.astype("f4")),
+                                            resize_matrices(control_shape, shape), control_shape)
+    with tf.GradientTape() as tape:
+        tape.watch(u32)
+        value = dr.control_smoothness(u32, dr.smoothness_bands(control_shape, shape)) \
+            + tf.reduce_sum(linear * u32) + constant
+    gradient = tape.gradient(value, u32).numpy()
+    # float32 sums of at most n = 3 x (level voxels) terms each: off by at most (32 + n) unit
+    # round-offs of the sum of the terms' magnitudes (c, |g| |u|, |u| |G| |u| as in the test above)
+    unit, n = 2.0**-24, 3 * up.shape[0]
+    base_flat = base.reshape(-1, 3)
+    magnitude = (np.sum(base_flat * (laplacian @ base_flat))
+                 + np.sum(np.abs(2 * up.T @ laplacian @ base_flat) * np.abs(u.reshape(-1, 3)))
+                 + np.sum(np.abs(u.reshape(-1, 3)) * (np.abs(up.T @ laplacian @ up)
+                                                      @ np.abs(u.reshape(-1, 3)))))
+    assert abs(float(value) - want_value) <= (32 + n) * unit * magnitude
+    scale = np.abs(2 * up.T @ laplacian) @ (np.abs(base_flat) + np.abs(up @ u.reshape(-1, 3)))
+    assert np.all(np.abs(gradient - want_gradient).reshape(-1, 3) <= (32 + n) * unit * scale)
+    assert np.abs(want_gradient).max() > 1e3 * (32 + n) * unit * scale.max()  # not vacuous
 
 
 # --- refinement itself --------------------------------------------------------------------------

@@ -101,7 +101,8 @@ def _parser():
     add("--refine-smooth", choices=SMOOTHED_FIELDS,
         help="what refinement's smoothness term acts on: residual, the change it makes to T's "
              "field (keeps T's detail), or flow, the whole field (the paper's term); default: "
-             f"the model's, else {RefineConfig.smooth}")
+             f"the model's, else {RefineConfig.smooth}, and flow after the block matching "
+             "(whose roughness is noise)")
     add("--refine-lcc", type=float, metavar="W",
         help="weight of refinement's L_LCC term, w_lcc: against the moving scan rendered in the "
              "fixed contrast by the model's G after T, by the two scans' joint histogram after "

@@ -27,7 +27,8 @@ level starts from the previous level's u, upsampled; Adam's moments restart.
 - Displacement (``int_steps`` = 0): phi = phi_0 + up(u), u = 0 at the start. The smoothness of
   the change, phi - phi_0 = up(u), is then a quadratic form in u, u . G u, with G banded
   (:func:`smoothness_bands`): it is computed on the control grid, exactly, for a fraction of the
-  cost on the level's grid.
+  cost on the level's grid; that of phi itself (``smooth`` "flow") is c + g . u + u . G u, with
+  c and g computed once per level (:func:`smoothness_offset`).
 - Diffeomorphic (``int_steps`` = K > 0): u is a stationary velocity field; psi = up(exp(u)),
   exp by scaling and squaring on the control grid (u / 2^K composed with itself K times), and
   phi = phi_0 o psi, i.e. phi(p) = psi(p) + phi_0(p + psi(p)): T's moved image warped by the
@@ -166,6 +167,24 @@ def control_smoothness(u, bands):
     return quadratic_form(u)
 
 
+def smoothness_offset(base, upsample, control_shape):
+    """The smoothness of a whole displacement field phi = phi_0 + up(u), as terms on the control
+    grid: sum |grad phi|^2 = c + g . u + u . G u, with G of :func:`smoothness_bands`,
+    c = sum |grad phi_0|^2 and g = 2 up^T D^T D phi_0 (the term is quadratic in u, so g is its
+    gradient at u = 0). Computed once per level, on its grid; each iteration then costs what the
+    smoothness of phi - phi_0 costs.
+
+    :param base: phi_0 on the level's grid (x, y, z, 3)
+    :param upsample: the control grid -> level grid matrices (:func:`resize_matrices`)
+    :return: (g (control_shape + (3,)), c (scalar)), float32 tensors
+    """
+    u = tf.zeros(tuple(control_shape) + (3,), tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(u)
+        value = losses.smoothness((base + resize(u, upsample))[tf.newaxis])[0]
+    return tape.gradient(value, u), value
+
+
 def exponentiate(velocity, steps, grid):
     """exp(v) by scaling and squaring: d = v / 2^K, then K times d <- d + d(p + d(p))."""
     flow = velocity / float(2**steps)
@@ -192,8 +211,8 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 
 class _Level(collections.namedtuple("_Level", [
         "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "grid",
-        "control_grid", "upsample", "control_scale", "smoothness_bands", "lg_weight",
-        "lcc_weight", "moving_eps"])):
+        "control_grid", "upsample", "control_scale", "smoothness_bands", "smoothness_offset",
+        "lg_weight", "lcc_weight", "moving_eps"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
@@ -201,8 +220,10 @@ class _Level(collections.namedtuple("_Level", [
     n(R, p) (1, x, y, z, 3); fixed_statistics: S(R), S(R^2) (1, x, y, z, 2) or None without G(F);
     base: phi_0 on this level (x, y, z, 3); grid, control_grid: voxel coordinates; upsample: the
     control grid -> level grid matrices; control_scale: level voxels -> control voxels (3,);
-    smoothness_bands: :func:`smoothness_bands` when the smoothness term is the control
-    field's (a displacement field and ``smooth`` "residual": phi - phi_0 = up(u)), else None.
+    smoothness_bands: :func:`smoothness_bands` for a displacement field (the smoothness of
+    phi - phi_0 = up(u) is the control field's), else None; smoothness_offset: with ``smooth``
+    "flow", (g, c) of :func:`smoothness_offset` (the smoothness of phi = phi_0 + up(u) is
+    c + g . u + u . G u), else None.
     lg_weight, lcc_weight: weights of mean 1 (1, x, y, z) of L_LG's voxels and of L_LCC's
     (strided) window centres where both scans have data (:func:`dgan.core.coverage.level_weights`),
     or None: every voxel. moving_eps: the eps of n(F(phi), p) (a scalar tensor;
@@ -249,9 +270,14 @@ def _similarity(level, warped, config):
 
 def _regularity(level, u, flow, config):
     """L's term alpha sum |grad phi|^2 (or of phi - phi_0): from u on the control grid where the
-    level has :func:`smoothness_bands`, else from phi on the level's grid."""
+    level has :func:`smoothness_bands` (plus :func:`smoothness_offset`'s terms for phi), else
+    from phi on the level's grid."""
     if level.smoothness_bands is not None:
-        return config.alpha * control_smoothness(u, level.smoothness_bands)
+        value = control_smoothness(u, level.smoothness_bands)
+        if level.smoothness_offset is not None:
+            linear, constant = level.smoothness_offset
+            value += tf.reduce_sum(linear * u) + constant
+        return config.alpha * value
     smoothed = flow - level.base if config.smooth == "residual" else flow
     return config.alpha * losses.smoothness(smoothed[tf.newaxis])[0]
 
@@ -407,6 +433,7 @@ def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None):
     moving_l = _pyramid(moving, shapes, factor)
     base_l = resize_flow(base, shape) if factor > 1 else base
     lg_weight = None if lg_weight is None else tf.constant(lg_weight)
+    upsample = resize_matrices(control_shape, shape)
     return _Level(
         moving=moving_l,
         fixed=fixed_l,
@@ -418,10 +445,11 @@ def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None):
         base=base_l,
         grid=voxel_grid(shape),
         control_grid=voxel_grid(control_shape),
-        upsample=resize_matrices(control_shape, shape),
+        upsample=upsample,
         control_scale=tf.constant([c / n for c, n in zip(control_shape, shape)], tf.float32),
-        smoothness_bands=smoothness_bands(control_shape, shape)
-        if config.int_steps == 0 and config.smooth == "residual" else None,
+        smoothness_bands=smoothness_bands(control_shape, shape) if config.int_steps == 0 else None,
+        smoothness_offset=smoothness_offset(base_l, upsample, control_shape)
+        if config.int_steps == 0 and config.smooth == "flow" else None,
         lg_weight=lg_weight,
         lcc_weight=None if lcc_weight is None else tf.constant(lcc_weight),
         moving_eps=tf.constant(_gradient_eps(moving_l[tf.newaxis, ..., :1], config, lg_weight),
