@@ -259,9 +259,9 @@ def test_an_aligned_pair_is_refined_cautiously(pair, monkeypatch):
     seen = []
     original = Registrar.refine_flow
 
-    def spy(self, moving, fixed, flow, translated, mask=None, config=None):
+    def spy(self, moving, fixed, flow, translated, mask=None, config=None, rendering=None):
         seen.append(config)
-        return original(self, moving, fixed, flow, translated, mask, config)
+        return original(self, moving, fixed, flow, translated, mask, config, rendering)
 
     monkeypatch.setattr(Registrar, "refine_flow", spy)
     said = []

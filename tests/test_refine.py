@@ -492,9 +492,11 @@ def refinements_run_by_the_cli(monkeypatch, tmp_path, argv):
     one step), and (config, whether G(F) was given) for each call to refine()."""
     used = []
 
-    def recording_refine(moving, fixed, flow, translated, config, progress, mask=None):
+    def recording_refine(moving, fixed, flow, translated, config, progress, mask=None,
+                         rendering=None):
         used.append((config, translated is not None))
-        return dr.refine(moving, fixed, flow, translated, config, progress, mask=mask)
+        return dr.refine(moving, fixed, flow, translated, config, progress, mask=mask,
+                         rendering=rendering)
 
     monkeypatch.setattr(dregister, "refine", recording_refine)
     paths = _write_pair(tmp_path)

@@ -1,5 +1,7 @@
 """The training-free translation h(F) = E[R | F(phi)] (dgan.registration.translation)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -91,16 +93,16 @@ def _spied_refinement(monkeypatch):
     seen = []
     original = Registrar.refine_flow
 
-    def spy(self, moving, fixed, flow, translated, mask=None, config=None):
-        seen.append((moving, fixed, translated, config))
-        return original(self, moving, fixed, flow, translated, mask, config)
+    def spy(self, moving, fixed, flow, translated, mask=None, config=None, rendering=None):
+        seen.append((moving, fixed, translated, config, rendering))
+        return original(self, moving, fixed, flow, translated, mask, config, rendering)
 
     monkeypatch.setattr(Registrar, "refine_flow", spy)
     return seen
 
 
 def test_refinement_after_the_matching_compares_with_the_histogram_rendering(monkeypatch):
-    """Without a model, after the block matching: refinement's L_LCC term gets h(F) read at the
+    """Without a model, after the block matching: refinement's L_LCC term gets h read at the
     headers' alignment from the scaled scans, the smoothness term acts on phi, and the command
     says so; with w_lcc 0 no rendering is made."""
     import dataclasses
@@ -120,14 +122,16 @@ def test_refinement_after_the_matching_compares_with_the_histogram_rendering(mon
     config = RefineConfig(steps=2, levels=(1,))
     Registrar(None, refine_config=config, start="network",
               progress=said.append).register_volumes(moving, fixed)
-    on_fixed, fixed_array, translated, used = seen[-1]
-    expected = translation.conditional_mean(scale_intensity(on_fixed), scale_intensity(fixed_array))
-    np.testing.assert_allclose(translated, expected, atol=1e-6)
+    on_fixed, fixed_array, translated, used, rendering = seen[-1]
+    expected = translation.rendering(scale_intensity(on_fixed), scale_intensity(fixed_array))
+    assert translated is None
+    assert (rendering.low, rendering.high) == (expected.low, expected.high)
+    np.testing.assert_array_equal(rendering.values, expected.values)
     assert used.smooth == "flow" and used.w_lcc == config.w_lcc
     assert any("rendered in the fixed contrast by their joint histogram" in line for line in said)
     Registrar(None, refine_config=dataclasses.replace(config, w_lcc=0.0),
               start="network").register_volumes(moving, fixed)
-    assert seen[-1][2] is None
+    assert seen[-1][2] is None and seen[-1][4] is None
 
 
 def test_no_histogram_rendering_when_no_start_field_is_followed(monkeypatch):
@@ -145,4 +149,42 @@ def test_no_histogram_rendering_when_no_start_field_is_followed(monkeypatch):
         Volume(rendered(labels, MOVING_CONTRAST), AFFINE),
         Volume(rendered(labels, FIXED_CONTRAST), AFFINE))
     assert any(line.startswith("start: identity") for line in said)
-    assert seen[-1][2] is None
+    assert seen[-1][2] is None and seen[-1][4] is None
+
+
+def test_refinement_applies_the_table_to_the_warped_image_with_its_slope():
+    """refine's h(F(phi)) (the table linear between its samples, constant beyond) against the
+    NumPy Rendering, value and derivative."""
+    from dgan.compat import tf
+    from dgan.registration import refine as dr
+
+    table = translation.Rendering(0.1, 0.9, np.array([0.3, 0.9, 0.2, 0.5, 0.5], np.float32))
+    x = np.array([-0.5, 0.1, 0.15, 0.3, 0.42, 0.6, 0.9, 1.4], np.float32)
+    tensors = (tf.constant(0.1), tf.constant(0.2), tf.constant(table.values))
+    x_t = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x_t)
+        out = dr._rendered(tensors, x_t)
+    slope = tape.gradient(out, x_t).numpy()
+    # a few float32 operations on values of order 1: within 8 unit round-offs
+    np.testing.assert_allclose(out.numpy(), table(x), atol=8 * 2.0**-24)
+    # inside a segment the slope is the segment's (sample spacing 0.2); beyond the ends, 0
+    np.testing.assert_allclose(slope[[2, 4, 5]], [3.0, -3.5, 1.5], rtol=1e-5)
+    assert slope[0] == 0.0 and slope[-1] == 0.0
+
+
+def test_refinement_with_a_rendering_adds_the_lcc_term():
+    from dgan.registration import refine as dr
+    from dgan.registration.settings import RefineConfig
+
+    rng = np.random.default_rng(3)
+    moving = rng.uniform(0, 1, (20, 20, 20)).astype(np.float32)
+    fixed = np.roll(1.0 - moving, 1, axis=0)
+    table = translation.rendering(moving, fixed)
+    config = RefineConfig(steps=2, levels=(1,), lcc_window=3)
+    plain = dr.refine(moving, fixed, config=config)
+    rendered = dr.refine(moving, fixed, config=config, rendering=table)
+    assert rendered.losses[0][0] > plain.losses[0][0] + 0.5  # w_lcc (1 - L_LCC): h(F) = 1 - F
+    without = dr.refine(moving, fixed, config=dataclasses.replace(config, w_lcc=0.0),
+                        rendering=table)
+    np.testing.assert_array_equal(without.flow, plain.flow)

@@ -212,7 +212,7 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 class _Level(collections.namedtuple("_Level", [
         "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "grid",
         "control_grid", "upsample", "control_scale", "smoothness_bands", "smoothness_offset",
-        "lg_weight", "lcc_weight", "moving_eps"])):
+        "lg_weight", "lcc_weight", "moving_eps", "rendering"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
@@ -227,7 +227,8 @@ class _Level(collections.namedtuple("_Level", [
     lg_weight, lcc_weight: weights of mean 1 (1, x, y, z) of L_LG's voxels and of L_LCC's
     (strided) window centres where both scans have data (:func:`dgan.core.coverage.level_weights`),
     or None: every voxel. moving_eps: the eps of n(F(phi), p) (a scalar tensor;
-    :func:`_gradient_eps`).
+    :func:`_gradient_eps`). rendering: h of a :class:`dgan.registration.translation.Rendering` as
+    tensors (low, spacing of its samples, values), applied to F(phi) for L_LCC, or None.
     """
 
 
@@ -262,10 +263,24 @@ def _similarity(level, warped, config):
         level.fixed_direction, warped[..., :1], config.lg_window, eps=level.moving_eps,
         sums_first=True, weight=level.lg_weight))
     if level.fixed_statistics is not None:
+        rendered = warped[..., 1:] if level.rendering is None else \
+            _rendered(level.rendering, warped[..., :1])
         loss += config.w_lcc * (1.0 - losses.correlation_from_statistics(
-            level.fixed_statistics, level.fixed, warped[..., 1:], config.lcc_window,
+            level.fixed_statistics, level.fixed, rendered, config.lcc_window,
             stride=config.lcc_stride, weight=level.lcc_weight))
     return loss[0]
+
+
+def _rendered(rendering, image):
+    """h(image) for the table ``rendering`` = (low, spacing, values): linear between its samples,
+    constant beyond them; differentiable in ``image`` (h's slope)."""
+    low, spacing, values = rendering
+    last = tf.cast(tf.shape(values)[0] - 1, tf.float32)
+    position = tf.clip_by_value((image - low) / spacing, 0.0, last)
+    index = tf.minimum(tf.floor(position), last - 1.0)
+    below = tf.gather(values, tf.cast(index, tf.int32))
+    above = tf.gather(values, tf.cast(index, tf.int32) + 1)
+    return below + (position - index) * (above - below)
 
 
 def _regularity(level, u, flow, config):
@@ -420,10 +435,10 @@ def _pyramid(volume, shapes, factor):
     return volume
 
 
-def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None):
+def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None, rendering=None):
     shape, control_shape = shapes[factor], shapes[factor * config.control]
     lg_weight = lcc_weight = None
-    two_channels = moving.shape[-1] == 2
+    two_channels = moving.shape[-1] == 2 or rendering is not None  # L_LCC's term
     if mask is not None:  # a window reaches its radius, and sums_first's difference one more
         lg_weight = coverage.level_weights(mask, factor, config.lg_window // 2 + 2)
         if two_channels:
@@ -454,13 +469,15 @@ def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None):
         lcc_weight=None if lcc_weight is None else tf.constant(lcc_weight),
         moving_eps=tf.constant(_gradient_eps(moving_l[tf.newaxis, ..., :1], config, lg_weight),
                                tf.float32),
+        rendering=rendering,
     )
 
 
 # --- the whole refinement ----------------------------------------------------------------------
 
 
-def refine(moving, fixed, flow=None, translated=None, config=None, progress=None, mask=None):
+def refine(moving, fixed, flow=None, translated=None, config=None, progress=None, mask=None,
+           rendering=None):
     """Refine phi on one pair by minimising L (module docstring), coarse to fine.
 
     :param moving: F, intensities scaled as in training, shape = (X, Y, Z)
@@ -474,6 +491,9 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
         (:func:`dgan.core.coverage.overlap`), or None: everywhere. The image terms are then the
         means over the voxels whose windows lie inside it at each level: the edge of a scan's
         coverage does not pull on phi
+    :param rendering: without ``translated``, a :class:`dgan.registration.translation.Rendering`
+        h: L_LCC then compares R with h(F(phi)), h applied to the warped moving image inside the
+        objective (one warped channel); None: no such term
     :return: :class:`RefineResult`
     :raises InputError: arrays of different shapes or with NaN/Inf; a mask of another shape, or
         empty
@@ -492,6 +512,12 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
         _checked(flow, shape + (3,), "flow")
     use_lcc = translated is not None and config.w_lcc > 0
     channels = [moving, _checked(translated, shape, "translated")] if use_lcc else [moving]
+    table = None
+    if rendering is not None and translated is None and config.w_lcc > 0:
+        samples = len(rendering.values)
+        table = (tf.constant(rendering.low, tf.float32),
+                 tf.constant((rendering.high - rendering.low) / (samples - 1), tf.float32),
+                 tf.constant(np.asarray(rendering.values, np.float32)))
     if config.steps == 0:
         return RefineResult(flow=base.copy(), losses=[], seconds=[])
     shapes = _level_shapes(shape, config.levels, config.control)
@@ -503,7 +529,7 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
     step_config = _StepSettings.of(config)
     for factor in config.levels:
         started = time.perf_counter()
-        level = _prepare_level(shapes, factor, config, moving_t, fixed_t, base_t, mask)
+        level = _prepare_level(shapes, factor, config, moving_t, fixed_t, base_t, mask, table)
         control_shape = shapes[factor * config.control]
         if u is None:
             u = tf.zeros(control_shape + (3,), tf.float32)

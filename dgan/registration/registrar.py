@@ -335,29 +335,30 @@ class Registrar:
         return np.asarray(out[(slice(None), *window, 0)], dtype=np.float32)
 
     def translate_by_histogram(self, moving, fixed, mask=None, config=None):
-        """h(F) = E[R | F], the moving scan rendered in the fixed contrast by the two scans' joint
-        histogram on the overlap (:func:`dgan.registration.translation.conditional_mean`):
-        refinement's L_LCC term where no G renders it, after the block matching (after T, T's G
-        renders it).
+        """h = E[R | F], the function of intensity that renders the moving scan in the fixed
+        contrast, read from the two scans' joint histogram on the overlap
+        (:func:`dgan.registration.translation.rendering`): refinement's L_LCC term compares with
+        h(F(phi)) where no G renders F, after the block matching (after T, T's G renders it).
 
         :param moving: shape = (X, Y, Z), on the fixed grid, in its own units (scaled here)
         :param fixed: shape = (X, Y, Z)
         :param mask: where both scans have data, bool (X, Y, Z), or None
         :param config: the refinement's settings (None: :attr:`refine_config`): none when its
             ``w_lcc`` is 0
-        :return: h(F) in the fixed scan's scaled units, (X, Y, Z) float32, or None
+        :return: :class:`dgan.registration.translation.Rendering` from scaled intensities to the
+            fixed scan's scaled units, or None
         """
         config = self.refine_config if config is None else config
         if config.w_lcc == 0:
             return None
-        rendered = translation.conditional_mean(self.scaled(moving), self.scaled(fixed),
-                                                mask=mask)
+        rendered = translation.rendering(self.scaled(moving), self.scaled(fixed), mask=mask)
         if rendered is not None:
             self._say("refinement: L_LCC against the moving scan rendered in the fixed contrast "
                       "by their joint histogram (E[fixed | moving] on the overlap)")
         return rendered
 
-    def refine_flow(self, moving, fixed, flow, translated, mask=None, config=None):
+    def refine_flow(self, moving, fixed, flow, translated, mask=None, config=None,
+                    rendering=None):
         """Refine ``flow`` on one pair of arrays on one grid
         (:func:`dgan.registration.refine.refine`).
 
@@ -367,6 +368,7 @@ class Registrar:
         :param translated: G(F) on this grid (already scaled), or None
         :param mask: where both scans have data, bool (X, Y, Z), or None: everywhere
         :param config: the refinement's settings, or None: :attr:`refine_config`
+        :param rendering: without ``translated``, h of :meth:`translate_by_histogram`, or None
         :return: the refined flow, shape = (X, Y, Z, 3), float32; levels too coarse for these
             arrays (:func:`dgan.registration.refine.usable_levels`) are left out, and said so
         """
@@ -380,7 +382,7 @@ class Registrar:
                           f"than {MIN_LEVEL_VOXELS} voxels)")
         config = dataclasses.replace(config, levels=tuple(levels))
         return refine(self.scaled(moving), self.scaled(fixed), flow, translated, config,
-                      self.progress, mask=mask).flow
+                      self.progress, mask=mask, rendering=rendering).flow
 
     def refine_flows(self, moving, fixed, flows):
         """Refine T's fields of a batch of pairs on one grid, each with G(F) when the model has G.
@@ -718,10 +720,11 @@ class Registrar:
                 translated = dio.resample_to_grid(
                     dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
                 ).array
-            elif choice.name == "matching":
-                translated = self.translate_by_histogram(on_fixed.array, fixed.array, mask, config)
+            rendering = None
+            if translated is None and choice.name == "matching":
+                rendering = self.translate_by_histogram(on_fixed.array, fixed.array, mask, config)
             refined = self.refine_flow(on_fixed.array, fixed.array, flow, translated, mask,
-                                       config)
+                                       config, rendering)
             flow = refined if self.start != "auto" else \
                 self.keep_if_better(moving_n.array, fixed, flow, refined, fixed_n, mask_n,
                                     refinement_margin(choice))

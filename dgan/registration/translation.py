@@ -16,9 +16,13 @@ field or a contrast that no function of intensity explains leaves a residual; L_
 (a window's mean and scale are its own), which absorbs a slow bias.
 
 h is piecewise linear through the points (mean of F, mean of R) of every histogram bin that holds
-at least :data:`MIN_BIN_VOXELS` voxels, and constant beyond the outermost ones. NumPy and SciPy
-only.
+at least :data:`MIN_BIN_VOXELS` voxels, and constant beyond the outermost ones; it is kept as a
+table of its values at equally spaced intensities (:class:`Rendering`), which refinement applies
+to the warped moving scan: h(F(phi)), as the G of a model is applied once, G(F)(phi). NumPy and
+SciPy only.
 """
+
+import dataclasses
 
 import numpy as np
 from scipy import ndimage
@@ -28,6 +32,10 @@ DEFAULT_BINS = 64
 
 #: A bin with fewer voxels than this is too noisy to estimate h at: h interpolates across it.
 MIN_BIN_VOXELS = 20
+
+#: Samples of h in a :class:`Rendering` (equally spaced over F's range): four per bin, so that the
+#: table's linear interpolation follows h's knots within a quarter of a bin.
+TABLE_SAMPLES = 4 * DEFAULT_BINS + 1
 
 
 def warped_linear(moving, flow):
@@ -39,8 +47,30 @@ def warped_linear(moving, flow):
     return ndimage.map_coordinates(moving, coords, order=1, mode="nearest").astype(np.float32)
 
 
-def conditional_mean(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
-    """h(F) of the module docstring: ``moving`` rendered in ``fixed``'s intensities.
+@dataclasses.dataclass(frozen=True, eq=False)
+class Rendering:
+    """h as a table: its values at :data:`TABLE_SAMPLES` equally spaced intensities from ``low``
+    to ``high``, linear between them, constant beyond. Refinement applies it to the warped
+    moving scan, h(F(phi)), inside its objective (:func:`dgan.core.losses.lookup`): one warped
+    channel instead of two (F and h(F)), which at 1 mm is most of refinement's memory.
+
+    :param low: the first sample's intensity
+    :param high: the last sample's intensity (> low)
+    :param values: h at the samples, float32 (TABLE_SAMPLES,)
+    """
+
+    low: float
+    high: float
+    values: np.ndarray
+
+    def __call__(self, array):
+        """h(array), NumPy, float32."""
+        positions = np.linspace(self.low, self.high, len(self.values))
+        return np.interp(np.asarray(array, np.float32), positions, self.values).astype(np.float32)
+
+
+def rendering(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
+    """h of the module docstring, estimated on the pair, as a :class:`Rendering`.
 
     :param moving: F, shape = (X, Y, Z), on the fixed grid (not yet warped by ``flow``)
     :param fixed: R, same shape
@@ -49,8 +79,8 @@ def conditional_mean(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
     :param mask: where both scans have data, bool (X, Y, Z), or None: everywhere; voxels where
         both scans read 0 (the background of skull-stripped scans) are left out as well
     :param bins: number of equal-width bins over F's range
-    :return: h(F), shape = (X, Y, Z), float32 (on F's grid, unwarped: refinement warps it), or
-        None when fewer than two bins hold :data:`MIN_BIN_VOXELS` voxels (no function to read)
+    :return: :class:`Rendering`, or None when fewer than two bins hold :data:`MIN_BIN_VOXELS`
+        voxels (no function to read)
     """
     moving = np.asarray(moving, np.float32)
     fixed = np.asarray(fixed, np.float32)
@@ -69,4 +99,11 @@ def conditional_mean(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
         return None
     mean_moving = np.bincount(index, weights=values, minlength=bins)[kept] / counts[kept]
     mean_fixed = np.bincount(index, weights=fixed[region], minlength=bins)[kept] / counts[kept]
-    return np.interp(moving, mean_moving, mean_fixed).astype(np.float32)
+    samples = np.linspace(low, high, TABLE_SAMPLES)
+    return Rendering(low, high, np.interp(samples, mean_moving, mean_fixed).astype(np.float32))
+
+
+def conditional_mean(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
+    """h(F) (:func:`rendering` applied to ``moving``), shape = (X, Y, Z), float32, or None."""
+    table = rendering(moving, fixed, flow, mask, bins)
+    return None if table is None else table(moving)
