@@ -3,23 +3,23 @@ conditional mean of the fixed intensities given the moving ones.
 
 Deform-GAN's G translates the moving image F into the fixed modality, so that refinement
 (:mod:`dgan.registration.refine`) can add the mono-modal term L_LCC(R, G(F)(phi)) to the
-modality-independent L_LG. Without a trained G that term was left out. Where the two contrasts are
+modality-independent L_LG. Without a trained G there is no such term. Where the two contrasts are
 related by a function of intensity (tissue by tissue, as T1 and T2 or PD of one subject largely
 are), the least-squares estimate of that function is the conditional mean
 
     h(f) = E[R(p) | F(phi(p)) = f]
 
 over the voxels p where both scans have data, read from their joint histogram at the alignment
-phi found so far (Roche et al. 1998, the correlation ratio's regression). ``h(F)`` is then a G
-that needs no training: refinement warps it with phi as it warps G(F). It is global, so a bias
+phi found so far (Roche et al. 1998, the correlation ratio's regression). h is then a G that
+needs no training: refinement compares R with h(F(phi)). It is global, so a bias
 field or a contrast that no function of intensity explains leaves a residual; L_LCC is local
 (a window's mean and scale are its own), which absorbs a slow bias.
 
 h is piecewise linear through the points (mean of F, mean of R) of every histogram bin that holds
 at least :data:`MIN_BIN_VOXELS` voxels, and constant beyond the outermost ones; it is kept as a
 table of its values at equally spaced intensities (:class:`Rendering`), which refinement applies
-to the warped moving scan: h(F(phi)), as the G of a model is applied once, G(F)(phi). NumPy and
-SciPy only.
+to the warped moving scan, h(F(phi)) (a model's G runs once, on F, and its output is warped:
+G(F)(phi)). NumPy and SciPy only.
 """
 
 import dataclasses
@@ -27,7 +27,7 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-#: Bins of the moving scan's intensities for :func:`conditional_mean`.
+#: Bins of the moving scan's intensities for :func:`rendering`.
 DEFAULT_BINS = 64
 
 #: A bin with fewer voxels than this is too noisy to estimate h at: h interpolates across it.
