@@ -217,7 +217,7 @@ class _Level(collections.namedtuple("_Level", [
     the compiled step is reused for every pair of the same shape).
 
     moving: F and G(F) as channels (x, y, z, 1 or 2); fixed: R (1, x, y, z, 1); fixed_direction:
-    n(R, p) (1, x, y, z, 3); fixed_statistics: S(R), S(R^2) (1, x, y, z, 2) or None without G(F);
+    n(R, p) (1, x, y, z, 3); fixed_statistics: S(R), S(R^2) (1, x, y, z, 2) or None without L_LCC;
     base: phi_0 on this level (x, y, z, 3); grid, control_grid: voxel coordinates; upsample: the
     control grid -> level grid matrices; control_scale: level voxels -> control voxels (3,);
     smoothness_bands: :func:`smoothness_bands` for a displacement field (the smoothness of
