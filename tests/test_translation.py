@@ -5,10 +5,16 @@ import dataclasses
 import numpy as np
 import pytest
 
+from dgan.data import synth
 from dgan.registration import translation
 
 LEVELS = np.array([0.2, 0.5, 0.8], np.float32)
 RENDERED = np.array([0.9, 0.1, 0.6], np.float32)  # not monotone: T1 against T2
+
+
+def rendered(moving, fixed, flow=None, mask=None):
+    """h(F): the table of translation.rendering applied to the moving image."""
+    return translation.rendering(moving, fixed, flow, mask)(moving)
 
 
 def blocks(shape=(24, 20, 16), seed=0):
@@ -22,7 +28,7 @@ def blocks(shape=(24, 20, 16), seed=0):
 def test_a_function_of_intensity_is_recovered_exactly():
     moving, index = blocks()
     fixed = RENDERED[index]
-    out = translation.conditional_mean(moving, fixed)
+    out = rendered(moving, fixed)
     # each level fills one bin: its mean is the level itself, its fixed mean the rendered value
     np.testing.assert_allclose(out, fixed, atol=1e-6)
 
@@ -31,18 +37,18 @@ def test_the_histogram_is_read_at_the_given_alignment():
     moving, index = blocks()
     flow = np.zeros(moving.shape + (3,), np.float32)
     flow[..., 0] = 2.0  # moved(p) = moving(p + 2 e_x): the fixed scan sees the blocks shifted
-    fixed = np.interp(translation.warped_linear(moving, flow), LEVELS, RENDERED)
-    aligned = translation.conditional_mean(moving, fixed, flow)
+    fixed = np.interp(synth.warp(moving, flow), LEVELS, RENDERED)
+    aligned = rendered(moving, fixed, flow)
     np.testing.assert_allclose(aligned, RENDERED[index], atol=1e-6)
     # read at the identity, half a block is misaligned: the levels' means mix
-    misaligned = translation.conditional_mean(moving, fixed)
+    misaligned = rendered(moving, fixed)
     assert np.max(np.abs(misaligned - RENDERED[index])) > 0.1
 
 
 def test_a_smooth_function_is_recovered_within_its_bins():
     ramp = np.linspace(0.1, 1.0, 320, dtype=np.float32)  # 5 values a bin, 80 voxels
     moving = np.broadcast_to(ramp[:, None, None], (320, 4, 4)).copy()
-    out = translation.conditional_mean(moving, moving**2)
+    out = rendered(moving, moving**2)
     width = 0.9 / translation.DEFAULT_BINS
     error = np.abs(out - moving**2)
     # between the outermost bins' means: the chord error of x^2 between bin means <= width^2 / 4,
@@ -60,7 +66,7 @@ def test_only_the_mask_is_read():
     mask[:, :, :8] = True
     garbage = fixed.copy()
     garbage[~mask] = np.random.default_rng(1).uniform(0, 1, np.count_nonzero(~mask))
-    out = translation.conditional_mean(moving, garbage, mask=mask)
+    out = rendered(moving, garbage, mask=mask)
     np.testing.assert_allclose(out, fixed, atol=1e-6)
 
 
@@ -68,7 +74,7 @@ def test_where_both_scans_are_zero_is_left_out():
     moving, index = blocks()
     fixed = RENDERED[index]
     moving[:8], fixed[:8] = 0.0, 0.0  # a skull-stripped background
-    out = translation.conditional_mean(moving, fixed)
+    out = rendered(moving, fixed)
     np.testing.assert_allclose(out[8:], fixed[8:], atol=1e-6)
 
 
@@ -76,12 +82,12 @@ def test_where_both_scans_are_zero_is_left_out():
                                     np.zeros((8, 8, 8), np.float32)])
 def test_no_function_to_read_gives_none(moving):
     fixed = np.random.default_rng(0).uniform(0, 1, moving.shape).astype(np.float32)
-    assert translation.conditional_mean(moving, fixed) is None
+    assert translation.rendering(moving, fixed) is None
 
 
 def test_too_few_voxels_per_bin_gives_none():
     moving = np.linspace(0, 1, 4 * 4 * 4, dtype=np.float32).reshape(4, 4, 4)
-    assert translation.conditional_mean(moving, moving) is None
+    assert translation.rendering(moving, moving) is None
 
 
 # --- its use by registration -------------------------------------------------------------------

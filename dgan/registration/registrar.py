@@ -629,7 +629,7 @@ class Registrar:
                       "correction is trusted")
         return cautious
 
-    def keep_if_better(self, moving, fixed, start, refined, grid, mask=None, margin=None):
+    def keep_if_better(self, moving, fixed, start, refined, grid, mask=None, *, margin):
         """Refinement's field, or the field it started from when it does not raise L_LG on the
         overlap (:func:`dgan.registration.scoring.lg_score`, on the matching grid ``grid``) by
         ``margin``: on a pair that is already aligned, refinement fits the two contrasts'
@@ -641,9 +641,8 @@ class Registrar:
         :param refined: refinement's field on the fixed grid
         :param grid: the matching grid's :class:`dgan.data.io.Volume` of the fixed scan
         :param mask: the overlap on that grid, bool, or None
-        :param margin: the gain refinement must make; None: :data:`dgan.registration.scoring.MARGIN`
+        :param margin: the gain refinement must make (:func:`refinement_margin`)
         """
-        margin = scoring.MARGIN if margin is None else margin
         weight = scoring.score_weight(mask)
         moving_n = self.scaled(moving)
         fixed_n = self.scaled(grid.array)
@@ -727,7 +726,7 @@ class Registrar:
                                        config, rendering)
             flow = refined if self.start != "auto" else \
                 self.keep_if_better(moving_n.array, fixed, flow, refined, fixed_n, mask_n,
-                                    refinement_margin(choice))
+                                    margin=refinement_margin(choice))
         seconds = {"affine": aligned - started, "network": network - aligned,
                    "refinement": time.perf_counter() - network}
         moved = sample_through_world(moving, fixed.affine, flow, order=1)

@@ -19,13 +19,14 @@ h is piecewise linear through the points (mean of F, mean of R) of every histogr
 at least :data:`MIN_BIN_VOXELS` voxels, and constant beyond the outermost ones; it is kept as a
 table of its values at equally spaced intensities (:class:`Rendering`), which refinement applies
 to the warped moving scan, h(F(phi)) (a model's G runs once, on F, and its output is warped:
-G(F)(phi)). NumPy and SciPy only.
+G(F)(phi)). NumPy and SciPy only (the warp: :func:`dgan.data.synth.warp`).
 """
 
 import dataclasses
 
 import numpy as np
-from scipy import ndimage
+
+from ..data import synth
 
 #: Bins of the moving scan's intensities for :func:`rendering`.
 DEFAULT_BINS = 64
@@ -36,15 +37,6 @@ MIN_BIN_VOXELS = 20
 #: Samples of h in a :class:`Rendering` (equally spaced over F's range): four per bin, so that the
 #: table's linear interpolation follows h's knots within a quarter of a bin.
 TABLE_SAMPLES = 4 * DEFAULT_BINS + 1
-
-
-def warped_linear(moving, flow):
-    """F(phi): ``moving`` (X, Y, Z) at p + flow(p) (voxels, (X, Y, Z, 3)), trilinear, edge values
-    beyond the border (as :func:`dgan.core.spatial.warp`); the identity when ``flow`` is None."""
-    if flow is None:
-        return np.asarray(moving, np.float32)
-    coords = np.indices(moving.shape, dtype=np.float32) + np.moveaxis(flow, -1, 0)
-    return ndimage.map_coordinates(moving, coords, order=1, mode="nearest").astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -84,7 +76,7 @@ def rendering(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
     """
     moving = np.asarray(moving, np.float32)
     fixed = np.asarray(fixed, np.float32)
-    warped = warped_linear(moving, flow)
+    warped = moving if flow is None else synth.warp(moving, flow)
     region = (warped != 0) | (fixed != 0)
     if mask is not None:
         region &= np.asarray(mask, bool)
@@ -102,8 +94,3 @@ def rendering(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
     samples = np.linspace(low, high, TABLE_SAMPLES)
     return Rendering(low, high, np.interp(samples, mean_moving, mean_fixed).astype(np.float32))
 
-
-def conditional_mean(moving, fixed, flow=None, mask=None, bins=DEFAULT_BINS):
-    """h(F) (:func:`rendering` applied to ``moving``), shape = (X, Y, Z), float32, or None."""
-    table = rendering(moving, fixed, flow, mask, bins)
-    return None if table is None else table(moving)
