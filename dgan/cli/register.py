@@ -123,9 +123,8 @@ def _parser():
     add("--affine", choices=AFFINE_MODES, default="auto",
         help="affine pre-alignment (mutual information, 8-4-2 mm): on, off, or auto (default): "
              "applied only when it moves the fixed scan's foreground by more than "
-             f"{AUTO_THRESHOLD_MM:g} mm RMS, the headers do not already overlap the "
-             "two foregrounds, and it beats the headers' alignment on MI, the local gradient "
-             "and the foregrounds' overlap (it prints what it decided and why)")
+             f"{AUTO_THRESHOLD_MM:g} mm RMS and beats the headers' alignment on MI, the local "
+             "gradient and the foregrounds' overlap (it prints what it decided and why)")
     add("--start", choices=START_CHOICES, default="auto",
         help="the field refinement starts from: auto (default), the best of the identity, the "
              "block matching's and T's by the local gradient on the overlap, each kept only when "

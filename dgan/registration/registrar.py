@@ -73,11 +73,11 @@ logger = logging.getLogger(__name__)
 #: must gain (:data:`dgan.registration.scoring.MARGIN`), since an affine moves every voxel.
 AFFINE_LG_MARGIN = 2 * scoring.MARGIN
 
-#: ``--affine auto`` keeps the headers' alignment when it already overlaps the two scans'
-#: foregrounds (:meth:`Registrar.judge_affine`) with at least this Dice: scans of one session
-#: that their headers align. A transform must otherwise raise that Dice by
-#: ``FOREGROUND_MARGIN``.
-HEADER_TRUST_DICE = 0.9
+#: ``--affine auto`` applies a transform only when it also raises the Dice of the two scans'
+#: foregrounds (:meth:`Registrar.judge_affine`) by this much over the headers' alignment. The
+#: foregrounds' overlap alone does not show that the headers are right: a whole-head PD whose
+#: header was 9 degrees off overlapped the T1's head with Dice 0.94
+#: (docs/notes/2026-12-07-header-check.md).
 FOREGROUND_MARGIN = 0.01
 #: Normalised intensity above which a voxel is foreground for :meth:`Registrar.judge_affine`.
 FOREGROUND_LEVEL = 0.1
@@ -464,10 +464,7 @@ class Registrar:
 
     def _affine_stage(self, moving, fixed, moving_mask=None, fixed_mask=None):
         """(alignment or None, the transform to apply or None) under ``self.affine``. ``auto``
-        first looks at the headers' alignment alone: when it already overlaps the two scans'
-        foregrounds with Dice :data:`HEADER_TRUST_DICE` (:meth:`judge_affine`; scans of one
-        session, most inputs) it is kept and nothing is estimated. Otherwise it applies the
-        estimate only when it moves the fixed foreground by more than
+        estimates the transform and applies it only when it moves the fixed foreground by more than
         :data:`dgan.registration.settings.AUTO_THRESHOLD_MM` RMS, raises MI over the headers'
         alignment by :data:`dgan.registration.affine.MIN_GAIN`
         (:meth:`dgan.registration.affine.AffineResult.improves`), and beats them on L_LG and the
@@ -477,12 +474,6 @@ class Registrar:
         if self.affine == "auto" and not daffine.pyramid_levels(fixed, self.affine_config):
             self._say("affine: skipped (auto: the fixed scan is too small for its pyramid)")
             return None, None
-        if self.affine == "auto":
-            (_, header_fg), = self.judge_affine(moving, fixed, None, moving_mask, fixed_mask)
-            if header_fg >= HEADER_TRUST_DICE:
-                self._say(f"affine: kept the headers' alignment (auto: their foregrounds already "
-                          f"overlap, Dice {header_fg:.3f} >= {HEADER_TRUST_DICE:g}; not estimated)")
-                return None, None
         alignment = self.estimate_affine(moving, fixed, moving_mask, fixed_mask)
         if self.affine == "on":
             return alignment, alignment.matrix
