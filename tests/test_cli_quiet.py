@@ -1,4 +1,4 @@
-"""dgan-train, dgan-evaluate, dgan-train-baselines and dgan-bench-speed as dgan-register
+"""dgan-train, dgan-evaluate, the benchmarks and the probes as dgan-register
 (tests/test_cli_register.py): TensorFlow's start-up lines kept off stderr unless --verbose,
 --help before TensorFlow starts.
 
@@ -20,6 +20,9 @@ COMMANDS = {
     "dgan-evaluate": "dgan.bench.evaluate",
     "dgan-train-baselines": "dgan.bench.train_baselines",
     "dgan-bench-speed": "dgan.bench.bench_speed",
+    "dgan-bench-affine": "dgan.bench.bench_affine",
+    "dgan-probe-loss": "dgan.bench.probe_loss",
+    "dgan-probe-matching": "dgan.bench.probe_matching",
 }
 
 #: ``main(argv)`` in a fresh process: its exit status (SystemExit's code for --help) and whether
@@ -76,20 +79,25 @@ def test_help_answers_without_starting_tensorflow(helps, command):
 
 
 #: For each command, arguments refused after TensorFlow has started: (argv, the one error line).
+OUT = ["--out", "{tmp}/out"]
+ABSENT = ["--brain-npz", "{tmp}/absent.npz"]
+MISSING = "the brain benchmark file is missing"
 REFUSED = {
-    "dgan-train": (["--shape", "8", "8", "8"], "is too small"),
+    "dgan-train": (["--shape", "8", "8", "8", *OUT], "is too small"),
     "dgan-evaluate": (["--data", "demo", "--pairs", "1", "--shape", "16", "16", "16", "--spacing",
-                       "12", "--refine-steps", "-1"], "--refine-steps must be >= 0"),
-    "dgan-train-baselines": (["--brain-npz", "{tmp}/absent.npz"],
-                             "the brain benchmark file is missing"),
-    "dgan-bench-speed": (["--refine-only", "--sizes", "8x8"], "a size is 2mm, 1mm or XxYxZ"),
+                       "12", "--refine-steps", "-1", *OUT], "--refine-steps must be >= 0"),
+    "dgan-train-baselines": ([*ABSENT, *OUT], MISSING),
+    "dgan-bench-speed": (["--refine-only", "--sizes", "8x8", *OUT], "a size is 2mm, 1mm or XxYxZ"),
+    "dgan-bench-affine": ([*ABSENT, *OUT], MISSING),
+    "dgan-probe-loss": (ABSENT, MISSING),
+    "dgan-probe-matching": (ABSENT, MISSING),
 }
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_tensorflow_start_up_lines_stay_off_stderr_unless_verbose(tmp_path, command):
     template, message = REFUSED[command]
-    argv = [a.format(tmp=tmp_path) for a in template] + ["--out", str(tmp_path / "out")]
+    argv = [a.format(tmp=tmp_path) for a in template]
     runs = [start(command, argv), start(command, [*argv, "--verbose"])]  # side by side
     (_, quiet, quiet_status, quiet_started), (_, verbose, verbose_status, verbose_started) = (
         finish(run) for run in runs)

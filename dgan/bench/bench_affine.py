@@ -26,25 +26,27 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import compat
 from ..data.io import atomic_write
 from ..errors import InputError
 from ..evaluation.methods import import_ants
-from ..registration import affine as daffine
-from ..registration.settings import DEFAULT_REFINE_STEPS
-from . import affine_cases as bench
+from ..registration.settings import AFFINE_MARGIN_MM, DEFAULT_REFINE_STEPS
 from . import brain
-from .options import add_brain_file_arguments, cpu_model
+from .options import add_brain_file_arguments, add_verbose_argument, cpu_model
+
+# The affine stage and its cases (TensorFlow) are imported by main, after compat.quiet():
+# ``dgan-bench-affine --help`` answers without starting it.
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(prog="dgan-bench-affine", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="output folder")
     add_brain_file_arguments(p)
     p.add_argument("--cases", type=int, default=20, help="accuracy cases (default 20)")
     p.add_argument("--dice-pairs", type=int, default=0, help="Dice pairs (default 0: skip)")
     p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
-    p.add_argument("--margin-mm", type=float, default=daffine.AffineConfig.margin_mm,
+    p.add_argument("--margin-mm", type=float, default=AFFINE_MARGIN_MM,
                    help="MI samples the fixed foreground grown by this many mm (negative: "
                         "shrunk; default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
@@ -53,6 +55,7 @@ def parser():
                    help="Dice cases: move the content (labels resampled twice by nearest "
                         "neighbour) instead of the grid (the default: the labels are resampled "
                         "once, by the registration)")
+    add_verbose_argument(p)
     return p
 
 
@@ -104,6 +107,10 @@ def summary(accuracy, dice, load):
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    compat.quiet(args.verbose)  # before the affine stage starts TensorFlow
+    from ..registration import affine as daffine
+    from . import affine_cases as bench
+
     out = Path(args.out)
     try:
         brain.check_brain_file(args.brain_npz)

@@ -57,7 +57,7 @@ from ..evaluation import methods as evaluation
 from ..registration.settings import RefineConfig
 from ..training.presets import BASELINE_NETWORK
 from . import brain, command
-from .options import add_brain_file_arguments, cpu_model, show_warnings
+from .options import add_brain_file_arguments, add_verbose_argument, cpu_model, show_warnings
 
 # TensorFlow (the networks, refinement, the timed methods) is imported in main(), after
 # compat.quiet(): ``dgan-bench-speed --help`` answers without starting it.
@@ -100,9 +100,7 @@ def parser():
     p.add_argument("--calls", type=int, default=3,
                    help="with --command: calls of each dgan-register (default %(default)s)")
     p.add_argument("--out", help="folder for bench.json and bench.md")
-    p.add_argument("--verbose", action="store_true",
-                   help="let TensorFlow's start-up and log lines through to stderr (hidden by "
-                        "default)")
+    add_verbose_argument(p)
     return p
 
 

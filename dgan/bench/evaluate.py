@@ -32,7 +32,7 @@ from ..evaluation import methods as evaluation
 from ..registration.settings import DEFAULT_REFINE_STEPS
 from ..training.settings import METHOD_NAMES
 from . import brain
-from .options import add_brain_file_arguments, show_warnings
+from .options import add_brain_file_arguments, add_verbose_argument, show_warnings
 from .train_baselines import model_folder
 
 # The library is imported where it is used, not here (this module's docstring is --help's text):
@@ -99,9 +99,7 @@ def parser():
     out.add_argument("--figure-pairs", type=int, default=1,
                      help="pairs drawn per method (default 1; 0: no figures)")
     out.add_argument("--no-progress", action="store_true", help="no progress bar")
-    out.add_argument("--verbose", action="store_true",
-                     help="let TensorFlow's start-up and log lines (absl, oneDNN, CUDA) and its "
-                          "warnings through to stderr (hidden by default)")
+    add_verbose_argument(out)
     return p
 
 

@@ -46,6 +46,14 @@ def show_warnings():
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
+def add_verbose_argument(parser):
+    """``--verbose``: the command calls ``dgan.compat.quiet(args.verbose)`` before it starts
+    TensorFlow, so that ``--help`` answers without it and its log lines stay off stderr."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="let TensorFlow's start-up and log lines (absl, oneDNN, CUDA) and its "
+                             "warnings through to stderr (hidden by default)")
+
+
 def add_pair_arguments(parser, pairs):
     """The probes' choice of pairs: ``--data``, ``--pairs`` (default ``pairs``), ``--seed``,
     ``--resolution``, ``--brain-npz``, ``--labels``; read back by :func:`probe_pairs`."""

@@ -22,12 +22,12 @@ import time
 
 import numpy as np
 
+from .. import compat
 from ..core import metrics
 from ..data import synth
 from ..errors import InputError
-from ..registration.refine import refine
 from ..registration.settings import RefineConfig
-from .options import add_pair_arguments, probe_pairs, show_warnings
+from .options import add_pair_arguments, add_verbose_argument, probe_pairs, show_warnings
 
 
 def parser():
@@ -43,12 +43,16 @@ def parser():
     for name in ("learning_rate", "alpha", "beta", "w_lcc"):
         p.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(defaults, name))
     p.add_argument("--levels", type=int, nargs="+", default=list(defaults.levels))
+    add_verbose_argument(p)
     return p
 
 
 def main(argv=None):
     """``dgan-probe-loss``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
+    compat.quiet(args.verbose)  # before refinement starts TensorFlow
+    from ..registration.refine import refine
+
     show_warnings()
     try:
         config = RefineConfig(steps=args.steps, levels=tuple(args.levels), control=args.control,

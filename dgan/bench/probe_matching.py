@@ -18,13 +18,17 @@ import time
 
 import numpy as np
 
-from ..compat import tf, vxm
-from ..core import matching, metrics, networks
+from .. import compat
+from ..core import metrics
+from ..core import settings as core_settings
 from ..core.settings import parse_matching
 from ..data import synth
 from ..errors import InputError
 from . import brain
-from .options import add_pair_arguments, probe_pairs, show_warnings
+from .options import add_pair_arguments, add_verbose_argument, probe_pairs, show_warnings
+
+# TensorFlow (dgan.compat.tf, vxm, dgan.core.networks) is imported by main, after
+# compat.quiet(): ``dgan-probe-matching --help`` answers without starting it.
 
 
 def parser():
@@ -33,17 +37,21 @@ def parser():
     add_pair_arguments(p, pairs=brain.BRAIN_PAIRS)
     p.add_argument("--pool", type=int, default=1, choices=(1, 2, 4),
                    help="match on a grid this many times coarser (average-pooled images)")
-    p.add_argument("--passes", type=parse_matching, default=matching.DEFAULT_PASSES,
+    p.add_argument("--passes", type=parse_matching, default=core_settings.DEFAULT_PASSES,
                    help="factor:radius,... coarse to fine (default %(default)s)")
-    p.add_argument("--window", type=int, default=matching.DEFAULT_WINDOW)
-    p.add_argument("--smoothing", type=int, default=matching.DEFAULT_SMOOTHING)
-    p.add_argument("--temperature", type=float, default=matching.DEFAULT_TEMPERATURE)
-    p.add_argument("--lg-window", type=int, default=matching.DEFAULT_LG_WINDOW)
+    p.add_argument("--window", type=int, default=core_settings.MATCHING_WINDOW)
+    p.add_argument("--smoothing", type=int, default=core_settings.MATCHING_SMOOTHING)
+    p.add_argument("--temperature", type=float, default=core_settings.MATCHING_TEMPERATURE)
+    p.add_argument("--lg-window", type=int, default=core_settings.MATCHING_LG_WINDOW)
+    add_verbose_argument(p)
     return p
 
 
 def matcher(args):
     """(moving, fixed) (1, X, Y, Z, 1) -> phi (1, X, Y, Z, 3) on the pairs' grid."""
+    from ..compat import tf, vxm
+    from ..core import networks
+
     layer = networks.BlockMatching(args.passes, lg_window=args.lg_window, window=args.window,
                                    smoothing=args.smoothing, temperature=args.temperature)
 
@@ -60,6 +68,9 @@ def matcher(args):
 def main(argv=None):
     """``dgan-probe-matching``; returns the exit status (2 for bad input)."""
     args = parser().parse_args(argv)
+    compat.quiet(args.verbose)  # before TensorFlow starts
+    from ..compat import tf
+
     show_warnings()
     try:
         benchmark = probe_pairs(args)

@@ -37,7 +37,7 @@ from ..errors import InputError, TrainingDiverged
 from ..training import presets
 from ..training.settings import METHOD_NAMES, SCHEDULES, LossWeights
 from . import brain
-from .options import add_brain_file_arguments, show_warnings
+from .options import add_brain_file_arguments, add_verbose_argument, show_warnings
 
 # The library is imported where it is used, not here (this module's docstring is --help's text):
 # the training and benchmark modules start TensorFlow, which takes seconds and writes its
@@ -116,9 +116,7 @@ def parser():
     run.add_argument("--log-every", type=int,
                      help=f"losses logged every this many steps (default {baseline['log_every']})")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
-    run.add_argument("--verbose", action="store_true",
-                     help="let TensorFlow's start-up and log lines (absl, oneDNN, CUDA) and its "
-                          "warnings through to stderr (hidden by default)")
+    add_verbose_argument(run)
     loss = p.add_argument_group("losses (one configuration for every method)")
     loss.add_argument("--alpha", type=float, help="smoothness weight (Deform-GAN, lcc)")
     loss.add_argument("--beta", type=float, help="local-gradient weight (Deform-GAN, lcc)")

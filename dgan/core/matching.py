@@ -28,16 +28,17 @@ import numpy as np
 from ..compat import tf
 from .coverage import shrink
 from .losses import box_sum, local_gradient_direction
+from . import settings
 from .settings import DEFAULT_PASSES
 from .spatial import upsample_flow, warp_batch
 
-#: Window and smoothing of the cost, temperature of the soft arg-max (chosen on the demo's
-#: validation pairs and the brain benchmark, docs/notes/training-log.md): a larger smoothing
-#: folds less, a sharper temperature follows the cost's best displacement more closely.
-DEFAULT_LG_WINDOW = 3
-DEFAULT_WINDOW = 5
-DEFAULT_SMOOTHING = 7
-DEFAULT_TEMPERATURE = 0.005
+#: Window and smoothing of the cost, temperature of the soft arg-max: see
+#: :data:`dgan.core.settings.MATCHING_WINDOW` (kept there, free of TensorFlow, for the commands'
+#: ``--help``).
+DEFAULT_LG_WINDOW = settings.MATCHING_LG_WINDOW
+DEFAULT_WINDOW = settings.MATCHING_WINDOW
+DEFAULT_SMOOTHING = settings.MATCHING_SMOOTHING
+DEFAULT_TEMPERATURE = settings.MATCHING_TEMPERATURE
 
 
 def displacements(radius):

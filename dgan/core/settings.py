@@ -43,6 +43,15 @@ def without_retired(settings, retired):
 #: 17 voxels in all, more than a single pass or two can.
 DEFAULT_PASSES = ((4, 2), (2, 2), (1, 1))
 
+#: The block matching's local-gradient window, cost window and smoothing, and the temperature of
+#: its soft arg-max (chosen on the demo's validation pairs and the brain benchmark,
+#: docs/notes/training-log.md): a larger smoothing folds less, a sharper temperature follows the
+#: cost's best displacement more closely (:mod:`dgan.core.matching`).
+MATCHING_LG_WINDOW = 3
+MATCHING_WINDOW = 5
+MATCHING_SMOOTHING = 7
+MATCHING_TEMPERATURE = 0.005
+
 
 def parse_features(text):
     """U-Net features from the command-line form ``"16,32,32/32,32,32,16,16"`` (encoder/decoder)."""

@@ -60,6 +60,7 @@ from ..compat import tf
 from ..core import coverage
 from ..data import io as dio
 from ..errors import InputError
+from .settings import AFFINE_MARGIN_MM
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class AffineConfig:
     restart_deg: float = 15.0
     bins: int = 32
     max_points: int = 20_000
-    margin_mm: float = -4.0
+    margin_mm: float = AFFINE_MARGIN_MM
     seed: int = 0
 
     def __post_init__(self):

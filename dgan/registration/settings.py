@@ -23,6 +23,11 @@ START_CHOICES = ("auto", "network", "identity")
 #: :data:`AUTO_THRESHOLD_MM`, ``on`` always, ``off`` never.
 AFFINE_MODES = ("auto", "on", "off")
 
+#: The affine stage's MI samples the fixed foreground grown by this many mm (negative: shrunk:
+#: its interior; the outline of a brain biases MI across modalities):
+#: :class:`dgan.registration.affine.AffineConfig`'s ``margin_mm``.
+AFFINE_MARGIN_MM = -4.0
+
 #: ``--affine auto`` applies the estimated affine when it moves the fixed scan's foreground by
 #: more than this RMS distance (mm) from where the two headers put it; below it the deformable
 #: stage (T, refinement) takes the misalignment as it is.
