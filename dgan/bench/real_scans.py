@@ -29,8 +29,8 @@ licence), under one data folder (``--data``), each used when its files are prese
 - ``chris_rorden_NC``: a whole-head proton-density scan (0.86 x 0.86 x 2.4 mm, part of the head)
   and a whole-head 0.88 mm T1 of the same session (CC BY-NC 4.0: evaluation only). Their headers
   do not align them: the PD sits 9 degrees and 8 mm off the T1 (ANTs's rigid stage and dgan's
-  affine stage find the same transform; through it the T1's tissue edges fall on the PD's, and
-  L_LG on the brain rises from 0.57 to 0.78). The PD is used with its header corrected by that
+  affine stage find the same transform, and through it the T1's tissue edges fall on the PD's;
+  docs/notes/2026-12-07-header-check.md). The PD is used with its header corrected by that
   transform (:data:`PD_HEADER_CORRECTION`), so that its aligned case is aligned;
 - ``ixi002_hdbet``: IXI subject 002, skull-stripped T2 (moving) and T1 (fixed) with brain masks
   (CC BY-SA 3.0).
@@ -125,8 +125,8 @@ def shift_field_mm(shape, affine, region, max_mm, seed):
     """A smooth field that is mostly one shift: smooth noise (control points
     :data:`SHIFT_SMOOTHNESS_MM` apart) with its mean over ``region`` removed, plus a shift of two
     of its standard deviations of random sign along each axis, each axis scaled so that its
-    largest component over ``region`` is ``max_mm`` (so the mean length is about 0.7-0.8 of
-    ``max_mm``: the fields of issue 29's hidden check, "at most 8 mm per axis, mean 6.2 mm").
+    largest component over ``region`` is ``max_mm``: a displacement like a head's between two
+    sessions, most of it common to every voxel.
 
     :param region: bool on the grid, where the field is scored
     :return: shape = (X, Y, Z, 3), float32, voxels

@@ -26,9 +26,9 @@ import itertools
 import numpy as np
 
 from ..compat import tf
+from . import settings
 from .coverage import shrink
 from .losses import box_sum, local_gradient_direction
-from . import settings
 from .settings import DEFAULT_PASSES
 from .spatial import upsample_flow, warp_batch
 

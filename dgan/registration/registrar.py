@@ -76,8 +76,8 @@ AFFINE_LG_MARGIN = 2 * scoring.MARGIN
 #: ``--affine auto`` applies a transform only when it also raises the Dice of the two scans'
 #: foregrounds (:meth:`Registrar.judge_affine`) by this much over the headers' alignment. The
 #: foregrounds' overlap alone does not show that the headers are right: a whole-head PD whose
-#: header was 9 degrees off overlapped the T1's head with Dice 0.94
-#: (docs/notes/2026-12-07-header-check.md).
+#: header was 9 degrees off overlapped its T1's head almost as well as the right alignment does
+#: (docs/notes/2026-12-07-header-check.md), so auto always estimates.
 FOREGROUND_MARGIN = 0.01
 #: Normalised intensity above which a voxel is foreground for :meth:`Registrar.judge_affine`.
 FOREGROUND_LEVEL = 0.1
