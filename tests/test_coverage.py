@@ -259,9 +259,10 @@ def test_an_aligned_pair_is_refined_cautiously(pair, monkeypatch):
     seen = []
     original = Registrar.refine_flow
 
-    def spy(self, moving, fixed, flow, translated, mask=None, config=None, rendering=None):
+    def spy(self, moving, fixed, flow, translated, mask=None, config=None, rendering=None,
+            scaled=False):
         seen.append(config)
-        return original(self, moving, fixed, flow, translated, mask, config, rendering)
+        return original(self, moving, fixed, flow, translated, mask, config, rendering, scaled)
 
     monkeypatch.setattr(Registrar, "refine_flow", spy)
     said = []

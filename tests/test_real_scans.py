@@ -50,17 +50,17 @@ def test_shift_field_reaches_its_bound_along_each_world_axis_inside_the_region()
     np.testing.assert_array_equal(flow, rs.shift_field_mm(SHAPE, OBLIQUE, region, 8.0, seed=5))
 
 
+def world_of(volume):
+    """The world (RAS mm) position of every voxel, (X, Y, Z, 3)."""
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in volume.shape), indexing="ij"), -1)
+    return grid @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+
+
 def ramp_volume():
     """Intensity = the world x + 2 y + 3 z coordinate at each voxel: resampling it anywhere reads
     the world position, so a variant that moves voxels shows as a wrong value."""
-    grid = np.stack(np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij"), -1)
-    world = grid @ OBLIQUE[:3, :3].T + OBLIQUE[:3, 3]
-    return Volume((world @ [1.0, 2.0, 3.0]).astype(np.float32), OBLIQUE)
-
-
-def world_of(volume):
-    grid = np.stack(np.meshgrid(*(np.arange(n) for n in volume.shape), indexing="ij"), -1)
-    return grid @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    grid = Volume(np.zeros(SHAPE, np.float32), OBLIQUE)
+    return grid.replace(array=(world_of(grid) @ [1.0, 2.0, 3.0]).astype(np.float32))
 
 
 def test_slab_and_other_grid_keep_the_world_where_it_was():

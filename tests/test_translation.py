@@ -99,9 +99,10 @@ def _spied_refinement(monkeypatch):
     seen = []
     original = Registrar.refine_flow
 
-    def spy(self, moving, fixed, flow, translated, mask=None, config=None, rendering=None):
-        seen.append((moving, fixed, translated, config, rendering))
-        return original(self, moving, fixed, flow, translated, mask, config, rendering)
+    def spy(self, moving, fixed, flow, translated, mask=None, config=None, rendering=None,
+            scaled=False):
+        seen.append((moving, fixed, translated, config, rendering, scaled))
+        return original(self, moving, fixed, flow, translated, mask, config, rendering, scaled)
 
     monkeypatch.setattr(Registrar, "refine_flow", spy)
     return seen
@@ -128,8 +129,11 @@ def test_refinement_after_the_matching_compares_with_the_histogram_rendering(mon
     config = RefineConfig(steps=2, levels=(1,))
     Registrar(None, refine_config=config, start="network",
               progress=said.append).register_volumes(moving, fixed)
-    on_fixed, fixed_array, translated, used, rendering = seen[-1]
-    expected = translation.rendering(scale_intensity(on_fixed), scale_intensity(fixed_array))
+    on_fixed, fixed_array, translated, used, rendering, scaled = seen[-1]
+    # the registrar scales the two scans once, for the rendering and refinement alike
+    assert scaled
+    np.testing.assert_array_equal(fixed_array, scale_intensity(fixed.array))
+    expected = translation.rendering(on_fixed, fixed_array)
     assert translated is None
     assert (rendering.low, rendering.high) == (expected.low, expected.high)
     np.testing.assert_array_equal(rendering.values, expected.values)

@@ -113,11 +113,15 @@ def smooth_field_mm(shape, affine, max_mm, seed):
 
     :return: shape = (X, Y, Z, 3), float32, voxels
     """
-    spacing = dio.voxel_spacing(affine)
-    smoothness = FIELD_SMOOTHNESS_MM / float(np.mean(spacing))
+    smoothness = FIELD_SMOOTHNESS_MM / float(np.mean(dio.voxel_spacing(affine)))
     field_mm = synth.random_smooth_flow(shape, max_mm, smoothness, np.random.default_rng(seed))
-    matrix = np.asarray(affine, np.float64)[:3, :3]
-    directions = matrix / spacing  # unit axis directions: mm along axis d -> voxels
+    return _in_voxels(field_mm, affine)
+
+
+def _in_voxels(field_mm, affine):
+    """A field of world (RAS) millimetre vectors as voxels of the grid of ``affine``, float32."""
+    spacing = dio.voxel_spacing(affine)
+    directions = np.asarray(affine, np.float64)[:3, :3] / spacing  # unit axis directions
     return (field_mm @ np.linalg.inv(directions).T / spacing).astype(np.float32)
 
 
@@ -132,14 +136,12 @@ def shift_field_mm(shape, affine, region, max_mm, seed):
     :return: shape = (X, Y, Z, 3), float32, voxels
     """
     rng = np.random.default_rng(seed)
-    spacing = dio.voxel_spacing(affine)
-    noise = synth.smooth_noise(shape, SHIFT_SMOOTHNESS_MM / float(np.mean(spacing)), rng,
-                               channels=3).astype(np.float64)
+    smoothness = SHIFT_SMOOTHNESS_MM / float(np.mean(dio.voxel_spacing(affine)))
+    noise = synth.smooth_noise(shape, smoothness, rng, channels=3).astype(np.float64)
     inside = noise[region]
     field_mm = noise - inside.mean(0) + rng.choice([-1.0, 1.0], 3) * 2.0 * inside.std(0)
     field_mm *= max_mm / np.abs(field_mm[region]).max(0)
-    directions = np.asarray(affine, np.float64)[:3, :3] / spacing
-    return (field_mm @ np.linalg.inv(directions).T / spacing).astype(np.float32)
+    return _in_voxels(field_mm, affine)
 
 
 def deform(volume, flow, order=1):

@@ -26,19 +26,11 @@ import itertools
 import numpy as np
 
 from ..compat import tf
-from . import settings
 from .coverage import shrink
 from .losses import box_sum, local_gradient_direction
-from .settings import DEFAULT_PASSES
+from .settings import (DEFAULT_PASSES, MATCHING_LG_WINDOW, MATCHING_SMOOTHING,
+                       MATCHING_TEMPERATURE, MATCHING_WINDOW)
 from .spatial import upsample_flow, warp_batch
-
-#: Window and smoothing of the cost, temperature of the soft arg-max: see
-#: :data:`dgan.core.settings.MATCHING_WINDOW` (kept there, free of TensorFlow, for the commands'
-#: ``--help``).
-DEFAULT_LG_WINDOW = settings.MATCHING_LG_WINDOW
-DEFAULT_WINDOW = settings.MATCHING_WINDOW
-DEFAULT_SMOOTHING = settings.MATCHING_SMOOTHING
-DEFAULT_TEMPERATURE = settings.MATCHING_TEMPERATURE
 
 
 def displacements(radius):
@@ -100,8 +92,9 @@ def soft_argmax_flow(cost, radius, temperature):
     return tf.tensordot(weights, tf.constant(displacements(radius)), [[4], [0]])
 
 
-def block_match(moving, fixed, factor, radius, lg_window=DEFAULT_LG_WINDOW, window=DEFAULT_WINDOW,
-                smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE, valid=None):
+def block_match(moving, fixed, factor, radius, lg_window=MATCHING_LG_WINDOW,
+                window=MATCHING_WINDOW, smoothing=MATCHING_SMOOTHING,
+                temperature=MATCHING_TEMPERATURE, valid=None):
     """One matching pass: moving F, fixed R (B, X, Y, Z, 1) -> phi (B, X, Y, Z, 3) in image voxels,
     with ``moved(p) = F(p + phi(p))``. X, Y, Z must be multiples of ``factor``.
 
@@ -120,7 +113,7 @@ def compose(first, second):
     return second + warp_batch(first, second)
 
 
-def pass_validity(mask, passes=DEFAULT_PASSES, lg_window=DEFAULT_LG_WINDOW):
+def pass_validity(mask, passes=DEFAULT_PASSES, lg_window=MATCHING_LG_WINDOW):
     """Where each pass may compare directions: ``mask`` (where both scans have data, bool (X, Y, Z))
     on the pass's coarse grid, kept where the directions' windows (central differences, then the
     ``lg_window`` box) lie wholly inside it (:func:`dgan.core.coverage.shrink`).
@@ -134,8 +127,8 @@ def pass_validity(mask, passes=DEFAULT_PASSES, lg_window=DEFAULT_LG_WINDOW):
             for factor, _ in passes]
 
 
-def match(moving, fixed, passes=DEFAULT_PASSES, valid=None, lg_window=DEFAULT_LG_WINDOW,
-          window=DEFAULT_WINDOW, smoothing=DEFAULT_SMOOTHING, temperature=DEFAULT_TEMPERATURE):
+def match(moving, fixed, passes=DEFAULT_PASSES, valid=None, lg_window=MATCHING_LG_WINDOW,
+          window=MATCHING_WINDOW, smoothing=MATCHING_SMOOTHING, temperature=MATCHING_TEMPERATURE):
     """The coarse-to-fine matching of :class:`BlockMatching` on a pair, outside any network:
     the training-free first estimate of phi, also where the scans cover different regions.
 

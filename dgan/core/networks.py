@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass
 
 from ..compat import keras, tf, vxm
 from . import matching
-from .settings import VXM_FEATURES, without_retired
+from .settings import (MATCHING_LG_WINDOW, MATCHING_SMOOTHING, MATCHING_TEMPERATURE,
+                       MATCHING_WINDOW, VXM_FEATURES, without_retired)
 
 #: Settings of experiments that were not kept (docs/notes/training-log.md), with the value that
 #: builds today's networks: a saved description may name them at that value, and no other.
@@ -126,9 +127,8 @@ class BlockMatching(keras.layers.Layer):
         by the previous passes
     """
 
-    def __init__(self, passes, lg_window=matching.DEFAULT_LG_WINDOW,
-                 window=matching.DEFAULT_WINDOW, smoothing=matching.DEFAULT_SMOOTHING,
-                 temperature=matching.DEFAULT_TEMPERATURE, **kwargs):
+    def __init__(self, passes, lg_window=MATCHING_LG_WINDOW, window=MATCHING_WINDOW,
+                 smoothing=MATCHING_SMOOTHING, temperature=MATCHING_TEMPERATURE, **kwargs):
         kwargs["trainable"] = False  # no weights; also when rebuilt from its config
         super().__init__(**kwargs)
         self.passes = tuple((int(f), int(r)) for f, r in passes)

@@ -334,7 +334,7 @@ class Registrar:
         out = np.concatenate([generator.predict_on_batch(m[np.newaxis]) for m in moving_in])
         return np.asarray(out[(slice(None), *window, 0)], dtype=np.float32)
 
-    def translate_by_histogram(self, moving, fixed, mask=None, config=None):
+    def translate_by_histogram(self, moving, fixed, mask=None, config=None, scaled=False):
         """h = E[R | F], the function of intensity that renders the moving scan in the fixed
         contrast, read from the two scans' joint histogram on the overlap
         (:func:`dgan.registration.translation.rendering`): refinement's L_LCC term compares with
@@ -345,20 +345,23 @@ class Registrar:
         :param mask: where both scans have data, bool (X, Y, Z), or None
         :param config: the refinement's settings (None: :attr:`refine_config`): none when its
             ``w_lcc`` is 0
+        :param scaled: the arrays are already scaled (:meth:`scaled`)
         :return: :class:`dgan.registration.translation.Rendering` from scaled intensities to the
             fixed scan's scaled units, or None
         """
         config = self.refine_config if config is None else config
         if config.w_lcc == 0:
             return None
-        rendered = translation.rendering(self.scaled(moving), self.scaled(fixed), mask=mask)
+        if not scaled:
+            moving, fixed = self.scaled(moving), self.scaled(fixed)
+        rendered = translation.rendering(moving, fixed, mask=mask)
         if rendered is not None:
             self._say("refinement: L_LCC against the moving scan rendered in the fixed contrast "
                       "by their joint histogram (E[fixed | moving] on the overlap)")
         return rendered
 
     def refine_flow(self, moving, fixed, flow, translated, mask=None, config=None,
-                    rendering=None):
+                    rendering=None, scaled=False):
         """Refine ``flow`` on one pair of arrays on one grid
         (:func:`dgan.registration.refine.refine`).
 
@@ -369,6 +372,7 @@ class Registrar:
         :param mask: where both scans have data, bool (X, Y, Z), or None: everywhere
         :param config: the refinement's settings, or None: :attr:`refine_config`
         :param rendering: without ``translated``, h of :meth:`translate_by_histogram`, or None
+        :param scaled: ``moving`` and ``fixed`` are already scaled (:meth:`scaled`)
         :return: the refined flow, shape = (X, Y, Z, 3), float32; levels too coarse for these
             arrays (:func:`dgan.registration.refine.usable_levels`) are left out, and said so
         """
@@ -381,8 +385,10 @@ class Registrar:
                 self._say(f"refinement level 1/{factor}: left out (its grid would be narrower "
                           f"than {MIN_LEVEL_VOXELS} voxels)")
         config = dataclasses.replace(config, levels=tuple(levels))
-        return refine(self.scaled(moving), self.scaled(fixed), flow, translated, config,
-                      self.progress, mask=mask, rendering=rendering).flow
+        if not scaled:
+            moving, fixed = self.scaled(moving), self.scaled(fixed)
+        return refine(moving, fixed, flow, translated, config, self.progress, mask=mask,
+                      rendering=rendering).flow
 
     def refine_flows(self, moving, fixed, flows):
         """Refine T's fields of a batch of pairs on one grid, each with G(F) when the model has G.
@@ -710,11 +716,13 @@ class Registrar:
                 translated = dio.resample_to_grid(
                     dio.Volume(translated[0], fixed_n.affine), fixed.affine, fixed.shape, order=1
                 ).array
+            moving_s, fixed_s = self.scaled(on_fixed.array), self.scaled(fixed.array)
             rendering = None
             if translated is None and choice.name == "matching":
-                rendering = self.translate_by_histogram(on_fixed.array, fixed.array, mask, config)
-            refined = self.refine_flow(on_fixed.array, fixed.array, flow, translated, mask,
-                                       config, rendering)
+                rendering = self.translate_by_histogram(moving_s, fixed_s, mask, config,
+                                                        scaled=True)
+            refined = self.refine_flow(moving_s, fixed_s, flow, translated, mask, config,
+                                       rendering, scaled=True)
             flow = refined if self.start != "auto" else \
                 self.keep_if_better(moving_n.array, fixed, flow, refined, fixed_n, mask_n,
                                     margin=refinement_margin(choice))

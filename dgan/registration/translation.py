@@ -43,7 +43,7 @@ TABLE_SAMPLES = 4 * DEFAULT_BINS + 1
 class Rendering:
     """h as a table: its values at :data:`TABLE_SAMPLES` equally spaced intensities from ``low``
     to ``high``, linear between them, constant beyond. Refinement applies it to the warped
-    moving scan, h(F(phi)), inside its objective (:func:`dgan.core.losses.lookup`): one warped
+    moving scan, h(F(phi)), inside its objective (:mod:`dgan.registration.refine`): one warped
     channel instead of two (F and h(F)), which at 1 mm is most of refinement's memory.
 
     :param low: the first sample's intensity
