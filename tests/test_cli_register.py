@@ -25,8 +25,8 @@ def test_the_help_quotes_the_librarys_defaults_and_choices(capsys):
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     defaults = settings.RefineConfig()
-    assert f"else {settings.DEFAULT_REFINE_STEPS}; 0: T's field alone" in text
-    assert f"else {' '.join(map(str, defaults.levels))})" in text
+    assert f"else {settings.NO_MODEL_REFINE_STEPS}; 0: T's field alone" in text
+    assert f"else {' '.join(map(str, settings.NO_MODEL_LEVELS))})" in text
     assert f"else {defaults.alpha:g};" in text and f"else {defaults.smooth}" in text
     assert f"(default {defaults.lcc_stride}," in text
     assert f"more than {settings.AUTO_THRESHOLD_MM:g} mm RMS" in text

@@ -250,6 +250,27 @@ def test_refinement_from_the_identity_is_cautious_unless_told():
         assert cli._registrar(cli._parser().parse_args(base + extra)).cautious is want, extra
 
 
+def test_without_a_model_refinement_starts_at_half_resolution_with_fewer_iterations():
+    """No model: refinement on NO_MODEL_LEVELS with NO_MODEL_REFINE_STEPS each (the block
+    matching searched the coarse scales), the rest RefineConfig's defaults; a model folder's own
+    settings, and a refinement option of dgan-register, come first."""
+    from dgan.cli import register as cli
+    from dgan.registration.registrar import model_refinement
+    from dgan.registration.settings import (NO_MODEL_LEVELS, NO_MODEL_REFINE_STEPS,
+                                            RefineConfig)
+
+    assert NO_MODEL_LEVELS == (2, 1) and NO_MODEL_REFINE_STEPS == 15
+    want = dataclasses.replace(RefineConfig(), levels=NO_MODEL_LEVELS,
+                               steps=NO_MODEL_REFINE_STEPS)
+    assert model_refinement(None) == want and Registrar(None).refine_config == want
+    base = ["--moving", "m.nii.gz", "--fixed", "f.nii.gz", "--out-moved", "o.nii.gz",
+            "--out-flow", "w.nii.gz"]
+    assert cli._registrar(cli._parser().parse_args(base)).refine_config == want
+    told = cli._registrar(cli._parser().parse_args(
+        base + ["--refine-steps", "25", "--refine-levels", "4", "2", "1"])).refine_config
+    assert (told.steps, told.levels) == (25, (4, 2, 1))
+
+
 def test_an_aligned_pair_is_refined_cautiously(pair, monkeypatch):
     """End to end: on a pair its headers align (the moving scan in another contrast), no start
     field is found and refinement runs with the cautious settings, and says so."""

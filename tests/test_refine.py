@@ -20,6 +20,7 @@ from dgan.registration import registrar as dregister
 from dgan.registration.model_folder import (CONFIG_FILE, GENERATOR_FILE, load_model_folder,
                                             save_model_folder)
 from dgan.registration.registrar import Registrar
+from dgan.registration.settings import NO_MODEL_LEVELS
 from numpy_reference import np_lcc
 
 TINY_CONFIG = NetworkConfig(
@@ -481,7 +482,7 @@ def test_cli_without_a_model_refines_from_the_identity(tmp_path, capsys):
                    "--out-flow", str(tmp_path / "flow.nii.gz"), "--refine-steps", "5"])
     out = capsys.readouterr().out
     assert status == 0, out
-    assert out.count("refinement level") == len(dr.RefineConfig().levels)  # one line per level
+    assert out.count("refinement level") == len(NO_MODEL_LEVELS)  # one line per level
     assert "refinement" in out.splitlines()[-1] and "network" in out.splitlines()[-1]
     flow = nib.load(str(tmp_path / "flow.nii.gz")).get_fdata()
     assert flow.shape == (24, 24, 24, 3) and np.abs(flow).max() > 0.01

@@ -30,7 +30,7 @@ from .. import compat
 from ..data.io import atomic_write
 from ..errors import InputError
 from ..evaluation.methods import import_ants
-from ..registration.settings import AFFINE_MARGIN_MM, DEFAULT_REFINE_STEPS
+from ..registration.settings import AFFINE_MARGIN_MM, NO_MODEL_REFINE_STEPS
 from . import brain
 from .options import add_brain_file_arguments, add_verbose_argument, cpu_model
 
@@ -45,7 +45,7 @@ def parser():
     add_brain_file_arguments(p)
     p.add_argument("--cases", type=int, default=20, help="accuracy cases (default 20)")
     p.add_argument("--dice-pairs", type=int, default=0, help="Dice pairs (default 0: skip)")
-    p.add_argument("--refine-steps", type=int, default=DEFAULT_REFINE_STEPS)
+    p.add_argument("--refine-steps", type=int, default=NO_MODEL_REFINE_STEPS)
     p.add_argument("--margin-mm", type=float, default=AFFINE_MARGIN_MM,
                    help="MI samples the fixed foreground grown by this many mm (negative: "
                         "shrunk; default %(default)s)")

@@ -13,7 +13,6 @@ registers), ``results.csv``, ``summary.md``, ``config.json``, ``registration.log
 import argparse
 import csv
 import os
-import platform
 import sys
 import textwrap
 
@@ -24,7 +23,7 @@ from ..errors import InputError
 from ..evaluation import figures
 from ..evaluation.methods import import_ants
 from . import real_scans as bench
-from .options import show_warnings
+from .options import cpu_model, show_warnings
 
 
 def parser():
@@ -127,7 +126,7 @@ def main(argv=None):
         writer.writeheader()
         writer.writerows(rows)
     table = summary_table(rows)
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     with dio.atomic_write(os.path.join(args.out, "summary.md")) as tmp, \
             open(tmp, "w", encoding="utf-8") as handle:
         handle.write(table)

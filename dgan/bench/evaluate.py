@@ -29,7 +29,7 @@ from .. import compat
 from ..errors import InputError
 from ..data import demo
 from ..evaluation import methods as evaluation
-from ..registration.settings import DEFAULT_REFINE_STEPS
+from ..registration.settings import NO_MODEL_REFINE_STEPS
 from ..training.settings import METHOD_NAMES
 from . import brain
 from .options import add_brain_file_arguments, add_verbose_argument, show_warnings
@@ -81,7 +81,7 @@ def parser():
                               "(dgan-register without --model, its own choices: the block "
                               "matching where it earns it, then refinement with the joint "
                               "histogram's rendering); the largest --refine-steps, or the "
-                              f"default {DEFAULT_REFINE_STEPS}, iterations per level")
+                              f"default {NO_MODEL_REFINE_STEPS}, iterations per level")
     methods.add_argument("--refine-set", nargs="+", metavar="KEY=VALUE",
                          help="change refinement settings (dgan.RefineConfig), e.g. alpha=1 "
                               "control=4 levels=2,1")
@@ -145,7 +145,7 @@ def refinement_methods(args):
                 methods.append(evaluation.ModelMethod(refined_name(name, steps), folder, steps,
                                                       config(folder), network_spacing=spacing))
     if args.refine_alone:
-        steps = max(steps_list, default=DEFAULT_REFINE_STEPS)
+        steps = max(steps_list, default=NO_MODEL_REFINE_STEPS)
         methods.append(evaluation.ModelMethod(f"refinement alone {steps}", None, steps,
                                               config(None), start="identity"))
         methods.append(evaluation.ModelMethod(f"no model: matching + refinement {steps}", None,

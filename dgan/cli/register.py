@@ -17,7 +17,8 @@ from .. import compat
 from ..core.settings import SMOOTHED_FIELDS
 from ..errors import InputError
 from ..registration.settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_STEPS,
-                                     DEFAULT_REFINE_STEPS, START_CHOICES, RefineConfig)
+                                     NO_MODEL_LEVELS, NO_MODEL_REFINE_STEPS, START_CHOICES,
+                                     RefineConfig)
 
 #: Exit status: every pair registered; some rows of a batch failed (see its results.csv); the
 #: input was refused (nothing registered).
@@ -91,11 +92,11 @@ def _parser():
         help="binary mask on the fixed scan's grid: only the voxels inside it are compared")
     add("--refine-steps", type=_whole_number, metavar="N",
         help="refinement iterations per level (default: the model's, else "
-             f"{DEFAULT_REFINE_STEPS}; 0: T's field alone)")
+             f"{NO_MODEL_REFINE_STEPS}; 0: T's field alone)")
     add("--refine-levels", type=int, nargs="+", metavar="F",
         help="refinement levels as down-sampling factors of the fixed grid, coarse to fine, "
              "powers of two (default: the model's, else "
-             f"{' '.join(map(str, RefineConfig.levels))})")
+             f"{' '.join(map(str, NO_MODEL_LEVELS))})")
     add("--diffeomorphic", action="store_true",
         help="refine a stationary velocity field (scaling and squaring): no folding")
     add("--refine-smooth", choices=SMOOTHED_FIELDS,

@@ -53,7 +53,9 @@ def matching_cost(fixed_direction, moving_direction, radius, window, smoothing=1
 
     Each displacement's dot products come from one shifted slice of the padded moving
     directions, and the two box means are one pass (:func:`dgan.core.losses.box_sum`): at 2 mm
-    about half the time of gathering every voxel's neighbours and filtering twice.
+    about half the time of gathering every voxel's neighbours and filtering twice. The slices are
+    taken in one loop (:func:`_shifted_products`), not one op each: a traced graph of a few ops
+    instead of thousands, which TensorFlow traces and optimises in a fraction of the time.
 
     :param fixed_direction: n(R), shape = (B, X, Y, Z, 3)
     :param moving_direction: n(F), same shape
@@ -64,25 +66,35 @@ def matching_cost(fixed_direction, moving_direction, radius, window, smoothing=1
     :return: shape = (B, X, Y, Z, (2 radius + 1)^3), in [0, 1]
     """
     r = int(radius)
-    size = [int(s) for s in fixed_direction.shape[1:4]]
-    pad = [[0, 0], [r, r], [r, r], [r, r], [0, 0]]
     if valid is not None:
         fixed_direction = fixed_direction * valid
         moving_direction = moving_direction * valid
-        padded_valid = tf.pad(valid, pad)
-    padded = tf.pad(moving_direction, pad)
-    dots, pairs = [], []
-    for d in displacements(r).astype(int) + r:  # the slice of padded that holds F's at p + d
-        window_of = (slice(None), slice(d[0], d[0] + size[0]), slice(d[1], d[1] + size[1]),
-                     slice(d[2], d[2] + size[2]))
-        dots.append(tf.reduce_sum(fixed_direction * padded[window_of], axis=-1))
-        if valid is not None:
-            pairs.append(valid[..., 0] * padded_valid[window_of][..., 0])
-    cost = box_sum(tf.square(tf.stack(dots, axis=-1)), window, smoothing)
+    dots = _shifted_products(fixed_direction, moving_direction, r)
+    cost = box_sum(tf.square(dots), window, smoothing)
     if valid is None:
         return cost / float(window**3 * smoothing**3)
-    count = box_sum(tf.stack(pairs, axis=-1), window, smoothing)
+    count = box_sum(_shifted_products(valid, valid, r), window, smoothing)
     return cost / tf.maximum(count, 1.0)
+
+
+def _shifted_products(fixed, moving, radius):
+    """sum over channels of fixed(p) * moving(p + d) (0 outside the volume) for every
+    displacement d of :func:`displacements` (radius), in that order: (B, X, Y, Z, (2r+1)^3).
+
+    A ``tf.while_loop`` over d, each iteration one slice of the zero-padded ``moving``."""
+    fixed, moving = tf.convert_to_tensor(fixed), tf.convert_to_tensor(moving)
+    r, n = int(radius), 2 * int(radius) + 1
+    size = [int(s) for s in fixed.shape[1:4]]
+    padded = tf.pad(moving, [[0, 0], [r, r], [r, r], [r, r], [0, 0]])
+
+    def body(k, products):
+        begin = tf.stack([0, k // (n * n), (k // n) % n, k % n, 0])  # d + r
+        shifted = tf.slice(padded, begin, [-1, *size, -1])
+        return k + 1, products.write(k, tf.reduce_sum(fixed * shifted, axis=-1))
+
+    products = tf.TensorArray(fixed.dtype, size=n**3, element_shape=fixed.shape[:-1])
+    _, products = tf.while_loop(lambda k, _: k < n**3, body, [tf.constant(0), products])
+    return tf.transpose(products.stack(), [1, 2, 3, 4, 0])
 
 
 def soft_argmax_flow(cost, radius, temperature):

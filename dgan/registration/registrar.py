@@ -64,7 +64,8 @@ from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
 from .refine import MIN_LEVEL_VOXELS, refine, usable_levels
 from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS, START_CHOICES,
-                       RefineConfig, cautious_refinement, matching_refinement)
+                       RefineConfig, cautious_refinement, matching_refinement,
+                       no_model_refinement)
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +137,14 @@ class FileRegistration:
 def model_refinement(model):
     """The :class:`dgan.registration.settings.RefineConfig` a model folder was saved with
     (``refinement`` in its ``dgan_model.json``, written by training: its loss windows and weights),
-    with :data:`DEFAULT_REFINE_STEPS` where it says nothing; the defaults without a model.
+    with :data:`DEFAULT_REFINE_STEPS` where it says nothing; without a model,
+    :func:`dgan.registration.settings.no_model_refinement`.
 
     :param model: :class:`dgan.registration.model_folder.ModelFolder` or None
     """
-    saved = {} if model is None else dict(model.description.get("refinement") or {})
+    if model is None:
+        return no_model_refinement()
+    saved = dict(model.description.get("refinement") or {})
     saved.setdefault("steps", DEFAULT_REFINE_STEPS)
     try:
         return RefineConfig(**saved)
@@ -299,8 +303,7 @@ class Registrar:
             feeds = [{"moving": m[np.newaxis], "fixed": f[np.newaxis],
                       "initial": np.asarray(phi0, np.float32)[np.newaxis]}
                      for m, f, phi0 in zip(moving_in, fixed_in, initial)]
-        flow = np.concatenate([  # one pair at a time, no tf.data pipeline per call
-            net.predict_on_batch(feed)["flow"] for feed in feeds])
+        flow = np.concatenate([_run_network(net, feed)["flow"] for feed in feeds])
         return np.asarray(flow[(slice(None), *window)], dtype=np.float32)
 
     def _network_input(self, batch, scaled=False):
@@ -331,7 +334,7 @@ class Registrar:
             return None
         moving_in, window = self._network_input(moving)
         generator = self.network_for(moving_in.shape[1:4], kind="G")
-        out = np.concatenate([generator.predict_on_batch(m[np.newaxis]) for m in moving_in])
+        out = np.concatenate([_run_network(generator, m[np.newaxis]) for m in moving_in])
         return np.asarray(out[(slice(None), *window, 0)], dtype=np.float32)
 
     def translate_by_histogram(self, moving, fixed, mask=None, config=None, scaled=False):
@@ -781,6 +784,19 @@ def _model_folders():
     neurite and voxelmorph, seconds of start-up that registering without a model does without."""
     from . import model_folder
     return model_folder
+
+
+def _run_network(net, inputs):
+    """A Keras network's outputs for one batch of NumPy inputs (a dict of them, or one array), as
+    NumPy: the network called op by op, in inference mode. Keras's ``predict_on_batch`` first
+    traces a predict function, seconds that a registration call, which runs each network once
+    or a few times, never earns back; each op of these networks is a whole-volume convolution,
+    so calling them one by one costs little (docs/notes/2026-12-07-speed.md, section 7)."""
+    if isinstance(inputs, dict):
+        inputs = {name: tf.constant(value) for name, value in inputs.items()}
+    else:
+        inputs = tf.constant(inputs)
+    return tf.nest.map_structure(np.asarray, net(inputs, training=False))
 
 
 #: :func:`dgan.core.matching.match` traced as one graph (once per grid shape in a process): run

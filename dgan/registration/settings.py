@@ -12,8 +12,15 @@ from ..core import settings as loss_settings
 from ..errors import InputError
 
 #: Refinement iterations per level by default (how it was chosen:
-#: docs/notes/benchmarks-history.md).
+#: docs/notes/benchmarks-history.md); a model folder's own setting comes first.
 DEFAULT_REFINE_STEPS = 25
+
+#: Without a model, refinement's iterations per level (:func:`no_model_refinement`).
+NO_MODEL_REFINE_STEPS = 15
+#: Without a model, refinement's levels, coarse to fine: the block matching's passes have
+#: searched the coarse scales already (at 4 mm and more), so refinement starts at half
+#: resolution (how both were chosen: docs/notes/2026-12-07-speed.md, section 7).
+NO_MODEL_LEVELS = (2, 1)
 
 #: :class:`~dgan.registration.registrar.Registrar`'s ``start`` choices: the field refinement
 #: starts from.
@@ -59,6 +66,12 @@ def cautious_refinement(config):
     :data:`CAUTIOUS_ALPHA`; its windows, noise scale and field kind as they are."""
     return dataclasses.replace(config, levels=config.levels[-1:], steps=CAUTIOUS_STEPS,
                                learning_rate=CAUTIOUS_LEARNING_RATE, alpha=CAUTIOUS_ALPHA)
+
+
+def no_model_refinement():
+    """The refinement settings without a model: :class:`RefineConfig`'s defaults on
+    :data:`NO_MODEL_LEVELS`, :data:`NO_MODEL_REFINE_STEPS` iterations each."""
+    return RefineConfig(steps=NO_MODEL_REFINE_STEPS, levels=NO_MODEL_LEVELS)
 
 
 def matching_refinement(config):
