@@ -250,6 +250,25 @@ def test_refinement_from_the_identity_is_cautious_unless_told():
         assert cli._registrar(cli._parser().parse_args(base + extra)).cautious is want, extra
 
 
+def test_the_cautious_level_is_the_finest_whose_grid_fits_the_voxel_budget():
+    """CAUTIOUS_MAX_VOXELS bounds the cautious refinement's one level: the finest level, halved
+    (ceil) until its grid holds at most that many voxels; the registrar passes the fixed grid."""
+    from dgan.registration.settings import CAUTIOUS_MAX_VOXELS, RefineConfig, cautious_level
+
+    assert CAUTIOUS_MAX_VOXELS == 2**22
+    config = RefineConfig(levels=(2, 1))
+    assert cautious_level(config) == 1  # no shape: the finest
+    assert cautious_level(config, (256, 128, 128)) == 1  # exactly 2**22 voxels
+    assert cautious_level(config, (257, 128, 128)) == 2  # one more plane: 129 x 64 x 64 at 1/2
+    assert cautious_level(config, (188, 256, 190)) == 2  # a 0.88 mm whole head, 9.1 million
+    assert cautious_level(config, (512, 512, 512)) == 4
+    assert cautious_level(RefineConfig(levels=(4, 2)), (100, 100, 100)) == 2  # its own finest
+    identity = scoring.Choice("identity", {})
+    registrar = Registrar(None, refine_config=config)
+    assert registrar.refinement_from(identity, (257, 128, 128)).levels == (2,)
+    assert registrar.refinement_from(identity, (64, 64, 64)).levels == (1,)
+
+
 def test_without_a_model_refinement_starts_at_half_resolution_with_fewer_iterations():
     """No model: refinement on NO_MODEL_LEVELS with NO_MODEL_REFINE_STEPS each (the block
     matching searched the coarse scales), the rest RefineConfig's defaults; a model folder's own

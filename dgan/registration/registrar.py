@@ -63,9 +63,9 @@ from . import scoring, translation
 from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
 from .refine import MIN_LEVEL_VOXELS, refine, usable_levels
-from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, DEFAULT_REFINE_STEPS, START_CHOICES,
-                       RefineConfig, cautious_refinement, matching_refinement,
-                       no_model_refinement)
+from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_MAX_VOXELS,
+                       DEFAULT_REFINE_STEPS, START_CHOICES, RefineConfig, cautious_refinement,
+                       matching_refinement, no_model_refinement)
 
 logger = logging.getLogger(__name__)
 
@@ -608,25 +608,28 @@ class Registrar:
         cropped = np.asarray(crop.undo(flow), np.float32)
         return (cropped, flow) if padded else cropped
 
-    def refinement_from(self, choice):
+    def refinement_from(self, choice, shape=None):
         """The refinement settings after the start field ``choice``
         (:class:`dgan.registration.scoring.Choice`), when the registrar is ``cautious``
         (adapting them to the start): after the block matching's field,
         :func:`dgan.registration.settings.matching_refinement` (smoothness on phi); made cautious
-        (:func:`dgan.registration.settings.cautious_refinement`: the finest level alone, small
-        steps) when ``start="auto"`` settled on the identity; else :attr:`refine_config`."""
+        (:func:`dgan.registration.settings.cautious_refinement`: one level, the finest a grid of
+        ``shape`` (the fixed scan's; None: not known) allows, small steps) when
+        ``start="auto"`` settled on the identity; else :attr:`refine_config`."""
         config = self.refine_config
         if self.cautious and choice.name == "matching":
             return matching_refinement(config)
         if not (self.cautious and self.start == "auto" and choice.name == "identity"):
             return config
-        cautious = cautious_refinement(config)
+        cautious = cautious_refinement(config, shape)
         if cautious != config:
+            level = cautious.levels[0]
+            where = "on the finest level alone" if level == config.levels[-1] else \
+                f"on one level, 1/{level} (the finest level within {CAUTIOUS_MAX_VOXELS:,} voxels)"
             self._say(f"refinement: cautious from the identity ({cautious.steps} iterations of "
-                      f"step {cautious.learning_rate:g} on the finest level alone, alpha "
-                      f"{cautious.alpha:g}): no start field was found, so the pair is aligned "
-                      "already or lacks the structure a search needs; only a small local "
-                      "correction is trusted")
+                      f"step {cautious.learning_rate:g} {where}, alpha {cautious.alpha:g}): no "
+                      "start field was found, so the pair is aligned already or lacks the "
+                      "structure a search needs; only a small local correction is trusted")
         return cautious
 
     def keep_if_better(self, moving, fixed, start, refined, grid, mask=None, *, margin):
@@ -711,7 +714,7 @@ class Registrar:
         flow = flow_to_grid(flow_n, fixed_n.affine, fixed.affine, fixed.shape)
         network = time.perf_counter()
         if self.refine_config.steps:
-            config = self.refinement_from(choice)
+            config = self.refinement_from(choice, fixed.shape)
             translated = None
             if choice.name == "T":  # a T that lost to the matching: its G is no guide either
                 translated = self.translate(moving_n.array[np.newaxis])

@@ -60,12 +60,34 @@ CAUTIOUS_LEARNING_RATE = 0.05
 CAUTIOUS_ALPHA = 1.0
 
 
-def cautious_refinement(config):
-    """``config`` made cautious (:data:`CAUTIOUS_STEPS`): its finest level alone,
-    :data:`CAUTIOUS_STEPS` iterations of step :data:`CAUTIOUS_LEARNING_RATE`, alpha
-    :data:`CAUTIOUS_ALPHA`; its windows, noise scale and field kind as they are."""
-    return dataclasses.replace(config, levels=config.levels[-1:], steps=CAUTIOUS_STEPS,
-                               learning_rate=CAUTIOUS_LEARNING_RATE, alpha=CAUTIOUS_ALPHA)
+#: See :data:`CAUTIOUS_STEPS`: the cautious refinement's one level has at most this many voxels:
+#: on a finer grid (a sub-millimetre whole head has about 9 million) it runs on the grid halved
+#: until it fits. Its correction is small and smooth (control points two voxels of the level
+#: apart), which a grid of about 1.5-2 mm resolves, and on the full grid of such a scan its 40
+#: iterations took most of a call (docs/notes/2026-12-07-speed.md, section 8).
+CAUTIOUS_MAX_VOXELS = 2**22
+
+
+def cautious_level(config, shape=None):
+    """The down-sampling factor of the cautious refinement's level: ``config``'s finest, doubled
+    while its grid (of ``shape``, the fixed grid; None: not known) has more than
+    :data:`CAUTIOUS_MAX_VOXELS` voxels."""
+    level = config.levels[-1]
+    if shape is not None:
+        while np.prod([-(-int(n) // level) for n in shape], dtype=np.int64) > CAUTIOUS_MAX_VOXELS:
+            level *= 2
+    return level
+
+
+def cautious_refinement(config, shape=None):
+    """``config`` made cautious (:data:`CAUTIOUS_STEPS`): one level, its finest
+    (:func:`cautious_level`: coarser on a grid of ``shape`` with more than
+    :data:`CAUTIOUS_MAX_VOXELS` voxels), :data:`CAUTIOUS_STEPS` iterations of step
+    :data:`CAUTIOUS_LEARNING_RATE`, alpha :data:`CAUTIOUS_ALPHA`; its windows, noise scale and
+    field kind as they are."""
+    return dataclasses.replace(config, levels=(cautious_level(config, shape),),
+                               steps=CAUTIOUS_STEPS, learning_rate=CAUTIOUS_LEARNING_RATE,
+                               alpha=CAUTIOUS_ALPHA)
 
 
 def no_model_refinement():
