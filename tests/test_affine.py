@@ -418,3 +418,23 @@ def test_benchmark_cases_have_the_issues_ranges_and_an_exact_truth(fixed):
     on_fixed = sample_through_world(daffine.through(case.moving_labels, case.truth), case.fixed.affine,
                                     np.zeros(SHAPE + (3,), np.float32), order=0)
     np.testing.assert_array_equal(on_fixed, labels)
+
+
+def test_the_optimisers_sampling_is_trilinear_interpolation_with_a_zero_border(rng):
+    """_sample at _corners' eight corners = scipy's order-1 map_coordinates inside the grid;
+    outside it the coordinates clip to the grid, whose outer layer is 0 (so, beyond one voxel,
+    0); both volumes sampled at one set of corners."""
+    from dgan.compat import tf
+
+    volume = np.pad(rng.random((7, 8, 9)).astype(np.float32), 1)  # the zero border
+    inside = rng.uniform(0.0, np.array(volume.shape) - 1.0, (200, 3)).astype(np.float32)
+    outside = np.array([[-3.0, 4.0, 4.0], [4.0, 20.0, 4.0], [4.0, 4.0, -0.5]], np.float32)
+    corners = daffine._corners(tf.shape(volume), tf.constant(np.concatenate([inside, outside])))
+    got = daffine._sample(tf.constant(volume), corners).numpy()
+    want = ndimage.map_coordinates(volume.astype(np.float64), inside.T.astype(np.float64),
+                                   order=1)
+    # eight products of weights in [0, 1] and values in [0, 1], summed in float32
+    np.testing.assert_allclose(got[:200], want, rtol=0, atol=8 * 4 * np.finfo(np.float32).eps)
+    np.testing.assert_array_equal(got[200:], 0.0)
+    ones = daffine._sample(tf.ones(volume.shape), corners).numpy()
+    np.testing.assert_allclose(ones, 1.0, atol=4 * np.finfo(np.float32).eps)  # partition of unity
