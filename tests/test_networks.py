@@ -156,3 +156,31 @@ def test_pooled_discriminator_scores_a_coarser_grid(tiny_config, rng):
     for bad in (0, 3):
         with pytest.raises(ValueError, match="d_pool"):
             NetworkConfig(**{**tiny_config.__dict__, "d_pool": bad})
+
+
+def test_ts_warps_are_voxelmorphs_spatial_transformer_without_autograph(rng, tmp_path):
+    """T's warp layers are dgan's SpatialTransformer: VoxelMorph's layer (a subclass, saved
+    under its name) whose call autograph leaves as written; the same warp as VoxelMorph's, bit
+    for bit, eagerly and traced; a model saved with VoxelMorph's layer loads into it."""
+    from dgan.compat import vxm
+    from dgan.core.networks import SpatialTransformer
+
+    assert issubclass(SpatialTransformer, vxm.layers.SpatialTransformer)
+    volume = rng.random((1, 10, 11, 12, 1)).astype("float32")
+    flow = rng.normal(0.0, 2.0, (1, 10, 11, 12, 3)).astype("float32")
+    ours = SpatialTransformer(interp_method="linear", indexing="ij")
+    theirs = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij")
+    want = theirs([volume, flow]).numpy()
+    np.testing.assert_array_equal(ours([volume, flow]).numpy(), want)
+    # traced (where autograph would convert it), against VoxelMorph's traced alike
+    traced_ours = tf.function(lambda v, f: ours([v, f]), autograph=True)
+    traced_theirs = tf.function(lambda v, f: theirs([v, f]), autograph=True)
+    np.testing.assert_array_equal(traced_ours(volume, flow).numpy(),
+                                  traced_theirs(volume, flow).numpy())
+    # a network written with VoxelMorph's own layer reads back into dgan's
+    inputs = [keras.Input((10, 11, 12, 1)), keras.Input((10, 11, 12, 3))]
+    saved = keras.Model(inputs, vxm.layers.SpatialTransformer(indexing="ij")(inputs))
+    saved.save(tmp_path / "warp.keras")
+    loaded = keras.models.load_model(tmp_path / "warp.keras", custom_objects=custom_objects())
+    assert isinstance(loaded.layers[-1], SpatialTransformer)
+    np.testing.assert_array_equal(loaded([volume, flow]).numpy(), want)

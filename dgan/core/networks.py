@@ -158,6 +158,18 @@ class BlockMatching(keras.layers.Layer):
                 "smoothing": self.smoothing, "temperature": self.temperature}
 
 
+class SpatialTransformer(vxm.layers.SpatialTransformer):
+    """VoxelMorph's ``SpatialTransformer`` (its arithmetic, settings and saved form), its ``call``
+    run as written instead of converted by autograph: it has no Python control flow on tensors,
+    and converting VoxelMorph's and neurite's warp code cost about a second per layer each time
+    T was built, three layers per T."""
+
+    @tf.autograph.experimental.do_not_convert
+    def call(self, inputs, training=None):  # Keras passes training: the decorator hides the
+        del training  # signature; the warp is the same in training and inference
+        return super().call(inputs)
+
+
 def _unet(inputs, features, name, upsample_skips=0, model_inputs=None):
     """VoxelMorph's U-Net over the channel-concatenation of ``inputs``; returns its output tensor
     (at 1 / 2 ** upsample_skips of the input resolution). ``inputs`` may be tensors computed
@@ -187,8 +199,8 @@ def build_registration_net(config, name="registration_net", matching_input=False
             initial = inputs["initial"] = keras.Input((*config.shape, 3), name="initial")
         else:
             initial = BlockMatching(config.matching, name="matching")([moving, fixed])
-        source = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij",
-                                               name="matched")([moving, initial])
+        source = SpatialTransformer(interp_method="linear", indexing="ij",
+                                    name="matched")([moving, initial])
     # two inputs into the U-Net, so VoxelMorph concatenates them
     skips = config.flow_resolution.bit_length() - 1
     features = _unet([source, fixed], config.t_features, f"{name}_unet", upsample_skips=skips,
@@ -211,10 +223,10 @@ def build_registration_net(config, name="registration_net", matching_input=False
     if initial is None:
         flow = residual
     else:  # phi = phi_0 then the residual r: phi(p) = r(p) + phi_0(p + r(p))
-        at_residual = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij",
-                                                    name="initial_at_residual")([initial, residual])
+        at_residual = SpatialTransformer(interp_method="linear", indexing="ij",
+                                         name="initial_at_residual")([initial, residual])
         flow = keras.layers.Add(name="flow")([residual, at_residual])
-    moved = vxm.layers.SpatialTransformer(interp_method="linear", indexing="ij", name="moved")(
+    moved = SpatialTransformer(interp_method="linear", indexing="ij", name="moved")(
         [moving, flow]
     )
     return keras.Model(inputs, {"moved": moved, "flow": flow}, name=name)
@@ -273,7 +285,7 @@ def build_discriminator(config, name="discriminator"):
 def custom_objects():
     """The non-Keras layers in T, G and D, for ``keras.models.load_model``."""
     return {
-        "SpatialTransformer": vxm.layers.SpatialTransformer,
+        "SpatialTransformer": SpatialTransformer,
         "VecInt": vxm.layers.VecInt,
         "RescaleTransform": vxm.layers.RescaleTransform,
         "BlockMatching": BlockMatching,
