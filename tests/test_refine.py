@@ -558,3 +558,35 @@ def test_bad_command_lines_are_refused_in_one_line(tmp_path, capsys, extra, mess
     err = capsys.readouterr().err
     assert status == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_usable_levels_leave_out_grids_too_narrow_or_too_large(monkeypatch):
+    """A level narrower than MIN_LEVEL_VOXELS along an axis is left out (the finest kept); one
+    of more than MAX_LEVEL_VOXELS voxels too, and when none fits, the coarsest is doubled until
+    it does; the registrar says which and why."""
+    assert dr.MAX_LEVEL_VOXELS == 2**24 and dr.MIN_LEVEL_VOXELS == 16
+    assert dr.level_voxels((5, 6, 7), 2) == 3 * 3 * 4
+    assert dr.usable_levels((64, 64, 64), (4, 2, 1)) == [4, 2, 1]
+    assert dr.usable_levels((40, 64, 64), (4, 2, 1)) == [2, 1]  # 40 / 4 = 10 voxels across
+    assert dr.usable_levels((8, 64, 64), (4, 2, 1)) == [1]  # none wide enough: the finest
+    assert dr.usable_levels((256, 256, 256), (2, 1)) == [2, 1]  # exactly 2**24
+    assert dr.usable_levels((257, 256, 256), (4, 2, 1)) == [4, 2]
+    assert dr.usable_levels((1024, 1024, 1024), (2, 1)) == [4]  # 2**30 voxels: 1/2 holds 2**27
+    monkeypatch.setattr(dr, "MAX_LEVEL_VOXELS", 20**3)
+    monkeypatch.setattr(dregister, "MAX_LEVEL_VOXELS", 20**3)
+    said, seen = [], []
+    monkeypatch.setattr(dregister, "refine", lambda moving, fixed, flow, translated, config,
+                        progress, mask=None, rendering=None: seen.append(config.levels)
+                        or dr.RefineResult(flow=flow, losses=[], seconds=[]))
+    registrar = Registrar(None, refine_config=dr.RefineConfig(steps=1, levels=(2, 1)),
+                          progress=said.append)
+    volume = np.zeros((40, 40, 40), np.float32)
+    registrar.refine_flow(volume, volume, np.zeros((40, 40, 40, 3), np.float32), None)
+    assert seen == [(2,)]
+    assert said == ["refinement level 1/1: left out (its grid would be more than 8,000 voxels)"]
+    said.clear(), seen.clear()
+    registrar.refine_flow(volume, volume, np.zeros((40, 40, 40, 3), np.float32), None,
+                          config=dr.RefineConfig(steps=1, levels=(1,)))
+    assert seen == [(2,)]
+    assert said == ["refinement level 1/1: left out (its grid would be more than 8,000 voxels)",
+                    "refinement level 1/2: instead (the finest level within 8,000 voxels)"]

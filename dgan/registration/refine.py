@@ -71,6 +71,12 @@ logger = logging.getLogger(__name__)
 #: A coarse level is left out when its grid would be narrower than this along an axis
 #: (:func:`usable_levels`).
 MIN_LEVEL_VOXELS = 16
+#: A fine level is left out when its grid would hold more than this many voxels (256^3; a 1 mm
+#: whole head has about 11 million): refinement's memory and time grow with the grid (a 1 mm
+#: brain of 6.9 million voxels peaked near 4 GB), and a scan of 0.5-0.7 mm voxels would not fit
+#: a workstation's memory; its field is then refined on a grid a power of two coarser
+#: (:func:`usable_levels`).
+MAX_LEVEL_VOXELS = 2**24
 
 #: Adam's moment decay rates and epsilon.
 ADAM_BETAS = (0.9, 0.999)
@@ -572,12 +578,25 @@ def _step_error(error, compiled):
                       f"{compat.COMPILE_CACHE_ENV}=off", folder)
 
 
+def level_voxels(shape, factor):
+    """The number of voxels of ``shape`` down-sampled by ``factor`` (ceil halving)."""
+    return int(np.prod([-(-int(n) // factor) for n in shape], dtype=np.int64))
+
+
 def usable_levels(shape, levels):
-    """The levels (down-sampling factors, coarse to fine) whose grid keeps at least
-    :data:`MIN_LEVEL_VOXELS` voxels along every axis of ``shape`` (the finest always): a level a
-    few voxels across holds too little of the anatomy to align and misleads the finer ones."""
-    kept = [f for f in levels if min(-(-n // f) for n in shape) >= MIN_LEVEL_VOXELS]
-    return kept or [levels[-1]]
+    """The levels (down-sampling factors, coarse to fine) of ``shape`` whose grid holds at most
+    :data:`MAX_LEVEL_VOXELS` voxels (when none does, the coarsest doubled until it does) and keeps
+    at least :data:`MIN_LEVEL_VOXELS` voxels along every axis (the finest of those left always): a
+    level a few voxels across holds too little of the anatomy to align and misleads the finer
+    ones."""
+    fitting = [f for f in levels if level_voxels(shape, f) <= MAX_LEVEL_VOXELS]
+    if not fitting:
+        factor = levels[0]
+        while level_voxels(shape, factor) > MAX_LEVEL_VOXELS:
+            factor *= 2
+        fitting = [factor]
+    kept = [f for f in fitting if min(-(-n // f) for n in shape) >= MIN_LEVEL_VOXELS]
+    return kept or [fitting[-1]]
 
 
 def _checked(array, shape, name):

@@ -62,7 +62,7 @@ from . import affine as daffine
 from . import scoring, translation
 from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
-from .refine import MIN_LEVEL_VOXELS, refine, usable_levels
+from .refine import MAX_LEVEL_VOXELS, MIN_LEVEL_VOXELS, level_voxels, refine, usable_levels
 from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_MAX_VOXELS,
                        DEFAULT_REFINE_STEPS, START_CHOICES, RefineConfig, cautious_refinement,
                        matching_refinement, no_model_refinement)
@@ -376,8 +376,9 @@ class Registrar:
         :param config: the refinement's settings, or None: :attr:`refine_config`
         :param rendering: without ``translated``, h of :meth:`translate_by_histogram`, or None
         :param scaled: ``moving`` and ``fixed`` are already scaled (:meth:`scaled`)
-        :return: the refined flow, shape = (X, Y, Z, 3), float32; levels too coarse for these
-            arrays (:func:`dgan.registration.refine.usable_levels`) are left out, and said so
+        :return: the refined flow, shape = (X, Y, Z, 3), float32; levels too coarse or too
+            large for these arrays (:func:`dgan.registration.refine.usable_levels`) are left
+            out, and said so
         """
         config = self.refine_config if config is None else config
         if config.steps == 0:
@@ -385,8 +386,14 @@ class Registrar:
         levels = usable_levels(moving.shape, config.levels)
         for factor in config.levels:
             if factor not in levels:
-                self._say(f"refinement level 1/{factor}: left out (its grid would be narrower "
-                          f"than {MIN_LEVEL_VOXELS} voxels)")
+                reason = f"more than {MAX_LEVEL_VOXELS:,} voxels" if level_voxels(
+                    moving.shape, factor) > MAX_LEVEL_VOXELS else \
+                    f"narrower than {MIN_LEVEL_VOXELS} voxels"
+                self._say(f"refinement level 1/{factor}: left out (its grid would be {reason})")
+        for factor in levels:
+            if factor not in config.levels:
+                self._say(f"refinement level 1/{factor}: instead (the finest level within "
+                          f"{MAX_LEVEL_VOXELS:,} voxels)")
         config = dataclasses.replace(config, levels=tuple(levels))
         if not scaled:
             moving, fixed = self.scaled(moving), self.scaled(fixed)
