@@ -57,3 +57,22 @@ def test_running_mean_averages_each_value_with_the_ones_before_it():
     values = np.array([1.0, 3.0, 5.0, 7.0])
     np.testing.assert_allclose(figures._running_mean(values, 2), [1.0, 2.0, 4.0, 6.0])
     np.testing.assert_allclose(figures._running_mean(values, 1), values)
+
+
+def test_the_demo_models_refinement_keeps_the_papers_eps(tmp_path):
+    """The demo preset's refinement was chosen with the paper's eps in L_LG; the eps from each
+    scan's gradient scale (lg_noise, for pairs of real scans) lowered it below T alone, so the
+    preset sets lg_noise 0, and the README's first command and dgan-train-baselines --data demo
+    train with it; the brain preset keeps the default."""
+    from dgan.bench import train_baselines
+    from dgan.cli import train as train_cli
+    from dgan.registration.settings import RefineConfig
+    from dgan.training import presets
+
+    assert presets.DEMO_REFINE["lg_noise"] == 0.0
+    no_options = train_cli.settings_from_args(train_cli.parser().parse_args([]))
+    assert train_cli.make_config(no_options).refine.lg_noise == 0.0  # the README's first command
+    args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--data", "demo"])
+    assert train_baselines.train_config(args, tmp_path).refine.lg_noise == 0.0
+    args = train_baselines.parser().parse_args(["--out", str(tmp_path), "--data", "brain"])
+    assert train_baselines.train_config(args, tmp_path).refine.lg_noise == RefineConfig().lg_noise

@@ -33,8 +33,12 @@ DEMO_LOSS = {"lg_window": 3, "lcc_window": 5, "alpha": 0.05, "mu": 1.0, "lam": 1
 
 #: Instance refinement (:mod:`dgan.registration.refine`) of the demo model's fields: one level
 #: on the demo grid with the field on a grid 4 times coarser (the demo's deformations have a
-#: 16-voxel control spacing). Its windows and beta come from the training loss.
-DEMO_REFINE = {"steps": 100, "levels": [1], "control": 4, "learning_rate": 0.25, "alpha": 0.05}
+#: 16-voxel control spacing). Its windows and beta come from the training loss. The paper's eps
+#: in L_LG (``lg_noise`` 0): these settings were chosen with it, and the eps from each scan's
+#: own gradient scale (made for pairs of real scans, each with its own noise) lowered the demo
+#: model's refinement below T alone (docs/notes/2026-12-07-speed.md, section 9).
+DEMO_REFINE = {"steps": 100, "levels": [1], "control": 4, "learning_rate": 0.25, "alpha": 0.05,
+               "lg_noise": 0.0}
 
 #: Refinement of a trained model leaves out L_LCC(R, G(F)(phi)) by default (w_lcc = 0): G
 #: trained with lambda L1(F'(phi), R) learns to render R's anatomy whatever the alignment, and
