@@ -20,7 +20,7 @@ from dgan.registration import registrar as dregister
 from dgan.registration.model_folder import (CONFIG_FILE, GENERATOR_FILE, load_model_folder,
                                             save_model_folder)
 from dgan.registration.registrar import Registrar
-from dgan.registration.settings import NO_MODEL_LEVELS
+from dgan.registration.settings import NO_MODEL_LEVELS, level_voxels
 from numpy_reference import np_lcc
 
 TINY_CONFIG = NetworkConfig(
@@ -565,7 +565,7 @@ def test_usable_levels_leave_out_grids_too_narrow_or_too_large(monkeypatch):
     of more than MAX_LEVEL_VOXELS voxels too, and when none fits, the coarsest is doubled until
     it does; the registrar says which and why."""
     assert dr.MAX_LEVEL_VOXELS == 2**24 and dr.MIN_LEVEL_VOXELS == 16
-    assert dr.level_voxels((5, 6, 7), 2) == 3 * 3 * 4
+    assert level_voxels((5, 6, 7), 2) == 3 * 3 * 4
     assert dr.usable_levels((64, 64, 64), (4, 2, 1)) == [4, 2, 1]
     assert dr.usable_levels((40, 64, 64), (4, 2, 1)) == [2, 1]  # 40 / 4 = 10 voxels across
     assert dr.usable_levels((8, 64, 64), (4, 2, 1)) == [1]  # none wide enough: the finest

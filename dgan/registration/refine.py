@@ -64,7 +64,7 @@ from ..core.spatial import (interpolate, interpolation_matrix, interpolation_slo
                             resize_flow, resize_matrices, voxel_grid, warp, warp_corners)
 from ..core.settings import DEFAULT_LG_EPS
 from ..errors import InputError, one_line
-from .settings import RefineConfig
+from .settings import RefineConfig, level_voxels, within_budget
 
 logger = logging.getLogger(__name__)
 
@@ -578,23 +578,14 @@ def _step_error(error, compiled):
                       f"{compat.COMPILE_CACHE_ENV}=off", folder)
 
 
-def level_voxels(shape, factor):
-    """The number of voxels of ``shape`` down-sampled by ``factor`` (ceil halving)."""
-    return int(np.prod([-(-int(n) // factor) for n in shape], dtype=np.int64))
-
-
 def usable_levels(shape, levels):
     """The levels (down-sampling factors, coarse to fine) of ``shape`` whose grid holds at most
     :data:`MAX_LEVEL_VOXELS` voxels (when none does, the coarsest doubled until it does) and keeps
     at least :data:`MIN_LEVEL_VOXELS` voxels along every axis (the finest of those left always): a
     level a few voxels across holds too little of the anatomy to align and misleads the finer
     ones."""
-    fitting = [f for f in levels if level_voxels(shape, f) <= MAX_LEVEL_VOXELS]
-    if not fitting:
-        factor = levels[0]
-        while level_voxels(shape, factor) > MAX_LEVEL_VOXELS:
-            factor *= 2
-        fitting = [factor]
+    fitting = [f for f in levels if level_voxels(shape, f) <= MAX_LEVEL_VOXELS] or \
+        [within_budget(shape, levels[0], MAX_LEVEL_VOXELS)]
     kept = [f for f in fitting if min(-(-n // f) for n in shape) >= MIN_LEVEL_VOXELS]
     return kept or [fitting[-1]]
 

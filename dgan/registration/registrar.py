@@ -62,10 +62,10 @@ from . import affine as daffine
 from . import scoring, translation
 from .files import load_inputs, load_masks
 from .geometry import flow_to_grid, sample_through_world
-from .refine import MAX_LEVEL_VOXELS, MIN_LEVEL_VOXELS, level_voxels, refine, usable_levels
+from .refine import MAX_LEVEL_VOXELS, MIN_LEVEL_VOXELS, refine, usable_levels
 from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_MAX_VOXELS,
                        DEFAULT_REFINE_STEPS, START_CHOICES, RefineConfig, cautious_refinement,
-                       matching_refinement, no_model_refinement)
+                       level_voxels, matching_refinement, no_model_refinement)
 
 logger = logging.getLogger(__name__)
 

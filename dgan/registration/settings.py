@@ -68,15 +68,25 @@ CAUTIOUS_ALPHA = 1.0
 CAUTIOUS_MAX_VOXELS = 2**22
 
 
+def level_voxels(shape, factor):
+    """The number of voxels of ``shape`` down-sampled by ``factor`` (ceil halving)."""
+    return int(np.prod([-(-int(n) // factor) for n in shape], dtype=np.int64))
+
+
+def within_budget(shape, factor, budget):
+    """``factor``, doubled while the grid of ``shape`` down-sampled by it holds more than
+    ``budget`` voxels (:func:`level_voxels`)."""
+    while level_voxels(shape, factor) > budget:
+        factor *= 2
+    return factor
+
+
 def cautious_level(config, shape=None):
     """The down-sampling factor of the cautious refinement's level: ``config``'s finest, doubled
     while its grid (of ``shape``, the fixed grid; None: not known) has more than
     :data:`CAUTIOUS_MAX_VOXELS` voxels."""
     level = config.levels[-1]
-    if shape is not None:
-        while np.prod([-(-int(n) // level) for n in shape], dtype=np.int64) > CAUTIOUS_MAX_VOXELS:
-            level *= 2
-    return level
+    return level if shape is None else within_budget(shape, level, CAUTIOUS_MAX_VOXELS)
 
 
 def cautious_refinement(config, shape=None):
