@@ -8,6 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["dgan", "dgan.*"]),
+    # the model folders shipped with dgan (dgan-register --model brain)
+    package_data={"dgan": ["models/*/*.json", "models/*/*.keras", "models/*/*.md"]},
     install_requires=[
         "tensorflow>=2.16,<2.22",
         "tf-keras>=2.16,<2.22",

@@ -17,6 +17,9 @@ Examples::
     dgan-train-baselines --data demo --steps 200 --out runs/baselines-demo
     # continue every run to 400 steps
     dgan-train-baselines --resume --steps 400 --out runs/baselines-demo
+    # the brain model shipped with dgan (dgan-register --model brain), from a checkout
+    dgan-train-baselines --data brain --methods deformgan --out runs/brain \
+        --ship dgan/models/brain --ship-version 1
 
 With ``--data brain``, the training scans (T1 moving, T2-like fixed, unpaired, seed 1000) and
 validation pairs (seed 2000) are first written to ``<out>/data/``; the evaluation pairs use seed
@@ -57,6 +60,14 @@ def parser():
     p.add_argument("--out", required=True, help="output folder: <out>/<method>/ per method")
     p.add_argument("--resume", action="store_true",
                    help="continue the runs in <out>/<method>/ (with --steps: a new budget)")
+    p.add_argument("--ship", metavar="FOLDER",
+                   help="also copy Deform-GAN's model folder to FOLDER as a model to ship with "
+                        "dgan (dgan/models/<name>/, selected by --model <name>): its description "
+                        "named after FOLDER and versioned, the command, the run's configuration "
+                        "and results beside it in training.json")
+    p.add_argument("--ship-version", type=int, default=1, metavar="N",
+                   help="the shipped model's version (default %(default)s; raise it whenever "
+                        "the weights change)")
     data = p.add_argument_group("data")
     data.add_argument("--data", choices=("brain", "demo"), default="brain")
     add_brain_file_arguments(data, labels=False)
@@ -212,7 +223,10 @@ def train_config(args, out):
 
 def main(argv=None):
     """``dgan-train-baselines``; returns the exit status (2 for bad input or a diverged run)."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.ship and "deformgan" not in args.methods:
+        p.error("--ship copies Deform-GAN's model: --methods must include deformgan")
     compat.quiet(args.verbose)  # before the library below starts TensorFlow
     from ..training.config import network_for_method
     from ..training.run import train
@@ -238,6 +252,8 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     curves = save_learning_curves(out, [r.method for r in results])
+    if args.ship:
+        print(f"shipped: {ship(out, args.ship, args.ship_version, argv)}")
     for r in results:
         print(f"{METHOD_NAMES[r.method]}: step {r.step} in {r.seconds:.0f} s, "
               f"validation mean Dice {r.dice_identity:.4f} -> T alone {r.dice_network:.4f} "
@@ -245,6 +261,28 @@ def main(argv=None):
     if curves:
         print(f"learning curves: {curves}")
     return 0
+
+
+def ship(out, folder, version, argv=None):
+    """Copy ``<out>/deformgan/model`` to ``folder`` as a model shipped with dgan
+    (:func:`dgan.registration.model_folder.ship_model_folder`), named after ``folder``, with the
+    command, the machine, the run's config.json and results.json as its training record."""
+    import datetime
+    import json
+    import shlex
+
+    from ..registration.model_folder import ship_model_folder
+    from .options import cpu_model
+
+    run = out / "deformgan"
+    record = {"command": shlex.join(["dgan-train-baselines", *(sys.argv[1:] if argv is None
+                                                                else argv)]),
+              "date": datetime.date.today().isoformat(), "cpu": cpu_model()}
+    for key, file in (("config", "config.json"), ("results", "results.json")):
+        with open(run / file, encoding="utf-8") as f:
+            record[key] = json.load(f)
+    name = os.path.basename(os.path.normpath(folder))
+    return ship_model_folder(model_folder(out, "deformgan"), folder, name, version, record)
 
 
 def save_learning_curves(out, methods):

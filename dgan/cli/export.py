@@ -19,7 +19,8 @@ def _parser():
         "(<base-dir>/<version>/saved_model.pb + variables/).",
     )
     add = parser.add_argument
-    add("--model", required=True, metavar="FOLDER", help="dgan model folder (from training)")
+    add("--model", required=True, metavar="FOLDER|NAME",
+        help="dgan model folder (from training), or the name of a model shipped with dgan")
     add("--base-dir", required=True, metavar="FOLDER", help="model base path served by TF Serving")
     add("--version", type=int, default=1, metavar="N", help="model version folder (default 1)")
     add("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),

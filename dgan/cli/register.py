@@ -64,8 +64,10 @@ def _parser():
         "one process. Exit status: 0 registered; 1 some rows of a batch failed; 2 bad input.",
     )
     add = parser.add_argument
-    add("--model", metavar="FOLDER", help="dgan model folder (from training); without it, "
-        "the block matching and refinement, no training")
+    add("--model", metavar="FOLDER|NAME", help="dgan model folder (from training), or the name "
+        "of a model shipped with dgan ('brain': T and G trained on brain MRI, T1 to a T2-like "
+        "contrast); a folder of that name wins; without it, the block matching and "
+        "refinement, no training")
     add("--moving", metavar="PATH", help="moving scan (.nii, .nii.gz, .mgz, .npz); required "
         "without --batch")
     add("--fixed", metavar="PATH", help="fixed scan; outputs are on its grid; required "
@@ -177,6 +179,7 @@ def _registrar(args):
     if args.model is not None:  # Keras, neurite and voxelmorph: only with a model
         from ..registration.model_folder import as_model_folder
         model = as_model_folder(args.model)
+        print(f"model: {model.label}")
     changes = {}
     if args.refine_levels is not None:
         changes["levels"] = tuple(args.refine_levels)

@@ -22,6 +22,11 @@ are built on first use, and :func:`registration_net_for_shape` builds T for the 
 straight from the weights file, never at the training shape it does not need.
 :mod:`dgan.registration.serving` exports T from a folder for TensorFlow Serving.
 
+Model folders installed with dgan (package data under ``dgan/models/<name>/``, see
+:func:`shipped_models`) are loaded by name wherever a folder is asked for (``--model brain``);
+:func:`ship_model_folder` writes one from a training run, its description stamped with the name
+and a version and the run's configuration and results kept beside it (``training.json``).
+
 The flow is a displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p)).
 The folder is written atomically: built beside its destination and renamed into place only
 when complete, so a crash never leaves a half-written model.
@@ -31,6 +36,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import zipfile
 
 from .. import __version__
@@ -54,6 +60,11 @@ FORMAT_VERSION = 2
 READ_VERSIONS = (1, 2)
 #: The flow convention, as stored in the description files.
 FLOW_CONVENTION = "displacement in voxels, 'ij' indexing: moved(p) = moving(p + flow(p))"
+#: The folder of the model folders installed with dgan, one sub-folder per name (package data).
+SHIPPED_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "models")
+#: The training run's configuration and results beside a shipped model's description.
+TRAINING_FILE = "training.json"
 
 
 class ModelFolder:
@@ -106,6 +117,15 @@ class ModelFolder:
             _check_generator(self, self._generator_file, _first_input_shape(net))
             self._generator = net
         return self._generator
+
+    @property
+    def label(self):
+        """How messages name the model: ``"brain v1 (shipped with dgan)"`` for a shipped model,
+        else the folder's path."""
+        name, version = self.description.get("name"), self.description.get("version")
+        if name is None:
+            return self.path
+        return f"{name} v{version} (shipped with dgan)"
 
     @property
     def has_generator(self):
@@ -254,14 +274,20 @@ def load_model_folder(path):
     first use of :attr:`ModelFolder.registration_net` and :attr:`ModelFolder.generator`, or
     straight for another shape by :func:`registration_net_for_shape`.
 
-    :param path: the model folder
+    :param path: the model folder, or the name of a model shipped with dgan
+        (:func:`shipped_models`; a folder of that name that exists is read instead)
     :return: :class:`ModelFolder`
     :raises InputError: ``"<folder>: <what is wrong>"`` for a missing folder, a missing, invalid
         or unsupported ``dgan_model.json``, or missing or corrupt weights
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise InputError("model folder not found", path)
+        shipped = shipped_models()
+        if path not in shipped:
+            names = ", ".join(sorted(shipped)) or "none installed"
+            raise InputError(f"model folder not found, nor a model shipped with dgan ({names})",
+                             path)
+        path = shipped[path]
     if not os.path.isdir(path):
         raise InputError("not a dgan model folder: a file, expected a folder", path)
     description, network_config, preprocessing = _read_description(path)
@@ -278,6 +304,45 @@ def load_model_folder(path):
         inputs, _ = _inspect_keras(path, generator_file)
         _check_generator(model, generator_file, next(iter(inputs.values()), None))
     return model
+
+
+def shipped_models():
+    """The model folders installed with dgan: {name: folder} for each sub-folder of
+    :data:`SHIPPED_FOLDER` that holds a description (:data:`CONFIG_FILE`)."""
+    if not os.path.isdir(SHIPPED_FOLDER):
+        return {}
+    return {name: os.path.join(SHIPPED_FOLDER, name) for name in sorted(os.listdir(SHIPPED_FOLDER))
+            if not name.startswith(".")  # a folder being written (dgan.data.io.atomic_write)
+            and os.path.isfile(os.path.join(SHIPPED_FOLDER, name, CONFIG_FILE))}
+
+
+def ship_model_folder(source, destination, name, version, training):
+    """Copy the model folder ``source`` to ``destination`` as a model to ship, atomically: its
+    description gains ``name`` and ``version`` (how :attr:`ModelFolder.label` names it) and
+    ``training`` is written beside it as :data:`TRAINING_FILE`.
+
+    :param source: a model folder written by training (checked by :func:`load_model_folder`)
+    :param destination: the folder to write, e.g. ``<checkout>/dgan/models/<name>``
+    :param name: the name users select it by (``--model <name>``)
+    :param version: a positive integer, raised whenever the weights change
+    :param training: a JSON-serialisable dict: the command, the run's configuration and results
+    :return: ``destination`` as a string
+    """
+    model = load_model_folder(source)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"version must be a positive integer, not {version!r}")
+    description = {**model.description, "name": str(name), "version": version}
+    files = [MODEL_FILE] + ([model._file("generator")] if model.has_generator else [])
+    destination = os.fspath(destination)
+    with dio.atomic_write(destination) as tmp:
+        os.makedirs(tmp)
+        for file in files:
+            shutil.copyfile(os.path.join(model.path, file), os.path.join(tmp, file))
+        for file, content in ((CONFIG_FILE, description), (TRAINING_FILE, training)):
+            with open(os.path.join(tmp, file), "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
+                f.write("\n")
+    return destination
 
 
 #: Members of a tf_keras ``.keras`` archive: the model's configuration and its weights.
