@@ -335,7 +335,7 @@ def test_the_lcc_term_is_the_mean_over_the_windows_around_every_strided_voxel(st
 
 
 def test_xla_compiles_large_levels_by_default_and_obeys_on_and_off():
-    large, small = (80, 96, 112), (40, 48, 56)  # 860160 and 107520 voxels
+    large, small = (40, 48, 56), (32, 40, 32)  # 107520 and 40960 voxels: 2^16 between
     assert dr.RefineConfig().uses_xla(large) and not dr.RefineConfig().uses_xla(small)
     assert dr.RefineConfig(xla="on").uses_xla(small)
     assert not dr.RefineConfig(xla="off").uses_xla(large)

@@ -18,6 +18,7 @@ import textwrap
 
 import numpy as np
 
+from .. import compat
 from ..data import io as dio
 from ..errors import InputError
 from ..evaluation import figures
@@ -32,7 +33,8 @@ def parser():
     p.add_argument("--data", required=True, help="folder holding the datasets")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model", help="a dgan model folder (e.g. from dgan-train-baselines --data "
-                   "brain); without it, dgan runs without a model only")
+                   "brain) or a shipped model's name (brain); without it, dgan runs without a "
+                   "model only")
     p.add_argument("--no-ants", action="store_true", help="leave ANTs out")
     p.add_argument("--only", help="run only the cases whose name contains this text")
     return p
@@ -89,6 +91,7 @@ def save_figure(path, rows):
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    compat.use_compile_cache()  # as dgan-register: each case's grids compiled once per machine
     show_warnings()
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, "registration.log")

@@ -117,7 +117,7 @@ def matching_refinement(config):
 
 #: ``RefineConfig.xla`` values, and the level size from which ``"auto"`` compiles with XLA.
 XLA_CHOICES = ("auto", "on", "off")
-XLA_MIN_VOXELS = 2**18
+XLA_MIN_VOXELS = 2**16
 
 @dataclasses.dataclass(frozen=True)
 class RefineConfig:
@@ -160,8 +160,10 @@ class RefineConfig:
     :param xla: ``"auto"``: compile the iterations of levels of at least
         :data:`XLA_MIN_VOXELS` voxels with XLA (``jit_compile``), the others as a plain
         ``tf.function``; ``"on"``: every level; ``"off"``: none. XLA fuses the many small
-        element-wise operations of an iteration, but compiling costs seconds per level shape,
-        once per process, which small levels do not earn back
+        element-wise operations of an iteration (a level of 40 x 48 x 56 runs 2-3 times faster),
+        but compiling costs seconds per level shape, once per machine with the compile cache
+        (:func:`dgan.compat.use_compile_cache`), else once per process, which levels smaller
+        than about 40^3 do not earn back
     """
 
     steps: int = 25
