@@ -101,6 +101,9 @@ def test_an_unknown_name_says_which_models_are_shipped(tmp_path, monkeypatch):
         mf.load_model_folder("brian")
     assert str(error.value) == ("brian: model folder not found, nor a model shipped with dgan "
                                 f"({', '.join(mf.shipped_models())})")
+    with pytest.raises(InputError) as error:  # a path: no list of names
+        mf.load_model_folder(os.path.join("runs", "brain"))
+    assert str(error.value) == f"{os.path.join('runs', 'brain')}: model folder not found"
 
 
 def test_ship_model_folder_stamps_name_and_version_and_keeps_the_weights(tiny_model, tmp_path,

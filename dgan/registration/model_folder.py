@@ -283,11 +283,14 @@ def load_model_folder(path):
     path = os.fspath(path)
     if not os.path.exists(path):
         shipped = shipped_models()
-        if path not in shipped:
+        if path in shipped:
+            path = shipped[path]
+        elif os.sep in path or (os.altsep and os.altsep in path):  # a path, not a name
+            raise InputError("model folder not found", path)
+        else:
             names = ", ".join(sorted(shipped)) or "none installed"
             raise InputError(f"model folder not found, nor a model shipped with dgan ({names})",
                              path)
-        path = shipped[path]
     if not os.path.isdir(path):
         raise InputError("not a dgan model folder: a file, expected a folder", path)
     description, network_config, preprocessing = _read_description(path)
