@@ -121,6 +121,8 @@ def test_ship_model_folder_stamps_name_and_version_and_keeps_the_weights(tiny_mo
     assert mf.shipped_models() == {"tiny": str(shipped / "tiny")}
     model = mf.load_model_folder("tiny")
     assert model.label == "tiny v3 (shipped with dgan)"
+    assert mf.load_model_folder(shutil.copytree(shipped / "tiny", tmp_path / "copy")).label == (
+        f"tiny v3 ({tmp_path / 'copy'})")
     assert model.description["network"] == mf.load_model_folder(tiny_model).description["network"]
     # a bad version or a source that is no model folder leaves the shipped folder as it was
     before = sorted(os.listdir(shipped / "tiny"))

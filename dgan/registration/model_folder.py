@@ -121,11 +121,12 @@ class ModelFolder:
     @property
     def label(self):
         """How messages name the model: ``"brain v1 (shipped with dgan)"`` for a shipped model,
-        else the folder's path."""
+        ``"brain v1 (<folder>)"`` for a copy of one elsewhere, else the folder's path."""
         name, version = self.description.get("name"), self.description.get("version")
         if name is None:
             return self.path
-        return f"{name} v{version} (shipped with dgan)"
+        shipped = os.path.dirname(os.path.abspath(self.path)) == SHIPPED_FOLDER
+        return f"{name} v{version} ({'shipped with dgan' if shipped else self.path})"
 
     @property
     def has_generator(self):
