@@ -76,3 +76,19 @@ def test_the_demo_models_refinement_keeps_the_papers_eps(tmp_path):
     assert train_baselines.train_config(args, tmp_path).refine.lg_noise == 0.0
     # the brain preset sets no lg_noise: its refinement keeps RefineConfig's (real scans)
     assert "lg_noise" not in presets.BRAIN_REFINE and RefineConfig().lg_noise > 0
+
+
+def test_the_demo_trains_g_to_translate_and_smooths_ts_whole_field_at_constant_rates():
+    """The README's first command: G's weights mu 10 / lambda 1, the smoothness term on T's whole
+    field, constant learning rates (with the paper's mu 1 / lambda 10, the residual's smoothness
+    and the linear decay, T's held-out Dice fell below its start over the demo's run)."""
+    from dgan.cli import train as train_cli
+    from dgan.training import presets
+
+    config = train_cli.make_config(train_cli.settings_from_args(train_cli.parser().parse_args([])))
+    assert (config.loss.mu, config.loss.lam, config.loss.smooth) == (10.0, 1.0, "flow")
+    assert config.lr_decay == "constant" and config.loss.alpha == presets.DEMO_LOSS["alpha"]
+    # an option still wins over the preset
+    args = train_cli.parser().parse_args(["--lr-decay", "linear", "--smooth", "residual"])
+    config = train_cli.make_config(train_cli.settings_from_args(args))
+    assert config.lr_decay == "linear" and config.loss.smooth == "residual"

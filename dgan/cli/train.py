@@ -75,7 +75,8 @@ def parser():
     opt.add_argument("--lr-d", type=float)
     opt.add_argument("--lr-decay", choices=SCHEDULES,
                      help="learning rates constant, or constant for the first half of --steps "
-                          "then linearly to 0 (default: linear, as CycleGAN)")
+                          "then linearly to 0 (default: the preset's: constant on the demo and "
+                          "brain presets, else linear, as CycleGAN)")
     opt.add_argument("--alpha", type=float, help="smoothness weight in L_T")
     opt.add_argument("--beta", type=float, help="local-gradient weight in L_T")
     opt.add_argument("--mu", type=float, help="local-gradient weight in L_G")
