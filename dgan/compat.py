@@ -157,6 +157,28 @@ def compile_cache_in_use():
     return None
 
 
+def compile_cache_error(error, compiled):
+    """A TensorFlow op's error as it is, unless it comes from a program XLA compiled
+    (``compiled``), is not out of memory, and XLA reads a persistent compile cache
+    (:func:`use_compile_cache`): then most likely a damaged cache file (truncated by a full disk
+    or a copy), which fails every later call too: a one-line :class:`dgan.errors.InputError`
+    naming the folder and what to do. Raise what it returns ``from error``."""
+    from .errors import InputError, one_line
+
+    folder = compile_cache_in_use()
+    tensorflow = sys.modules.get("tensorflow")  # the error came from it: it has started
+    out_of_memory = tensorflow is not None and isinstance(
+        error, tensorflow.errors.ResourceExhaustedError)
+    if not compiled or folder is None or out_of_memory:
+        return error
+    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines()]
+    said = [line for line in lines if line and not line.startswith(
+        ("[[", "File ", "Detected at node", "Graph execution error"))]
+    return InputError(f"a compiled program could not be read from the XLA compile cache "
+                      f"({one_line(said[-1] if said else error)}): delete that folder, or set "
+                      f"{COMPILE_CACHE_ENV}=off", folder)
+
+
 @contextlib.contextmanager
 def _stderr_held_back():
     """Hold back what the block writes to stderr: file descriptor 2 (C++) into a temporary file,

@@ -71,9 +71,29 @@ def test_compile_cache_off_and_too_late(tmp_path, monkeypatch):
     assert compat.use_compile_cache(str(tmp_path)) is None and not list(tmp_path.iterdir())
 
 
-def test_a_damaged_compile_cache_is_one_line_naming_the_folder(tmp_path):
-    """A cache file cut short (a full disk, a copy) fails every compiled refinement after it:
-    the error says so and names the folder, instead of TensorFlow's graph trace."""
+#: A compiled stage on a small random pair, in a fresh process (printing "ok" or the one line).
+COMPILED_STAGES = {
+    "refinement": (
+        "from dgan.registration.refine import refine\n"
+        "from dgan.registration.settings import RefineConfig\n"
+        "a, b = rng.random((2, 16, 16, 16)).astype('f')\n"
+        "run = lambda: refine(a, b, config=RefineConfig(steps=1, levels=(1,), xla='on', "
+        "lg_noise=0))\n"),
+    "affine": (
+        "from dgan.data.io import Volume\n"
+        "from dgan.registration.affine import AffineConfig, estimate_affine\n"
+        "a, b = (Volume(0.2 + rng.random((40, 40, 40)).astype('f'), np.diag([2.0] * 3 + [1.0]))\n"
+        "        for _ in range(2))\n"
+        "run = lambda: estimate_affine(a, b, AffineConfig(levels_mm=(4.0,), steps=(2,), "
+        "rigid_steps=1, xla='on'))\n"),
+}
+
+
+@pytest.mark.parametrize("stage", sorted(COMPILED_STAGES))
+def test_a_damaged_compile_cache_is_one_line_naming_the_folder(tmp_path, stage):
+    """A cache file cut short (a full disk, a copy) fails every compiled refinement or affine
+    estimate after it: the error says so and names the folder, instead of TensorFlow's graph
+    trace."""
     cache = tmp_path / "cache"
     code = (
         "import os\n"
@@ -81,12 +101,10 @@ def test_a_damaged_compile_cache_is_one_line_naming_the_folder(tmp_path):
         "--tf_xla_persistent_cache_device_types=CPU,XLA_CPU'\n"
         "import numpy as np\n"
         "from dgan.errors import InputError\n"
-        "from dgan.registration.refine import refine\n"
-        "from dgan.registration.settings import RefineConfig\n"
         "rng = np.random.default_rng(0)\n"
-        "a, b = rng.random((2, 16, 16, 16)).astype('f')\n"
+        + COMPILED_STAGES[stage] +
         "try:\n"
-        "    refine(a, b, config=RefineConfig(steps=1, levels=(1,), xla='on', lg_noise=0))\n"
+        "    run()\n"
         "    print('ok')\n"
         "except InputError as error:\n"
         "    print(error)\n")

@@ -56,6 +56,7 @@ import time
 import numpy as np
 from scipy import ndimage
 
+from .. import compat
 from ..compat import tf
 from ..core import coverage
 from ..data import io as dio
@@ -435,9 +436,13 @@ def _run(level, params, base, rigid, steps, learning_rate, config):
     optimise = _optimiser(config.bins, config.xla == "on")  # "auto" resolved per scan
     single = np.ndim(params) == 1
     params, base = np.asarray(params, np.float32), np.asarray(base, np.float32)
-    result, value = optimise(level, tf.constant(params[None] if single else params),
-                             tf.constant(base[None] if single else base), tf.constant(rigid),
-                             tf.constant(steps, tf.int32), tf.constant(learning_rate, tf.float32))
+    try:
+        result, value = optimise(level, tf.constant(params[None] if single else params),
+                                 tf.constant(base[None] if single else base), tf.constant(rigid),
+                                 tf.constant(steps, tf.int32),
+                                 tf.constant(learning_rate, tf.float32))
+    except tf.errors.OpError as error:
+        raise compat.compile_cache_error(error, config.xla == "on") from error
     if single:
         return result.numpy()[0], float(value[0])
     return result.numpy(), value.numpy()

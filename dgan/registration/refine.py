@@ -63,7 +63,7 @@ from ..core import coverage, losses
 from ..core.spatial import (interpolate, interpolation_matrix, interpolation_slopes, resize,
                             resize_flow, resize_matrices, voxel_grid, warp, warp_corners)
 from ..core.settings import DEFAULT_LG_EPS
-from ..errors import InputError, one_line
+from ..errors import InputError
 from .settings import RefineConfig, level_voxels, within_budget
 
 logger = logging.getLogger(__name__)
@@ -548,7 +548,7 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
             try:
                 u, m, v, t, loss = step(level, u, m, v, t, step_config)
             except tf.errors.OpError as error:
-                raise _step_error(error, config.uses_xla(shapes[factor])) from error
+                raise compat.compile_cache_error(error, config.uses_xla(shapes[factor])) from error
             values.append(float(loss))
         previous = control_shape
         seconds.append(time.perf_counter() - started)
@@ -560,22 +560,6 @@ def refine(moving, fixed, flow=None, translated=None, config=None, progress=None
     if config.levels[-1] > 1:
         field = resize_flow(field, shape)
     return RefineResult(flow=np.asarray(field, np.float32), losses=history, seconds=seconds)
-
-
-def _step_error(error, compiled):
-    """An iteration's error as it is, unless it is a compiled level's, not out of memory, while
-    XLA reads a persistent compile cache (:func:`dgan.compat.use_compile_cache`): then most likely
-    a damaged cache file (truncated by a full disk or a copy), which fails every later call too:
-    a one-line :class:`InputError` naming the folder and what to do."""
-    folder = compat.compile_cache_in_use()
-    if not compiled or folder is None or isinstance(error, tf.errors.ResourceExhaustedError):
-        return error
-    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines()]
-    said = [line for line in lines if line and not line.startswith(
-        ("[[", "File ", "Detected at node", "Graph execution error"))]
-    return InputError(f"a compiled program could not be read from the XLA compile cache "
-                      f"({one_line(said[-1] if said else error)}): delete that folder, or set "
-                      f"{compat.COMPILE_CACHE_ENV}=off", folder)
 
 
 def usable_levels(shape, levels):
