@@ -14,21 +14,17 @@ from scipy import ndimage
 from dgan.bench import train_baselines
 from dgan.cli.register import main as register
 from dgan.compat import tf
-from dgan.core.networks import NetworkConfig, build_registration_net
+from dgan.core.networks import build_registration_net
 from dgan.data import demo
 from dgan.data import io as dio
 from dgan.errors import InputError
 from dgan.registration import model_folder as mf
 
-TINY = NetworkConfig((16, 16, 16), t_features=((4, 8), (8, 8, 4)), g_features=((4, 4), (4, 4)),
-                     d_features=4, d_layers=2)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
+@pytest.fixture
+def tiny_model(tmp_path, tiny_config):
     tf.keras.utils.set_random_seed(0)
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    return mf.save_model_folder(build_registration_net(TINY), TINY, None, folder)
+    return mf.save_model_folder(build_registration_net(tiny_config), tiny_config, None,
+                                tmp_path / "trained" / "model")
 
 
 def test_the_brain_model_is_shipped_versioned_and_recorded():
@@ -87,12 +83,13 @@ def test_register_with_the_shipped_model_by_name_moves_the_right_way(tmp_path, c
     assert mean_dice(moved, volumes.labels) > mean_dice(labels, volumes.labels) + 0.1
 
 
-def test_a_folder_named_like_a_shipped_model_wins(tiny_model, tmp_path, monkeypatch):
+def test_a_folder_named_like_a_shipped_model_wins(tiny_model, tiny_config, tmp_path,
+                                                  monkeypatch):
     shutil.copytree(tiny_model, tmp_path / "brain")
     monkeypatch.chdir(tmp_path)
     model = mf.load_model_folder("brain")
     assert model.path == "brain" and model.label == "brain"
-    assert model.network_config.shape == TINY.shape
+    assert model.network_config.shape == tiny_config.shape
 
 
 def test_an_unknown_name_says_which_models_are_shipped(tmp_path, monkeypatch):

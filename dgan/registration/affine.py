@@ -61,7 +61,7 @@ from ..compat import tf
 from ..core import coverage
 from ..data import io as dio
 from ..errors import InputError
-from .settings import AFFINE_MARGIN_MM, XLA_CHOICES
+from .settings import AFFINE_MARGIN_MM, XLA_CHOICES, compiles_with_xla
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class AffineConfig:
 
     def uses_xla(self, shape):
         """Whether the optimiser is compiled with XLA for a fixed scan of ``shape``."""
-        return self.xla == "on" or (self.xla == "auto" and int(np.prod(shape)) >= XLA_MIN_VOXELS)
+        return compiles_with_xla(self.xla, shape, XLA_MIN_VOXELS)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

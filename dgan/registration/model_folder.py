@@ -343,9 +343,7 @@ def ship_model_folder(source, destination, name, version, training):
         for file in files:
             shutil.copyfile(os.path.join(model.path, file), os.path.join(tmp, file))
         for file, content in ((CONFIG_FILE, description), (TRAINING_FILE, training)):
-            with open(os.path.join(tmp, file), "w", encoding="utf-8") as f:
-                json.dump(content, f, indent=2)
-                f.write("\n")
+            dio.write_json(os.path.join(tmp, file), content)
     return destination
 
 

@@ -119,6 +119,13 @@ def matching_refinement(config):
 XLA_CHOICES = ("auto", "on", "off")
 XLA_MIN_VOXELS = 2**16
 
+
+def compiles_with_xla(xla, shape, min_voxels):
+    """Whether a setting ``xla`` (:data:`XLA_CHOICES`) compiles a program for arrays of ``shape``:
+    "on" always, "off" never, "auto" from ``min_voxels`` voxels (refinement's levels, the affine
+    stage's optimiser)."""
+    return xla == "on" or (xla == "auto" and int(np.prod(shape)) >= min_voxels)
+
 @dataclasses.dataclass(frozen=True)
 class RefineConfig:
     """Settings of :func:`dgan.registration.refine.refine`; the weights are the paper's symbols.
@@ -218,4 +225,4 @@ class RefineConfig:
 
     def uses_xla(self, shape):
         """Whether a level of images of ``shape`` compiles its iterations with XLA."""
-        return self.xla == "on" or (self.xla == "auto" and np.prod(shape) >= XLA_MIN_VOXELS)
+        return compiles_with_xla(self.xla, shape, XLA_MIN_VOXELS)
