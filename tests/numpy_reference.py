@@ -1,5 +1,5 @@
-"""Independent NumPy references of the window sums and L_LCC (tests/test_losses.py,
-tests/test_refine.py)."""
+"""Independent NumPy references of the window sums, L_LG and L_LCC (tests/test_losses.py,
+tests/test_refine.py, tests/test_coverage.py)."""
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -28,3 +28,30 @@ def np_lcc(a, b, n, eps=losses.DEFAULT_LCC_EPS, stride=1):
     start = stride // 2
     return np.mean(np.where(flat, 0.0, cross**2 / (var_a * var_b + eps))
                    [start::stride, start::stride, start::stride])
+
+
+def np_gradient(x):
+    """Central differences with edge replication. x: (X, Y, Z) -> (X, Y, Z, 3)."""
+    p = np.pad(x, 1, mode="edge")
+    c = p[1:-1, 1:-1, 1:-1]
+    assert c.shape == x.shape
+    return np.stack(
+        [
+            (p[2:, 1:-1, 1:-1] - p[:-2, 1:-1, 1:-1]) / 2,
+            (p[1:-1, 2:, 1:-1] - p[1:-1, :-2, 1:-1]) / 2,
+            (p[1:-1, 1:-1, 2:] - p[1:-1, 1:-1, :-2]) / 2,
+        ],
+        axis=-1,
+    )
+
+
+def np_direction(x, n, eps=losses.DEFAULT_LG_EPS):
+    """n(I, p) and |v| of the reference: window sums of the central differences."""
+    g = np_gradient(x)
+    v = np.stack([np_box_sum(g[..., d], n) for d in range(3)], axis=-1)
+    norm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / (norm + eps), norm[..., 0]
+
+
+def np_lg(a, b, n, eps=losses.DEFAULT_LG_EPS):
+    return np.mean(np.abs(np.sum(np_direction(a, n, eps)[0] * np_direction(b, n, eps)[0], axis=-1)))

@@ -112,6 +112,45 @@ def test_several_transforms_score_together_as_each_alone(fixed):
 
 
 
+def test_the_optimisers_inputs_come_in_a_few_shapes_and_their_padding_changes_nothing(fixed):
+    """Scans of nearby grids and foregrounds give level inputs of one shape (XLA compiles one
+    program, not one per scan); the padding (zeros beyond the scan, samples far outside it)
+    leaves the objective as it is without it."""
+    import tensorflow as tf  # after dgan.compat, imported by the modules above
+
+    config = daffine.AffineConfig()
+    moving = daffine._normalised(moving_for(transform(translation=(3.0, -2.0, 1.0))))
+    fixed_n = daffine._normalised(fixed)
+    cropped = Volume(fixed_n.array[1:-2, 2:, :-1], AFFINE @ _shifted(1, 2, 0))
+    levels = [daffine._prepare_level(moving, target, 4.0, daffine.centre_of_mass(target),
+                                     daffine.centre_of_mass(moving), config)
+              for target in (fixed_n, cropped)]
+    for key in ("moving", "moving_valid", "points", "fixed_bins"):
+        assert levels[0][key].shape == levels[1][key].shape, key
+    level = levels[0]
+    assert all(n % daffine.SHAPE_BUCKET == 0 for n in level["moving"].shape)
+    assert level["points"].shape[0] % daffine.POINT_BUCKET == 0
+    real = int(np.sum(np.any(level["points"].numpy() != daffine.FAR_MM, axis=1)))
+    assert 0 < real < level["points"].shape[0]  # padded, not every sample
+    own = daffine._at_spacing(moving, 4.0).shape
+    assert any(n + 2 < b for n, b in zip(own, level["moving"].shape))  # padded
+    inner = tuple(slice(0, n + 2) for n in own)  # the level's scan and its zero border
+    bare = {**level, "moving": level["moving"][inner], "moving_valid": level["moving_valid"][inner],
+            "points": level["points"][:real], "fixed_bins": level["fixed_bins"][:real]}
+    params = tf.constant(np.random.default_rng(1).normal(0.0, 2.0, (3, 12)), tf.float32)
+    base = tf.constant(np.stack([np.eye(3)] * 3), tf.float32)
+    values = [daffine._objective(inputs, params, base, tf.constant(False), config.bins).numpy()
+              for inputs in (level, bare)]
+    # the same samples; the padding adds zeros to the histogram's sums: float32 round-off
+    np.testing.assert_allclose(values[0], values[1], rtol=1e-5, atol=1e-6)
+
+
+def _shifted(*voxels):
+    out = np.eye(4)
+    out[:3, 3] = voxels
+    return out
+
+
 @pytest.mark.parametrize("truth", [transform(translation=(6.0, -4.0, 3.0)),
                                    transform(angles_deg=(0, 0, 25.0)),
                                    transform(angles_deg=(-15.0, 12.0, 0))],

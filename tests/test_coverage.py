@@ -5,6 +5,7 @@ stays where it is."""
 import dataclasses
 
 import numpy as np
+from scipy import ndimage
 import pytest
 
 from dgan.cli.register import main
@@ -14,6 +15,7 @@ from dgan.data import io as dio
 from dgan.data.io import Volume
 from dgan.errors import InputError
 from dgan.registration import scoring
+from dgan.registration.settings import XLA_MIN_VOXELS
 from dgan.registration.registrar import Registrar
 from tests.test_affine import AFFINE, FIXED_CONTRAST, MOVING_CONTRAST, SHAPE, phantom_labels, \
     rendered
@@ -175,6 +177,32 @@ def test_choose_needs_a_margin_over_the_identity_and_rejects_folding(pair):
     # of two eligible fields, the later (T) is kept unless the earlier beats it by the margin
     choice, _ = scoring.choose(shifted, f, [("identity", None), ("matching", undo), ("T", undo)])
     assert choice.name == "T"
+
+
+def test_the_score_on_a_large_grid_is_the_numpy_reference(rng):
+    """From XLA_MIN_VOXELS voxels the score is one program compiled by XLA: L_LG of the
+    identity, weighted, equals the NumPy reference's; a field's score equals the op-by-op one."""
+    from numpy_reference import np_direction
+
+    shape = (48, 48, 32)
+    assert np.prod(shape) >= XLA_MIN_VOXELS
+    moving, fixed = (ndimage.gaussian_filter(rng.random(shape), 1.5) for _ in range(2))
+    weight = np.ones(shape)
+    weight[:, :, 20:] = 0.0  # outside the overlap
+    weight /= weight.mean()
+    agreement = np.abs(np.sum(np_direction(moving, scoring.SCORE_WINDOW)[0]
+                              * np_direction(fixed, scoring.SCORE_WINDOW)[0], axis=-1))
+    # float32 against float64: a voxel's |n . n| within ~5e-5 (tests/test_losses.py), the
+    # weighted mean of 73 728 of them far closer
+    assert scoring.lg_score(moving, fixed, None, weight) == pytest.approx(
+        np.mean(agreement * weight), abs=1e-5)
+    flow = np.zeros(shape + (3,), np.float32)
+    flow[...] = (1.5, -0.25, 0.5)
+    op_by_op = float(scoring._score(*(tf.constant(np.asarray(a, np.float32)[None]) for a in
+                                      (moving, fixed, flow, weight))))
+    # the same arithmetic fused in another order: float32 round-off of a mean of terms <= 1
+    assert scoring.lg_score(moving, fixed, flow, weight) == pytest.approx(op_by_op, abs=1e-5)
+    assert abs(op_by_op - scoring.lg_score(moving, fixed, None, weight)) > 1e-3  # it moved
 
 
 def test_t_is_not_followed_where_the_matching_it_builds_on_folds(pair):

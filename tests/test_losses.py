@@ -5,36 +5,9 @@ import pytest
 
 from dgan.compat import keras, tf
 from dgan.core import losses
-from numpy_reference import np_box_sum, np_lcc
+from numpy_reference import np_box_sum, np_direction, np_lcc, np_lg
 
 # --- an independent NumPy reference ---------------------------------------------------------
-
-
-def np_gradient(x):
-    """Central differences with edge replication. x: (X, Y, Z) -> (X, Y, Z, 3)."""
-    p = np.pad(x, 1, mode="edge")
-    c = p[1:-1, 1:-1, 1:-1]
-    assert c.shape == x.shape
-    return np.stack(
-        [
-            (p[2:, 1:-1, 1:-1] - p[:-2, 1:-1, 1:-1]) / 2,
-            (p[1:-1, 2:, 1:-1] - p[1:-1, :-2, 1:-1]) / 2,
-            (p[1:-1, 1:-1, 2:] - p[1:-1, 1:-1, :-2]) / 2,
-        ],
-        axis=-1,
-    )
-
-
-def np_direction(x, n, eps=losses.DEFAULT_LG_EPS):
-    """n(I, p) and |v| of the reference: window sums of the central differences."""
-    g = np_gradient(x)
-    v = np.stack([np_box_sum(g[..., d], n) for d in range(3)], axis=-1)
-    norm = np.linalg.norm(v, axis=-1, keepdims=True)
-    return v / (norm + eps), norm[..., 0]
-
-
-def np_lg(a, b, n, eps=losses.DEFAULT_LG_EPS):
-    return np.mean(np.abs(np.sum(np_direction(a, n, eps)[0] * np_direction(b, n, eps)[0], axis=-1)))
 
 
 def batch(*volumes):

@@ -80,6 +80,14 @@ MIN_LEVEL_VOXELS = 16
 #: XLA: about 50^3 voxels, below every real scan's (a 1 mm spinal-cord scan has 2.5 x 10^5) and
 #: above the tests' phantoms, whose compilations would outlast their runs.
 XLA_MIN_VOXELS = 2**17
+#: The optimiser's inputs are padded to shapes in steps of these (voxels of a level's moving
+#: scan per axis; MI samples), so that the scans of a dataset, whose grids and foregrounds differ
+#: a little, meet a few compiled programs instead of one each (XLA compiles every new shape,
+#: about 1 s each). Costs at most one bucket of padding: zeros, or samples that add nothing.
+SHAPE_BUCKET = 16
+POINT_BUCKET = 2048
+#: Where padding samples lie (mm from the fixed scan's centre): outside any moving scan.
+FAR_MM = 1.0e6
 #: Normalised intensity above which a voxel counts as foreground (brain or head) for the
 #: centre-of-mass-free measures: RMS displacement, overlap.
 FOREGROUND = 0.05
@@ -492,7 +500,7 @@ def _prepare_level(moving, fixed, spacing, centre_fixed, centre_moving, config, 
     bool :class:`dgan.data.io.Volume` on their grids or None."""
     fixed_l = _at_spacing(fixed, spacing)
     moving_l = _at_spacing(moving, spacing)
-    padded = np.pad(moving_l.array, 1)  # the zero border that _sample reads outside
+    padded = _bucketed(moving_l.array)  # the zero border that _sample reads outside
     valid = np.ones(moving_l.shape, np.float32)
     if moving_mask is not None:
         valid = coverage.on_grid(moving_mask.array, moving_mask.affine, moving_l.affine,
@@ -502,7 +510,7 @@ def _prepare_level(moving, fixed, spacing, centre_fixed, centre_moving, config, 
     inverse = np.linalg.inv(moving_l.affine @ shift)  # world -> padded voxels
     level = {
         "moving": tf.constant(padded, tf.float32),
-        "moving_valid": tf.constant(np.pad(valid, 1), tf.float32),
+        "moving_valid": tf.constant(_bucketed(valid), tf.float32),
         "moving_inverse": tf.constant(inverse, tf.float32),
         "centre_moving": tf.constant(centre_moving, tf.float32),
     }
@@ -515,9 +523,28 @@ def _prepare_level(moving, fixed, spacing, centre_fixed, centre_moving, config, 
         rng = np.random.default_rng([config.seed, int(spacing * 1000)])
         voxels = voxels[np.sort(rng.choice(len(voxels), config.max_points, replace=False))]
     values = fixed_l.array[tuple(voxels.T)]
+    points = world_points(fixed_l.affine, voxels) - centre_fixed
+    # padded to a bucket with points far outside the moving scan: they land where it has no
+    # data (inside = 0), so they add nothing to the histogram
+    count = min(_round_up(len(points), POINT_BUCKET), max(config.max_points, len(points)))
+    values = np.pad(values, (0, count - len(points)))
+    points = np.pad(points, ((0, count - len(points)), (0, 0)), constant_values=FAR_MM)
     level["fixed_bins"] = tf.cast(tf.round(_bin_position(values, config.bins)), tf.int32)
-    level["points"] = tf.constant(world_points(fixed_l.affine, voxels) - centre_fixed, tf.float32)
+    level["points"] = tf.constant(points, tf.float32)
     return level
+
+
+def _round_up(value, step):
+    return -(-int(value) // step) * step
+
+
+def _bucketed(array):
+    """``array`` with a zero border of one voxel (what :func:`_sample` reads outside the scan),
+    padded with zeros at the far end of each axis to a multiple of :data:`SHAPE_BUCKET` voxels:
+    the indices of its voxels are unchanged, and scans of nearby grids give the optimiser inputs
+    of one shape, which XLA compiles once (the compile cache keeps one program per shape)."""
+    shape = np.asarray(array.shape) + 2
+    return np.pad(array, [(1, _round_up(n, SHAPE_BUCKET) - n + 1) for n in shape])
 
 
 def _sampled_region(volume, margin_mm):
