@@ -176,7 +176,7 @@ def gradient_scale(image, window=DEFAULT_LG_WINDOW, weight=None, quantile=0.5,
     :return: a float (0.0 for a flat image)
     """
     v = window_gradient(tf.convert_to_tensor(image), window, sums_first)
-    norm = np.sqrt(np.sum(np.square(np.asarray(v, np.float64)), axis=-1))
+    norm = tf.norm(v, axis=-1).numpy()  # float32: a scale, not a sum, needs no more
     if weight is not None:
         norm = norm[np.asarray(weight) > 0]
     return float(np.quantile(norm, quantile)) if norm.size else 0.0

@@ -173,22 +173,32 @@ def control_smoothness(u, bands):
     return quadratic_form(u)
 
 
-def smoothness_offset(base, upsample, control_shape):
+def smoothness_offset(base, upsample):
     """The smoothness of a whole displacement field phi = phi_0 + up(u), as terms on the control
     grid: sum |grad phi|^2 = c + g . u + u . G u, with G of :func:`smoothness_bands`,
     c = sum |grad phi_0|^2 and g = 2 up^T D^T D phi_0 (the term is quadratic in u, so g is its
     gradient at u = 0). Computed once per level, on its grid; each iteration then costs what the
     smoothness of phi - phi_0 costs.
 
+    In closed form, without a tape: the gradient of sum over axes d of mean (D_d phi)^2 is
+    sum over d of 2 D_d^T D_d phi / N_d (N_d: the differences along d), and up^T is the resize
+    by the transposed matrices.
+
     :param base: phi_0 on the level's grid (x, y, z, 3)
     :param upsample: the control grid -> level grid matrices (:func:`resize_matrices`)
-    :return: (g (control_shape + (3,)), c (scalar)), float32 tensors
+    :return: (g (the control grid's shape + (3,)), c (scalar)), float32 tensors
     """
-    u = tf.zeros(tuple(control_shape) + (3,), tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(u)
-        value = losses.smoothness((base + resize(u, upsample))[tf.newaxis])[0]
-    return tape.gradient(value, u), value
+    base = tf.convert_to_tensor(base, tf.float32)
+    gradient = tf.zeros_like(base)
+    for axis in range(3):
+        difference = tf.experimental.numpy.diff(base, axis=axis)
+        scale = 2.0 / float(np.prod(difference.shape[:3]))
+        before, after = [[0, 0]] * 4, [[0, 0]] * 4
+        before[axis], after[axis] = [1, 0], [0, 1]
+        # D^T applied to the differences: -d at the lower voxel of each pair, +d at the upper
+        gradient += scale * (tf.pad(difference, before) - tf.pad(difference, after))
+    linear = resize(gradient, [tf.transpose(m) for m in upsample])
+    return linear, losses.smoothness(base[tf.newaxis])[0]
 
 
 def exponentiate(velocity, steps, grid):
@@ -469,7 +479,7 @@ def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None, rende
         upsample=upsample,
         control_scale=tf.constant([c / n for c, n in zip(control_shape, shape)], tf.float32),
         smoothness_bands=smoothness_bands(control_shape, shape) if config.int_steps == 0 else None,
-        smoothness_offset=smoothness_offset(base_l, upsample, control_shape)
+        smoothness_offset=smoothness_offset(base_l, upsample)
         if config.int_steps == 0 and config.smooth == "flow" else None,
         lg_weight=lg_weight,
         lcc_weight=None if lcc_weight is None else tf.constant(lcc_weight),
