@@ -39,8 +39,8 @@ def displacements(radius):
     return np.array(list(itertools.product(r, r, r)), dtype=np.float32)
 
 
-def _pooled_directions(image, factor, lg_window):
-    directions = local_gradient_direction(image, lg_window)
+def _pooled(directions, factor):
+    """n(I) averaged over each coarse voxel of a grid ``factor`` times coarser."""
     if factor == 1:
         return directions
     return tf.nn.avg_pool3d(directions, factor, factor, "VALID")
@@ -106,16 +106,20 @@ def soft_argmax_flow(cost, radius, temperature):
 
 def block_match(moving, fixed, factor, radius, lg_window=MATCHING_LG_WINDOW,
                 window=MATCHING_WINDOW, smoothing=MATCHING_SMOOTHING,
-                temperature=MATCHING_TEMPERATURE, valid=None):
+                temperature=MATCHING_TEMPERATURE, valid=None, fixed_direction=None):
     """One matching pass: moving F, fixed R (B, X, Y, Z, 1) -> phi (B, X, Y, Z, 3) in image voxels,
     with ``moved(p) = F(p + phi(p))``. X, Y, Z must be multiples of ``factor``.
 
     :param valid: where both scans have data on the pass's coarse grid (B, X/f, Y/f, Z/f, 1),
         1 or 0, or None (:func:`matching_cost`)
+    :param fixed_direction: n(R) on the image grid when already computed (every pass of
+        :func:`match` compares with the same R), or None
     """
-    cost = matching_cost(_pooled_directions(fixed, factor, lg_window),
-                         _pooled_directions(moving, factor, lg_window), radius, window, smoothing,
-                         valid)
+    if fixed_direction is None:
+        fixed_direction = local_gradient_direction(fixed, lg_window)
+    cost = matching_cost(_pooled(fixed_direction, factor),
+                         _pooled(local_gradient_direction(moving, lg_window), factor), radius,
+                         window, smoothing, valid)
     return upsample_flow(soft_argmax_flow(cost, radius, temperature), factor)
 
 
@@ -150,10 +154,12 @@ def match(moving, fixed, passes=DEFAULT_PASSES, valid=None, lg_window=MATCHING_L
     :return: phi, shape = (B, X, Y, Z, 3), voxels
     """
     moving, fixed = tf.convert_to_tensor(moving), tf.convert_to_tensor(fixed)
+    fixed_direction = local_gradient_direction(fixed, lg_window)  # the same R in every pass
     flow = None
     for index, (factor, radius) in enumerate(passes):
         source = moving if flow is None else warp_batch(moving, flow)
+        valid_pass = None if valid is None else tf.convert_to_tensor(valid[index])
         step = block_match(source, fixed, factor, radius, lg_window, window, smoothing,
-                           temperature, None if valid is None else tf.convert_to_tensor(valid[index]))
+                           temperature, valid_pass, fixed_direction)
         flow = step if flow is None else compose(flow, step)
     return flow
