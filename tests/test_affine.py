@@ -340,6 +340,27 @@ def test_auto_applies_the_affine_only_beyond_the_threshold(fixed):
     assert shifted.transform is shifted.alignment.matrix
 
 
+@pytest.mark.parametrize("judged, applied", [
+    (((0.30, 0.875), (0.45, 0.875)), True),  # centimetres off: L_LG +0.15, outlines as well
+    (((0.617, 0.569), (0.640, 0.584)), False),  # an aligned spinal-cord pair's soft tissue fit
+    (((0.30, 0.90), (0.45, 0.85)), False),  # L_LG gains, but the outlines fall apart
+], ids=["misaligned", "soft-tissue fit", "outlines lost"])
+def test_auto_applies_an_estimate_only_with_a_clear_local_gradient_gain(fixed, monkeypatch,
+                                                                        judged, applied):
+    """Beyond the RMS threshold and with MI's gain, --affine auto applies the estimate when L_LG
+    on the overlap rises by AFFINE_LG_MARGIN and the foregrounds' Dice does not fall by more than
+    FOREGROUND_TOLERANCE; it says which."""
+    estimate = daffine.AffineResult(matrix=transform(translation=(0, 6.0, 0)), objective=-0.2,
+                                    rms_mm=6.0, seconds=0.0, header_objective=-0.1)
+    said = []
+    registrar = Registrar(None, affine="auto", progress=said.append)
+    monkeypatch.setattr(registrar, "estimate_affine", lambda *args: estimate)
+    monkeypatch.setattr(registrar, "judge_affine", lambda *args: judged)
+    alignment, matrix = registrar._affine_stage(moving_for(np.eye(4)), fixed)
+    assert alignment is estimate and (matrix is estimate.matrix) == applied
+    assert said[-1].startswith("affine: applied" if applied else "affine: kept")
+
+
 def test_auto_skips_scans_too_small_for_the_pyramid(fixed):
     tiny = np.diag([0.5, 0.5, 0.5, 1.0])  # 16 mm: 8 voxels at 2 mm, fewer than 16
     refine = RefineConfig(steps=1, levels=(1,))

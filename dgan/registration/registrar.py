@@ -70,16 +70,20 @@ from .settings import (AFFINE_MODES, AUTO_THRESHOLD_MM, CAUTIOUS_MAX_VOXELS,
 logger = logging.getLogger(__name__)
 
 #: ``--affine auto`` applies a transform only when it also raises L_LG on the overlap by this much
-#: over the headers' alignment (:meth:`Registrar.judge_affine`): twice the margin a deformable start
-#: must gain (:data:`dgan.registration.scoring.MARGIN`), since an affine moves every voxel.
-AFFINE_LG_MARGIN = 2 * scoring.MARGIN
+#: over the headers' alignment (:meth:`Registrar.judge_affine`). A scan misaligned by centimetres,
+#: or by a header 9 degrees off, gains 0.1-0.2; a twelve-parameter fit of soft tissue that moved
+#: between two acquisitions of an aligned pair (a spinal-cord T2 against its T1w) gains 0.015-0.025,
+#: and where it lands within that range depends on the optimiser's round-off
+#: (docs/notes/2026-12-07-speed.md, section 12): the margin lies between the two.
+AFFINE_LG_MARGIN = 0.05
 
-#: ``--affine auto`` applies a transform only when it also raises the Dice of the two scans'
-#: foregrounds (:meth:`Registrar.judge_affine`) by this much over the headers' alignment. The
-#: foregrounds' overlap alone does not show that the headers are right: a whole-head PD whose
-#: header was 9 degrees off overlapped its T1's head almost as well as the right alignment does
-#: (docs/notes/2026-12-07-header-check.md), so auto always estimates.
-FOREGROUND_MARGIN = 0.01
+#: ``--affine auto`` applies a transform only when the Dice of the two scans' foregrounds
+#: (:meth:`Registrar.judge_affine`) does not fall by more than this through it. The foregrounds'
+#: overlap alone does not show that the headers are right (a whole-head PD whose header was 9
+#: degrees off overlapped its T1's head almost as well as the right alignment does,
+#: docs/notes/2026-12-07-header-check.md), nor that they are wrong (a brain cut by the moving
+#: scan's field of view overlaps as well 20 mm off as aligned), so it is a veto, not a judge.
+FOREGROUND_TOLERANCE = 0.01
 #: Normalised intensity above which a voxel is foreground for :meth:`Registrar.judge_affine`.
 FOREGROUND_LEVEL = 0.1
 
@@ -483,7 +487,8 @@ class Registrar:
         estimates the transform and applies it only when it moves the fixed foreground by more than
         :data:`dgan.registration.settings.AUTO_THRESHOLD_MM` RMS, raises MI over the headers'
         alignment by :data:`dgan.registration.affine.MIN_GAIN`
-        (:meth:`dgan.registration.affine.AffineResult.improves`), and beats them on L_LG and the
+        (:meth:`dgan.registration.affine.AffineResult.improves`), and beats them on L_LG by
+        :data:`AFFINE_LG_MARGIN` without losing more than :data:`FOREGROUND_TOLERANCE` of the
         foregrounds' Dice."""
         if self.affine == "off":
             return None, None
@@ -503,11 +508,12 @@ class Registrar:
             return alignment, None
         judged = self.judge_affine(moving, fixed, alignment.matrix, moving_mask, fixed_mask)
         (header_lg, header_fg), (affine_lg, affine_fg) = judged
-        if affine_lg < header_lg + AFFINE_LG_MARGIN or affine_fg <= header_fg + FOREGROUND_MARGIN:
+        if affine_lg < header_lg + AFFINE_LG_MARGIN or affine_fg < header_fg - FOREGROUND_TOLERANCE:
             self._say(f"affine: kept the headers' alignment (auto: MI gains "
                       f"{100 * alignment.gain:+.1f}%, but on the overlap L_LG {header_lg:.4f} "
                       f"-> {affine_lg:.4f} (needs +{AFFINE_LG_MARGIN:g}) and the foregrounds' "
-                      f"Dice {header_fg:.3f} -> {affine_fg:.3f} (needs +{FOREGROUND_MARGIN:g}))")
+                      f"Dice {header_fg:.3f} -> {affine_fg:.3f} (may lose at most "
+                      f"{FOREGROUND_TOLERANCE:g}))")
             return alignment, None
         self._say(f"affine: applied (auto: {alignment.rms_mm:.1f} mm RMS from the headers' "
                   f"alignment, MI {100 * alignment.gain:+.1f}%, on the overlap L_LG "
