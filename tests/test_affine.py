@@ -342,9 +342,10 @@ def test_auto_applies_the_affine_only_beyond_the_threshold(fixed):
 
 @pytest.mark.parametrize("judged, applied", [
     (((0.30, 0.875), (0.45, 0.875)), True),  # centimetres off: L_LG +0.15, outlines as well
+    (((0.603, 0.959), (0.644, 0.974)), True),  # a whole head shifted by 3-4 mm
     (((0.617, 0.569), (0.640, 0.584)), False),  # an aligned spinal-cord pair's soft tissue fit
     (((0.30, 0.90), (0.45, 0.85)), False),  # L_LG gains, but the outlines fall apart
-], ids=["misaligned", "soft-tissue fit", "outlines lost"])
+], ids=["misaligned", "shifted", "soft-tissue fit", "outlines lost"])
 def test_auto_applies_an_estimate_only_with_a_clear_local_gradient_gain(fixed, monkeypatch,
                                                                         judged, applied):
     """Beyond the RMS threshold and with MI's gain, --affine auto applies the estimate when L_LG

@@ -71,11 +71,12 @@ logger = logging.getLogger(__name__)
 
 #: ``--affine auto`` applies a transform only when it also raises L_LG on the overlap by this much
 #: over the headers' alignment (:meth:`Registrar.judge_affine`). A scan misaligned by centimetres,
-#: or by a header 9 degrees off, gains 0.1-0.2; a twelve-parameter fit of soft tissue that moved
-#: between two acquisitions of an aligned pair (a spinal-cord T2 against its T1w) gains 0.015-0.025,
-#: and where it lands within that range depends on the optimiser's round-off
-#: (docs/notes/2026-12-07-speed.md, section 12): the margin lies between the two.
-AFFINE_LG_MARGIN = 0.05
+#: or by a header 9 degrees off, gains 0.1-0.2, a whole head shifted by 3-4 mm 0.04; a
+#: twelve-parameter fit of soft tissue that moved between two acquisitions of an aligned pair (a
+#: spinal-cord T2 against its T1w) gains 0.015-0.023, and where it lands within that range depends
+#: on the optimiser's round-off (docs/notes/2026-12-07-speed.md, section 12): the margin lies
+#: between the two.
+AFFINE_LG_MARGIN = 0.03
 
 #: ``--affine auto`` applies a transform only when the Dice of the two scans' foregrounds
 #: (:meth:`Registrar.judge_affine`) does not fall by more than this through it. The foregrounds'
