@@ -526,7 +526,7 @@ def _prepare_level(moving, fixed, spacing, centre_fixed, centre_moving, config, 
     points = world_points(fixed_l.affine, voxels) - centre_fixed
     # padded to a bucket with points far outside the moving scan: they land where it has no
     # data (inside = 0), so they add nothing to the histogram
-    count = min(_round_up(len(points), POINT_BUCKET), max(config.max_points, len(points)))
+    count = min(_round_up(len(points), POINT_BUCKET), config.max_points)  # >= len(points)
     values = np.pad(values, (0, count - len(points)))
     points = np.pad(points, ((0, count - len(points)), (0, 0)), constant_values=FAR_MM)
     level["fixed_bins"] = tf.cast(tf.round(_bin_position(values, config.bins)), tf.int32)
