@@ -412,3 +412,16 @@ def test_failed_write_leaves_no_partial_file_and_keeps_old_outputs(models, scans
     assert err == f"error: {out / 'flow.nii.gz'}: cannot write the file (No space left on device)\n"
     assert sorted(os.listdir(out)) == ["moved.nii.gz"]  # no temporary or half-written file
     assert (out / "moved.nii.gz").read_bytes() == b"previous result"
+
+
+def test_sampling_through_world_in_blocks_equals_one_block(monkeypatch, rng):
+    """The moved scan is sampled a block of rows at a time to bound the temporaries: blocks that
+    split the grid mid-way (and a last, shorter block) give the same voxels as one block."""
+    volume = dio.Volume(rng.random((9, 8, 7)).astype(np.float32),
+                        np.diag([1.5, 1.0, 2.0, 1.0]) + np.eye(4, k=3) * 0.3)
+    target = np.diag([1.2, 1.1, 1.9, 1.0])
+    flow = rng.uniform(-2, 2, (10, 9, 8, 3)).astype(np.float32)
+    whole = geometry.sample_through_world(volume, target, flow)
+    monkeypatch.setattr(geometry, "BLOCK_VOXELS", 3 * 9 * 8)  # 3 rows a block: 4 blocks
+    np.testing.assert_array_equal(geometry.sample_through_world(volume, target, flow), whole)
+    assert np.count_nonzero(whole) > whole.size // 2

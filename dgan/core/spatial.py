@@ -69,9 +69,11 @@ def resize_flow(flow, shape_out):
 
 
 def voxel_grid(shape):
-    """Voxel coordinates, shape + (3,), float32."""
-    return tf.constant(np.stack(np.meshgrid(*(np.arange(n, dtype=np.float32) for n in shape),
-                                            indexing="ij"), axis=-1))
+    """Voxel coordinates, shape + (3,), float32. Built from ranges, so that inside a function
+    that XLA compiles it costs no memory (an iota fused into its use) rather than an input of
+    12 bytes a voxel."""
+    axes = [tf.range(int(n), dtype=tf.float32) for n in shape]
+    return tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1)
 
 
 def warp(image, flow, grid):
@@ -95,11 +97,7 @@ def warp_corners(image, flow, grid):
         axis, else 0.0 (there the position is clamped, and it does not move with the flow)
     """
     shape = tuple(image.shape[:3])
-    upper = tf.constant([n - 1 for n in shape], flow.dtype)
-    target = grid + flow
-    location = tf.clip_by_value(target, tf.zeros_like(upper), upper)
-    inside = tf.cast(tf.logical_and(target >= 0, target <= upper), flow.dtype)
-    lower = tf.stop_gradient(tf.minimum(tf.floor(location), tf.maximum(upper - 1, 0)))
+    lower, weight, inside = cell_position(flow, grid)
     strides = (shape[1] * shape[2], shape[2], 1)
     index = tf.cast(lower, tf.int32)
     base = index[..., 0] * strides[0] + index[..., 1] * strides[1] + index[..., 2]  # (X, Y, Z)
@@ -107,7 +105,23 @@ def warp_corners(image, flow, grid):
     corners = [tf.gather(values, base + sum(c * s for c, s, n in zip(corner, strides, shape)
                                             if n > 1))
                for corner in itertools.product((0, 1), repeat=3)]
-    return corners, location - lower, inside
+    return corners, weight, inside
+
+
+def cell_position(flow, grid):
+    """Where p + flow(p) falls among the voxels (X, Y, Z) of ``grid`` (:func:`voxel_grid`):
+    the cell's lower corner (clamped so that the cell lies inside), the position in it, and
+    whether it lies inside the volume, as :func:`warp_corners` returns them; recomputing the
+    last two from the field is cheaper in memory than keeping them.
+
+    :return: (lower, weight, inside), each (X, Y, Z, 3): voxel indices as floats, [0, 1], 0/1
+    """
+    upper = tf.constant([int(n) - 1 for n in grid.shape[:3]], flow.dtype)
+    target = grid + flow
+    location = tf.clip_by_value(target, tf.zeros_like(upper), upper)
+    inside = tf.cast(tf.logical_and(target >= 0, target <= upper), flow.dtype)
+    lower = tf.stop_gradient(tf.minimum(tf.floor(location), tf.maximum(upper - 1, 0)))
+    return lower, location - lower, inside
 
 
 def _lerp(a, b, w):

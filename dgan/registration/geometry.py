@@ -12,8 +12,10 @@ Flow convention everywhere: displacement in voxels of the grid it lives on, 'ij'
 import numpy as np
 from scipy import ndimage
 
-#: Voxels per block when sampling on a full-resolution grid (bounds temporary memory).
-BLOCK_VOXELS = 2**21
+#: Voxels per block when sampling on a full-resolution grid: bounds the temporaries (six
+#: float64 coordinate arrays, 144 bytes a voxel: 36 MB a block) that would otherwise add to the
+#: peak memory of a call after refinement.
+BLOCK_VOXELS = 2**18
 #: Sample coordinates this close to a voxel centre are snapped onto it (rounding of affines).
 SNAP = 1e-6
 

@@ -60,8 +60,9 @@ import numpy as np
 from .. import compat
 from ..compat import tf
 from ..core import coverage, losses
-from ..core.spatial import (interpolate, interpolation_matrix, interpolation_slopes, resize,
-                            resize_flow, resize_matrices, voxel_grid, warp, warp_corners)
+from ..core.spatial import (cell_position, interpolate, interpolation_matrix,
+                            interpolation_slopes, resize, resize_flow, resize_matrices, voxel_grid,
+                            warp, warp_corners)
 from ..core.settings import DEFAULT_LG_EPS
 from ..errors import InputError
 from .settings import RefineConfig, level_voxels, within_budget
@@ -226,15 +227,15 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 
 
 class _Level(collections.namedtuple("_Level", [
-        "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "grid",
-        "control_grid", "upsample", "control_scale", "smoothness_bands", "smoothness_offset",
+        "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "control_grid", "upsample", "control_scale", "smoothness_bands", "smoothness_offset",
         "lg_weight", "lcc_weight", "moving_eps", "rendering"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
     moving: F and G(F) as channels (x, y, z, 1 or 2); fixed: R (1, x, y, z, 1); fixed_direction:
     n(R, p) (1, x, y, z, 3); fixed_statistics: S(R), S(R^2) (1, x, y, z, 2) or None without L_LCC;
-    base: phi_0 on this level (x, y, z, 3); grid, control_grid: voxel coordinates; upsample: the
+    base: phi_0 on this level (x, y, z, 3); control_grid: the control grid's voxel coordinates
+    (the level grid's are built where they are used, :func:`_grid`); upsample: the
     control grid -> level grid matrices; control_scale: level voxels -> control voxels (3,);
     smoothness_bands: :func:`smoothness_bands` for a displacement field (the smoothness of
     phi - phi_0 = up(u) is the control field's), else None; smoothness_offset: with ``smooth``
@@ -257,19 +258,25 @@ def _gradient_eps(image, config, weight):
     return max(config.lg_noise * scale, DEFAULT_LG_EPS)
 
 
+def _grid(level):
+    """The level's voxel coordinates (x, y, z, 3), built inside the compiled step rather than
+    kept as an input: with XLA they cost no memory (at 1 mm, 80 MB)."""
+    return voxel_grid(level.moving.shape[:3])
+
+
 def _field(level, u, config):
     """phi on the level's grid from the optimised control field u."""
     if config.int_steps:
         psi = exponentiate(u * level.control_scale, config.int_steps, level.control_grid)
         psi = resize(psi / level.control_scale, level.upsample)
-        return psi + warp(level.base, psi, level.grid)
+        return psi + warp(level.base, psi, _grid(level))
     return level.base + resize(u, level.upsample)
 
 
 def _moved(level, u, config):
     """phi on the level's grid and the moving channels warped by it, F(phi) (and G(F)(phi))."""
     flow = _field(level, u, config)
-    return flow, warp(level.moving, flow, level.grid)
+    return flow, warp(level.moving, flow, _grid(level))
 
 
 def _similarity(level, warped, config):
@@ -341,19 +348,21 @@ def _whole_step(level, u, m, v, t, config):
 def _warp_corners_apart(level, u, config):
     """phi on the level's grid and :func:`warp_corners` of the moving channels, one gather per
     channel (XLA gathers one channel faster than two), the corners stacked (x, y, z, 8, C): as
-    one array, XLA runs the next piece faster than with eight."""
+    one array, XLA runs the next piece faster than with eight. The position in the cell is
+    left to the next piece to recompute from phi (:func:`cell_position`): two fields fewer
+    held between the pieces."""
     flow = _field(level, u, config)
-    per_channel = [warp_corners(level.moving[..., c:c + 1], flow, level.grid)
-                   for c in range(level.moving.shape[-1])]
-    corners = tf.concat([tf.stack(c, axis=-2) for c, _, _ in per_channel], axis=-1)
-    _, weight, inside = per_channel[0]
-    return flow, corners, weight, inside
+    grid = _grid(level)
+    corners = tf.concat([tf.stack(warp_corners(level.moving[..., c:c + 1], flow, grid)[0],
+                                  axis=-2) for c in range(level.moving.shape[-1])], axis=-1)
+    return flow, corners
 
 
-def _objective_gradients(level, flow, corners, weight, inside, config):
+def _objective_gradients(level, flow, corners, config):
     """L's terms on the level's grid and their gradient dL/dphi: the image terms' by the chain
     rule through the warp, their gradient with respect to the warped channels times the
     interpolation's slopes, plus the smoothness term's own when it is not the control field's."""
+    _, weight, inside = cell_position(flow, _grid(level))
     corners = tf.unstack(corners, axis=-2)
     warped = interpolate(corners, weight)
     with tf.GradientTape() as tape:
@@ -408,8 +417,8 @@ class _CompiledStep:
 
     def _pieces_step(self, level, u, m, v, t, config):
         corners, gradients, update = self.pieces
-        flow, values, weight, inside = corners(level, u, config)
-        loss, g_flow = gradients(level, flow, values, weight, inside, config)
+        flow, values = corners(level, u, config)
+        loss, g_flow = gradients(level, flow, values, config)
         u, m, v, t, smooth = update(level, u, m, v, t, g_flow, config)
         return u, m, v, t, loss + smooth
 
@@ -474,7 +483,6 @@ def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None, rende
         fixed_statistics=losses.local_statistics(fixed_l, config.lcc_window, config.lcc_stride)
         if two_channels else None,
         base=base_l,
-        grid=voxel_grid(shape),
         control_grid=voxel_grid(control_shape),
         upsample=upsample,
         control_scale=tf.constant([c / n for c, n in zip(control_shape, shape)], tf.float32),
