@@ -111,8 +111,8 @@ def warp_corners(image, flow, grid):
 def cell_position(flow, grid):
     """Where p + flow(p) falls among the voxels (X, Y, Z) of ``grid`` (:func:`voxel_grid`):
     the cell's lower corner (clamped so that the cell lies inside), the position in it, and
-    whether it lies inside the volume, as :func:`warp_corners` returns them; recomputing the
-    last two from the field is cheaper in memory than keeping them.
+    whether it lies inside the volume (the second and third are what :func:`warp_corners`
+    returns beside the corners).
 
     :return: (lower, weight, inside), each (X, Y, Z, 3): voxel indices as floats, [0, 1], 0/1
     """

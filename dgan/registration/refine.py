@@ -38,9 +38,9 @@ Warping is trilinear with edge values beyond the border, as VoxelMorph's ``Spati
 written here as eight gathers so that its gradient with respect to the field costs no scatter.
 Everything runs in float32 on fixed shapes; for a given input the result is deterministic. An
 iteration is traced once per level shape in a process and compiled with XLA on levels large enough
-to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the warp's corner
-values, the objective and its gradient with respect to phi, the chain rule back to the control field
-and Adam's update) so that XLA does not fuse the warp into the local-gradient sums
+to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the warped
+channels and the warp's slopes, the objective and its gradient with respect to phi, the chain rule
+back to the control field and Adam's update) so that XLA does not fuse the warp into the local-gradient sums
 (:class:`_CompiledStep`). L_LG's directions are taken as the central differences of the window sums
 (``sums_first`` of :func:`dgan.core.losses.local_gradient_direction`): the same away from the
 volume's faces, for a third of the sums.
@@ -60,9 +60,8 @@ import numpy as np
 from .. import compat
 from ..compat import tf
 from ..core import coverage, losses
-from ..core.spatial import (cell_position, interpolate, interpolation_matrix,
-                            interpolation_slopes, resize, resize_flow, resize_matrices, voxel_grid,
-                            warp, warp_corners)
+from ..core.spatial import (interpolate, interpolation_matrix, interpolation_slopes, resize,
+                            resize_flow, resize_matrices, voxel_grid, warp, warp_corners)
 from ..core.settings import DEFAULT_LG_EPS
 from ..errors import InputError
 from .settings import RefineConfig, level_voxels, within_budget
@@ -190,16 +189,21 @@ def smoothness_offset(base, upsample):
     :return: (g (the control grid's shape + (3,)), c (scalar)), float32 tensors
     """
     base = tf.convert_to_tensor(base, tf.float32)
-    gradient = tf.zeros_like(base)
-    for axis in range(3):
-        difference = tf.experimental.numpy.diff(base, axis=axis)
-        scale = 2.0 / float(np.prod(difference.shape[:3]))
-        before, after = [[0, 0]] * 4, [[0, 0]] * 4
-        before[axis], after[axis] = [1, 0], [0, 1]
-        # D^T applied to the differences: -d at the lower voxel of each pair, +d at the upper
-        gradient += scale * (tf.pad(difference, before) - tf.pad(difference, after))
-    linear = resize(gradient, [tf.transpose(m) for m in upsample])
-    return linear, losses.smoothness(base[tf.newaxis])[0]
+    transposed = [tf.transpose(m) for m in upsample]
+    linear, constant = [], []
+    for component in range(base.shape[-1]):  # one at a time: a third of the temporaries
+        phi = base[..., component:component + 1]
+        gradient = tf.zeros_like(phi)
+        for axis in range(3):
+            difference = tf.experimental.numpy.diff(phi, axis=axis)
+            scale = 2.0 / float(np.prod(difference.shape[:3]))
+            before, after = [[0, 0]] * 4, [[0, 0]] * 4
+            before[axis], after[axis] = [1, 0], [0, 1]
+            # D^T applied to the differences: -d at the lower voxel of each pair, +d at the upper
+            gradient += scale * (tf.pad(difference, before) - tf.pad(difference, after))
+        linear.append(resize(gradient, transposed))
+        constant.append(losses.smoothness(phi[tf.newaxis])[0])
+    return tf.concat(linear, axis=-1), tf.add_n(constant)
 
 
 def exponentiate(velocity, steps, grid):
@@ -345,37 +349,34 @@ def _whole_step(level, u, m, v, t, config):
 
 # The same iteration in three pieces, compiled apart (:class:`_CompiledStep`).
 
-def _warp_corners_apart(level, u, config):
-    """phi on the level's grid and :func:`warp_corners` of the moving channels, one gather per
-    channel (XLA gathers one channel faster than two), the corners stacked (x, y, z, 8, C): as
-    one array, XLA runs the next piece faster than with eight. The position in the cell is
-    left to the next piece to recompute from phi (:func:`cell_position`): two fields fewer
-    held between the pieces."""
+def _warp_apart(level, u, config):
+    """phi on the level's grid, the moving channels warped by it (x, y, z, C) and the warp's
+    slopes d warped / d phi (x, y, z, 3, C), 0 where p + phi(p) is clamped at the border: all
+    the next piece needs of the eight corners :func:`warp_corners` gathers (one gather per
+    channel: XLA gathers one channel faster than two), in half their memory."""
     flow = _field(level, u, config)
     grid = _grid(level)
-    corners = tf.concat([tf.stack(warp_corners(level.moving[..., c:c + 1], flow, grid)[0],
-                                  axis=-2) for c in range(level.moving.shape[-1])], axis=-1)
-    return flow, corners
+    warped, slopes = [], []
+    for c in range(level.moving.shape[-1]):
+        corners, weight, inside = warp_corners(level.moving[..., c:c + 1], flow, grid)
+        warped.append(interpolate(corners, weight))
+        slopes.append(tf.concat([slope * inside[..., d:d + 1] for d, slope in
+                                 enumerate(interpolation_slopes(corners, weight))], axis=-1))
+    return flow, tf.concat(warped, axis=-1), tf.stack(slopes, axis=-1)
 
 
-def _objective_gradients(level, flow, corners, config):
+def _objective_gradients(level, flow, warped, slopes, config):
     """L's terms on the level's grid and their gradient dL/dphi: the image terms' by the chain
     rule through the warp, their gradient with respect to the warped channels times the
     interpolation's slopes, plus the smoothness term's own when it is not the control field's."""
-    _, weight, inside = cell_position(flow, _grid(level))
-    corners = tf.unstack(corners, axis=-2)
-    warped = interpolate(corners, weight)
     with tf.GradientTape() as tape:
         tape.watch([flow, warped])
         loss = _similarity(level, warped, config)
         if level.smoothness_bands is None:
             loss += _regularity(level, None, flow, config)
     g_flow, g_warped = tape.gradient(loss, [flow, warped])
-    slopes = interpolation_slopes(corners, weight)
-    g_position = tf.concat([tf.reduce_sum(g_warped * slope, axis=-1, keepdims=True)
-                            for slope in slopes], axis=-1)
-    g_flow = inside * g_position if g_flow is None else g_flow + inside * g_position
-    return loss, g_flow
+    g_position = tf.reduce_sum(g_warped[..., tf.newaxis, :] * slopes, axis=-1)
+    return loss, (g_position if g_flow is None else g_flow + g_position)
 
 
 def _adam_update(level, u, m, v, t, g_flow, config):
@@ -394,13 +395,15 @@ def _adam_update(level, u, m, v, t, g_flow, config):
 class _CompiledStep:
     """One Adam iteration, called as ``step(level, u, m, v, t, settings)`` -> (u, m, v, t, L).
 
-    ``split`` (with XLA, for displacement fields): in three pieces compiled apart, phi and the
-    warp's corner values from u (:func:`_warp_corners_apart`), L and dL/dphi from them
+    ``split`` (with XLA, for displacement fields): in three pieces compiled apart, phi, the
+    warped channels and the warp's slopes from u (:func:`_warp_apart`), L and dL/dphi from them
     (:func:`_objective_gradients`), dL/du, with the smoothness term on the control grid, and the
     update (:func:`_adam_update`). Compiled as one cluster, XLA fuses the warp's gathers into
     the local-gradient sums and their backward pass and recomputes them there; apart, each
     corner is gathered once per iteration, and the warp's gradient is the interpolation's
-    slopes, from the same corners, faster than gathering the warp again to differentiate it
+    slopes, from the same corners, faster than gathering the warp again to differentiate it;
+    passing the warped values and slopes rather than the corners halves what is held between
+    the pieces
     (docs/notes/benchmarks-history.md). Otherwise
     :func:`_whole_step`: without XLA nothing is fused, and a diffeomorphic field's integration
     would be recomputed by the third piece."""
@@ -408,7 +411,7 @@ class _CompiledStep:
     def __init__(self, jit_compile, split):
         compile_ = functools.partial(tf.function, jit_compile=jit_compile, autograph=False)
         if split:
-            self.pieces = [compile_(_warp_corners_apart), compile_(_objective_gradients),
+            self.pieces = [compile_(_warp_apart), compile_(_objective_gradients),
                            compile_(_adam_update)]
             self.step = tf.function(self._pieces_step, autograph=False)
         else:
@@ -416,9 +419,9 @@ class _CompiledStep:
             self.step = compile_(_whole_step)
 
     def _pieces_step(self, level, u, m, v, t, config):
-        corners, gradients, update = self.pieces
-        flow, values = corners(level, u, config)
-        loss, g_flow = gradients(level, flow, values, config)
+        warp_, gradients, update = self.pieces
+        flow, warped, slopes = warp_(level, u, config)
+        loss, g_flow = gradients(level, flow, warped, slopes, config)
         u, m, v, t, smooth = update(level, u, m, v, t, g_flow, config)
         return u, m, v, t, loss + smooth
 
