@@ -40,8 +40,8 @@ Everything runs in float32 on fixed shapes; for a given input the result is dete
 iteration is traced once per level shape in a process and compiled with XLA on levels large enough
 to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the warped
 channels and the warp's slopes, the objective and its gradient with respect to phi, the chain rule
-back to the control field and Adam's update) so that XLA does not fuse the warp into the local-gradient sums
-(:class:`_CompiledStep`). L_LG's directions are taken as the central differences of the window sums
+back to the control field and Adam's update) so that XLA does not fuse the warp into the
+local-gradient sums (:class:`_CompiledStep`). L_LG's directions are taken as the central differences of the window sums
 (``sums_first`` of :func:`dgan.core.losses.local_gradient_direction`): the same away from the
 volume's faces, for a third of the sums.
 
@@ -231,8 +231,8 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 
 
 class _Level(collections.namedtuple("_Level", [
-        "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "control_grid", "upsample", "control_scale", "smoothness_bands", "smoothness_offset",
-        "lg_weight", "lcc_weight", "moving_eps", "rendering"])):
+        "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "control_grid",
+        "upsample", "control_scale", "smoothness_bands", "smoothness_offset", "lg_weight", "lcc_weight", "moving_eps", "rendering"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
@@ -401,10 +401,9 @@ class _CompiledStep:
     update (:func:`_adam_update`). Compiled as one cluster, XLA fuses the warp's gathers into
     the local-gradient sums and their backward pass and recomputes them there; apart, each
     corner is gathered once per iteration, and the warp's gradient is the interpolation's
-    slopes, from the same corners, faster than gathering the warp again to differentiate it;
-    passing the warped values and slopes rather than the corners halves what is held between
-    the pieces
-    (docs/notes/benchmarks-history.md). Otherwise
+    slopes, from the same corners, faster than gathering the warp again to differentiate it
+    (docs/notes/benchmarks-history.md); handing over the warped values and slopes rather than
+    the corners halves what is held between the pieces. Otherwise
     :func:`_whole_step`: without XLA nothing is fused, and a diffeomorphic field's integration
     would be recomputed by the third piece."""
 
