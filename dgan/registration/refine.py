@@ -41,9 +41,10 @@ iteration is traced once per level shape in a process and compiled with XLA on l
 to earn the compilation back (``RefineConfig.xla``); with XLA, in three pieces (the warped
 channels and the warp's slopes, the objective and its gradient with respect to phi, the chain rule
 back to the control field and Adam's update) so that XLA does not fuse the warp into the
-local-gradient sums (:class:`_CompiledStep`). L_LG's directions are taken as the central differences of the window sums
-(``sums_first`` of :func:`dgan.core.losses.local_gradient_direction`): the same away from the
-volume's faces, for a third of the sums.
+local-gradient sums (:class:`_CompiledStep`). L_LG's directions are taken as the central
+differences of the window sums (``sums_first`` of
+:func:`dgan.core.losses.local_gradient_direction`): the same away from the volume's faces, for a
+third of the sums.
 
 Flow convention as everywhere in dgan: displacement in voxels of the grid it lives on, 'ij'
 indexing, moved(p) = moving(p + flow(p)).
@@ -232,7 +233,8 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 
 class _Level(collections.namedtuple("_Level", [
         "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "control_grid",
-        "upsample", "control_scale", "smoothness_bands", "smoothness_offset", "lg_weight", "lcc_weight", "moving_eps", "rendering"])):
+        "upsample", "control_scale", "smoothness_bands", "smoothness_offset", "lg_weight",
+        "lcc_weight", "moving_eps", "rendering"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
