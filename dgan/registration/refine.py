@@ -73,8 +73,8 @@ logger = logging.getLogger(__name__)
 #: (:func:`usable_levels`).
 MIN_LEVEL_VOXELS = 16
 #: A fine level is left out when its grid would hold more than this many voxels (256^3; a 1 mm
-#: whole head has about 11 million): refinement's memory and time grow with the grid (a 1 mm
-#: brain of 6.9 million voxels peaked near 4 GB), and a scan of 0.5-0.7 mm voxels would not fit
+#: whole head has about 11 million): refinement's memory and time grow with the grid (its
+#: finest level holds about 150 bytes a voxel), and a scan of 0.5-0.7 mm voxels would not fit
 #: a workstation's memory; its field is then refined on a grid a power of two coarser
 #: (:func:`usable_levels`).
 MAX_LEVEL_VOXELS = 2**24
