@@ -228,14 +228,11 @@ def _determinant(flow):
     size = flow.shape[0]
     if size <= SLAB_SLICES:
         return _determinant_at_once(flow)
-    out = None
+    out = np.empty(flow.shape[:-1], flow.dtype)
     for start in range(0, size, SLAB_SLICES):
         stop = min(size, start + SLAB_SLICES)
         low, high = max(0, start - 1), min(size, stop + 1)
-        det = _determinant_at_once(flow[low:high])[start - low:stop - low]
-        if out is None:
-            out = np.empty(flow.shape[:-1], det.dtype)
-        out[start:stop] = det
+        out[start:stop] = _determinant_at_once(flow[low:high])[start - low:stop - low]
     return out
 
 
