@@ -240,21 +240,36 @@ def test_save_refuses_other_formats(tmp_path):
         io.save_volume(tmp_path / "out.mgz", random_volume(), np.eye(4))
 
 
-def test_failed_save_leaves_the_existing_file_intact(tmp_path, monkeypatch):
-    path = tmp_path / "out.nii.gz"
+@pytest.mark.parametrize("name", ["out.nii", "out.nii.gz"])
+def test_failed_save_leaves_the_existing_file_intact(tmp_path, monkeypatch, name):
+    path = tmp_path / name
     io.save_volume(path, random_volume(seed=1), AFFINE)
     before = path.read_bytes()
 
-    def broken_save(image, filename):
-        with open(filename, "wb") as f:
-            f.write(b"half a file")
+    def broken_write(image, file_map=None, dtype=None):  # the disk fills after a few bytes
+        holder = (file_map or image.file_map)["image"]
+        holder.get_prepare_fileobj(mode="wb").write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(io.nib, "save", broken_save)
+    monkeypatch.setattr(io.nib.Nifti1Image, "to_file_map", broken_write)
     with pytest.raises(OSError, match="disk full"):
         io.save_volume(path, random_volume(seed=2), AFFINE)
     assert path.read_bytes() == before
-    assert os.listdir(tmp_path) == ["out.nii.gz"]
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_a_nii_gz_is_the_nii_in_a_plain_gzip_stream_the_same_bytes_each_time(tmp_path):
+    flow = np.zeros((6, 5, 4, 3), np.float32)  # background zeros and a random block
+    flow[1:4, 1:4, 1:3] = np.random.default_rng(4).normal(size=(3, 3, 2, 3))
+    written = {}
+    for name in ("a.nii", "a.nii.gz", "b.nii.gz"):
+        io.save_volume(tmp_path / name, flow, AFFINE, description="a flow",
+                       intent=("vector", (), "dgan_flow_vox"))
+        written[name] = (tmp_path / name).read_bytes()
+    assert written["a.nii.gz"][:2] == b"\x1f\x8b"  # gzip's magic number
+    assert gzip.decompress(written["a.nii.gz"]) == written["a.nii"]
+    assert written["a.nii.gz"] == written["b.nii.gz"]
+    np.testing.assert_array_equal(nib.load(tmp_path / "a.nii.gz").get_fdata(dtype=np.float32), flow)
 
 
 def test_atomic_write_keeps_the_suffix_and_replaces(tmp_path):

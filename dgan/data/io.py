@@ -16,10 +16,12 @@ An affine maps voxel indices (i, j, k, 1) to world millimetres (x, y, z, 1), as 
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import secrets
 import shutil
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -34,6 +36,14 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".npz")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 #: Compression endings that belong to the suffix before them (``.nii.gz``).
 _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
+#: How :func:`save_volume` compresses a ``.nii.gz`` file: a standard gzip stream (any reader
+#: opens it) whose deflate uses zlib's run-length strategy at level 1. A float32 scan or field is
+#: mostly runs of background zeros and mantissa bits that no string match shortens: RLE keeps
+#: the runs and skips the string search that is most of zlib's default cost, so a file takes
+#: about half the time nibabel's level 1 takes to write, and is no larger
+#: (docs/notes/2026-12-08-writing.md).
+GZIP_LEVEL = 1
+GZIP_STRATEGY = zlib.Z_RLE
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -314,7 +324,47 @@ def save_volume(path, array, affine, header=None, description=None, intent=None)
     image.set_sform(affine, code=sform_code)
     image.set_qform(affine, code=qform_code)
     with atomic_write(path) as tmp:
-        nib.save(image, tmp)
+        if tmp.endswith(".gz"):
+            with open(tmp, "wb") as handle:
+                stream = _GzipStream(handle)
+                image.to_file_map({"image": nib.FileHolder(fileobj=stream)})
+                stream.finish()
+        else:
+            nib.save(image, tmp)
+
+
+class _GzipStream(io.RawIOBase):
+    """A write-only gzip stream over an open binary file, compressed as :data:`GZIP_STRATEGY`
+    says, for nibabel to write an image into (it needs ``write``, ``tell`` and a ``seek`` to
+    where it already is); :meth:`finish` ends the stream. The gzip header has no name and no
+    time: the same image gives the same bytes."""
+
+    def __init__(self, handle):
+        super().__init__()
+        self._handle = handle
+        self._compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS,
+                                            zlib.DEF_MEM_LEVEL, GZIP_STRATEGY)
+        self._position = 0  # uncompressed bytes written
+
+    def write(self, data):
+        size = memoryview(data).nbytes
+        self._handle.write(self._compressor.compress(data))
+        self._position += size
+        return size
+
+    def writable(self):
+        return True
+
+    def tell(self):
+        return self._position
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        if whence == os.SEEK_SET and offset == self._position:
+            return offset
+        raise OSError("a gzip stream being written cannot seek")  # nibabel then pads
+
+    def finish(self):
+        self._handle.write(self._compressor.flush())
 
 
 # --- geometry --------------------------------------------------------------------------------
