@@ -11,6 +11,7 @@ import pytest
 from dgan.cli.register import main
 from dgan.compat import tf
 from dgan.core import coverage, losses, matching
+from dgan.core.spatial import grid_axes
 from dgan.data import io as dio
 from dgan.data.io import Volume
 from dgan.errors import InputError
@@ -199,7 +200,7 @@ def test_the_score_on_a_large_grid_is_the_numpy_reference(rng):
     flow = np.zeros(shape + (3,), np.float32)
     flow[...] = (1.5, -0.25, 0.5)
     op_by_op = float(scoring._score(*(tf.constant(np.asarray(a, np.float32)[None]) for a in
-                                      (moving, fixed, flow, weight))))
+                                      (moving, fixed, flow, weight)), grid_axes(shape)))
     # the same arithmetic fused in another order: float32 round-off of a mean of terms <= 1
     assert scoring.lg_score(moving, fixed, flow, weight) == pytest.approx(op_by_op, abs=1e-5)
     assert abs(op_by_op - scoring.lg_score(moving, fixed, None, weight)) > 1e-3  # it moved

@@ -63,13 +63,23 @@ def test_interpolation_matrices_are_linear_interpolation_rows():
 
 
 def test_the_voxel_grid_is_the_same_built_inside_a_compiled_function():
-    """The grid is built from ranges so that XLA fuses it instead of taking 12 bytes a voxel
-    as an input (refinement's levels): the same coordinates either way."""
+    """Refinement's levels and the scores build the grid inside XLA from its axes, passed in as
+    inputs (so that it is fused, not folded into a constant): the same coordinates either way,
+    and a warp through the axes equals the one that builds its own grid."""
     shape = (5, 6, 7)
     want = np.moveaxis(np.indices(shape, dtype=np.float32), 0, -1)
-    compiled = tf.function(lambda: spatial.voxel_grid(shape), jit_compile=True)()
+    axes = spatial.grid_axes(shape)
+    compiled = tf.function(spatial.grid_from_axes, jit_compile=True)(axes)
     np.testing.assert_array_equal(spatial.voxel_grid(shape).numpy(), want)
     np.testing.assert_array_equal(compiled.numpy(), want)
+    rng = np.random.default_rng(5)
+    volume = rng.normal(size=(1, *shape, 2)).astype(np.float32)
+    flow = rng.uniform(-2, 2, (1, *shape, 3)).astype(np.float32)
+    warped = tf.function(spatial.warp_batch, jit_compile=True)(volume, flow, axes)
+    # XLA fuses the seven lerps (multiply-adds) where op by op rounds each: a few float32 ulps
+    # of the largest value
+    np.testing.assert_allclose(warped.numpy(), spatial.warp_batch(volume, flow).numpy(), rtol=0,
+                               atol=8 * np.finfo(np.float32).eps * np.abs(volume).max())
 
 
 def test_cell_position_against_numpy(rng):

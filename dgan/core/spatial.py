@@ -69,10 +69,21 @@ def resize_flow(flow, shape_out):
 
 
 def voxel_grid(shape):
-    """Voxel coordinates, shape + (3,), float32. Built from ranges, so that inside a function
-    that XLA compiles it costs no memory (an iota fused into its use) rather than an input of
-    12 bytes a voxel."""
-    axes = [tf.range(int(n), dtype=tf.float32) for n in shape]
+    """Voxel coordinates, shape + (3,), float32 (:func:`grid_from_axes` of :func:`grid_axes`)."""
+    return grid_from_axes(grid_axes(shape))
+
+
+def grid_axes(shape):
+    """The voxel coordinates along each axis of a grid: three ranges (n,), float32."""
+    return tuple(tf.range(int(n), dtype=tf.float32) for n in shape)
+
+
+def grid_from_axes(axes):
+    """Voxel coordinates (X, Y, Z, 3) from :func:`grid_axes`. Inside a compiled function, pass
+    the axes in as inputs: the grid is then a broadcast that XLA fuses into its uses, while one
+    built from constant ranges is folded into a constant of 12 bytes a voxel (TensorFlow folds
+    up to 10 MiB, XLA up to 45 million elements) that the compiled program carries, loads and
+    holds in memory."""
     return tf.stack(tf.meshgrid(*axes, indexing="ij"), axis=-1)
 
 
@@ -169,9 +180,13 @@ def upsample_flow(flow, factor):
     return tf.transpose(finer, [3, 0, 1, 2, 4])
 
 
-def warp_batch(volume, flow):
-    """:func:`warp` of a batch: volume (B, X, Y, Z, C) at p + flow(p), flow (B, X, Y, Z, 3)."""
-    grid = voxel_grid([int(n) for n in volume.shape[1:4]])
+def warp_batch(volume, flow, axes=None):
+    """:func:`warp` of a batch: volume (B, X, Y, Z, C) at p + flow(p), flow (B, X, Y, Z, 3).
+
+    :param axes: :func:`grid_axes` of (X, Y, Z) as inputs of a compiled caller (see
+        :func:`grid_from_axes`), or None: built here
+    """
+    grid = grid_from_axes(grid_axes(volume.shape[1:4]) if axes is None else axes)
     if volume.shape[0] is not None:  # a known batch size: one warp each, no loop op to trace
         return tf.stack([warp(v, f, grid) for v, f in zip(tf.unstack(volume), tf.unstack(flow))])
     return tf.map_fn(lambda pair: warp(pair[0], pair[1], grid), (volume, flow),

@@ -41,7 +41,7 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 #: mostly runs of background zeros and mantissa bits that no string match shortens: RLE keeps
 #: the runs and skips the string search that is most of zlib's default cost, so a file takes
 #: about half the time nibabel's level 1 takes to write, and is no larger
-#: (docs/notes/2026-12-08-writing.md).
+#: (docs/notes/2026-12-08-speed.md).
 GZIP_LEVEL = 1
 GZIP_STRATEGY = zlib.Z_RLE
 

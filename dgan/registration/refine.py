@@ -61,8 +61,9 @@ import numpy as np
 from .. import compat
 from ..compat import tf
 from ..core import coverage, losses
-from ..core.spatial import (interpolate, interpolation_matrix, interpolation_slopes, resize,
-                            resize_flow, resize_matrices, voxel_grid, warp, warp_corners)
+from ..core.spatial import (grid_axes, grid_from_axes, interpolate, interpolation_matrix,
+                            interpolation_slopes, resize, resize_flow, resize_matrices,
+                            voxel_grid, warp, warp_corners)
 from ..core.settings import DEFAULT_LG_EPS
 from ..errors import InputError
 from .settings import RefineConfig, level_voxels, within_budget
@@ -234,7 +235,7 @@ class _StepSettings(collections.namedtuple("_StepSettings", [
 class _Level(collections.namedtuple("_Level", [
         "moving", "fixed", "fixed_direction", "fixed_statistics", "base", "control_grid",
         "upsample", "control_scale", "smoothness_bands", "smoothness_offset", "lg_weight",
-        "lcc_weight", "moving_eps", "rendering"])):
+        "lcc_weight", "moving_eps", "rendering", "axes"])):
     """Everything about one level that does not change during its iterations (tensors, so that
     the compiled step is reused for every pair of the same shape).
 
@@ -251,7 +252,8 @@ class _Level(collections.namedtuple("_Level", [
     (strided) window centres where both scans have data (:func:`dgan.core.coverage.level_weights`),
     or None: every voxel. moving_eps: the eps of n(F(phi), p) (a scalar tensor;
     :func:`_gradient_eps`). rendering: h of a :class:`dgan.registration.translation.Rendering` as
-    tensors (low, spacing of its samples, values), applied to F(phi) for L_LCC, or None.
+    tensors (low, spacing of its samples, values), applied to F(phi) for L_LCC, or None. axes:
+    the level grid's :func:`dgan.core.spatial.grid_axes` (:func:`_grid`).
     """
 
 
@@ -265,9 +267,9 @@ def _gradient_eps(image, config, weight):
 
 
 def _grid(level):
-    """The level's voxel coordinates (x, y, z, 3), built inside the compiled step rather than
-    kept as an input: with XLA they cost no memory (at 1 mm, 80 MB)."""
-    return voxel_grid(level.moving.shape[:3])
+    """The level's voxel coordinates (x, y, z, 3), built inside the compiled step from its axes
+    (:func:`dgan.core.spatial.grid_from_axes`): with XLA they cost no memory (at 1 mm, 80 MB)."""
+    return grid_from_axes(level.axes)
 
 
 def _field(level, u, config):
@@ -498,6 +500,7 @@ def _prepare_level(shapes, factor, config, moving, fixed, base, mask=None, rende
         moving_eps=tf.constant(_gradient_eps(moving_l[tf.newaxis, ..., :1], config, lg_weight),
                                tf.float32),
         rendering=rendering,
+        axes=grid_axes(shape),
     )
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..compat import tf
 from ..core import coverage, losses, metrics
-from ..core.spatial import warp_batch
+from ..core.spatial import grid_axes, warp_batch
 from .settings import XLA_MIN_VOXELS, compiles_with_xla
 
 #: The L_LG window of the score (voxels of the scoring grid).
@@ -96,13 +96,15 @@ def lg_score(moving, fixed, flow, weight=None):
     weight = np.ones(shape, np.float32) if weight is None else weight  # the plain mean
     score = _compiled_score if compiles_with_xla("auto", shape, XLA_MIN_VOXELS) else _score
     return float(score(*(tf.constant(np.asarray(a, np.float32)[np.newaxis]) for a in
-                         (moving, fixed, flow, weight))))
+                         (moving, fixed, flow, weight)), grid_axes(shape)))
 
 
-def _score(moving, fixed, flow, weight):
-    """:func:`lg_score` on tensors (1, X, Y, Z), (1, X, Y, Z), (1, X, Y, Z, 3), (1, X, Y, Z)."""
+def _score(moving, fixed, flow, weight, axes):
+    """:func:`lg_score` on tensors (1, X, Y, Z), (1, X, Y, Z), (1, X, Y, Z, 3), (1, X, Y, Z), and
+    the grid's :func:`dgan.core.spatial.grid_axes` (inputs, not constants: see
+    :func:`dgan.core.spatial.grid_from_axes`)."""
     direction = losses.local_gradient_direction(fixed[..., tf.newaxis], SCORE_WINDOW)
-    moved = warp_batch(moving[..., tf.newaxis], flow)
+    moved = warp_batch(moving[..., tf.newaxis], flow, axes)
     return losses.local_gradient_agreement(direction, moved, SCORE_WINDOW, weight=weight)[0]
 
 
