@@ -1,5 +1,7 @@
 """dgan.core.spatial: the one warp and the resizes, against SciPy's interpolation."""
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -80,6 +82,23 @@ def test_the_voxel_grid_is_the_same_built_inside_a_compiled_function():
     # of the largest value
     np.testing.assert_allclose(warped.numpy(), spatial.warp_batch(volume, flow).numpy(), rtol=0,
                                atol=8 * np.finfo(np.float32).eps * np.abs(volume).max())
+
+
+def test_the_corners_gathered_from_the_cell_index_are_numpys(rng):
+    """Refinement's warp in two pieces: the flat index of each cell's lower corner, then the
+    eight corners gathered from it alone, as NumPy indexes them (an axis of one voxel has no
+    second corner: its offset is 0)."""
+    shape = (6, 5, 1)
+    image = rng.normal(size=shape + (2,)).astype(np.float32)
+    flow = rng.uniform(-3, 3, shape + (3,)).astype(np.float32)
+    lower, _, _ = spatial.cell_position(tf.constant(flow), spatial.voxel_grid(shape))
+    low = lower.numpy().astype(int)
+    index = spatial.cell_index(lower, shape)
+    np.testing.assert_array_equal(index.numpy(), np.ravel_multi_index(np.moveaxis(low, -1, 0), shape))
+    corners = spatial.gather_corners(tf.constant(image), index)
+    for corner, got in zip(itertools.product((0, 1), repeat=3), corners):
+        at = np.minimum(low + corner, np.array(shape) - 1)
+        np.testing.assert_array_equal(got.numpy(), image[at[..., 0], at[..., 1], at[..., 2]])
 
 
 def test_cell_position_against_numpy(rng):

@@ -107,16 +107,27 @@ def warp_corners(image, flow, grid):
         cell (X, Y, Z, 3), in [0, 1]; 1.0 where p + flow(p) lies within the volume along each
         axis, else 0.0 (there the position is clamped, and it does not move with the flow)
     """
-    shape = tuple(image.shape[:3])
     lower, weight, inside = cell_position(flow, grid)
-    strides = (shape[1] * shape[2], shape[2], 1)
+    return gather_corners(image, cell_index(lower, image.shape[:3])), weight, inside
+
+
+def cell_index(lower, shape):
+    """The flat index (X, Y, Z), int32, of each cell's lower corner (:func:`cell_position`) in a
+    volume of ``shape`` stored x, y, z (C order)."""
     index = tf.cast(lower, tf.int32)
-    base = index[..., 0] * strides[0] + index[..., 1] * strides[1] + index[..., 2]  # (X, Y, Z)
+    return index[..., 0] * (int(shape[1]) * int(shape[2])) + index[..., 1] * int(shape[2]) + \
+        index[..., 2]
+
+
+def gather_corners(image, index):
+    """The eight corners of the cells whose lower corners are ``index`` (:func:`cell_index`), in
+    the order of :func:`warp_corners`: eight arrays (X, Y, Z, C)."""
+    shape = tuple(int(n) for n in image.shape[:3])
+    strides = (shape[1] * shape[2], shape[2], 1)
     values = tf.reshape(image, [-1, image.shape[-1]])  # (XYZ, C)
-    corners = [tf.gather(values, base + sum(c * s for c, s, n in zip(corner, strides, shape)
-                                            if n > 1))
-               for corner in itertools.product((0, 1), repeat=3)]
-    return corners, weight, inside
+    return [tf.gather(values, index + sum(c * s for c, s, n in zip(corner, strides, shape)
+                                          if n > 1))
+            for corner in itertools.product((0, 1), repeat=3)]
 
 
 def cell_position(flow, grid):

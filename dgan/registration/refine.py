@@ -61,9 +61,10 @@ import numpy as np
 from .. import compat
 from ..compat import tf
 from ..core import coverage, losses
-from ..core.spatial import (grid_axes, grid_from_axes, interpolate, interpolation_matrix,
+from ..core.spatial import (cell_index, cell_position, gather_corners, grid_axes,
+                            grid_from_axes, interpolate, interpolation_matrix,
                             interpolation_slopes, resize, resize_flow, resize_matrices,
-                            voxel_grid, warp, warp_corners)
+                            voxel_grid, warp)
 from ..core.settings import DEFAULT_LG_EPS
 from ..errors import InputError
 from .settings import RefineConfig, level_voxels, within_budget
@@ -351,22 +352,31 @@ def _whole_step(level, u, m, v, t, config):
     return (*_adam(u, m, v, t, tape.gradient(loss, u), config), loss)
 
 
-# The same iteration in three pieces, compiled apart (:class:`_CompiledStep`).
+# The same iteration in four pieces, compiled apart (:class:`_CompiledStep`).
 
-def _warp_apart(level, u, config):
-    """phi on the level's grid, the moving channels warped by it (x, y, z, C) and the warp's
-    slopes d warped / d phi (x, y, z, 3, C), 0 where p + phi(p) is clamped at the border: all
-    the next piece needs of the eight corners :func:`warp_corners` gathers (one gather per
-    channel: XLA gathers one channel faster than two), in half their memory."""
+def _locate(level, u, config):
+    """phi on the level's grid and where each voxel's p + phi(p) falls: the flat index of its
+    cell's lower corner (:func:`dgan.core.spatial.cell_index`), from which the next piece gathers
+    the corners. Compiled together, XLA recomputed the cell from phi and the grid inside each of
+    the eight gathers (eight reads of 24 bytes a voxel): most of the warp's time."""
     flow = _field(level, u, config)
-    grid = _grid(level)
+    lower, _, _ = cell_position(flow, _grid(level))
+    return flow, cell_index(lower, level.moving.shape[:3])
+
+
+def _warp_apart(level, flow, index):
+    """The moving channels warped by phi (x, y, z, C) and the warp's slopes d warped / d phi
+    (x, y, z, 3, C), 0 where p + phi(p) is clamped at the border, from the cells' ``index``
+    (:func:`_locate`): all the next piece needs of the eight corners (one gather per channel:
+    XLA gathers one channel faster than two), in half their memory."""
+    _, weight, inside = cell_position(flow, _grid(level))
     warped, slopes = [], []
     for c in range(level.moving.shape[-1]):
-        corners, weight, inside = warp_corners(level.moving[..., c:c + 1], flow, grid)
+        corners = gather_corners(level.moving[..., c:c + 1], index)
         warped.append(interpolate(corners, weight))
         slopes.append(tf.concat([slope * inside[..., d:d + 1] for d, slope in
                                  enumerate(interpolation_slopes(corners, weight))], axis=-1))
-    return flow, tf.concat(warped, axis=-1), tf.stack(slopes, axis=-1)
+    return tf.concat(warped, axis=-1), tf.stack(slopes, axis=-1)
 
 
 def _objective_gradients(level, flow, warped, slopes, config):
@@ -399,31 +409,33 @@ def _adam_update(level, u, m, v, t, g_flow, config):
 class _CompiledStep:
     """One Adam iteration, called as ``step(level, u, m, v, t, settings)`` -> (u, m, v, t, L).
 
-    ``split`` (with XLA, for displacement fields): in three pieces compiled apart, phi, the
-    warped channels and the warp's slopes from u (:func:`_warp_apart`), L and dL/dphi from them
-    (:func:`_objective_gradients`), dL/du, with the smoothness term on the control grid, and the
-    update (:func:`_adam_update`). Compiled as one cluster, XLA fuses the warp's gathers into
-    the local-gradient sums and their backward pass and recomputes them there; apart, each
-    corner is gathered once per iteration, and the warp's gradient is the interpolation's
-    slopes, from the same corners, faster than gathering the warp again to differentiate it
-    (docs/notes/benchmarks-history.md); handing over the warped values and slopes rather than
-    the corners halves what is held between the pieces. Otherwise
-    :func:`_whole_step`: without XLA nothing is fused, and a diffeomorphic field's integration
-    would be recomputed by the third piece."""
+    ``split`` (with XLA, for displacement fields): in four pieces compiled apart: phi and its
+    cells from u (:func:`_locate`), the warped channels and the warp's slopes from them
+    (:func:`_warp_apart`), L and dL/dphi (:func:`_objective_gradients`), dL/du, with the
+    smoothness term on the control grid, and the update (:func:`_adam_update`). Compiled as
+    one cluster, XLA fuses the warp's gathers into the local-gradient sums and their backward
+    pass and recomputes them there; apart, each corner is gathered once per iteration, and the
+    warp's gradient is the interpolation's slopes, from the same corners, faster than gathering
+    the warp again to differentiate it (docs/notes/benchmarks-history.md); handing over the
+    warped values and slopes rather than the corners halves what is held between the pieces,
+    and the cells' index rather than phi alone spares each gather recomputing the cell
+    (docs/notes/2026-12-08-speed.md). Otherwise :func:`_whole_step`: without XLA nothing is
+    fused, and a diffeomorphic field's integration would be recomputed by a later piece."""
 
     def __init__(self, jit_compile, split):
         compile_ = functools.partial(tf.function, jit_compile=jit_compile, autograph=False)
         if split:
-            self.pieces = [compile_(_warp_apart), compile_(_objective_gradients),
-                           compile_(_adam_update)]
+            self.pieces = [compile_(_locate), compile_(_warp_apart),
+                           compile_(_objective_gradients), compile_(_adam_update)]
             self.step = tf.function(self._pieces_step, autograph=False)
         else:
             self.pieces = []
             self.step = compile_(_whole_step)
 
     def _pieces_step(self, level, u, m, v, t, config):
-        warp_, gradients, update = self.pieces
-        flow, warped, slopes = warp_(level, u, config)
+        locate, warp_, gradients, update = self.pieces
+        flow, index = locate(level, u, config)
+        warped, slopes = warp_(level, flow, index)
         loss, g_flow = gradients(level, flow, warped, slopes, config)
         u, m, v, t, smooth = update(level, u, m, v, t, g_flow, config)
         return u, m, v, t, loss + smooth
