@@ -394,19 +394,19 @@ def test_failed_write_leaves_no_partial_file_and_keeps_old_outputs(models, scans
     out = tmp_path / "out"
     out.mkdir()
     (out / "moved.nii.gz").write_bytes(b"previous result")
-    real_save = nib.save
+    real_write = dio.nib.Nifti1Image.to_file_map
     calls = []
 
-    def save_then_fail(image, filename):
+    def write_then_fail(image, file_map=None, dtype=None):
         """Writes the first file, then half of the second, then the disk is full."""
-        calls.append(filename)
+        calls.append(image)
         if len(calls) == 1:
-            return real_save(image, filename)
-        with open(filename, "wb") as f:
-            f.write(b"\x1f\x8b half a file")
+            return real_write(image, file_map, dtype)
+        (file_map or image.file_map)["image"].get_prepare_fileobj(mode="wb").write(
+            b"\x1f\x8b half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(dio.nib, "save", save_then_fail)
+    monkeypatch.setattr(dio.nib.Nifti1Image, "to_file_map", write_then_fail)
     assert run_cli(models["perturbed"], scans, out) == 2
     err = capsys.readouterr().err
     assert err == f"error: {out / 'flow.nii.gz'}: cannot write the file (No space left on device)\n"
