@@ -94,7 +94,8 @@ def test_the_corners_gathered_from_the_cell_index_are_numpys(rng):
     lower, _, _ = spatial.cell_position(tf.constant(flow), spatial.voxel_grid(shape))
     low = lower.numpy().astype(int)
     index = spatial.cell_index(lower, shape)
-    np.testing.assert_array_equal(index.numpy(), np.ravel_multi_index(np.moveaxis(low, -1, 0), shape))
+    np.testing.assert_array_equal(index.numpy(),
+                                  np.ravel_multi_index(np.moveaxis(low, -1, 0), shape))
     corners = spatial.gather_corners(tf.constant(image), index)
     for corner, got in zip(itertools.product((0, 1), repeat=3), corners):
         at = np.minimum(low + corner, np.array(shape) - 1)
