@@ -39,9 +39,8 @@ _COMPRESSION_SUFFIXES = (".gz", ".bz2", ".xz", ".zst")
 #: How :func:`save_volume` compresses a ``.nii.gz`` file: a standard gzip stream (any reader
 #: opens it) whose deflate uses zlib's run-length strategy at level 1. A float32 scan or field is
 #: mostly runs of background zeros and mantissa bits that no string match shortens: RLE keeps
-#: the runs and skips the string search that is most of zlib's default cost, so a file takes
-#: about half the time nibabel's level 1 takes to write, and is no larger
-#: (docs/notes/2026-12-08-speed.md).
+#: the runs and skips the string search that is most of the cost of zlib's default strategy
+#: (docs/notes/2026-12-08-speed.md, section 3).
 GZIP_LEVEL = 1
 GZIP_STRATEGY = zlib.Z_RLE
 

@@ -357,8 +357,8 @@ def _whole_step(level, u, m, v, t, config):
 def _locate(level, u, config):
     """phi on the level's grid and where each voxel's p + phi(p) falls: the flat index of its
     cell's lower corner (:func:`dgan.core.spatial.cell_index`), from which the next piece gathers
-    the corners. Compiled together, XLA recomputed the cell from phi and the grid inside each of
-    the eight gathers (eight reads of 24 bytes a voxel): most of the warp's time."""
+    the corners. Compiled together with the gathers, XLA recomputes the cell from phi and the
+    grid inside each of the eight (eight reads of 24 bytes a voxel instead of one of 4)."""
     flow = _field(level, u, config)
     lower, _, _ = cell_position(flow, _grid(level))
     return flow, cell_index(lower, level.moving.shape[:3])
