@@ -111,19 +111,24 @@ def warp_corners(image, flow, grid):
     return gather_corners(image, cell_index(lower, image.shape[:3])), weight, inside
 
 
+def _strides(shape):
+    """The flat-index steps of one voxel along x, y, z in a volume of ``shape`` (C order)."""
+    shape = [int(n) for n in shape]
+    return shape[1] * shape[2], shape[2], 1
+
+
 def cell_index(lower, shape):
     """The flat index (X, Y, Z), int32, of each cell's lower corner (:func:`cell_position`) in a
     volume of ``shape`` stored x, y, z (C order)."""
     index = tf.cast(lower, tf.int32)
-    return index[..., 0] * (int(shape[1]) * int(shape[2])) + index[..., 1] * int(shape[2]) + \
-        index[..., 2]
+    return sum(index[..., axis] * stride for axis, stride in enumerate(_strides(shape)))
 
 
 def gather_corners(image, index):
     """The eight corners of the cells whose lower corners are ``index`` (:func:`cell_index`), in
     the order of :func:`warp_corners`: eight arrays (X, Y, Z, C)."""
     shape = tuple(int(n) for n in image.shape[:3])
-    strides = (shape[1] * shape[2], shape[2], 1)
+    strides = _strides(shape)
     values = tf.reshape(image, [-1, image.shape[-1]])  # (XYZ, C)
     return [tf.gather(values, index + sum(c * s for c, s, n in zip(corner, strides, shape)
                                           if n > 1))

@@ -368,7 +368,9 @@ def _warp_apart(level, flow, index):
     """The moving channels warped by phi (x, y, z, C) and the warp's slopes d warped / d phi
     (x, y, z, 3, C), 0 where p + phi(p) is clamped at the border, from the cells' ``index``
     (:func:`_locate`): all the next piece needs of the eight corners (one gather per channel:
-    XLA gathers one channel faster than two), in half their memory."""
+    XLA gathers one channel faster than two), in half their memory. The cell weights and
+    inside flags are recomputed from phi here rather than handed over: a few operations a voxel
+    against 24 bytes a voxel held between the pieces."""
     _, weight, inside = cell_position(flow, _grid(level))
     warped, slopes = [], []
     for c in range(level.moving.shape[-1]):
